@@ -1,0 +1,41 @@
+# hero-procd — everything a newcomer needs: `make run`, `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all install run test lint bench schema clean
+
+all: lint test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the daemon in the foreground on the default socket and database.
+run: $(STAMP)
+	$(BIN)/hero-procd
+
+## Run the whole suite: fast tests, then the real daemon driven over its socket.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check hero_procd tests integration
+	$(BIN)/ruff format --check hero_procd tests integration
+	$(BIN)/mypy
+
+## Benchmarks: print a table and write integration/bench/results/latest.json.
+bench: $(STAMP)
+	$(BIN)/python -m integration.bench.run
+
+## Regenerate README's method table from rpc_schema/openrpc.json.
+schema: $(STAMP)
+	$(BIN)/python -m hero_procd.rpc.schema_doc README.md
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -1,0 +1,71 @@
+"""Paths and limits of the daemon, from defaults, the environment and flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+DEFAULT_READERS = 4
+
+
+def default_socket_path() -> Path:
+    """`$HERO_PROC_SOCKET`, else `$XDG_RUNTIME_DIR/hero_proc.sock`, else under ~/hero."""
+    env = os.environ.get("HERO_PROC_SOCKET")
+    if env:
+        return Path(env)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "hero_proc.sock"
+    return Path.home() / "hero" / "var" / "sockets" / "hero_proc.sock"
+
+
+def default_db_path() -> Path:
+    """`$HERO_PROC_DB`, else `~/hero/var/hero_proc/hero_proc.db`."""
+    env = os.environ.get("HERO_PROC_DB")
+    if env:
+        return Path(env)
+    return Path.home() / "hero" / "var" / "hero_proc" / "hero_proc.db"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon needs to know to start."""
+
+    socket_path: Path = field(default_factory=default_socket_path)
+    db_path: Path = field(default_factory=default_db_path)
+    readers: int = DEFAULT_READERS
+    max_frame: int = DEFAULT_MAX_FRAME
+    socket_group: str | None = None
+    shutdown_grace_s: float = 10.0
+
+    @classmethod
+    def from_env(
+        cls,
+        socket_path: str | os.PathLike[str] | None = None,
+        db_path: str | os.PathLike[str] | None = None,
+        readers: int | None = None,
+        max_frame: int | None = None,
+        socket_group: str | None = None,
+    ) -> Config:
+        """Build a config: explicit arguments win over the environment, which wins over defaults."""
+        return cls(
+            socket_path=Path(socket_path) if socket_path else default_socket_path(),
+            db_path=Path(db_path) if db_path else default_db_path(),
+            readers=readers if readers is not None else _env_int("HERO_PROC_READERS", DEFAULT_READERS),
+            max_frame=(
+                max_frame if max_frame is not None else _env_int("HERO_PROC_MAX_FRAME", DEFAULT_MAX_FRAME)
+            ),
+            socket_group=socket_group or os.environ.get("HERO_PROC_SOCKET_GROUP") or None,
+        )

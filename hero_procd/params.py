@@ -1,0 +1,191 @@
+"""Cheap, precise validation of request params.
+
+Each reader names the field and the problem in its error
+(`InvalidParams(field="jobs[3].timeout_s", problem="must be a number > 0")`),
+and `finish()` rejects fields nobody asked for, so typos do not pass silently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from hero_procd.errors import InvalidParams
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
+MAX_TEXT = 1 << 20
+
+
+class Params:
+    """Typed access to one JSON object of params, with field paths for errors."""
+
+    __slots__ = ("_prefix", "_raw", "_seen")
+
+    def __init__(self, raw: Any, prefix: str = "") -> None:
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise InvalidParams(prefix or None, "must be an object")
+        self._raw: Mapping[str, Any] = raw
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    def path(self, name: str) -> str:
+        """The full path of a field, for error messages."""
+        return f"{self._prefix}.{name}" if self._prefix else name
+
+    def has(self, name: str) -> bool:
+        """True if the field is present and not null."""
+        return self._raw.get(name) is not None
+
+    def _get(self, name: str, required: bool) -> Any:
+        self._seen.add(name)
+        value = self._raw.get(name)
+        if value is None and required:
+            raise InvalidParams(self.path(name), "is required")
+        return value
+
+    def raw(self, name: str) -> Any:
+        """The field's value as sent, unchecked (None if absent)."""
+        return self._get(name, False)
+
+    def text(
+        self, name: str, *, required: bool = False, default: str | None = None, name_like: bool = False
+    ) -> str | None:
+        """A string field; `name_like` restricts it to an identifier-ish name."""
+        value = self._get(name, required)
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            raise InvalidParams(self.path(name), "must be a string")
+        if name_like and not NAME_RE.match(value):
+            raise InvalidParams(
+                self.path(name), "must be 1-128 characters of letters, digits and _.@:- (not first)"
+            )
+        if len(value) > MAX_TEXT:
+            raise InvalidParams(self.path(name), "is too long")
+        return value
+
+    def req_text(self, name: str, *, name_like: bool = False) -> str:
+        """A required string field."""
+        value = self.text(name, required=True, name_like=name_like)
+        assert value is not None
+        return value
+
+    def integer(
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        default: int | None = None,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int | None:
+        """An integer field (booleans are not integers here)."""
+        value = self._get(name, required)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidParams(self.path(name), "must be an integer")
+        if minimum is not None and value < minimum:
+            raise InvalidParams(self.path(name), f"must be >= {minimum}")
+        if maximum is not None and value > maximum:
+            raise InvalidParams(self.path(name), f"must be <= {maximum}")
+        return value
+
+    def req_integer(self, name: str, *, minimum: int | None = None) -> int:
+        """A required integer field."""
+        value = self.integer(name, required=True, minimum=minimum)
+        assert value is not None
+        return value
+
+    def number(
+        self,
+        name: str,
+        *,
+        default: float | None = None,
+        positive: bool = False,
+        minimum: float | None = None,
+    ) -> float | None:
+        """A number field (int or float)."""
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidParams(self.path(name), "must be a number")
+        if positive and not value > 0:
+            raise InvalidParams(self.path(name), "must be a number > 0")
+        if minimum is not None and value < minimum:
+            raise InvalidParams(self.path(name), f"must be >= {minimum}")
+        return float(value)
+
+    def boolean(self, name: str, *, default: bool | None = None) -> bool | None:
+        """A boolean field."""
+        value = self._get(name, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise InvalidParams(self.path(name), "must be a boolean")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], *, default: str | None = None) -> str | None:
+        """A string field that must be one of `options`."""
+        value = self.text(name, default=default)
+        if value is not None and value not in options:
+            raise InvalidParams(self.path(name), f"must be one of {', '.join(options)}")
+        return value
+
+    def text_list(
+        self, name: str, *, non_empty: bool = False, name_like: bool = False
+    ) -> list[str] | None:
+        """A list of strings."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise InvalidParams(self.path(name), "must be a list of strings")
+        if non_empty and not value:
+            raise InvalidParams(self.path(name), "must not be empty")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise InvalidParams(f"{self.path(name)}[{i}]", "must be a string")
+            if name_like and not NAME_RE.match(item):
+                raise InvalidParams(f"{self.path(name)}[{i}]", "is not a valid name")
+        return list(value)
+
+    def text_map(self, name: str) -> dict[str, str] | None:
+        """An object of string values (an environment, say)."""
+        value = self._get(name, False)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise InvalidParams(self.path(name), "must be an object of strings")
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise InvalidParams(f"{self.path(name)}.{key}", "must be a string")
+        return dict(value)
+
+    def obj(self, name: str, *, required: bool = False) -> Params | None:
+        """A nested object, itself read with Params."""
+        value = self._get(name, required)
+        if value is None:
+            return None
+        return Params(value, self.path(name))
+
+    def obj_list(self, name: str, *, required: bool = False, non_empty: bool = False) -> list[Any]:
+        """A list of objects, returned raw; read each with `Params(item, f"{path}[i]")`."""
+        value = self._get(name, required)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise InvalidParams(self.path(name), "must be a list")
+        if non_empty and not value:
+            raise InvalidParams(self.path(name), "must not be empty")
+        return value
+
+    def finish(self) -> None:
+        """Reject any field that no reader asked for."""
+        unknown = [k for k in self._raw if k not in self._seen]
+        if unknown:
+            raise InvalidParams(self.path(sorted(unknown)[0]), "unknown field")

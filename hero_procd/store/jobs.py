@@ -1,0 +1,172 @@
+"""JobsApi: jobs, their tags and dependency edges."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from hero_procd.errors import InvalidParams, NotFound
+from hero_procd.model import ACTIVE_JOB_STATES, JobRequest, now
+from hero_procd.store.actions import ActionsApi
+from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.queries import Q, with_marks
+from hero_procd.store.records import Job
+
+
+@dataclass(frozen=True)
+class TaggedSelection:
+    """What `clean_by_tag` found for a tag: deletable ids, their runs, and active jobs skipped."""
+
+    deletable: list[int]
+    run_ids: list[int]
+    active: int
+
+
+async def allocate_ids(conn: aiosqlite.Connection, table: str, n: int) -> list[int]:
+    """Reserve n ids of an AUTOINCREMENT table; only valid inside a write transaction."""
+    async with conn.execute(Q["seq_get"], (table,)) as cur:
+        row = await cur.fetchone()
+    base = int(row[0]) if row is not None else 0
+    return list(range(base + 1, base + n + 1))
+
+
+class JobsApi:
+    """Reads and writes of `jobs`, `job_tags` and `job_deps`."""
+
+    def __init__(self, pool: Pool, actions: ActionsApi) -> None:
+        self.pool = pool
+        self.actions = actions
+
+    async def resolve(
+        self, conn: aiosqlite.Connection, requests: Sequence[JobRequest], field: str = "jobs"
+    ) -> list[JobRequest]:
+        """Fill each request's spec from its action (read in the same transaction)."""
+        names = [r.action for r in requests if r.action is not None]
+        if not names:
+            return [_finalised(r) for r in requests]
+        found = await self.actions.get_many(conn, names)
+        out: list[JobRequest] = []
+        for i, req in enumerate(requests):
+            if req.action is None:
+                out.append(_finalised(req))
+                continue
+            action = found.get(req.action)
+            if action is None:
+                where = f"{field}[{i}].action" if field else "action"
+                raise NotFound("action not found", {"field": where, "name": req.action})
+            merged = req.spec.merged_over(action.spec)
+            tags = list(dict.fromkeys([*action.tags, *req.tags]))
+            out.append(_finalised(JobRequest(**{**req.__dict__, "spec": merged, "tags": tags})))
+        return out
+
+    async def insert_many(
+        self, conn: aiosqlite.Connection, requests: Sequence[JobRequest], run_id: int | None = None
+    ) -> list[int]:
+        """Insert resolved jobs with one executemany per table; their new ids, in order."""
+        if not requests:
+            return []
+        ids = await allocate_ids(conn, "jobs", len(requests))
+        ts = now()
+        rows: list[tuple[Any, ...]] = []
+        tag_rows: list[tuple[str, int]] = []
+        for job_id, req in zip(ids, requests, strict=True):
+            spec = req.spec
+            rows.append(
+                (
+                    job_id,
+                    run_id,
+                    req.key,
+                    req.action,
+                    orjson.dumps(spec.to_dict()).decode(),
+                    orjson.dumps(req.tags).decode(),
+                    req.priority,
+                    req.group,
+                    req.dedup_key,
+                    (spec.retries or 0) + 1,
+                    ts,
+                )
+            )
+            tag_rows.extend((tag, job_id) for tag in req.tags)
+        cur = await conn.executemany(Q["job_insert"], rows)
+        assert cur.rowcount == len(rows), "every job row must be written"
+        if tag_rows:
+            await conn.executemany(Q["job_tag_insert"], tag_rows)
+        return ids
+
+    async def insert_edges(self, conn: aiosqlite.Connection, edges: Sequence[tuple[int, int]]) -> int:
+        """Insert dependency edges (job_id, depends_on); the rows written."""
+        if not edges:
+            return 0
+        cur = await conn.executemany(Q["job_dep_insert"], edges)
+        return cur.rowcount
+
+    async def submit(self, request: JobRequest) -> int:
+        """Queue one job in its own transaction; its id."""
+        async with self.pool.transaction() as conn:
+            resolved = await self.resolve(conn, [request], field="")
+            (job_id,) = await self.insert_many(conn, resolved)
+        return job_id
+
+    async def get(self, job_id: int) -> Job:
+        """The job `job_id`, or NotFound."""
+        row = await self.pool.fetch_one(Q["job_get"], (job_id,))
+        if row is None:
+            raise NotFound("job not found", {"id": job_id})
+        return Job.from_row(row)
+
+    async def depends_on(self, job_id: int) -> list[int]:
+        """The ids a job waits for."""
+        rows = await self.pool.fetch_all(Q["job_deps_of"], (job_id,))
+        return [r[0] for r in rows]
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        tag: str | None = None,
+        run_id: int | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[Job]:
+        """A page of jobs in id order."""
+        params = {"status": status, "tag": tag, "run_id": run_id, "limit": limit, "after_id": after_id}
+        sql = Q["job_list"] if tag is None else Q["job_list_by_tag"]
+        rows = await self.pool.fetch_all(sql, params)
+        return [Job.from_row(r) for r in rows]
+
+    async def select_tagged(self, conn: aiosqlite.Connection, tag: str) -> TaggedSelection:
+        """Split the jobs with `tag` into deletable ones and active ones."""
+        deletable: list[int] = []
+        runs: set[int] = set()
+        active = 0
+        async with conn.execute(Q["job_tagged_for_clean"], (tag,)) as cur:
+            for job_id, run_id, status in await cur.fetchall():
+                if status in ACTIVE_JOB_STATES:
+                    active += 1
+                    continue
+                deletable.append(job_id)
+                if run_id is not None:
+                    runs.add(run_id)
+        return TaggedSelection(deletable, sorted(runs), active)
+
+    async def delete_many(self, ids: Sequence[int], conn: aiosqlite.Connection | None = None) -> int:
+        """Delete jobs by id, one statement per chunk of at most 999, all in one transaction."""
+        if conn is None:
+            async with self.pool.transaction() as tx:
+                return await self.delete_many(ids, tx)
+        deleted = 0
+        for chunk in chunks(ids):
+            cur = await conn.execute(with_marks("job_delete_ids", len(chunk)), chunk)
+            deleted += cur.rowcount
+            await cur.close()
+        return deleted
+
+
+def _finalised(req: JobRequest) -> JobRequest:
+    if req.spec.command is None and req.spec.script is None:
+        raise InvalidParams("command", "one of command or script is required")
+    return JobRequest(**{**req.__dict__, "spec": req.spec.with_defaults()})

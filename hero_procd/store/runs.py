@@ -1,0 +1,57 @@
+"""RunsApi: groups of jobs submitted together."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import aiosqlite
+import orjson
+
+from hero_procd.errors import NotFound
+from hero_procd.model import now
+from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.queries import Q, with_marks
+from hero_procd.store.records import Job, Run
+
+
+class RunsApi:
+    """Reads and writes of the `runs` table."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def insert(self, conn: aiosqlite.Connection, name: str | None, tags: list[str]) -> int:
+        """Insert a run inside a transaction in progress; its id."""
+        async with conn.execute(Q["run_insert"], (name, orjson.dumps(tags).decode(), now())) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def get(self, run_id: int) -> tuple[Run, list[Job], list[tuple[int, int]]]:
+        """The run, its jobs and its dependency edges, read on one connection."""
+        async with self.pool.reader() as conn:
+            async with conn.execute(Q["run_get"], (run_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFound("run not found", {"id": run_id})
+            async with conn.execute(Q["run_jobs"], (run_id,)) as cur:
+                jobs = [Job.from_row(r) for r in await cur.fetchall()]
+            async with conn.execute(Q["run_job_edges"], (run_id,)) as cur:
+                edges = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
+        return Run.from_row(row), jobs, edges
+
+    async def list(
+        self, *, status: str | None = None, tag: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[Run]:
+        """A page of runs in id order."""
+        params = {"status": status, "tag": tag, "limit": limit, "after_id": after_id}
+        return [Run.from_row(r) for r in await self.pool.fetch_all(Q["run_list"], params)]
+
+    async def delete_empty(self, conn: aiosqlite.Connection, run_ids: Sequence[int]) -> int:
+        """Delete those of `run_ids` left with no job, one statement per chunk; the rows deleted."""
+        deleted = 0
+        for chunk in chunks(run_ids):
+            cur = await conn.execute(with_marks("run_delete_empty", len(chunk)), chunk)
+            deleted += cur.rowcount
+            await cur.close()
+        return deleted

@@ -1,0 +1,138 @@
+"""Versioned migrations, applied in order by `PRAGMA user_version`.
+
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+V1 = """
+CREATE TABLE actions (
+    name        TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    tags        TEXT NOT NULL DEFAULT '[]',
+    created_at  REAL NOT NULL,
+    updated_at  REAL NOT NULL
+);
+
+CREATE TABLE runs (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT,
+    tags        TEXT NOT NULL DEFAULT '[]',
+    status      TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    finished_at REAL
+);
+
+CREATE TABLE jobs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id         INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+    key            TEXT,
+    action         TEXT,
+    spec           TEXT NOT NULL,
+    tags           TEXT NOT NULL DEFAULT '[]',
+    status         TEXT NOT NULL,
+    priority       INTEGER NOT NULL DEFAULT 0,
+    grp            TEXT,
+    dedup_key      TEXT,
+    attempt        INTEGER NOT NULL DEFAULT 0,
+    max_attempts   INTEGER NOT NULL DEFAULT 1,
+    not_before     REAL NOT NULL DEFAULT 0,
+    claim_token    TEXT,
+    pid            INTEGER,
+    pid_start_time REAL,
+    exit_code      INTEGER,
+    signal         INTEGER,
+    error          TEXT,
+    created_at     REAL NOT NULL,
+    started_at     REAL,
+    finished_at    REAL
+);
+CREATE INDEX jobs_claim ON jobs (priority DESC, id) WHERE status = 'queued';
+CREATE INDEX jobs_status ON jobs (status, id);
+CREATE INDEX jobs_run ON jobs (run_id);
+CREATE UNIQUE INDEX jobs_dedup ON jobs (dedup_key)
+    WHERE status = 'queued' AND dedup_key IS NOT NULL;
+
+CREATE TABLE job_tags (
+    tag     TEXT NOT NULL,
+    job_id  INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    PRIMARY KEY (tag, job_id)
+) WITHOUT ROWID;
+CREATE INDEX job_tags_job ON job_tags (job_id);
+
+CREATE TABLE job_deps (
+    job_id      INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    depends_on  INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    PRIMARY KEY (job_id, depends_on)
+) WITHOUT ROWID;
+CREATE INDEX job_deps_depends_on ON job_deps (depends_on);
+
+CREATE TABLE services (
+    name           TEXT PRIMARY KEY,
+    spec           TEXT NOT NULL,
+    desired        TEXT NOT NULL DEFAULT 'stopped',
+    state          TEXT NOT NULL DEFAULT 'stopped',
+    pid            INTEGER,
+    pid_start_time REAL,
+    restarts       INTEGER NOT NULL DEFAULT 0,
+    exit_code      INTEGER,
+    signal         INTEGER,
+    health         TEXT,
+    memory_bytes   INTEGER,
+    cpu_percent    REAL,
+    started_at     REAL,
+    created_at     REAL NOT NULL,
+    updated_at     REAL NOT NULL
+);
+
+CREATE TABLE log_lines (
+    owner_kind  TEXT NOT NULL,
+    owner_id    TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    stream      TEXT NOT NULL,
+    ts          REAL NOT NULL,
+    text        TEXT NOT NULL,
+    PRIMARY KEY (owner_kind, owner_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE schedules (
+    name          TEXT PRIMARY KEY,
+    cron          TEXT NOT NULL,
+    tz            TEXT,
+    target        TEXT NOT NULL,
+    overlap       TEXT NOT NULL DEFAULT 'skip',
+    paused        INTEGER NOT NULL DEFAULT 0,
+    next_fire_at  REAL,
+    last_fire_at  REAL,
+    last_job_id   INTEGER,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL
+);
+
+CREATE TABLE groups (
+    name          TEXT PRIMARY KEY,
+    max_parallel  INTEGER NOT NULL
+);
+
+CREATE TABLE secrets (
+    name        TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    updated_at  REAL NOT NULL
+);
+"""
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (1, V1),
+]
+
+# Every table a wipe empties, children before parents.
+WIPE_ORDER = (
+    "log_lines",
+    "job_deps",
+    "job_tags",
+    "jobs",
+    "runs",
+    "actions",
+    "services",
+    "schedules",
+)
