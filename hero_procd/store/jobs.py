@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiosqlite
@@ -60,7 +60,7 @@ class JobsApi:
                 raise NotFound("action not found", {"field": where, "name": req.action})
             merged = req.spec.merged_over(action.spec)
             tags = list(dict.fromkeys([*action.tags, *req.tags]))
-            out.append(_finalised(JobRequest(**{**req.__dict__, "spec": merged, "tags": tags})))
+            out.append(_finalised(replace(req, spec=merged, tags=tags)))
         return out
 
     async def insert_many(
@@ -160,7 +160,10 @@ class JobsApi:
                 return await self.delete_many(ids, tx)
         deleted = 0
         for chunk in chunks(ids):
-            cur = await conn.execute(with_marks("job_delete_ids", len(chunk)), chunk)
+            n = len(chunk)
+            for name in ("job_tag_delete_ids", "job_dep_delete_ids", "job_dep_delete_targets"):
+                await (await conn.execute(with_marks(name, n), chunk)).close()
+            cur = await conn.execute(with_marks("job_delete_ids", n), chunk)
             deleted += cur.rowcount
             await cur.close()
         return deleted
@@ -169,4 +172,5 @@ class JobsApi:
 def _finalised(req: JobRequest) -> JobRequest:
     if req.spec.command is None and req.spec.script is None:
         raise InvalidParams("command", "one of command or script is required")
-    return JobRequest(**{**req.__dict__, "spec": req.spec.with_defaults()})
+    spec = req.spec.with_defaults()
+    return req if spec is req.spec else replace(req, spec=spec)

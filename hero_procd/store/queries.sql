@@ -91,8 +91,20 @@ SELECT j.id, j.run_id, j.status FROM job_tags t JOIN jobs j ON j.id = t.job_id
 WHERE t.tag = ?
 
 -- job_delete_ids --
--- Delete a chunk of jobs by id (tags and edges go by cascade).
+-- Delete a chunk of jobs by id (their tags and edges first: see job_tag_delete_ids).
 DELETE FROM jobs WHERE id IN ({marks})
+
+-- job_tag_delete_ids --
+-- Delete the tags of a chunk of jobs.
+DELETE FROM job_tags WHERE job_id IN ({marks})
+
+-- job_dep_delete_ids --
+-- Delete the dependency edges from a chunk of jobs.
+DELETE FROM job_deps WHERE job_id IN ({marks})
+
+-- job_dep_delete_targets --
+-- Delete the dependency edges to a chunk of jobs.
+DELETE FROM job_deps WHERE depends_on IN ({marks})
 
 -- run_insert --
 -- One new run.

@@ -1,0 +1,38 @@
+"""The daemon's shared state, handed to every RPC method."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hero_procd import __version__
+from hero_procd.config import Config
+from hero_procd.store import Store
+
+
+@dataclass
+class Stats:
+    """Counters shown by `system.info`."""
+
+    requests: int = 0
+    dropped_log_lines: int = 0
+
+
+@dataclass
+class App:
+    """What a running daemon is made of."""
+
+    config: Config
+    store: Store
+    openrpc: dict[str, Any]
+    started_at: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    pid: int = field(default_factory=os.getpid)
+    version: str = __version__
+    stats: Stats = field(default_factory=Stats)
+
+    def uptime_s(self) -> float:
+        """Seconds since the daemon started."""
+        return round(time.monotonic() - self.started_mono, 3)

@@ -1,0 +1,1 @@
+"""RPC methods, one module per area; thin: params → store call → result."""

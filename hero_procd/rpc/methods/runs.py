@@ -1,0 +1,61 @@
+"""run.*: groups of jobs submitted in one transaction."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from hero_procd.app import App
+from hero_procd.model import RunStatus, parse_job_request
+from hero_procd.params import Params
+from hero_procd.rpc.registry import rpc
+
+MAX_PAGE = 10_000
+
+
+@rpc("run.submit")
+async def run_submit(app: App, p: Params) -> dict[str, Any]:
+    """Create a run and all its jobs atomically; any invalid job rejects the whole run."""
+    name = p.text("name")
+    tags = p.text_list("tags") or []
+    items = p.obj_list("jobs", required=True, non_empty=True)
+    p.finish()
+    jobs = [parse_job_request(Params(item, f"jobs[{i}]"), in_run=True) for i, item in enumerate(items)]
+    run_id, by_key = await app.store.submit_run(name, tags, jobs)
+    return {"id": run_id, "jobs": by_key}
+
+
+@rpc("run.get")
+async def run_get(app: App, p: Params) -> dict[str, Any]:
+    """One run with its jobs (each with the keys it depends on) and counts by status."""
+    run_id = p.req_integer("id", minimum=1)
+    p.finish()
+    run, jobs, edges = await app.store.runs.get(run_id)
+    key_of = {j.id: j.key for j in jobs}
+    deps: dict[int, list[str | None]] = {}
+    for job_id, dep in edges:
+        deps.setdefault(job_id, []).append(key_of.get(dep))
+    out_jobs = []
+    for job in jobs:
+        d = job.to_dict()
+        d["depends_on"] = sorted(k for k in deps.get(job.id, []) if k is not None)
+        out_jobs.append(d)
+    out = run.to_dict()
+    out["jobs"] = out_jobs
+    out["counts"] = dict(Counter(j.status for j in jobs))
+    return out
+
+
+@rpc("run.list")
+async def run_list(app: App, p: Params) -> dict[str, Any]:
+    """A page of runs in id order."""
+    status = p.choice("status", tuple(s.value for s in RunStatus))
+    tag = p.text("tag")
+    limit = p.integer("limit", default=100, minimum=1, maximum=MAX_PAGE) or 100
+    after_id = p.integer("after_id", default=0, minimum=0) or 0
+    p.finish()
+    runs = await app.store.runs.list(status=status, tag=tag, limit=limit, after_id=after_id)
+    return {
+        "runs": [r.to_dict() for r in runs],
+        "next_after_id": runs[-1].id if len(runs) == limit else None,
+    }

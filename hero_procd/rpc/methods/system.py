@@ -1,0 +1,52 @@
+"""system.* and rpc.discover."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hero_procd.app import App
+from hero_procd.errors import InvalidParams
+from hero_procd.params import Params
+from hero_procd.rpc.registry import rpc
+
+
+@rpc("system.ping")
+async def ping(app: App, p: Params) -> dict[str, Any]:
+    """Liveness: answers without touching the database."""
+    p.finish()
+    return {"pong": True, "version": app.version}
+
+
+@rpc("system.info")
+async def info(app: App, p: Params) -> dict[str, Any]:
+    """Version, pid, uptime, paths, table counts and daemon counters."""
+    p.finish()
+    counts = await app.store.counts()
+    return {
+        "version": app.version,
+        "pid": app.pid,
+        "uptime_s": app.uptime_s(),
+        "started_at": app.started_at,
+        "socket": str(app.config.socket_path),
+        "db": str(app.config.db_path),
+        "counts": counts,
+        "requests": app.stats.requests,
+        "dropped_log_lines": app.stats.dropped_log_lines,
+    }
+
+
+@rpc("system.wipe_all")
+async def wipe_all(app: App, p: Params) -> dict[str, Any]:
+    """Delete every action, job, run, service, log line and schedule in one transaction."""
+    confirm = p.boolean("confirm")
+    p.finish()
+    if confirm is not True:
+        raise InvalidParams("confirm", "must be true to wipe everything")
+    return {"deleted": await app.store.wipe_all()}
+
+
+@rpc("rpc.discover")
+async def discover(app: App, p: Params) -> dict[str, Any]:
+    """The OpenRPC document describing every method."""
+    p.finish()
+    return app.openrpc
