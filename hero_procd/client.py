@@ -8,6 +8,7 @@ starts fast.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
@@ -62,7 +63,9 @@ def _unavailable(path: Path, exc: OSError) -> DaemonUnavailable:
 class Client:
     """A blocking client: `with Client() as c: c.call("system.ping")`."""
 
-    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 60.0):
+    def __init__(
+        self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 60.0
+    ):
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.timeout = timeout
         self._sock: socket.socket | None = None
@@ -81,13 +84,15 @@ class Client:
         self._sock = sock
 
     def call(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
-        """Call `method` with `params` (or keyword arguments); the result, or the daemon's error raised."""
+        """Call `method` with `params` (or keywords); the result, or the daemon's error raised."""
         if self._sock is None:
             self.connect()
         assert self._sock is not None
         req_id = next(self._ids)
         try:
-            self._sock.sendall(_request(method, params if params is not None else (kw or None), req_id))
+            self._sock.sendall(
+                _request(method, params if params is not None else (kw or None), req_id)
+            )
             line = self._read_line()
         except TimeoutError as exc:
             self.close()
@@ -132,7 +137,9 @@ class AsyncClient:
     One request at a time per client; open several clients for parallel calls.
     """
 
-    def __init__(self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 60.0):
+    def __init__(
+        self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 60.0
+    ):
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
@@ -162,12 +169,16 @@ class AsyncClient:
         req_id = next(self._ids)
         async with self._lock:
             try:
-                self._writer.write(_request(method, params if params is not None else (kw or None), req_id))
+                self._writer.write(
+                    _request(method, params if params is not None else (kw or None), req_id)
+                )
                 await self._writer.drain()
                 line = await asyncio.wait_for(self._reader.readline(), self.timeout)
             except TimeoutError as exc:
                 await self.close()
-                raise DaemonUnavailable(f"no answer from hero-procd within {self.timeout}s") from exc
+                raise DaemonUnavailable(
+                    f"no answer from hero-procd within {self.timeout}s"
+                ) from exc
             except OSError as exc:
                 await self.close()
                 raise _unavailable(self.socket_path, exc) from exc
@@ -180,10 +191,8 @@ class AsyncClient:
         """Close the connection."""
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await self._writer.wait_closed()
-            except OSError:
-                pass
             self._writer = None
             self._reader = None
 

@@ -63,9 +63,13 @@ class Config:
         return cls(
             socket_path=Path(socket_path) if socket_path else default_socket_path(),
             db_path=Path(db_path) if db_path else default_db_path(),
-            readers=readers if readers is not None else _env_int("HERO_PROC_READERS", DEFAULT_READERS),
+            readers=readers
+            if readers is not None
+            else _env_int("HERO_PROC_READERS", DEFAULT_READERS),
             max_frame=(
-                max_frame if max_frame is not None else _env_int("HERO_PROC_MAX_FRAME", DEFAULT_MAX_FRAME)
+                max_frame
+                if max_frame is not None
+                else _env_int("HERO_PROC_MAX_FRAME", DEFAULT_MAX_FRAME)
             ),
             socket_group=socket_group or os.environ.get("HERO_PROC_SOCKET_GROUP") or None,
         )

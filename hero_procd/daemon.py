@@ -82,7 +82,9 @@ def take_lock(db_path: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise StartupError(f"another hero-procd holds the database {db_path} (lock {lock_path})") from None
+        raise StartupError(
+            f"another hero-procd holds the database {db_path} (lock {lock_path})"
+        ) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -92,7 +94,9 @@ async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT, then shut down cleanly."""
     state = await asyncio.to_thread(probe_socket, config.socket_path)
     if state == "live":
-        raise StartupError(f"a daemon already answers on {config.socket_path}; not starting a second one")
+        raise StartupError(
+            f"a daemon already answers on {config.socket_path}; not starting a second one"
+        )
     lock_fd = await asyncio.to_thread(take_lock, config.db_path)
     try:
         if state == "stale":
@@ -103,7 +107,10 @@ async def serve(config: Config) -> None:
         try:
             app = App(config=config, store=store, openrpc=load_openrpc())
             server = RpcServer(
-                Dispatcher(app, load_methods()), config.socket_path, config.max_frame, config.socket_group
+                Dispatcher(app, load_methods()),
+                config.socket_path,
+                config.max_frame,
+                config.socket_group,
             )
             await server.start()
             stop = asyncio.Event()
@@ -112,7 +119,11 @@ async def serve(config: Config) -> None:
                 loop.add_signal_handler(sig, stop.set)
             log.info(
                 "hero-procd ready",
-                extra={"version": __version__, "socket": str(config.socket_path), "db": str(config.db_path)},
+                extra={
+                    "version": __version__,
+                    "socket": str(config.socket_path),
+                    "db": str(config.db_path),
+                },
             )
             notify("READY=1")
             await stop.wait()
@@ -127,12 +138,24 @@ async def serve(config: Config) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Unix socket [$HERO_PROC_SOCKET]")
-@click.option("--db", "db_path", type=click.Path(path_type=Path), help="SQLite database [$HERO_PROC_DB]")
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="Unix socket [$HERO_PROC_SOCKET]",
+)
+@click.option(
+    "--db", "db_path", type=click.Path(path_type=Path), help="SQLite database [$HERO_PROC_DB]"
+)
 @click.option("--readers", type=click.IntRange(1, 64), help="Reader connections [4]")
-@click.option("--socket-group", help="Group allowed on the socket (mode 0660) [$HERO_PROC_SOCKET_GROUP]")
-@click.option("--log-level", default=lambda: os.environ.get("HERO_PROC_LOG_LEVEL", "info"),
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option(
+    "--socket-group", help="Group allowed on the socket (mode 0660) [$HERO_PROC_SOCKET_GROUP]"
+)
+@click.option(
+    "--log-level",
+    default=lambda: os.environ.get("HERO_PROC_LOG_LEVEL", "info"),
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
 @click.version_option(__version__, prog_name="hero-procd")
 def main(
     socket_path: Path | None,

@@ -13,14 +13,20 @@ class KeyValueFormatter(logging.Formatter):
     """`LEVEL logger: message key=value …`; under journald no timestamp (it adds its own)."""
 
     def __init__(self, with_time: bool) -> None:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if with_time else "%(levelname)s %(name)s: %(message)s"
+        fmt = (
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+            if with_time
+            else "%(levelname)s %(name)s: %(message)s"
+        )
         super().__init__(fmt)
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
         if extras:
-            line += " " + " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in extras.items())
+            line += " " + " ".join(
+                f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in extras.items()
+            )
         return line
 
 

@@ -35,9 +35,7 @@ ACTIVE_JOB_STATES = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 TERMINAL_JOB_STATES = frozenset(set(JobStatus) - ACTIVE_JOB_STATES)
 
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset(
-        {JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SKIPPED}
-    ),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.SKIPPED}),
     JobStatus.RUNNING: frozenset(
         {
             JobStatus.SUCCEEDED,
@@ -79,7 +77,9 @@ class ServiceState(StrEnum):
     FATAL = "fatal"
 
 
-RUNNING_SERVICE_STATES = frozenset({ServiceState.STARTING, ServiceState.RUNNING, ServiceState.STOPPING})
+RUNNING_SERVICE_STATES = frozenset(
+    {ServiceState.STARTING, ServiceState.RUNNING, ServiceState.STOPPING}
+)
 STOPPED_SERVICE_STATES = frozenset({ServiceState.STOPPED, ServiceState.EXITED, ServiceState.FATAL})
 
 SERVICE_TRANSITIONS: dict[ServiceState, frozenset[ServiceState]] = {
@@ -87,8 +87,12 @@ SERVICE_TRANSITIONS: dict[ServiceState, frozenset[ServiceState]] = {
     ServiceState.STARTING: frozenset(
         {ServiceState.RUNNING, ServiceState.BACKOFF, ServiceState.STOPPING, ServiceState.EXITED}
     ),
-    ServiceState.RUNNING: frozenset({ServiceState.STOPPING, ServiceState.BACKOFF, ServiceState.EXITED}),
-    ServiceState.BACKOFF: frozenset({ServiceState.STARTING, ServiceState.FATAL, ServiceState.STOPPED}),
+    ServiceState.RUNNING: frozenset(
+        {ServiceState.STOPPING, ServiceState.BACKOFF, ServiceState.EXITED}
+    ),
+    ServiceState.BACKOFF: frozenset(
+        {ServiceState.STARTING, ServiceState.FATAL, ServiceState.STOPPED}
+    ),
     ServiceState.STOPPING: frozenset({ServiceState.STOPPED}),
     ServiceState.EXITED: frozenset({ServiceState.STARTING}),
     ServiceState.FATAL: frozenset({ServiceState.STARTING}),
@@ -125,7 +129,9 @@ class CommandSpec:
         return CommandSpec(
             command=self.command if has_own_command else base.command,
             script=self.script if has_own_command else base.script,
-            interpreter=(self.interpreter or base.interpreter) if has_own_command else base.interpreter,
+            interpreter=(self.interpreter or base.interpreter)
+            if has_own_command
+            else base.interpreter,
             env=env or None,
             cwd=self.cwd if self.cwd is not None else base.cwd,
             timeout_s=self.timeout_s if self.timeout_s is not None else base.timeout_s,
@@ -145,7 +151,8 @@ class CommandSpec:
             return self
         return replace(
             self,
-            interpreter=self.interpreter or (DEFAULT_INTERPRETER if self.script is not None else None),
+            interpreter=self.interpreter
+            or (DEFAULT_INTERPRETER if self.script is not None else None),
             retries=self.retries if self.retries is not None else 0,
             kill_timeout_s=(
                 self.kill_timeout_s if self.kill_timeout_s is not None else DEFAULT_KILL_TIMEOUT_S
@@ -177,11 +184,20 @@ class CommandSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(CommandSpec))
-COMMAND_FIELDS = ("command", "script", "interpreter", "env", "cwd", "timeout_s", "kill_timeout_s", "retries")
+COMMAND_FIELDS = (
+    "command",
+    "script",
+    "interpreter",
+    "env",
+    "cwd",
+    "timeout_s",
+    "kill_timeout_s",
+    "retries",
+)
 
 
 def parse_command_spec(p: Params, *, require_command: bool) -> CommandSpec:
-    """Read the command fields of `p`; with `require_command`, one of command or script is needed."""
+    """Read the command fields of `p`; `require_command` demands a command or a script."""
     command = p.text_list("command", non_empty=True)
     script = p.text("script")
     interp_raw = p.raw("interpreter")
@@ -295,7 +311,9 @@ def parse_service_spec(p: Params) -> dict[str, Any]:
     spec = parse_command_spec(p, require_command=True).to_dict()
     spec.pop("retries", None)
     if p.has("retries"):
-        raise InvalidParams(p.path("retries"), "services restart by policy; use restart/start_limit")
+        raise InvalidParams(
+            p.path("retries"), "services restart by policy; use restart/start_limit"
+        )
     opts: dict[str, Any] = {
         "restart": p.choice("restart", ("always", "on-failure", "never"), default="on-failure"),
         "start_secs": p.number("start_secs", default=1.0, minimum=0),

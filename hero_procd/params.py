@@ -51,7 +51,12 @@ class Params:
         return self._get(name, False)
 
     def text(
-        self, name: str, *, required: bool = False, default: str | None = None, name_like: bool = False
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        default: str | None = None,
+        name_like: bool = False,
     ) -> str | None:
         """A string field; `name_like` restricts it to an identifier-ish name."""
         value = self._get(name, required)
@@ -129,7 +134,9 @@ class Params:
             raise InvalidParams(self.path(name), "must be a boolean")
         return value
 
-    def choice(self, name: str, options: tuple[str, ...], *, default: str | None = None) -> str | None:
+    def choice(
+        self, name: str, options: tuple[str, ...], *, default: str | None = None
+    ) -> str | None:
         """A string field that must be one of `options`."""
         value = self.text(name, default=default)
         if value is not None and value not in options:

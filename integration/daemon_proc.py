@@ -23,7 +23,9 @@ def short_tmpdir(prefix: str = "hp") -> Path:
 class DaemonProcess:
     """One hero-procd process on its own socket and database."""
 
-    def __init__(self, workdir: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self, workdir: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+    ):
         self.workdir = workdir
         self.socket_path = workdir / "hp.sock"
         self.db_path = workdir / "hp.db"
@@ -46,7 +48,9 @@ class DaemonProcess:
         env = dict(os.environ)
         env.update(self.env or {})
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env=env, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, stdout=log, stderr=log, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -90,7 +90,9 @@ class Dispatcher:
                 return Error(exc.code, exc.message, exc.data if exc.data is not None else NODATA)
             except Exception as exc:
                 log.exception("rpc method failed", extra={"method": name})
-                return Error(INTERNAL_ERROR, "Internal error", {"detail": f"{type(exc).__name__}: {exc}"})
+                return Error(
+                    INTERNAL_ERROR, "Internal error", {"detail": f"{type(exc).__name__}: {exc}"}
+                )
 
         entry.__name__ = name
         return entry
@@ -120,7 +122,8 @@ class Dispatcher:
             if not isinstance(req_id, _ID_TYPES) or isinstance(req_id, bool):
                 req_id = None
             return error_response(INVALID_REQUEST, "Invalid Request", {"problem": problem}, req_id)
-        answer: dict[str, Any] | None = await async_dispatch_to_serializable(
+        answer = await async_dispatch_to_serializable(
             req, self.methods, deserializer=_identity, validator=_accept
         )
+        assert not isinstance(answer, list)  # one request object, one answer
         return answer

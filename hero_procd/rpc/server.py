@@ -269,7 +269,9 @@ class Connection(asyncio.Protocol):
         headers = {k.lower(): v for k, v in request.headers}
         length = int(headers.get(b"content-length", b"0") or 0)
         if length > self.server.max_frame:
-            self._http_send(http, 413, {"error": "body too large", "limit_bytes": self.server.max_frame})
+            self._http_send(
+                http, 413, {"error": "body too large", "limit_bytes": self.server.max_frame}
+            )
             return
         if headers.get(b"expect", b"").lower() == b"100-continue":
             self._write(http.send(h11.InformationalResponse(status_code=100, headers=[])))
@@ -305,7 +307,9 @@ class Connection(asyncio.Protocol):
         elif target in (b"/rpc", b"/", b"/openrpc.json", b"/health"):
             self._http_send(http, 405, {"error": "method not allowed"})
         else:
-            self._http_send(http, 404, {"error": "not found", "paths": ["/rpc", "/openrpc.json", "/health"]})
+            self._http_send(
+                http, 404, {"error": "not found", "paths": ["/rpc", "/openrpc.json", "/health"]}
+            )
 
     def _http_send(self, http: h11.Connection, status: int, doc: Any) -> None:
         self._http_send_raw(http, status, orjson.dumps(doc))
@@ -352,7 +356,12 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed and not self.stopping:
+        if (
+            self.reading_paused
+            and self.transport is not None
+            and not self.closed
+            and not self.stopping
+        ):
             self.reading_paused = False
             self.transport.resume_reading()
 

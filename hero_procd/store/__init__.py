@@ -77,7 +77,7 @@ class Store:
         return run_id, by_key
 
     async def clean_by_tag(self, tag: str) -> CleanResult:
-        """Delete the tag's finished jobs, their log lines and runs left empty, in one transaction."""
+        """Delete the tag's finished jobs, their log lines and emptied runs, in one transaction."""
         async with self.pool.transaction() as conn:
             found = await self.jobs.select_tagged(conn, tag)
             logs = await self.logs.delete_owners(conn, "job", [str(i) for i in found.deletable])

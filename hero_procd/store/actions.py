@@ -57,5 +57,8 @@ class ActionsApi:
 
     async def delete(self, name: str) -> int:
         """Delete the action `name`; the number of rows deleted (0 or 1)."""
-        async with self.pool.transaction() as conn, conn.execute(Q["action_delete"], (name,)) as cur:
+        async with (
+            self.pool.transaction() as conn,
+            conn.execute(Q["action_delete"], (name,)) as cur,
+        ):
             return cur.rowcount

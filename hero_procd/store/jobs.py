@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -97,7 +98,9 @@ class JobsApi:
             await conn.executemany(Q["job_tag_insert"], tag_rows)
         return ids
 
-    async def insert_edges(self, conn: aiosqlite.Connection, edges: Sequence[tuple[int, int]]) -> int:
+    async def insert_edges(
+        self, conn: aiosqlite.Connection, edges: Sequence[tuple[int, int]]
+    ) -> int:
         """Insert dependency edges (job_id, depends_on); the rows written."""
         if not edges:
             return 0
@@ -133,14 +136,20 @@ class JobsApi:
         after_id: int = 0,
     ) -> list[Job]:
         """A page of jobs in id order."""
-        params = {"status": status, "tag": tag, "run_id": run_id, "limit": limit, "after_id": after_id}
+        params = {
+            "status": status,
+            "tag": tag,
+            "run_id": run_id,
+            "limit": limit,
+            "after_id": after_id,
+        }
         sql = Q["job_list"] if tag is None else Q["job_list_by_tag"]
         rows = await self.pool.fetch_all(sql, params)
         return [Job.from_row(r) for r in rows]
 
     async def select_tagged(self, conn: aiosqlite.Connection, tag: str) -> TaggedSelection:
         """Split the jobs with `tag` into deletable ones and active ones."""
-        deletable: list[int] = []
+        deletable: builtins.list[int] = []
         runs: set[int] = set()
         active = 0
         async with conn.execute(Q["job_tagged_for_clean"], (tag,)) as cur:
@@ -153,7 +162,9 @@ class JobsApi:
                     runs.add(run_id)
         return TaggedSelection(deletable, sorted(runs), active)
 
-    async def delete_many(self, ids: Sequence[int], conn: aiosqlite.Connection | None = None) -> int:
+    async def delete_many(
+        self, ids: Sequence[int], conn: aiosqlite.Connection | None = None
+    ) -> int:
         """Delete jobs by id, one statement per chunk of at most 999, all in one transaction."""
         if conn is None:
             async with self.pool.transaction() as tx:

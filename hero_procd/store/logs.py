@@ -43,7 +43,9 @@ class LogsApi:
     ) -> list[LogLine]:
         """A page of an owner's lines after `after_seq`, in order."""
         rows = await self.pool.fetch_all(Q["log_read"], (owner_kind, owner_id, after_seq, limit))
-        return [LogLine(owner_kind, owner_id, r["seq"], r["stream"], r["ts"], r["text"]) for r in rows]
+        return [
+            LogLine(owner_kind, owner_id, r["seq"], r["stream"], r["ts"], r["text"]) for r in rows
+        ]
 
     async def last_seq(self, owner_kind: str, owner_id: str) -> int:
         """The last sequence number written for an owner (0 if none)."""
@@ -56,7 +58,9 @@ class LogsApi:
         """Delete every line of these owners, one statement per chunk; the rows deleted."""
         deleted = 0
         for chunk in chunks(owner_ids, 998):  # one parameter is the owner kind
-            cur = await conn.execute(with_marks("log_delete_owners", len(chunk)), (owner_kind, *chunk))
+            cur = await conn.execute(
+                with_marks("log_delete_owners", len(chunk)), (owner_kind, *chunk)
+            )
             deleted += cur.rowcount
             await cur.close()
         return deleted

@@ -77,7 +77,9 @@ def _create_private(path: Path) -> bool:
 class Pool:
     """The daemon's connections to one SQLite database."""
 
-    def __init__(self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]):
+    def __init__(
+        self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]
+    ):
         self.path = path
         self._writer = writer
         self._write_lock = asyncio.Lock()
@@ -178,7 +180,9 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
             continue
         log.info("migrating database", extra={"to_version": version})
         try:
-            await conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={version};\nCOMMIT;")
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={version};\nCOMMIT;"
+            )
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 await conn.execute("ROLLBACK")

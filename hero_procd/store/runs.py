@@ -41,7 +41,12 @@ class RunsApi:
         return Run.from_row(row), jobs, edges
 
     async def list(
-        self, *, status: str | None = None, tag: str | None = None, limit: int = 100, after_id: int = 0
+        self,
+        *,
+        status: str | None = None,
+        tag: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
     ) -> list[Run]:
         """A page of runs in id order."""
         params = {"status": status, "tag": tag, "limit": limit, "after_id": after_id}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 import orjson
@@ -22,7 +23,10 @@ class ServicesApi:
     async def define(self, name: str, spec: dict[str, Any]) -> Service:
         """Create or redefine a service; a running one keeps its live state."""
         params = {"name": name, "spec": orjson.dumps(spec).decode(), "now": now()}
-        async with self.pool.transaction() as conn, conn.execute(Q["service_upsert"], params) as cur:
+        async with (
+            self.pool.transaction() as conn,
+            conn.execute(Q["service_upsert"], params) as cur,
+        ):
             row = await cur.fetchone()
         assert row is not None
         return Service.from_row(row)
@@ -40,10 +44,13 @@ class ServicesApi:
 
     async def delete(self, name: str) -> int:
         """Delete the service `name`; the rows deleted (0 or 1)."""
-        async with self.pool.transaction() as conn, conn.execute(Q["service_delete"], (name,)) as cur:
+        async with (
+            self.pool.transaction() as conn,
+            conn.execute(Q["service_delete"], (name,)) as cur,
+        ):
             return cur.rowcount
 
-    async def status_all(self) -> list[dict[str, Any]]:
+    async def status_all(self) -> builtins.list[dict[str, Any]]:
         """The live status of every service, from one read."""
         rows = await self.pool.fetch_all(Q["service_status_all"])
         ts = now()

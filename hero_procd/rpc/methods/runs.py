@@ -20,7 +20,9 @@ async def run_submit(app: App, p: Params) -> dict[str, Any]:
     tags = p.text_list("tags") or []
     items = p.obj_list("jobs", required=True, non_empty=True)
     p.finish()
-    jobs = [parse_job_request(Params(item, f"jobs[{i}]"), in_run=True) for i, item in enumerate(items)]
+    jobs = [
+        parse_job_request(Params(item, f"jobs[{i}]"), in_run=True) for i, item in enumerate(items)
+    ]
     run_id, by_key = await app.store.submit_run(name, tags, jobs)
     return {"id": run_id, "jobs": by_key}
 
