@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hero_procd import __version__
 from hero_procd.config import Config
 from hero_procd.store import Store
+
+if TYPE_CHECKING:
+    from hero_procd.engine.executor import Executor
 
 
 @dataclass
@@ -32,6 +35,18 @@ class App:
     pid: int = field(default_factory=os.getpid)
     version: str = __version__
     stats: Stats = field(default_factory=Stats)
+    executor: Executor | None = None
+
+    @property
+    def jobs(self) -> Executor:
+        """The job executor (present once the daemon has started it)."""
+        assert self.executor is not None, "executor not started"
+        return self.executor
+
+    def wake_jobs(self) -> None:
+        """Tell the executor that jobs were queued (no-op without one)."""
+        if self.executor is not None:
+            self.executor.wake()
 
     def uptime_s(self) -> float:
         """Seconds since the daemon started."""

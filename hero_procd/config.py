@@ -49,6 +49,13 @@ class Config:
     max_frame: int = DEFAULT_MAX_FRAME
     socket_group: str | None = None
     shutdown_grace_s: float = 10.0
+    max_parallel: int = 16
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 300.0
+    flush_interval_s: float = 0.02
+    flush_batch: int = 2000
+    log_buffer_lines: int = 200_000
+    max_line_bytes: int = 16 * 1024
 
     @classmethod
     def from_env(
@@ -58,6 +65,7 @@ class Config:
         readers: int | None = None,
         max_frame: int | None = None,
         socket_group: str | None = None,
+        max_parallel: int | None = None,
     ) -> Config:
         """Build a config: explicit arguments win over the environment, which wins over defaults."""
         return cls(
@@ -72,4 +80,8 @@ class Config:
                 else _env_int("HERO_PROC_MAX_FRAME", DEFAULT_MAX_FRAME)
             ),
             socket_group=socket_group or os.environ.get("HERO_PROC_SOCKET_GROUP") or None,
+            max_parallel=(
+                max_parallel if max_parallel is not None else _env_int("HERO_PROC_MAX_PARALLEL", 16)
+            ),
+            log_buffer_lines=_env_int("HERO_PROC_LOG_BUFFER_LINES", 200_000),
         )

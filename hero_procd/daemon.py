@@ -21,6 +21,7 @@ import orjson
 from hero_procd import __version__
 from hero_procd.app import App
 from hero_procd.config import Config
+from hero_procd.engine.executor import Executor
 from hero_procd.logs_setup import setup_logging
 from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import load_methods
@@ -106,6 +107,8 @@ async def serve(config: Config) -> None:
         store = await Store.open(config.db_path, config.readers)
         try:
             app = App(config=config, store=store, openrpc=load_openrpc())
+            app.executor = Executor(app)
+            await app.executor.start()
             server = RpcServer(
                 Dispatcher(app, load_methods()),
                 config.socket_path,
@@ -130,6 +133,7 @@ async def serve(config: Config) -> None:
             log.info("shutting down")
             notify("STOPPING=1")
             await server.close(config.shutdown_grace_s)
+            await app.executor.stop()
         finally:
             await store.close()
     finally:
@@ -149,6 +153,11 @@ async def serve(config: Config) -> None:
 )
 @click.option("--readers", type=click.IntRange(1, 64), help="Reader connections [4]")
 @click.option(
+    "--max-parallel",
+    type=click.IntRange(1, 100_000),
+    help="Jobs running at once [16, $HERO_PROC_MAX_PARALLEL]",
+)
+@click.option(
     "--socket-group", help="Group allowed on the socket (mode 0660) [$HERO_PROC_SOCKET_GROUP]"
 )
 @click.option(
@@ -161,13 +170,20 @@ def main(
     socket_path: Path | None,
     db_path: Path | None,
     readers: int | None,
+    max_parallel: int | None,
     socket_group: str | None,
     log_level: str,
 ) -> None:
     """hero-procd: the process supervisor and job queue daemon."""
     setup_logging(log_level)
     try:
-        config = Config.from_env(socket_path, db_path, readers=readers, socket_group=socket_group)
+        config = Config.from_env(
+            socket_path,
+            db_path,
+            readers=readers,
+            socket_group=socket_group,
+            max_parallel=max_parallel,
+        )
     except ValueError as exc:
         click.echo(f"hero-procd: {exc}", err=True)
         sys.exit(2)

@@ -120,6 +120,7 @@ class CommandSpec:
     timeout_s: float | None = None
     kill_timeout_s: float | None = None
     retries: int | None = None
+    retry_delay_s: float | None = None
 
     def merged_over(self, base: CommandSpec) -> CommandSpec:
         """This spec's fields where set, the base's elsewhere; env is merged key by key."""
@@ -139,6 +140,9 @@ class CommandSpec:
                 self.kill_timeout_s if self.kill_timeout_s is not None else base.kill_timeout_s
             ),
             retries=self.retries if self.retries is not None else base.retries,
+            retry_delay_s=self.retry_delay_s
+            if self.retry_delay_s is not None
+            else base.retry_delay_s,
         )
 
     def with_defaults(self) -> CommandSpec:
@@ -184,16 +188,6 @@ class CommandSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(CommandSpec))
-COMMAND_FIELDS = (
-    "command",
-    "script",
-    "interpreter",
-    "env",
-    "cwd",
-    "timeout_s",
-    "kill_timeout_s",
-    "retries",
-)
 
 
 def parse_command_spec(p: Params, *, require_command: bool) -> CommandSpec:
@@ -226,6 +220,7 @@ def parse_command_spec(p: Params, *, require_command: bool) -> CommandSpec:
         timeout_s=p.number("timeout_s", positive=True),
         kill_timeout_s=p.number("kill_timeout_s", minimum=0),
         retries=p.integer("retries", minimum=0, maximum=1000),
+        retry_delay_s=p.number("retry_delay_s", minimum=0),
     )
 
 
@@ -243,10 +238,10 @@ class JobRequest:
     depends_on: list[str] = field(default_factory=list)
 
 
-def parse_job_request(p: Params, *, in_run: bool = False) -> JobRequest:
-    """Read one job of `job.submit` or of `run.submit`'s `jobs`."""
+def parse_job_request(p: Params, *, in_run: bool = False, partial: bool = False) -> JobRequest:
+    """Read one job of `job.submit` or of `run.submit`'s `jobs` (`partial`: batch defaults)."""
     action = p.text("action", name_like=True)
-    spec = parse_command_spec(p, require_command=action is None)
+    spec = parse_command_spec(p, require_command=action is None and not partial)
     if action is not None and (spec.command is not None or spec.script is not None):
         raise InvalidParams(p.path("action"), "give either action or command/script, not both")
     key: str | None = None
@@ -299,8 +294,15 @@ def check_run_graph(jobs: list[JobRequest]) -> None:
             if indegree[d] == 0:
                 ready.append(d)
     if ordered != len(jobs):
-        cyclic = sorted(k for k, n in indegree.items() if n > 0)
-        raise InvalidParams("jobs", f"dependency cycle among keys {', '.join(cyclic)}")
+        # What is left waits on a cycle; peel off those nothing left depends on,
+        # so the message names the keys on the cycle, not those behind it.
+        left = {k for k, n in indegree.items() if n > 0}
+        while True:
+            behind = {k for k in left if not any(d in left for d in dependents[k])}
+            if not behind:
+                break
+            left -= behind
+        raise InvalidParams("jobs", f"dependency cycle among keys {', '.join(sorted(left))}")
 
 
 SIGNAL_NAMES = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
@@ -310,7 +312,8 @@ def parse_service_spec(p: Params) -> dict[str, Any]:
     """Read `service.define` params (less the name) into the stored spec."""
     spec = parse_command_spec(p, require_command=True).to_dict()
     spec.pop("retries", None)
-    if p.has("retries"):
+    spec.pop("retry_delay_s", None)
+    if p.has("retries") or p.has("retry_delay_s"):
         raise InvalidParams(
             p.path("retries"), "services restart by policy; use restart/start_limit"
         )

@@ -13,7 +13,7 @@ from typing import Any
 
 from hero_procd.errors import InvalidParams
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}")  # used with fullmatch
 MAX_TEXT = 1 << 20
 
 
@@ -64,7 +64,7 @@ class Params:
             return default
         if not isinstance(value, str):
             raise InvalidParams(self.path(name), "must be a string")
-        if name_like and not NAME_RE.match(value):
+        if name_like and not NAME_RE.fullmatch(value):
             raise InvalidParams(
                 self.path(name), "must be 1-128 characters of letters, digits and _.@:- (not first)"
             )
@@ -157,7 +157,7 @@ class Params:
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise InvalidParams(f"{self.path(name)}[{i}]", "must be a string")
-            if name_like and not NAME_RE.match(item):
+            if name_like and not NAME_RE.fullmatch(item):
                 raise InvalidParams(f"{self.path(name)}[{i}]", "is not a valid name")
         return list(value)
 

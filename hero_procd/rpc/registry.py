@@ -14,7 +14,7 @@ METHODS: dict[str, Handler] = {}
 
 
 def rpc(name: str) -> Callable[[Handler], Handler]:
-    """Register `fn` as the RPC method `name`; each handler validates its params and calls `finish()`."""
+    """Register a handler as the RPC method `name`; it validates params and calls `finish()`."""
 
     def register(fn: Handler) -> Handler:
         if name in METHODS:
@@ -27,6 +27,13 @@ def rpc(name: str) -> Callable[[Handler], Handler]:
 
 def load_methods() -> dict[str, Handler]:
     """Import every methods module (they register on import) and return the table."""
-    from hero_procd.rpc.methods import actions, jobs, runs, services, system  # noqa: F401
+    from hero_procd.rpc.methods import (  # noqa: F401
+        actions,
+        groups,
+        jobs,
+        runs,
+        services,
+        system,
+    )
 
     return METHODS

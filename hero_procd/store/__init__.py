@@ -6,20 +6,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from hero_procd.model import JobRequest, check_run_graph
+from hero_procd.errors import NotFound
+from hero_procd.model import JobRequest, check_run_graph, now
 from hero_procd.store.actions import ActionsApi
+from hero_procd.store.groups import GroupsApi
 from hero_procd.store.jobs import JobsApi
 from hero_procd.store.logs import LogsApi
-from hero_procd.store.pool import Pool
-from hero_procd.store.queries import Q
+from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.runs import RunsApi
 from hero_procd.store.schema import WIPE_ORDER
 from hero_procd.store.services import ServicesApi
 
-__all__ = ["CleanResult", "Store"]
+__all__ = ["BatchResult", "CleanResult", "Store"]
+
+BATCH_CHUNK = 10_000
 
 # What wipe_all reports, by the table that holds it.
 _WIPE_REPORT = {
@@ -42,6 +47,16 @@ class CleanResult:
     skipped_active: int
 
 
+@dataclass
+class BatchResult:
+    """What `submit_batch` did with each item."""
+
+    submitted: list[int] = field(default_factory=list)
+    deduplicated: list[str] = field(default_factory=list)
+    superseded: list[tuple[int, int]] = field(default_factory=list)
+    failed: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
 class Store:
     """The database and its sub-APIs."""
 
@@ -52,6 +67,7 @@ class Store:
         self.runs = RunsApi(pool)
         self.services = ServicesApi(pool)
         self.logs = LogsApi(pool)
+        self.groups = GroupsApi(pool)
 
     @classmethod
     async def open(cls, path: Path, readers: int = 4) -> Store:
@@ -75,6 +91,72 @@ class Store:
             edges = [(by_key[j.key], by_key[d]) for j in jobs if j.key for d in j.depends_on]
             await self.jobs.insert_edges(conn, edges)
         return run_id, by_key
+
+    async def submit_batch(
+        self, items: list[tuple[int, JobRequest]], on_duplicate: str, result: BatchResult
+    ) -> BatchResult:
+        """Queue many jobs: one transaction per chunk of 10,000, dedup keys looked up per chunk.
+
+        Within the batch the last job with a dedup key wins; a key held by a
+        queued job is skipped or replaces that job (`on_duplicate`).
+        """
+        last_with_key: dict[str, int] = {}
+        for pos, (_, req) in enumerate(items):
+            if req.dedup_key is not None:
+                last_with_key[req.dedup_key] = pos
+        kept: list[tuple[int, JobRequest]] = []
+        for pos, (index, req) in enumerate(items):
+            if req.dedup_key is not None and last_with_key[req.dedup_key] != pos:
+                result.deduplicated.append(req.dedup_key)
+            else:
+                kept.append((index, req))
+        for chunk in chunks(kept, BATCH_CHUNK):
+            await self._submit_chunk(list(chunk), on_duplicate, result)
+        return result
+
+    async def _submit_chunk(
+        self, items: list[tuple[int, JobRequest]], on_duplicate: str, result: BatchResult
+    ) -> None:
+        async with self.pool.transaction() as conn:
+            names = [r.action for _, r in items if r.action is not None]
+            actions = await self.actions.get_many(conn, names) if names else {}
+            ready: list[tuple[int, JobRequest]] = []
+            for index, req in items:
+                if req.action is not None:
+                    action = actions.get(req.action)
+                    if action is None:
+                        err = NotFound("action not found", {"name": req.action})
+                        result.failed.append((index, {"code": err.code, "message": str(err)}))
+                        continue
+                    tags = list(dict.fromkeys([*action.tags, *req.tags]))
+                    req = replace(req, spec=req.spec.merged_over(action.spec), tags=tags)
+                ready.append((index, replace(req, spec=req.spec.with_defaults())))
+            keys = sorted({r.dedup_key for _, r in ready if r.dedup_key is not None})
+            held: dict[str, int] = {}
+            for key_chunk in chunks(keys):
+                sql = with_marks("job_dedup_held", len(key_chunk))
+                async with conn.execute(sql, key_chunk) as cur:
+                    held.update({row[1]: row[0] for row in await cur.fetchall()})
+            to_insert: list[JobRequest] = []
+            replaced: list[int | None] = []
+            for _, req in ready:
+                old = held.get(req.dedup_key) if req.dedup_key is not None else None
+                if old is not None and on_duplicate == "skip":
+                    assert req.dedup_key is not None
+                    result.deduplicated.append(req.dedup_key)
+                    continue
+                to_insert.append(req)
+                replaced.append(old)
+            olds = [
+                (now(), "superseded by a newer job with the same dedup_key", o)
+                for o in replaced
+                if o
+            ]
+            if olds:
+                await conn.executemany(Q["job_supersede"], olds)
+            ids = await self.jobs.insert_many(conn, to_insert)
+        result.submitted.extend(ids)
+        result.superseded.extend((new, old) for new, old in zip(ids, replaced, strict=True) if old)
 
     async def clean_by_tag(self, tag: str) -> CleanResult:
         """Delete the tag's finished jobs, their log lines and emptied runs, in one transaction."""

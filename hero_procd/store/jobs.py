@@ -11,7 +11,14 @@ import aiosqlite
 import orjson
 
 from hero_procd.errors import InvalidParams, NotFound
-from hero_procd.model import ACTIVE_JOB_STATES, JobRequest, now
+from hero_procd.model import (
+    ACTIVE_JOB_STATES,
+    TERMINAL_JOB_STATES,
+    CommandSpec,
+    JobRequest,
+    JobStatus,
+    now,
+)
 from hero_procd.store.actions import ActionsApi
 from hero_procd.store.pool import Pool, chunks
 from hero_procd.store.queries import Q, with_marks
@@ -88,6 +95,7 @@ class JobsApi:
                     req.group,
                     req.dedup_key,
                     (spec.retries or 0) + 1,
+                    len(set(req.depends_on)),
                     ts,
                 )
             )
@@ -185,3 +193,111 @@ def _finalised(req: JobRequest) -> JobRequest:
         raise InvalidParams("command", "one of command or script is required")
     spec = req.spec.with_defaults()
     return req if spec is req.spec else replace(req, spec=spec)
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this executor now owns for one attempt."""
+
+    id: int
+    run_id: int | None
+    spec: CommandSpec
+    group: str | None
+    attempt: int
+    max_attempts: int
+    token: str
+
+
+@dataclass
+class GroupRoom:
+    """Free slots per concurrency group at the time of a claim."""
+
+    full: set[str]
+    room: dict[str, int]
+
+
+async def claim(
+    conn: aiosqlite.Connection, n: int, token: str, groups: GroupRoom, at: float
+) -> list[ClaimedJob]:
+    """Claim up to n ready jobs (priority, then age) within group limits, on a write transaction."""
+    full = sorted(groups.full)
+    scan = n * 2 + 16
+    if full:
+        sql = with_marks("job_claim_candidates_excluding", len(full))
+        params: tuple[Any, ...] = (at, *full, scan)
+    else:
+        sql = Q["job_claim_candidates"]
+        params = (at, scan)
+    async with conn.execute(sql, params) as cur:
+        candidates = await cur.fetchall()
+    room = dict(groups.room)
+    chosen: list[int] = []
+    for job_id, grp in candidates:
+        if grp is not None and grp in room:
+            if room[grp] <= 0:
+                continue
+            room[grp] -= 1
+        chosen.append(job_id)
+        if len(chosen) == n:
+            break
+    if not chosen:
+        return []
+    async with conn.execute(with_marks("job_claim", len(chosen)), (token, at, *chosen)) as cur:
+        rows = await cur.fetchall()
+    out = [
+        ClaimedJob(
+            id=r["id"],
+            run_id=r["run_id"],
+            spec=CommandSpec.from_dict(orjson.loads(r["spec"])),
+            group=r["grp"],
+            attempt=r["attempt"],
+            max_attempts=r["max_attempts"],
+            token=r["claim_token"],
+        )
+        for r in rows
+    ]
+    out.sort(key=lambda c: chosen.index(c.id) if len(chosen) < 64 else c.id)
+    return out
+
+
+async def apply_outcomes(
+    conn: aiosqlite.Connection, finished: Sequence[tuple[int, str]], at: float
+) -> list[tuple[int, int | None]]:
+    """Release dependents of succeeded jobs and skip (transitively) those of failed ones.
+
+    Returns the (id, run_id) of every job skipped.
+    """
+    succeeded = [(job_id,) for job_id, status in finished if status == JobStatus.SUCCEEDED]
+    if succeeded:
+        await conn.executemany(Q["job_release_dependents"], succeeded)
+    frontier = [
+        job_id
+        for job_id, status in finished
+        if status in TERMINAL_JOB_STATES and status != JobStatus.SUCCEEDED
+    ]
+    skipped: list[tuple[int, int | None]] = []
+    while frontier:
+        nxt: list[int] = []
+        for chunk in chunks(frontier, 998):
+            sql = with_marks("job_skip_dependents", len(chunk))
+            async with conn.execute(sql, (at, *chunk)) as cur:
+                for row in await cur.fetchall():
+                    skipped.append((row[0], row[1]))
+                    nxt.append(row[0])
+        frontier = nxt
+    return skipped
+
+
+async def cancel_queued(
+    conn: aiosqlite.Connection, job_id: int, at: float, reason: str
+) -> tuple[int, int | None] | None:
+    """Cancel a queued job; its (id, run_id), or None if it was not queued."""
+    async with conn.execute(Q["job_cancel_queued"], (at, reason, job_id)) as cur:
+        row = await cur.fetchone()
+    return None if row is None else (row[0], row[1])
+
+
+async def next_ready_at(pool: Pool, at: float) -> float | None:
+    """When the earliest job in backoff becomes ready, if any."""
+    row = await pool.fetch_one(Q["job_next_ready_at"], (at,))
+    return None if row is None or row[0] is None else float(row[0])

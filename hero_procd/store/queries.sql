@@ -50,8 +50,8 @@ DELETE FROM actions WHERE name = ?
 -- job_insert --
 -- One new job with an id allocated in the same transaction.
 INSERT INTO jobs (id, run_id, key, action, spec, tags, status, priority, grp, dedup_key,
-                  attempt, max_attempts, not_before, created_at)
-VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?)
+                  attempt, max_attempts, not_before, deps_pending, created_at)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?)
 
 -- job_tag_insert --
 -- One tag of a job.
@@ -185,3 +185,120 @@ SELECT max(seq) FROM log_lines WHERE owner_kind = ? AND owner_id = ?
 -- log_delete_owners --
 -- Delete the lines of a chunk of owners of one kind.
 DELETE FROM log_lines WHERE owner_kind = ? AND owner_id IN ({marks})
+
+-- job_claim_candidates --
+-- Queued jobs ready to run (dependencies met, backoff over), best first.
+SELECT id, grp FROM jobs
+WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+ORDER BY priority DESC, id LIMIT ?
+
+-- job_claim_candidates_excluding --
+-- The same, leaving out the groups that are at their limit (the first parameter is the time).
+SELECT id, grp FROM jobs
+WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (grp IS NULL OR grp NOT IN ({marks}))
+ORDER BY priority DESC, id LIMIT ?
+
+-- job_claim --
+-- Claim a chunk of queued jobs for one executor: running, with its token, one more attempt.
+UPDATE jobs SET status = 'running', claim_token = ?, attempt = attempt + 1, started_at = ?,
+                finished_at = NULL, pid = NULL, pid_start_time = NULL, exit_code = NULL,
+                signal = NULL, error = NULL
+WHERE id IN ({marks}) AND status = 'queued'
+RETURNING id, run_id, spec, grp, attempt, max_attempts, claim_token
+
+-- job_next_ready_at --
+-- When the earliest job in backoff becomes ready.
+SELECT min(not_before) FROM jobs WHERE status = 'queued' AND deps_pending = 0 AND not_before > ?
+
+-- job_set_pid --
+-- Record the process of a claimed job (only while this claim owns it).
+UPDATE jobs SET pid = ?, pid_start_time = ? WHERE id = ? AND claim_token = ? AND status = 'running'
+
+-- job_finish --
+-- Finalize one attempt of a claimed job: a terminal status, or queued again for a retry.
+UPDATE jobs SET status = ?, exit_code = ?, signal = ?, error = ?, finished_at = ?, not_before = ?,
+                attempt = attempt + ?
+WHERE id = ? AND claim_token = ? AND status = 'running'
+
+-- job_cancel_queued --
+-- Cancel a queued job at once.
+UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
+WHERE id = ? AND status = 'queued'
+RETURNING id, run_id
+
+-- job_cancel_queued_of_run --
+-- Cancel every queued job of a run.
+UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
+WHERE run_id = ? AND status = 'queued'
+RETURNING id, run_id
+
+-- job_running_ids_of_run --
+-- The running jobs of a run.
+SELECT id FROM jobs WHERE run_id = ? AND status = 'running'
+
+-- job_release_dependents --
+-- One dependency of each dependent of a succeeded job is met.
+UPDATE jobs SET deps_pending = deps_pending - 1
+WHERE status = 'queued' AND id IN (SELECT job_id FROM job_deps WHERE depends_on = ?)
+
+-- job_skip_dependents --
+-- Queued dependents of jobs that did not succeed are skipped.
+UPDATE jobs SET status = 'skipped', finished_at = ?, error = 'a dependency did not succeed'
+WHERE status = 'queued' AND id IN (SELECT job_id FROM job_deps WHERE depends_on IN ({marks}))
+RETURNING id, run_id
+
+-- job_set_deps_pending --
+-- How many dependencies a new job of a run waits for.
+UPDATE jobs SET deps_pending = ? WHERE id = ?
+
+-- job_running_all --
+-- Jobs left running (by a previous daemon, at start-up).
+SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs WHERE status = 'running'
+
+-- job_recover --
+-- Settle a job found running at start-up: lost, or queued again if retries remain.
+UPDATE jobs SET status = ?, error = ?, finished_at = ?, not_before = ?
+WHERE id = ? AND status = 'running'
+
+-- job_dedup_held --
+-- Queued jobs holding some dedup keys.
+SELECT id, dedup_key FROM jobs WHERE status = 'queued' AND dedup_key IN ({marks})
+
+-- job_supersede --
+-- A queued job replaced by a newer one with the same dedup key.
+UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
+WHERE id = ? AND status = 'queued'
+
+-- job_status_of --
+-- Status and run of some jobs.
+SELECT id, run_id, status FROM jobs WHERE id IN ({marks})
+
+-- run_status_counts --
+-- Per run: how many of its jobs are in each state (to derive the run's status).
+SELECT run_id,
+       count(*) AS total,
+       sum(status = 'queued') AS queued,
+       sum(status = 'running') AS running,
+       sum(status = 'succeeded') AS succeeded,
+       sum(status = 'cancelled') AS cancelled,
+       sum(attempt > 0 OR status NOT IN ('queued', 'running')) AS started,
+       max(finished_at) AS last_finished
+FROM jobs WHERE run_id IN ({marks}) GROUP BY run_id
+
+-- run_set_status --
+-- Store a run's derived status.
+UPDATE runs SET status = ?, finished_at = ? WHERE id = ? AND (status != ? OR finished_at IS NOT ?)
+
+-- group_set --
+-- Create or change a concurrency group.
+INSERT INTO groups (name, max_parallel) VALUES (?, ?)
+ON CONFLICT (name) DO UPDATE SET max_parallel = excluded.max_parallel
+
+-- group_list --
+-- Every concurrency group.
+SELECT name, max_parallel FROM groups ORDER BY name
+
+-- group_delete --
+-- Delete a concurrency group.
+DELETE FROM groups WHERE name = ?

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import aiosqlite
 import orjson
 
 from hero_procd.errors import NotFound
-from hero_procd.model import now
+from hero_procd.model import RunStatus, now
 from hero_procd.store.pool import Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job, Run
@@ -60,3 +61,40 @@ class RunsApi:
             deleted += cur.rowcount
             await cur.close()
         return deleted
+
+
+def derive_status(
+    total: int, queued: int, running: int, succeeded: int, cancelled: int, started: int
+) -> str:
+    """A run's status from the states of its jobs."""
+    if running or (queued and started):
+        return RunStatus.RUNNING
+    if queued:
+        return RunStatus.QUEUED
+    if succeeded == total:
+        return RunStatus.SUCCEEDED
+    if cancelled:
+        return RunStatus.CANCELLED
+    return RunStatus.FAILED
+
+
+async def refresh_status(conn: aiosqlite.Connection, run_ids: Iterable[int]) -> None:
+    """Recompute and store the status of these runs, inside a write transaction."""
+    ids = sorted(set(run_ids))
+    updates: list[tuple[Any, ...]] = []
+    for chunk in chunks(ids):
+        async with conn.execute(with_marks("run_status_counts", len(chunk)), chunk) as cur:
+            for r in await cur.fetchall():
+                status = derive_status(
+                    r["total"],
+                    r["queued"],
+                    r["running"],
+                    r["succeeded"],
+                    r["cancelled"],
+                    r["started"],
+                )
+                done = status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+                finished = r["last_finished"] if done else None
+                updates.append((str(status), finished, r["run_id"], str(status), finished))
+    if updates:
+        await conn.executemany(Q["run_set_status"], updates)

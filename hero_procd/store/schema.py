@@ -40,6 +40,7 @@ CREATE TABLE jobs (
     attempt        INTEGER NOT NULL DEFAULT 0,
     max_attempts   INTEGER NOT NULL DEFAULT 1,
     not_before     REAL NOT NULL DEFAULT 0,
+    deps_pending   INTEGER NOT NULL DEFAULT 0,
     claim_token    TEXT,
     pid            INTEGER,
     pid_start_time REAL,
@@ -50,7 +51,7 @@ CREATE TABLE jobs (
     started_at     REAL,
     finished_at    REAL
 );
-CREATE INDEX jobs_claim ON jobs (priority DESC, id) WHERE status = 'queued';
+CREATE INDEX jobs_claim ON jobs (priority DESC, id) WHERE status = 'queued' AND deps_pending = 0;
 CREATE INDEX jobs_status ON jobs (status, id);
 CREATE INDEX jobs_run ON jobs (run_id);
 CREATE UNIQUE INDEX jobs_dedup ON jobs (dedup_key)

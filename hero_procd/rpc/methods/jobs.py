@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.model import JobStatus, parse_job_request
+from hero_procd.errors import HeroError
+from hero_procd.model import TERMINAL_JOB_STATES, JobRequest, JobStatus, parse_job_request
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
+from hero_procd.store import BatchResult
 
 MAX_PAGE = 10_000
 
@@ -16,7 +18,9 @@ MAX_PAGE = 10_000
 async def job_submit(app: App, p: Params) -> dict[str, Any]:
     """Queue one job: an action, a command (argv) or a script with an interpreter."""
     request = parse_job_request(p)
-    return {"id": await app.store.jobs.submit(request), "status": JobStatus.QUEUED.value}
+    job_id = await app.store.jobs.submit(request)
+    app.wake_jobs()
+    return {"id": job_id, "status": JobStatus.QUEUED.value}
 
 
 @rpc("job.get")
@@ -56,4 +60,75 @@ async def job_clean_by_tag(app: App, p: Params) -> dict[str, Any]:
     return {
         "deleted": {"jobs": result.jobs, "runs": result.runs, "logs": result.logs},
         "skipped_active": result.skipped_active,
+    }
+
+
+@rpc("job.submit_batch")
+async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
+    """Queue many jobs at once; invalid items are reported in `failed`, the others go on."""
+    items = p.obj_list("jobs", required=True, non_empty=True)
+    defaults = p.obj("defaults")
+    on_duplicate = p.choice("on_duplicate", ("skip", "replace"), default="skip") or "skip"
+    p.finish()
+    base: dict[str, Any] = {}
+    if defaults is not None:
+        raw = p.raw("defaults")
+        parse_job_request(Params(dict(raw), "defaults"), partial=True)  # checks the defaults
+        base = dict(raw)
+    result = BatchResult()
+    requests: list[tuple[int, JobRequest]] = []
+    for i, item in enumerate(items):
+        try:
+            merged = {**base, **item} if base and isinstance(item, dict) else item
+            requests.append((i, parse_job_request(Params(merged, f"jobs[{i}]"))))
+        except HeroError as exc:
+            result.failed.append((i, {"code": exc.code, "message": str(exc)}))
+    if requests:
+        await app.store.submit_batch(requests, on_duplicate, result)
+        app.wake_jobs()
+    return {
+        "submitted": result.submitted,
+        "deduplicated": result.deduplicated,
+        "superseded": [list(pair) for pair in result.superseded],
+        "failed": [[i, err] for i, err in sorted(result.failed, key=lambda f: f[0])],
+    }
+
+
+@rpc("job.cancel")
+async def job_cancel(app: App, p: Params) -> dict[str, Any]:
+    """Cancel a job: a queued one at once, a running one by SIGTERM then SIGKILL to its group."""
+    job_id = p.req_integer("id", minimum=1)
+    p.finish()
+    outcome = await app.jobs.cancel(job_id)
+    return {"id": job_id, "result": outcome}
+
+
+@rpc("job.wait")
+async def job_wait(app: App, p: Params) -> dict[str, Any]:
+    """The job once it has finished, or as it is when `timeout_s` (default 30) has passed."""
+    job_id = p.req_integer("id", minimum=1)
+    timeout_s = p.number("timeout_s", default=30.0, minimum=0) or 0.0
+    p.finish()
+    job = await app.jobs.wait(job_id, min(timeout_s, 3600.0))
+    out = job.to_dict()
+    out["done"] = job.status in TERMINAL_JOB_STATES
+    return out
+
+
+@rpc("job.logs")
+async def job_logs(app: App, p: Params) -> dict[str, Any]:
+    """A page of a job's output after `after_seq`; `done` once it ended and all is read."""
+    job_id = p.req_integer("id", minimum=1)
+    after_seq = p.integer("after_seq", default=0, minimum=0) or 0
+    limit = p.integer("limit", default=1000, minimum=1, maximum=MAX_PAGE) or 1000
+    p.finish()
+    job = await app.store.jobs.get(job_id)  # status first: a finished job's lines are all written
+    lines = await app.store.logs.read("job", str(job_id), after_seq, limit)
+    return {
+        "lines": [
+            {"seq": ln.seq, "stream": ln.stream, "ts": ln.ts, "text": ln.text} for ln in lines
+        ],
+        "next_seq": lines[-1].seq if lines else after_seq,
+        "done": job.status in TERMINAL_JOB_STATES and len(lines) < limit,
+        "status": job.status,
     }

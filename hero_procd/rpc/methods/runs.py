@@ -24,6 +24,7 @@ async def run_submit(app: App, p: Params) -> dict[str, Any]:
         parse_job_request(Params(item, f"jobs[{i}]"), in_run=True) for i, item in enumerate(items)
     ]
     run_id, by_key = await app.store.submit_run(name, tags, jobs)
+    app.wake_jobs()
     return {"id": run_id, "jobs": by_key}
 
 
@@ -61,3 +62,12 @@ async def run_list(app: App, p: Params) -> dict[str, Any]:
         "runs": [r.to_dict() for r in runs],
         "next_after_id": runs[-1].id if len(runs) == limit else None,
     }
+
+
+@rpc("run.cancel")
+async def run_cancel(app: App, p: Params) -> dict[str, Any]:
+    """Cancel a run: its queued jobs at once (dependents skipped), its running jobs by signal."""
+    run_id = p.req_integer("id", minimum=1)
+    p.finish()
+    await app.store.runs.get(run_id)  # NotFound for an unknown run
+    return {"id": run_id, **await app.jobs.cancel_run(run_id)}

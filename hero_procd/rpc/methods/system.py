@@ -32,6 +32,9 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "counts": counts,
         "requests": app.stats.requests,
         "dropped_log_lines": app.stats.dropped_log_lines,
+        "jobs_running": len(app.executor.running) if app.executor else 0,
+        "max_parallel": app.config.max_parallel,
+        "flusher_pending": app.executor.flusher.pending() if app.executor else 0,
     }
 
 
@@ -42,7 +45,14 @@ async def wipe_all(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if confirm is not True:
         raise InvalidParams("confirm", "must be true to wipe everything")
-    return {"deleted": await app.store.wipe_all()}
+    if app.executor is None:
+        return {"deleted": await app.store.wipe_all(), "stopped_jobs": 0}
+    stopped = await app.executor.stop_all_jobs()
+    try:
+        deleted = await app.store.wipe_all()
+    finally:
+        app.executor.resume()
+    return {"deleted": deleted, "stopped_jobs": stopped}
 
 
 @rpc("rpc.discover")

@@ -1,0 +1,174 @@
+"""Plain text for people: aligned tables, key/value details, durations and sizes.
+
+click is imported only to colour a terminal's output, so the fast path of
+`hero-proc status` into a pipe never loads it.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# Colour of a service state in a terminal; states not listed stay plain.
+STATE_COLOURS: dict[str, str] = {
+    "running": "green",
+    "starting": "cyan",
+    "stopping": "cyan",
+    "backoff": "yellow",
+    "exited": "yellow",
+    "fatal": "red",
+}
+
+Painter = Callable[[str], str | None]
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    right: frozenset[int] = frozenset(),
+    paint: Mapping[int, Painter] | None = None,
+) -> str:
+    """Rows under headers in aligned columns; `right` columns are right-aligned.
+
+    `paint[col](cell)` names a click colour for a cell (or None); widths are
+    measured on the plain text, so colour never breaks the alignment.
+    """
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    last = len(headers) - 1
+    lines = []
+    for n, row in enumerate([list(headers), *[list(r) for r in rows]]):
+        cells = []
+        for i, cell in enumerate(row):
+            pad = " " * (widths[i] - len(cell))
+            colour = paint[i](cell) if paint and n > 0 and i in paint else None
+            text = _styled(cell, colour) if colour else cell
+            if i in right:
+                cells.append(pad + text)
+            else:
+                cells.append(text if i == last else text + pad)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _styled(text: str, colour: str) -> str:
+    from click import style  # only for a terminal: a pipe never pays for click
+
+    return style(text, fg=colour)
+
+
+def details(obj: Mapping[str, Any], *, skip: frozenset[str] = frozenset()) -> str:
+    """One `key  value` line per field, keys aligned; multi-line values indented."""
+    keys = [k for k in obj if k not in skip]
+    if not keys:
+        return ""
+    width = max(len(k) for k in keys)
+    lines = []
+    for key in keys:
+        text = value_text(key, obj[key])
+        first, *rest = text.split("\n")
+        lines.append(f"{key.ljust(width)}  {first}".rstrip())
+        lines.extend(f"{' ' * width}  {line}".rstrip() for line in rest)
+    return "\n".join(lines)
+
+
+def value_text(key: str, value: Any) -> str:
+    """A field's value as people read it; the field name decides timestamps and argv."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | float):
+        if key.endswith("_at") or key == "not_before":
+            return timestamp(value) if value else "-"
+        if key == "uptime_s":
+            return duration(value)
+        if key == "memory_bytes":
+            return size(int(value))
+        if key == "cpu_percent":
+            return percent(value)
+        return str(value)
+    if isinstance(value, list):
+        if key in ("command", "interpreter", "exec"):
+            return shlex.join(str(v) for v in value)
+        return ", ".join(str(v) for v in value) if value else "-"
+    if isinstance(value, dict):
+        if not value:
+            return "-"
+        return ", ".join(f"{k}={value_text(str(k), v)}" for k, v in value.items())
+    return str(value)
+
+
+def timestamp(ts: float) -> str:
+    """A Unix time as local `YYYY-MM-DD HH:MM:SS`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as `H:MM:SS`, with a `Nd ` prefix past a day; `-` for None."""
+    if seconds is None:
+        return "-"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def size(n: int | None) -> str:
+    """Bytes in binary units (`512B`, `12.3M`); `-` for None."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            return f"{int(value)}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def percent(p: float | None) -> str:
+    """A CPU share as `12.5%`; `-` for None."""
+    return "-" if p is None else f"{p:.1f}%"
+
+
+def command_text(obj: Mapping[str, Any], limit: int = 60) -> str:
+    """What a job, action or service runs, in one short line."""
+    if obj.get("action"):
+        text = f"action {obj['action']}"
+    elif obj.get("command"):
+        text = shlex.join(str(v) for v in obj["command"])
+    elif obj.get("script") is not None:
+        first = str(obj["script"]).strip().split("\n", 1)[0]
+        text = f"script: {first}"
+    else:
+        text = "-"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def status_table(result: Mapping[str, Any], *, colour: bool) -> str:
+    """The `service.status_all` result as the `hero-proc status` table."""
+    rows = [
+        [
+            x["name"],
+            x["state"],
+            "-" if x.get("pid") is None else str(x["pid"]),
+            duration(x.get("uptime_s")),
+            str(x.get("restarts", 0)),
+            size(x.get("memory_bytes")),
+            percent(x.get("cpu_percent")),
+        ]
+        for x in result["services"]
+    ]
+    return table(
+        ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "CPU"],
+        rows,
+        right=frozenset({2, 3, 4, 5, 6}),
+        paint={1: STATE_COLOURS.get} if colour else None,
+    )

@@ -1,0 +1,1 @@
+"""The engine: executor (jobs), flusher (batched writes), and their helpers."""

@@ -1,0 +1,195 @@
+"""Batched writes of status transitions and log lines.
+
+A batch is flushed when it is full or when the interval has passed since its
+first item, whichever comes first; an idle flusher does not wake up. One
+flush is one transaction: log lines first, then status writes, then the
+`in_transaction` hook (dependency and run bookkeeping), so whoever sees a
+job finished also sees all its lines. On a database error the batch is kept
+and retried; status writes are never dropped (a full queue makes writers
+wait), log lines beyond the bound are dropped oldest first and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from hero_procd.app import Stats
+from hero_procd.store import Store
+from hero_procd.store.logs import LogLine
+from hero_procd.store.queries import Q
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StatusWrite:
+    """One status transition: a named statement and its parameters, plus what hooks need."""
+
+    query: str
+    params: tuple[Any, ...]
+    job_id: int | None = None
+    run_id: int | None = None
+    status: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+InTxHook = Callable[[aiosqlite.Connection, list[StatusWrite]], Awaitable[Any]]
+AfterHook = Callable[[list[StatusWrite], Any], None]
+
+
+class Flusher:
+    """Buffers log lines and status writes and writes them in batches."""
+
+    def __init__(
+        self,
+        store: Store,
+        stats: Stats,
+        *,
+        batch_size: int = 2000,
+        interval_s: float = 0.02,
+        max_status: int = 20_000,
+        max_log_lines: int = 200_000,
+        in_transaction: InTxHook | None = None,
+        after_commit: AfterHook | None = None,
+    ) -> None:
+        self.store = store
+        self.stats = stats
+        self.batch_size = batch_size
+        self.interval_s = interval_s
+        self.max_status = max_status
+        self.max_log_lines = max_log_lines
+        self.in_transaction = in_transaction
+        self.after_commit = after_commit
+        self._status: deque[StatusWrite] = deque()
+        self._logs: deque[LogLine] = deque()
+        self._kick = asyncio.Event()
+        self._full = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._front_drops = 0  # lines dropped off the front so far, to keep flushes exact
+        self.flushes = 0
+        self.errors = 0
+
+    def start(self) -> None:
+        """Start the background flush loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="flusher")
+
+    async def write_status(self, write: StatusWrite) -> None:
+        """Queue a status write; waits (backpressure) while the queue is at its bound."""
+        while len(self._status) >= self.max_status:
+            self._space.clear()
+            self._full.set()
+            self._kick.set()
+            await self._space.wait()
+        self._status.append(write)
+        self._idle.clear()
+        if len(self._status) >= self.batch_size:
+            self._full.set()
+        self._kick.set()
+
+    def write_log(self, line: LogLine) -> None:
+        """Queue a log line; beyond the bound the oldest queued line is dropped and counted."""
+        if len(self._logs) >= self.max_log_lines:
+            self._logs.popleft()
+            self._front_drops += 1
+            self.stats.dropped_log_lines += 1
+        self._logs.append(line)
+        self._idle.clear()
+        if len(self._logs) >= self.batch_size:
+            self._full.set()
+        self._kick.set()
+
+    def pending(self) -> int:
+        """Items waiting to be written."""
+        return len(self._status) + len(self._logs)
+
+    async def wait_idle(self) -> None:
+        """Wait until everything queued so far has been written."""
+        await self._idle.wait()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            await self._kick.wait()
+            if not self._full.is_set() and not self._closing:
+                # Coalesce: give the batch until the interval to fill up.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.interval_s)
+            self._kick.clear()
+            self._full.clear()
+            try:
+                while self.pending():
+                    await self._flush_once()
+                delay = 0.05
+                self._idle.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.errors += 1
+                log.exception(
+                    "flush failed; keeping the batch and retrying", extra={"retry_in_s": delay}
+                )
+                self._kick.set()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _flush_once(self) -> None:
+        statuses = list(self._status)
+        n_logs = min(len(self._logs), self.batch_size * 5)
+        lines = [self._logs[i] for i in range(n_logs)]
+        rows = [(ln.owner_kind, ln.owner_id, ln.seq, ln.stream, ln.ts, ln.text) for ln in lines]
+        hook_result: Any = None
+        drops_before = self._front_drops
+        async with self.store.pool.transaction() as conn:
+            if rows:
+                await conn.executemany(Q["log_insert"], rows)
+            # Consecutive writes of the same statement go in one executemany, in order.
+            i = 0
+            while i < len(statuses):
+                j = i
+                while j < len(statuses) and statuses[j].query == statuses[i].query:
+                    j += 1
+                await conn.executemany(Q[statuses[i].query], [w.params for w in statuses[i:j]])
+                i = j
+            if self.in_transaction is not None and statuses:
+                hook_result = await self.in_transaction(conn, statuses)
+        # Committed: only now take the items off the queues.
+        for _ in range(len(statuses)):
+            self._status.popleft()
+        # Lines of this batch dropped while it was being written were written after
+        # all: they are off the queue already and must not count as dropped.
+        dropped_meanwhile = min(self._front_drops - drops_before, n_logs)
+        self.stats.dropped_log_lines -= dropped_meanwhile
+        for _ in range(n_logs - dropped_meanwhile):
+            self._logs.popleft()
+        self.flushes += 1
+        self._space.set()
+        if self.after_commit is not None and statuses:
+            self.after_commit(statuses, hook_result)
+
+    async def drain(self) -> None:
+        """Write everything queued, then stop the loop (graceful shutdown)."""
+        self._closing = True
+        if self.pending():
+            self._kick.set()
+            self._full.set()
+            try:
+                await asyncio.wait_for(self._idle.wait(), 30.0)
+            except TimeoutError:
+                log.error("flusher could not drain", extra={"pending": self.pending()})
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,28 @@
+"""GroupsApi: per-group concurrency limits of the executor."""
+
+from __future__ import annotations
+
+from hero_procd.store.pool import Pool
+from hero_procd.store.queries import Q
+
+
+class GroupsApi:
+    """Reads and writes of the `groups` table."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def set(self, name: str, max_parallel: int) -> None:
+        """Create or change a group's limit."""
+        async with self.pool.transaction() as conn:
+            await conn.execute(Q["group_set"], (name, max_parallel))
+
+    async def all(self) -> dict[str, int]:
+        """Every group's limit."""
+        rows = await self.pool.fetch_all(Q["group_list"])
+        return {r["name"]: int(r["max_parallel"]) for r in rows}
+
+    async def delete(self, name: str) -> int:
+        """Delete a group's limit; the rows deleted."""
+        async with self.pool.transaction() as conn, conn.execute(Q["group_delete"], (name,)) as cur:
+            return cur.rowcount
