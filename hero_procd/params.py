@@ -32,8 +32,20 @@ class Params:
         self._seen: set[str] = set()
 
     def path(self, name: str) -> str:
-        """The full path of a field, for error messages."""
+        """The full path of a field, for error messages ("" names the object itself)."""
+        if not name:
+            return self._prefix
         return f"{self._prefix}.{name}" if self._prefix else name
+
+    def take(self, names: frozenset[str]) -> Mapping[str, Any]:
+        """The raw object, with `names` marked as read (for a specialised reader)."""
+        self._seen.update(names)
+        return self._raw
+
+    def take_all(self) -> Mapping[str, Any]:
+        """The raw object, every field marked as read (the reader checks them itself)."""
+        self._seen.update(self._raw)
+        return self._raw
 
     def has(self, name: str) -> bool:
         """True if the field is present and not null."""

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from integration.daemon_proc import DaemonProcess
 NOT_FOUND = -32001
 CONFLICT = -32002
 INVALID_PARAMS = -32602
+BLOCKER = 1  # the job that holds the only execution slot of a `held` daemon
 
 # The tables system.info counts, by the name it reports them under.
 COUNTED_TABLES = {
@@ -28,6 +30,31 @@ COUNTED_TABLES = {
     "logs": "log_lines",
     "schedules": "schedules",
 }
+
+
+@pytest.fixture
+def held(workdir: Path) -> Iterator[DaemonProcess]:
+    """A daemon whose jobs stay queued: one job at a time, and a sleeper holds that slot.
+
+    The executor runs jobs as soon as they are queued; these tests need jobs that stay
+    where they are put (and set statuses themselves), so the only slot is taken by a
+    long `sleep` (job id BLOCKER, tagged "blocker") before anything else is submitted.
+    """
+    proc = DaemonProcess(workdir, extra_args=["--max-parallel", "1"]).start()
+    try:
+        with proc.client() as c:
+            blocker = c.call(
+                "job.submit", command=["/bin/sleep", "600"], priority=1000, tags=["blocker"]
+            )
+            assert blocker["id"] == BLOCKER
+            deadline = time.monotonic() + 30
+            while c.call("job.get", id=BLOCKER)["status"] != "running":
+                assert time.monotonic() < deadline, "the blocker job never started"
+                time.sleep(0.01)
+        yield proc
+    finally:
+        code = proc.stop()
+        assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
 @contextlib.contextmanager
@@ -62,7 +89,9 @@ def call_error(c: Client, method: str, **params: Any) -> HeroError:
     return info.value
 
 
-def chain_run(prefix: str, n: int, tags: list[str], *, chained: bool = False) -> list[dict[str, Any]]:
+def chain_run(
+    prefix: str, n: int, tags: list[str], *, chained: bool = False
+) -> list[dict[str, Any]]:
     """`n` jobs keyed `prefix0…`, each depending on the one before if `chained`."""
     jobs: list[dict[str, Any]] = []
     for i in range(n):
@@ -100,9 +129,9 @@ def add_log_lines(conn: sqlite3.Connection, kind: str, owner_ids: list[int], per
 # -- run.submit ------------------------------------------------------------------------
 
 
-def test_run_submit_returns_ids_and_keeps_dependencies(daemon: DaemonProcess) -> None:
+def test_run_submit_returns_ids_and_keeps_dependencies(held: DaemonProcess) -> None:
     """A valid run answers {id, jobs: {key: id}}; run.get and job.get show the dependencies."""
-    with daemon.client() as c:
+    with held.client() as c:
         out = c.call(
             "run.submit",
             name="build",
@@ -129,7 +158,7 @@ def test_run_submit_returns_ids_and_keeps_dependencies(daemon: DaemonProcess) ->
         assert run["counts"] == {"queued": 3}
         test_job = c.call("job.get", id=out["jobs"]["test"])
         assert test_job["depends_on"] == sorted([out["jobs"]["fetch"], out["jobs"]["compile"]])
-        assert c.call("system.info")["counts"]["jobs"] == 3
+        assert c.call("system.info")["counts"]["jobs"] == 3 + 1  # and the blocker
         assert call_error(c, "run.get", id=out["id"] + 1000).code == NOT_FOUND
 
 
@@ -219,12 +248,12 @@ def test_run_submit_is_all_or_nothing(daemon: DaemonProcess, case: str) -> None:
 
 
 def test_run_submit_conflicting_with_existing_dedup_key_writes_nothing(
-    daemon: DaemonProcess,
+    held: DaemonProcess,
 ) -> None:
     """A run whose job clashes with an already queued job's dedup_key leaves only that job."""
-    with daemon.client() as c:
+    with held.client() as c:
         first = c.call("job.submit", command=["/bin/true"], dedup_key="nightly")
-        before = table_counts(daemon)
+        before = table_counts(held)
         err = call_error(
             c,
             "run.submit",
@@ -232,16 +261,17 @@ def test_run_submit_conflicting_with_existing_dedup_key_writes_nothing(
                                                    "dedup_key": "nightly"}],
         )  # fmt: skip
         assert err.code == CONFLICT
-        assert table_counts(daemon) == before
-        assert [j["id"] for j in c.call("job.list")["jobs"]] == [first["id"]]
+        assert table_counts(held) == before
+        assert [j["id"] for j in c.call("job.list")["jobs"]] == [BLOCKER, first["id"]]
+        assert c.call("job.get", id=first["id"])["status"] == "queued"
 
 
 # -- job.clean_by_tag --------------------------------------------------------------------
 
 
-def test_clean_by_tag_over_999_jobs_reports_true_counts(daemon: DaemonProcess) -> None:
+def test_clean_by_tag_over_999_jobs_reports_true_counts(held: DaemonProcess) -> None:
     """Thousands of finished tagged jobs go with their logs and emptied runs; counts are exact."""
-    with daemon.client() as c:
+    with held.client() as c:
         run_a = c.call("run.submit", name="A", jobs=chain_run("a", 2000, ["bulk"], chained=True))
         run_b = c.call(
             "run.submit",
@@ -263,7 +293,7 @@ def test_clean_by_tag_over_999_jobs_reports_true_counts(daemon: DaemonProcess) -
         plain = [c.call("job.submit", command=["/bin/true"])["id"] for _ in range(5)]
 
     c_ids = [run_c["jobs"][f"c{i}"] for i in range(300)]
-    with open_db(daemon) as db:
+    with open_db(held) as db:
         db.execute("BEGIN IMMEDIATE")
         set_status(db, "succeeded", "run_id = ? AND id % 2 = 0", (run_a["id"],))
         set_status(db, "failed", "run_id = ? AND id % 2 = 1", (run_a["id"],))
@@ -312,7 +342,7 @@ def test_clean_by_tag_over_999_jobs_reports_true_counts(daemon: DaemonProcess) -
         assert expected_runs == 1  # run A only: B keeps its u*, C its active jobs
         before = {t: scalar(db, f"SELECT count(*) FROM {t}") for t in ("jobs", "runs", "log_lines")}
 
-    with daemon.client() as c:
+    with held.client() as c:
         result = c.call("job.clean_by_tag", tag="bulk")
         assert result == {
             "deleted": {"jobs": len(deletable), "runs": expected_runs, "logs": expected_logs},
@@ -333,13 +363,14 @@ def test_clean_by_tag_over_999_jobs_reports_true_counts(daemon: DaemonProcess) -
             "skipped_active": 0,
         }
 
-    with open_db(daemon) as db:
+    with open_db(held) as db:
         assert scalar(db, "SELECT count(*) FROM jobs") == before["jobs"] - len(deletable)
         assert scalar(db, "SELECT count(*) FROM runs") == before["runs"] - expected_runs
         assert scalar(db, "SELECT count(*) FROM log_lines") == before["log_lines"] - expected_logs
         assert scalar(db, "SELECT count(*) FROM log_lines WHERE owner_kind = 'service'") == 6
         for owner in survivors:
-            assert scalar(db, "SELECT count(*) FROM log_lines WHERE owner_id = ?", (str(owner),)) == 4
+            sql = "SELECT count(*) FROM log_lines WHERE owner_id = ?"
+            assert scalar(db, sql, (str(owner),)) == 4
         orphans = {
             "job_tags": "SELECT count(*) FROM job_tags WHERE job_id NOT IN (SELECT id FROM jobs)",
             "job_deps": "SELECT count(*) FROM job_deps WHERE job_id NOT IN (SELECT id FROM jobs) "
@@ -354,9 +385,9 @@ def test_clean_by_tag_over_999_jobs_reports_true_counts(daemon: DaemonProcess) -
 # -- system.wipe_all ---------------------------------------------------------------------
 
 
-def test_wipe_all_needs_confirm_and_reports_true_counts(daemon: DaemonProcess) -> None:
+def test_wipe_all_needs_confirm_and_reports_true_counts(held: DaemonProcess) -> None:
     """Without `confirm: true` nothing goes; with it every table empties and the counts are true."""
-    with daemon.client() as c:
+    with held.client() as c:
         for i in range(3):
             c.call("action.set", name=f"act{i}", command=["/bin/true"], tags=["w"])
         c.call("run.submit", jobs=chain_run("p", 700, ["w"], chained=True))
@@ -365,7 +396,7 @@ def test_wipe_all_needs_confirm_and_reports_true_counts(daemon: DaemonProcess) -
             c.call("job.submit", action="act0")
         for i in range(4):
             c.call("service.define", name=f"svc{i}", command=["/bin/sleep", "60"])
-    with open_db(daemon) as db:
+    with open_db(held) as db:
         add_log_lines(db, "job", list(range(1, 31)), 5)
         add_log_lines(db, "service", [1], 7)
         now = time.time()
@@ -374,35 +405,36 @@ def test_wipe_all_needs_confirm_and_reports_true_counts(daemon: DaemonProcess) -
             "VALUES (?, '*/5 * * * *', '{\"action\": \"act0\"}', ?, ?)",
             [(f"sched{i}", now, now) for i in range(2)],
         )
-    before = table_counts(daemon)
-    assert before["jobs"] == 1303 and before["log_lines"] == 157 and before["job_deps"] == 699
+    before = table_counts(held)
+    assert before["jobs"] == 1303 + 1  # and the blocker
+    assert before["log_lines"] == 157 and before["job_deps"] == 699
 
-    with daemon.client() as c:
+    with held.client() as c:
         for params in ({}, {"confirm": False}, {"confirm": "yes"}, {"confirm": 1}):
             err = call_error(c, "system.wipe_all", **params)
             assert err.code == INVALID_PARAMS
             assert isinstance(err.data, dict) and err.data.get("field") == "confirm"
-        assert table_counts(daemon) == before
+        assert table_counts(held) == before
 
         result = c.call("system.wipe_all", confirm=True)
-        assert result == {
-            "deleted": {name: before[table] for name, table in COUNTED_TABLES.items()}
-        }
+        assert result["deleted"] == {name: before[table] for name, table in COUNTED_TABLES.items()}
+        assert result["stopped_jobs"] == 1  # the blocker, stopped before its row went
         assert c.call("system.info")["counts"] == dict.fromkeys(COUNTED_TABLES, 0)
-        assert table_counts(daemon) == dict.fromkeys(before, 0)
-        assert c.call("system.wipe_all", confirm=True) == {
-            "deleted": dict.fromkeys(COUNTED_TABLES, 0)
-        }
-        # The daemon is still a working daemon afterwards.
-        assert c.call("job.submit", command=["/bin/true"])["status"] == "queued"
+        assert table_counts(held) == dict.fromkeys(before, 0)
+        again = c.call("system.wipe_all", confirm=True)
+        assert again["deleted"] == dict.fromkeys(COUNTED_TABLES, 0)
+        assert again["stopped_jobs"] == 0
+        # The daemon is still a working daemon afterwards, executing jobs again.
+        job = c.call("job.submit", command=["/bin/true"])
+        assert c.call("job.wait", id=job["id"], timeout_s=30)["status"] == "succeeded"
 
 
-def test_wipe_of_100k_jobs_does_not_stall_status_reads(daemon: DaemonProcess) -> None:
+def test_wipe_of_100k_jobs_does_not_stall_status_reads(held: DaemonProcess) -> None:
     """While wipe_all deletes 100,000 jobs, service.status_all keeps answering, each call fast."""
-    with daemon.client(timeout=120) as c:
-        for batch in range(4):
-            out = c.call("run.submit", jobs=chain_run(f"r{batch}-", 25_000, ["load"]))
-            assert len(out["jobs"]) == 25_000
+    with held.client(timeout=120) as c:
+        for size in (25_000, 25_000, 25_000, 24_999):  # and the blocker: 100,000 jobs
+            out = c.call("run.submit", jobs=chain_run(f"r{size}-", size, ["load"]))
+            assert len(out["jobs"]) == size
         for i in range(100):
             c.call("service.define", name=f"svc{i:03d}", command=["/bin/sleep", "60"])
         assert c.call("system.info")["counts"]["jobs"] == 100_000
@@ -419,7 +451,7 @@ def test_wipe_of_100k_jobs_does_not_stall_status_reads(daemon: DaemonProcess) ->
         try:
             while not done.is_set():
                 start = time.monotonic()
-                with daemon.client(timeout=10) as rc:  # a new connection each time
+                with held.client(timeout=10) as rc:  # a new connection each time
                     seen = len(rc.call("service.status_all")["services"])
                 samples.append((start, time.monotonic(), seen))
                 if len(samples) >= 5:
@@ -430,7 +462,7 @@ def test_wipe_of_100k_jobs_does_not_stall_status_reads(daemon: DaemonProcess) ->
 
     def wipe() -> None:
         try:
-            with daemon.client(timeout=120) as wc:
+            with held.client(timeout=120) as wc:
                 wipe_window["start"] = time.monotonic()
                 wipe_result.update(wc.call("system.wipe_all", confirm=True))
                 wipe_window["end"] = time.monotonic()
@@ -455,9 +487,7 @@ def test_wipe_of_100k_jobs_does_not_stall_status_reads(daemon: DaemonProcess) ->
     assert wipe_result["deleted"]["runs"] == 4
     slowest = max(end - start for start, end, _ in samples)
     assert slowest < 1.0, f"a status_all call took {slowest:.3f}s"
-    during = [
-        s for s in samples if s[0] >= wipe_window["start"] and s[1] <= wipe_window["end"]
-    ]
+    during = [s for s in samples if s[0] >= wipe_window["start"] and s[1] <= wipe_window["end"]]
     assert len(during) >= 3, (
         f"only {len(during)} status calls answered during a "
         f"{wipe_window['end'] - wipe_window['start']:.3f}s wipe"
@@ -547,20 +577,20 @@ def test_job_submit_with_action(daemon: DaemonProcess) -> None:
         assert c.call("system.info")["counts"]["jobs"] == 1
 
 
-def test_job_list_pagination_and_filters(daemon: DaemonProcess) -> None:
+def test_job_list_pagination_and_filters(held: DaemonProcess) -> None:
     """job.list pages by `after_id`/`next_after_id` and filters by status, tag and run."""
-    with daemon.client() as c:
+    with held.client() as c:
         run = c.call("run.submit", jobs=chain_run("k", 12, ["in-run"]))
         loose = [
             c.call("job.submit", command=["/bin/true"], tags=["odd"] if i % 2 else [])["id"]
             for i in range(13)
         ]
     run_ids = sorted(run["jobs"].values())
-    all_ids = sorted([*run_ids, *loose])
-    with open_db(daemon) as db:
+    all_ids = sorted([BLOCKER, *run_ids, *loose])
+    with open_db(held) as db:
         assert set_status(db, "failed", "id IN (?, ?, ?)", (run_ids[0], run_ids[5], loose[1])) == 3
 
-    with daemon.client() as c:
+    with held.client() as c:
         seen: list[int] = []
         after = 0
         pages = 0
@@ -585,6 +615,7 @@ def test_job_list_pagination_and_filters(daemon: DaemonProcess) -> None:
         assert ids(status="failed", tag="odd") == [loose[1]]
         assert ids(status="queued", tag="in-run", after_id=run_ids[5]) == run_ids[6:]
         assert ids(status="succeeded") == []
+        assert ids(status="running") == [BLOCKER]
         assert ids(run_id=run["id"] + 99) == []
         tag_page = c.call("job.list", tag="in-run", limit=5)
         assert [j["id"] for j in tag_page["jobs"]] == run_ids[:5]
@@ -618,14 +649,14 @@ def test_service_define_and_status_shape(daemon: DaemonProcess) -> None:
         assert got["env"] == {"PORT": "8080"}
 
         status = c.call("service.status", name="web")
-        assert STATUS_FIELDS <= set(status), status
+        assert set(status) >= STATUS_FIELDS, status
         assert status["name"] == "web" and status["state"] == "stopped"
         assert status["pid"] is None and status["restarts"] == 0 and status["uptime_s"] is None
 
         every = c.call("service.status_all")["services"]
         assert [s["name"] for s in every] == ["db", "web"]
         for entry in every:
-            assert STATUS_FIELDS <= set(entry), entry
+            assert set(entry) >= STATUS_FIELDS, entry
         assert c.call("service.list")["services"][1]["name"] == "web"
 
         redefined = c.call("service.define", name="web", command=["/bin/sleep", "10"])
@@ -641,4 +672,3 @@ def test_service_define_and_status_shape(daemon: DaemonProcess) -> None:
         assert c.call("service.delete", name="db") == {"deleted": 1}
         assert c.call("service.delete", name="db") == {"deleted": 0}
         assert [s["name"] for s in c.call("service.status_all")["services"]] == ["web"]
-

@@ -19,7 +19,6 @@ from hero_procd import __version__
 from hero_procd.cli import output
 from hero_procd.cli.session import DEFAULT_TIMEOUT_S, CliError, Session
 
-
 # -- options shared by several commands ------------------------------------------------
 
 

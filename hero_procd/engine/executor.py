@@ -19,6 +19,7 @@ import random
 import secrets
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,7 @@ class Executor:
         self._backoff_handle: asyncio.TimerHandle | None = None
         self._base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         self.spawned = 0
+        self._spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -125,6 +127,7 @@ class Executor:
             self._terminate(rj)
         await self._wait_no_running(timeout_s=max(10.0, self._max_kill_timeout() + 5.0))
         await self.flusher.drain()
+        self._spawner.shutdown(wait=False)
 
     def wake(self) -> None:
         """Ask the dispatcher to look for ready jobs."""
@@ -157,7 +160,7 @@ class Executor:
                     await self._schedule_backoff_wake()
                     break
                 for job in claimed:
-                    await self._launch(self.running[job.id])
+                    self._spawn_task(self._launch(self.running[job.id]))
                 await asyncio.sleep(0)
 
     def _group_room(self) -> GroupRoom:
@@ -207,8 +210,13 @@ class Executor:
         if job.attempt > 1:
             rj.seq = await self.store.logs.last_seq("job", str(job.id))
         argv = job.spec.argv()
+        loop = asyncio.get_running_loop()
         try:
-            child = procs.spawn(argv, self._child_env(job), job.spec.cwd)
+            # fork/exec blocks for about a millisecond and releases the GIL:
+            # it runs on a small pool, so the loop keeps serving meanwhile.
+            child = await loop.run_in_executor(
+                self._spawner, procs.spawn, argv, self._child_env(job), job.spec.cwd
+            )
         except OSError as exc:
             what = exc.filename if exc.filename is not None else argv[0]
             await self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
@@ -216,12 +224,13 @@ class Executor:
         self.spawned += 1
         rj.child = child
         rj.open_streams = 2
-        loop = asyncio.get_running_loop()
         loop.add_reader(child.pidfd, self._on_exit, rj)
         loop.add_reader(child.stdout_fd, self._on_output, rj, "stdout", child.stdout_fd)
         loop.add_reader(child.stderr_fd, self._on_output, rj, "stderr", child.stderr_fd)
         if job.spec.timeout_s:
             rj.handles.append(loop.call_later(job.spec.timeout_s, self._on_timeout, rj))
+        if rj.cancel_requested or rj.interrupted:  # asked while it was being spawned
+            self._terminate(rj)
         await self.flusher.write_status(
             StatusWrite(
                 "job_set_pid", (child.pid, child.start_time, job.id, job.token), job_id=job.id

@@ -6,7 +6,13 @@ from typing import Any
 
 from hero_procd.app import App
 from hero_procd.errors import HeroError
-from hero_procd.model import TERMINAL_JOB_STATES, JobRequest, JobStatus, parse_job_request
+from hero_procd.model import (
+    TERMINAL_JOB_STATES,
+    JobRequest,
+    JobStatus,
+    job_request_from,
+    parse_job_request,
+)
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store import BatchResult
@@ -73,14 +79,14 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
     base: dict[str, Any] = {}
     if defaults is not None:
         raw = p.raw("defaults")
-        parse_job_request(Params(dict(raw), "defaults"), partial=True)  # checks the defaults
+        job_request_from(raw, "defaults", partial=True)  # checks the defaults
         base = dict(raw)
     result = BatchResult()
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
         try:
             merged = {**base, **item} if base and isinstance(item, dict) else item
-            requests.append((i, parse_job_request(Params(merged, f"jobs[{i}]"))))
+            requests.append((i, job_request_from(merged, f"jobs[{i}]")))
         except HeroError as exc:
             result.failed.append((i, {"code": exc.code, "message": str(exc)}))
     if requests:

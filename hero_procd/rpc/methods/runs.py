@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.model import RunStatus, parse_job_request
+from hero_procd.model import RunStatus, job_request_from
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 
@@ -20,9 +20,7 @@ async def run_submit(app: App, p: Params) -> dict[str, Any]:
     tags = p.text_list("tags") or []
     items = p.obj_list("jobs", required=True, non_empty=True)
     p.finish()
-    jobs = [
-        parse_job_request(Params(item, f"jobs[{i}]"), in_run=True) for i, item in enumerate(items)
-    ]
+    jobs = [job_request_from(item, f"jobs[{i}]", in_run=True) for i, item in enumerate(items)]
     run_id, by_key = await app.store.submit_run(name, tags, jobs)
     app.wake_jobs()
     return {"id": run_id, "jobs": by_key}

@@ -1,0 +1,1 @@
+"""Benchmarks of hero-procd, each beside a baseline measured in the same run: `make bench`."""
