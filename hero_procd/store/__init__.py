@@ -130,7 +130,7 @@ class Store:
                         continue
                     tags = list(dict.fromkeys([*action.tags, *req.tags]))
                     req = replace(req, spec=req.spec.merged_over(action.spec), tags=tags)
-                ready.append((index, replace(req, spec=req.spec.with_defaults())))
+                ready.append((index, req))
             keys = sorted({r.dedup_key for _, r in ready if r.dedup_key is not None})
             held: dict[str, int] = {}
             for key_chunk in chunks(keys):

@@ -191,8 +191,7 @@ class JobsApi:
 def _finalised(req: JobRequest) -> JobRequest:
     if req.spec.command is None and req.spec.script is None:
         raise InvalidParams("command", "one of command or script is required")
-    spec = req.spec.with_defaults()
-    return req if spec is req.spec else replace(req, spec=spec)
+    return req
 
 
 @dataclass(frozen=True)
@@ -248,7 +247,8 @@ async def claim(
         ClaimedJob(
             id=r["id"],
             run_id=r["run_id"],
-            spec=CommandSpec.from_dict(orjson.loads(r["spec"])),
+            # Defaults are filled in when the job runs, not stored in every row.
+            spec=CommandSpec.from_dict(orjson.loads(r["spec"])).with_defaults(),
             group=r["grp"],
             attempt=r["attempt"],
             max_attempts=r["max_attempts"],
