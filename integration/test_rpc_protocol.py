@@ -529,6 +529,22 @@ def test_http_body_over_limit_is_413(small: DaemonProcess) -> None:
     ping_ok(small.socket_path)
 
 
+def test_http_413_is_no_daemon_error(small: DaemonProcess) -> None:
+    """Refusing an oversized body is routine: the daemon logs no failure or traceback for it."""
+    before = len(small.log())
+    conn = Raw(small.socket_path)
+    try:
+        conn.send(b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (10**9))
+        status, _, _ = conn.http_response()
+        assert status == 413
+        assert conn.at_eof()
+    finally:
+        conn.close()
+    ping_ok(small.socket_path)
+    added = small.log()[before:]
+    assert "Traceback" not in added and "connection failed" not in added, added
+
+
 def test_http_chunked_body_over_limit_is_413(small: DaemonProcess) -> None:
     """A chunked body growing past the limit is refused with 413 too."""
     conn = Raw(small.socket_path)

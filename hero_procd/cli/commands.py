@@ -23,8 +23,9 @@ from hero_procd.cli.session import DEFAULT_TIMEOUT_S, CliError, Session
 
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.find_object(Session).as_json = True  # type: ignore[union-attr]
+    session = ctx.find_object(Session)
+    if value and session is not None:
+        session.as_json = True
 
 
 def _parse_env(
@@ -108,7 +109,10 @@ def _spec_params(
     if interpreter is not None:
         if script is None:
             raise click.UsageError("--interpreter goes with --script")
-        params["interpreter"] = shlex.split(interpreter)
+        try:
+            params["interpreter"] = shlex.split(interpreter)
+        except ValueError as exc:
+            raise click.UsageError(f"--interpreter: {exc}") from exc
         if not params["interpreter"]:
             raise click.UsageError("--interpreter is empty")
     if env:

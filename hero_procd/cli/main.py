@@ -2,7 +2,7 @@
 
 Import-light on purpose: click, orjson and hero_procd.client/errors/config
 only (never asyncio, uvloop, aiosqlite, jsonrpcserver or h11). `status` is
-what people and monitors run in a loop, and importing click costs a good
+what people and monitors run in a loop, and importing click costs about a
 fifth of a whole `hero-proc` process, so the exact shape
 `[--socket PATH] [--json] [--timeout S] status` is served without click;
 every other command line (help, typos included) goes to the click tree in

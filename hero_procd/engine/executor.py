@@ -28,6 +28,7 @@ import aiosqlite
 from hero_procd.app import App
 from hero_procd.engine import procs
 from hero_procd.engine.flusher import Flusher, StatusWrite
+from hero_procd.engine.output import OutputCapture
 from hero_procd.errors import InvalidState
 from hero_procd.model import TERMINAL_JOB_STATES, JobStatus, now
 from hero_procd.store.jobs import (
@@ -38,7 +39,6 @@ from hero_procd.store.jobs import (
     claim,
     next_ready_at,
 )
-from hero_procd.store.logs import LogLine
 from hero_procd.store.queries import Q
 from hero_procd.store.records import Job
 from hero_procd.store.runs import refresh_status
@@ -62,9 +62,7 @@ class RunningJob:
 
     claim: ClaimedJob
     child: procs.Child | None = None
-    seq: int = 0
-    partial: dict[str, bytes] = field(default_factory=lambda: {"stdout": b"", "stderr": b""})
-    open_streams: int = 0
+    output: OutputCapture | None = None
     exited: bool = False
     exit_code: int | None = None
     signal: int | None = None
@@ -207,8 +205,7 @@ class Executor:
         if rj.cancel_requested:
             await self._finalize(rj, error="cancelled before it started")
             return
-        if job.attempt > 1:
-            rj.seq = await self.store.logs.last_seq("job", str(job.id))
+        first_seq = await self.store.logs.last_seq("job", str(job.id)) if job.attempt > 1 else 0
         argv = job.spec.argv()
         loop = asyncio.get_running_loop()
         try:
@@ -223,10 +220,16 @@ class Executor:
             return
         self.spawned += 1
         rj.child = child
-        rj.open_streams = 2
+        rj.output = OutputCapture(
+            self.flusher,
+            "job",
+            str(job.id),
+            first_seq=first_seq,
+            max_line=self.config.max_line_bytes,
+            on_closed=lambda: self._on_output_closed(rj),
+        )
+        rj.output.attach(child.stdout_fd, child.stderr_fd)
         loop.add_reader(child.pidfd, self._on_exit, rj)
-        loop.add_reader(child.stdout_fd, self._on_output, rj, "stdout", child.stdout_fd)
-        loop.add_reader(child.stderr_fd, self._on_output, rj, "stderr", child.stderr_fd)
         if job.spec.timeout_s:
             rj.handles.append(loop.call_later(job.spec.timeout_s, self._on_timeout, rj))
         if rj.cancel_requested or rj.interrupted:  # asked while it was being spawned
@@ -237,44 +240,8 @@ class Executor:
             )
         )
 
-    def _emit(self, rj: RunningJob, stream: str, raw: bytes, ts: float) -> None:
-        limit = self.config.max_line_bytes
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        key = str(rj.claim.id)
-        for start in range(0, max(len(raw), 1), limit):
-            rj.seq += 1
-            text = raw[start : start + limit].decode("utf-8", "replace")
-            self.flusher.write_log(LogLine("job", key, rj.seq, stream, ts, text))
-
-    def _on_output(self, rj: RunningJob, stream: str, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        ts = time.time()
-        if not data:
-            self._close_stream(rj, stream, fd, ts)
-            return
-        lines = (rj.partial[stream] + data).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            self._emit(rj, stream, line, ts)
-        if len(rest) >= self.config.max_line_bytes:
-            self._emit(rj, stream, rest, ts)
-            rest = b""
-        rj.partial[stream] = rest
-
-    def _close_stream(self, rj: RunningJob, stream: str, fd: int, ts: float) -> None:
-        asyncio.get_running_loop().remove_reader(fd)
-        os.close(fd)
-        if rj.partial[stream]:
-            self._emit(rj, stream, rj.partial[stream], ts)
-            rj.partial[stream] = b""
-        rj.open_streams -= 1
-        if rj.exited and rj.open_streams == 0:
+    def _on_output_closed(self, rj: RunningJob) -> None:
+        if rj.exited:
             self._spawn_task(self._finalize(rj))
 
     def _on_exit(self, rj: RunningJob) -> None:
@@ -291,21 +258,10 @@ class Executor:
         for handle in rj.handles:
             handle.cancel()
         rj.handles.clear()
-        if rj.open_streams == 0:
+        if rj.output is None or rj.output.open == 0:
             self._spawn_task(self._finalize(rj))
         else:
-            rj.handles.append(loop.call_later(_DRAIN_AFTER_EXIT_S, self._force_close, rj))
-
-    def _force_close(self, rj: RunningJob) -> None:
-        child = rj.child
-        if child is None or rj.open_streams == 0:
-            return
-        ts = time.time()
-        for stream, fd in (("stdout", child.stdout_fd), ("stderr", child.stderr_fd)):
-            with contextlib.suppress(OSError):
-                os.fstat(fd)
-                if rj.open_streams > 0:
-                    self._close_stream(rj, stream, fd, ts)
+            rj.handles.append(loop.call_later(_DRAIN_AFTER_EXIT_S, rj.output.close_all))
 
     def _on_timeout(self, rj: RunningJob) -> None:
         if rj.exited or rj.finalized:

@@ -39,6 +39,9 @@ class StatusWrite:
     run_id: int | None = None
     status: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # How many log lines had been queued when this write was: it is committed
+    # only with or after all of them, so a finished job's lines are all there.
+    log_mark: int = 0
 
 
 InTxHook = Callable[[aiosqlite.Connection, list[StatusWrite]], Awaitable[Any]]
@@ -78,7 +81,15 @@ class Flusher:
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._front_drops = 0  # lines dropped off the front so far, to keep flushes exact
+        # Above the high water mark, producers stop reading their pipes (the
+        # child then blocks on write, as with journald or docker's default)
+        # until the backlog is under the low mark; the hard bound still drops.
+        self.high_water = max(1, max_log_lines // 2)
+        self.low_water = max_log_lines // 4
+        self._on_relief: list[Callable[[], None]] = []
+        # Absolute positions in the stream of log lines: the queue's front, and its end.
+        self._log_front = 0
+        self._log_total = 0
         self.flushes = 0
         self.errors = 0
 
@@ -93,6 +104,7 @@ class Flusher:
             self._full.set()
             self._kick.set()
             await self._space.wait()
+        write.log_mark = self._log_total
         self._status.append(write)
         self._idle.clear()
         if len(self._status) >= self.batch_size:
@@ -103,13 +115,22 @@ class Flusher:
         """Queue a log line; beyond the bound the oldest queued line is dropped and counted."""
         if len(self._logs) >= self.max_log_lines:
             self._logs.popleft()
-            self._front_drops += 1
+            self._log_front += 1
             self.stats.dropped_log_lines += 1
         self._logs.append(line)
+        self._log_total += 1
         self._idle.clear()
         if len(self._logs) >= self.batch_size:
             self._full.set()
         self._kick.set()
+
+    def log_pressure(self) -> bool:
+        """True when producers of log lines should pause until `when_relieved` calls back."""
+        return len(self._logs) >= self.high_water
+
+    def when_relieved(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the log backlog is back under the low water mark."""
+        self._on_relief.append(callback)
 
     def pending(self) -> int:
         """Items waiting to be written."""
@@ -146,12 +167,17 @@ class Flusher:
                 delay = min(delay * 2, 5.0)
 
     async def _flush_once(self) -> None:
-        statuses = list(self._status)
         n_logs = min(len(self._logs), self.batch_size * 5)
+        front = self._log_front
+        upto = front + n_logs
+        statuses: list[StatusWrite] = []
+        for write in self._status:
+            if write.log_mark > upto:
+                break  # it waits for lines not in this batch
+            statuses.append(write)
         lines = [self._logs[i] for i in range(n_logs)]
         rows = [(ln.owner_kind, ln.owner_id, ln.seq, ln.stream, ln.ts, ln.text) for ln in lines]
         hook_result: Any = None
-        drops_before = self._front_drops
         async with self.store.pool.transaction() as conn:
             if rows:
                 await conn.executemany(Q["log_insert"], rows)
@@ -170,10 +196,15 @@ class Flusher:
             self._status.popleft()
         # Lines of this batch dropped while it was being written were written after
         # all: they are off the queue already and must not count as dropped.
-        dropped_meanwhile = min(self._front_drops - drops_before, n_logs)
+        dropped_meanwhile = min(self._log_front - front, n_logs)
         self.stats.dropped_log_lines -= dropped_meanwhile
         for _ in range(n_logs - dropped_meanwhile):
             self._logs.popleft()
+        self._log_front = max(self._log_front, upto)
+        if self._on_relief and len(self._logs) <= self.low_water:
+            callbacks, self._on_relief = self._on_relief, []
+            for callback in callbacks:
+                callback()
         self.flushes += 1
         self._space.set()
         if self.after_commit is not None and statuses:

@@ -1,0 +1,114 @@
+"""Capture a child's stdout and stderr line by line into the flusher.
+
+Shared by the job executor and the service supervisor: the pipes are read
+when the loop says they are readable (no thread, no blocking read), split
+into lines (long lines cut at `max_line`), and queued as log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+
+from hero_procd.engine.flusher import Flusher
+from hero_procd.store.logs import LogLine
+
+
+class OutputCapture:
+    """Reads both output pipes of one process until EOF; calls `on_closed` when both are."""
+
+    def __init__(
+        self,
+        flusher: Flusher,
+        owner_kind: str,
+        owner_id: str,
+        *,
+        first_seq: int,
+        max_line: int,
+        on_closed: Callable[[], None],
+    ) -> None:
+        self.flusher = flusher
+        self.owner_kind = owner_kind
+        self.owner_id = owner_id
+        self.seq = first_seq
+        self.max_line = max_line
+        self.on_closed = on_closed
+        self._partial: dict[int, bytes] = {}
+        self._streams: dict[int, str] = {}
+        self._paused = False
+
+    @property
+    def open(self) -> int:
+        """How many pipes are still open."""
+        return len(self._streams)
+
+    def attach(self, stdout_fd: int, stderr_fd: int) -> None:
+        """Start reading both pipes on the running loop."""
+        loop = asyncio.get_running_loop()
+        for fd, stream in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
+            self._streams[fd] = stream
+            self._partial[fd] = b""
+            loop.add_reader(fd, self._on_readable, fd)
+
+    def close_all(self) -> None:
+        """Stop reading (a process that left its group keeps the pipe open)."""
+        for fd in list(self._streams):
+            self._close(fd, time.time())
+
+    def _emit(self, stream: str, raw: bytes, ts: float) -> None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        limit = self.max_line
+        for start in range(0, max(len(raw), 1), limit):
+            self.seq += 1
+            text = raw[start : start + limit].decode("utf-8", "replace")
+            self.flusher.write_log(
+                LogLine(self.owner_kind, self.owner_id, self.seq, stream, ts, text)
+            )
+
+    def _on_readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        ts = time.time()
+        if not data:
+            self._close(fd, ts)
+            return
+        stream = self._streams[fd]
+        lines = (self._partial[fd] + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            self._emit(stream, line, ts)
+        if len(rest) >= self.max_line:
+            self._emit(stream, rest, ts)
+            rest = b""
+        self._partial[fd] = rest
+        if not self._paused and self.flusher.log_pressure():
+            self._paused = True
+            loop = asyncio.get_running_loop()
+            for open_fd in self._streams:
+                loop.remove_reader(open_fd)
+            self.flusher.when_relieved(self._resume)
+
+    def _resume(self) -> None:
+        self._paused = False
+        loop = asyncio.get_running_loop()
+        for fd in self._streams:
+            loop.add_reader(fd, self._on_readable, fd)
+
+    def _close(self, fd: int, ts: float) -> None:
+        stream = self._streams.pop(fd, None)
+        if stream is None:
+            return
+        asyncio.get_running_loop().remove_reader(fd)
+        os.close(fd)
+        rest = self._partial.pop(fd, b"")
+        if rest:
+            self._emit(stream, rest, ts)
+        if not self._streams:
+            self.on_closed()
