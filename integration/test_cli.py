@@ -223,7 +223,7 @@ def test_run_submit_from_file_and_stdin(daemon: DaemonProcess, workdir: Path) ->
 
 
 def test_service_define_list_status(daemon: DaemonProcess) -> None:
-    """service define/list/status, and the `status` table (fast path) agrees with the daemon."""
+    """service define/list/status, and the `status` table agrees with the daemon."""
     defined = hero_proc(
         daemon.socket_path,
         "--json", "service", "define", "web",
@@ -241,8 +241,8 @@ def test_service_define_list_status(daemon: DaemonProcess) -> None:
     assert one["name"] == "web" and one["state"] == web["state"]
     assert "state" in ok(hero_proc(daemon.socket_path, "service", "status", "db"))
 
-    fast_json = ok_json(hero_proc(daemon.socket_path, "--json", "status"))  # no click
-    click_json = ok_json(hero_proc(daemon.socket_path, "status", "--json"))  # the click command
+    fast_json = ok_json(hero_proc(daemon.socket_path, "--json", "status"))  # global --json
+    click_json = ok_json(hero_proc(daemon.socket_path, "status", "--json"))  # command's --json
     assert [s["name"] for s in fast_json["services"]] == ["db", "web"]
     states = {s["name"]: s["state"] for s in click_json["services"]}
     assert {s["name"]: s["state"] for s in fast_json["services"]} == states
@@ -316,7 +316,7 @@ def test_errors_are_one_line(daemon: DaemonProcess) -> None:
 
 
 def test_daemon_not_running(workdir: Path) -> None:
-    """No daemon on the socket: one line naming the socket, exit 1 (click and fast path)."""
+    """No daemon on the socket: one line naming the socket, exit 1 (ping and status)."""
     missing = workdir / "nobody.sock"
     one_line_error(hero_proc(missing, "ping"), "cannot reach hero-procd", str(missing))
     one_line_error(hero_proc(missing, "status"), "cannot reach hero-procd", str(missing))
@@ -332,7 +332,7 @@ def imported_modules(stderr: str) -> set[str]:
 
 
 def test_cli_stays_import_light(daemon: DaemonProcess) -> None:
-    """Neither the click path (ping) nor the fast path (status) imports the daemon's machinery."""
+    """Neither `ping` nor `status` imports the daemon's machinery."""
     flags = ("-X", "importtime")
     ping = hero_proc(daemon.socket_path, "ping", python_flags=flags)
     status = hero_proc(daemon.socket_path, "status", python_flags=flags)
@@ -343,4 +343,3 @@ def test_cli_stays_import_light(daemon: DaemonProcess) -> None:
         heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY_MODULES)
         assert heavy == [], heavy
     assert "click" in imported_modules(ping.stderr)
-    assert "click" not in imported_modules(status.stderr)  # status is served without click

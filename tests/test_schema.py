@@ -576,6 +576,34 @@ def test_bad_params_are_refused_as_documented(name: str, run: Runner) -> None:
     run(body)
 
 
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_good_params_are_accepted_as_documented(name: str, run: Runner) -> None:
+    method = METHODS[name]
+    params_doc = params_of(method)
+    examples = [params for _, params in examples_of(method)]
+    one_of = set(method.get("x-exactly-one-of", []))
+
+    async def accepted(h: Harness, params: dict[str, Any], key: str, why: str) -> None:
+        # Another error (not_found, say) is fine: only a refusal of `key` is not.
+        answer = await h.call(name, params)
+        error = answer.get("error")
+        refused = error is not None and error["code"] == INVALID_PARAMS
+        assert not (refused and names_field(error["data"]["field"], key)), f"{name} {why}: {error}"
+
+    async def body(h: Harness) -> None:
+        for key, p in params_doc.items():
+            base = next((e for e in examples if key in e), None)
+            assert base is not None, f"{name}.{key}: give it in an example"
+            if not p.get("required") and key not in one_of:
+                without = {k: v for k, v in base.items() if k != key}
+                await accepted(h, without, key, f"without optional {key}")
+            check = validator(p["schema"])
+            for value in [c for c in CANDIDATES if check.is_valid(c)]:
+                await accepted(h, {**base, key: value}, key, f"{key}={value!r}")
+
+    run(body)
+
+
 def closed_object(schema: Any) -> dict[str, Any] | None:
     """The object schema refusing unknown members that `schema` is, or holds items of."""
     schema = resolve(DOC, schema)
