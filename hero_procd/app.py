@@ -13,6 +13,7 @@ from hero_procd.store import Store
 
 if TYPE_CHECKING:
     from hero_procd.engine.executor import Executor
+    from hero_procd.engine.supervisor import Supervisor
 
 
 @dataclass
@@ -36,12 +37,19 @@ class App:
     version: str = __version__
     stats: Stats = field(default_factory=Stats)
     executor: Executor | None = None
+    supervisor: Supervisor | None = None
 
     @property
     def jobs(self) -> Executor:
         """The job executor (present once the daemon has started it)."""
         assert self.executor is not None, "executor not started"
         return self.executor
+
+    @property
+    def services(self) -> Supervisor:
+        """The service supervisor (present once the daemon has started it)."""
+        assert self.supervisor is not None, "supervisor not started"
+        return self.supervisor
 
     def wake_jobs(self) -> None:
         """Tell the executor that jobs were queued (no-op without one)."""

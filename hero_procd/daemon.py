@@ -22,6 +22,7 @@ from hero_procd import __version__
 from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.engine.executor import Executor
+from hero_procd.engine.supervisor import Supervisor
 from hero_procd.logs_setup import setup_logging
 from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import load_methods
@@ -108,7 +109,11 @@ async def serve(config: Config) -> None:
         try:
             app = App(config=config, store=store, openrpc=load_openrpc())
             app.executor = Executor(app)
-            await app.executor.start()
+            await app.executor.start()  # recovery first: no process of a previous daemon survives
+            app.supervisor = Supervisor(
+                app, app.executor.flusher, app.executor.spawner, app.executor.instance
+            )
+            await app.supervisor.start()
             server = RpcServer(
                 Dispatcher(app, load_methods()),
                 config.socket_path,
@@ -133,6 +138,7 @@ async def serve(config: Config) -> None:
             log.info("shutting down")
             notify("STOPPING=1")
             await server.close(config.shutdown_grace_s)
+            await app.supervisor.stop()
             await app.executor.stop()
         finally:
             await store.close()

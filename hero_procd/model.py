@@ -7,7 +7,7 @@ has an explicit transition table (walked by tests/test_model.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
@@ -464,3 +464,48 @@ def _parse_health(h: Params) -> dict[str, Any]:
     check["retries"] = h.integer("retries", default=3, minimum=1)
     h.finish()
     return check
+
+
+def dependency_order(graph: dict[str, list[str]], wanted: Iterable[str]) -> list[str]:
+    """`wanted` and what they depend on, dependencies first (stable by name)."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in seen or name in path:
+            return
+        for dep in sorted(graph.get(name, [])):
+            visit(dep, (*path, name))
+        seen.add(name)
+        order.append(name)
+
+    for name in sorted(wanted):
+        visit(name, ())
+    return order
+
+
+def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
+    """A dependency cycle of `graph` as a list of names, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        state[name] = 1
+        stack.append(name)
+        for dep in graph.get(name, []):
+            if state.get(dep) == 1:
+                return [*stack[stack.index(dep) :], dep]
+            if dep not in state:
+                found = visit(dep)
+                if found:
+                    return found
+        stack.pop()
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state:
+            found = visit(name)
+            if found:
+                return found
+    return None

@@ -102,7 +102,7 @@ class Executor:
         self._backoff_handle: asyncio.TimerHandle | None = None
         self._base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         self.spawned = 0
-        self._spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
+        self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -125,7 +125,7 @@ class Executor:
             self._terminate(rj)
         await self._wait_no_running(timeout_s=max(10.0, self._max_kill_timeout() + 5.0))
         await self.flusher.drain()
-        self._spawner.shutdown(wait=False)
+        self.spawner.shutdown(wait=False)
 
     def wake(self) -> None:
         """Ask the dispatcher to look for ready jobs."""
@@ -212,7 +212,7 @@ class Executor:
             # fork/exec blocks for about a millisecond and releases the GIL:
             # it runs on a small pool, so the loop keeps serving meanwhile.
             child = await loop.run_in_executor(
-                self._spawner, procs.spawn, argv, self._child_env(job), job.spec.cwd
+                self.spawner, procs.spawn, argv, self._child_env(job), job.spec.cwd
             )
         except OSError as exc:
             what = exc.filename if exc.filename is not None else argv[0]

@@ -183,6 +183,9 @@ class Connection(asyncio.Protocol):
         newline = self.buffer.find(b"\n", start)
         last = 0
         while newline != -1:
+            if newline - last > self.server.max_frame:
+                self._refuse_oversized()
+                return
             frame = bytes(self.buffer[last:newline])
             last = newline + 1
             if frame.strip():
@@ -191,12 +194,17 @@ class Connection(asyncio.Protocol):
         if last:
             del self.buffer[:last]
         if len(self.buffer) > self.server.max_frame:
-            self.buffer.clear()
-            self.frames.append(b"")  # marker: frame too large
-            self.stopping = True
+            self._refuse_oversized()
+            return
+        if len(self.frames) >= _MAX_QUEUED_FRAMES:
             self._pause_reading()
-        elif len(self.frames) >= _MAX_QUEUED_FRAMES:
-            self._pause_reading()
+        self.wakeup.set()
+
+    def _refuse_oversized(self) -> None:
+        self.buffer.clear()
+        self.frames.append(b"")  # marker: frame too large; answered, then the connection closes
+        self.stopping = True
+        self._pause_reading()
         self.wakeup.set()
 
     async def _serve_json(self) -> None:
@@ -257,8 +265,8 @@ class Connection(asyncio.Protocol):
                 if not isinstance(event, h11.Request):
                     continue
                 await self._answer_http(http, event)
-                if http.our_state is h11.MUST_CLOSE or http.their_state is h11.MUST_CLOSE:
-                    return
+                if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
+                    return  # closing, or the peer is still mid-body after an early answer
                 http.start_next_cycle()
             except h11.RemoteProtocolError as exc:
                 if http.our_state in (h11.IDLE, h11.SEND_RESPONSE):

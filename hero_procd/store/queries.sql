@@ -302,3 +302,22 @@ SELECT name, max_parallel FROM groups ORDER BY name
 -- group_delete --
 -- Delete a concurrency group.
 DELETE FROM groups WHERE name = ?
+
+-- service_set_state --
+-- The live state of a service, as the supervisor sees it.
+UPDATE services SET state = ?, pid = ?, pid_start_time = ?, restarts = ?, exit_code = ?, signal = ?,
+                    health = ?, started_at = ?, updated_at = ?
+WHERE name = ?
+
+-- service_set_stats --
+-- Sampled memory and CPU of a service's process group.
+UPDATE services SET memory_bytes = ?, cpu_percent = ? WHERE name = ?
+
+-- service_set_desired --
+-- Whether a service should be running (kept across daemon restarts).
+UPDATE services SET desired = ?, updated_at = ? WHERE name = ?
+
+-- service_reset_all --
+-- At start-up no service process of ours is alive: every live state is stopped.
+UPDATE services SET state = 'stopped', pid = NULL, pid_start_time = NULL, health = NULL,
+                    memory_bytes = NULL, cpu_percent = NULL, started_at = NULL

@@ -1,22 +1,36 @@
-"""service.*: long-running supervised processes (definitions and live status)."""
+"""service.*: long-running supervised processes."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.model import parse_service_spec
+from hero_procd.errors import InvalidParams
+from hero_procd.model import find_cycle, parse_service_spec
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
+
+MAX_PAGE = 10_000
 
 
 @rpc("service.define")
 async def service_define(app: App, p: Params) -> dict[str, Any]:
-    """Create or redefine a service (its live state is kept)."""
+    """Create or redefine a service (a running one picks the new spec up at its next start)."""
     name = p.req_text("name", name_like=True)
     spec = parse_service_spec(p)
     p.finish()
-    return (await app.store.services.define(name, spec)).to_dict()
+    graph = {
+        s.name: [*s.spec.get("requires", []), *s.spec.get("after", [])]
+        for s in await app.store.services.list()
+    }
+    graph[name] = [*spec["requires"], *spec["after"]]
+    cycle = find_cycle(graph)
+    if cycle is not None:
+        raise InvalidParams("requires", f"dependency cycle: {' -> '.join(cycle)}")
+    service = await app.store.services.define(name, spec)
+    if app.supervisor is not None:
+        app.supervisor.defined(name, service.spec)
+    return service.to_dict()
 
 
 @rpc("service.get")
@@ -36,10 +50,67 @@ async def service_list(app: App, p: Params) -> dict[str, Any]:
 
 @rpc("service.delete")
 async def service_delete(app: App, p: Params) -> dict[str, Any]:
-    """Delete a service; `deleted` is 0 if there was none."""
+    """Stop a service (and what requires it), then delete it; `deleted` is 0 if there was none."""
     name = p.req_text("name")
     p.finish()
+    if app.supervisor is not None:
+        await app.supervisor.delete_service(name)
+    if app.executor is not None:
+        await app.executor.flusher.wait_idle()  # no state write lands after the delete
     return {"deleted": await app.store.services.delete(name)}
+
+
+async def _status_after(app: App, name: str) -> dict[str, Any]:
+    if app.executor is not None:
+        await app.executor.flusher.wait_idle()  # the answer shows the state just reached
+    return await app.store.services.status(name)
+
+
+@rpc("service.start")
+async def service_start(app: App, p: Params) -> dict[str, Any]:
+    """Start a service (what it requires first); with `wait_s`, wait until it is running."""
+    name = p.req_text("name")
+    wait_s = p.number("wait_s", default=0.0, minimum=0) or 0.0
+    p.finish()
+    await app.services.start_service(name, wait_s=min(wait_s, 600.0))
+    return await _status_after(app, name)
+
+
+@rpc("service.stop")
+async def service_stop(app: App, p: Params) -> dict[str, Any]:
+    """Stop a service (the services that require it first); returns once it has stopped."""
+    name = p.req_text("name")
+    p.finish()
+    await app.services.stop_service(name)
+    return await _status_after(app, name)
+
+
+@rpc("service.restart")
+async def service_restart(app: App, p: Params) -> dict[str, Any]:
+    """Stop a service's process and start it again."""
+    name = p.req_text("name")
+    wait_s = p.number("wait_s", default=0.0, minimum=0) or 0.0
+    p.finish()
+    await app.services.restart_service(name, wait_s=min(wait_s, 600.0))
+    return await _status_after(app, name)
+
+
+@rpc("service.logs")
+async def service_logs(app: App, p: Params) -> dict[str, Any]:
+    """A page of a service's output lines after `after_seq`."""
+    name = p.req_text("name")
+    after_seq = p.integer("after_seq", default=0, minimum=0) or 0
+    limit = p.integer("limit", default=1000, minimum=1, maximum=MAX_PAGE) or 1000
+    p.finish()
+    service = await app.store.services.get(name)
+    lines = await app.store.logs.read("service", name, after_seq, limit)
+    return {
+        "lines": [
+            {"seq": ln.seq, "stream": ln.stream, "ts": ln.ts, "text": ln.text} for ln in lines
+        ],
+        "next_seq": lines[-1].seq if lines else after_seq,
+        "state": service.state,
+    }
 
 
 @rpc("service.status")

@@ -45,6 +45,9 @@ async def wipe_all(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if confirm is not True:
         raise InvalidParams("confirm", "must be true to wipe everything")
+    if app.supervisor is not None:
+        await app.supervisor.halt_all()
+        app.supervisor.services.clear()
     if app.executor is None:
         return {"deleted": await app.store.wipe_all(), "stopped_jobs": 0}
     stopped = await app.executor.stop_all_jobs()

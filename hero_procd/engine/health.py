@@ -1,0 +1,70 @@
+"""Health checks of services: exec, tcp, http and unix, each bounded by its timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import urllib.parse
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+async def run_check(check: dict[str, Any]) -> bool:
+    """Run one health check; True if it passed within its timeout."""
+    timeout = float(check.get("timeout_s", 5.0))
+    try:
+        return await asyncio.wait_for(_run(check), timeout)
+    except (TimeoutError, OSError):
+        return False
+
+
+async def _run(check: dict[str, Any]) -> bool:
+    if "exec" in check:
+        proc = await asyncio.create_subprocess_exec(
+            *check["exec"],
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            return await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+    if "tcp" in check:
+        host, _, port = str(check["tcp"]).rpartition(":")
+        _, writer = await asyncio.open_connection(host or "127.0.0.1", int(port))
+        writer.close()
+        return True
+    if "unix" in check:
+        _, writer = await asyncio.open_unix_connection(str(check["unix"]))
+        writer.close()
+        return True
+    if "http" in check:
+        return await _http_ok(str(check["http"]))
+    return False
+
+
+async def _http_ok(url: str) -> bool:
+    """GET the url; a 2xx or 3xx status passes."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
+    try:
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        request = f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\nUser-Agent: hero-procd\r\n\r\n"
+        writer.write(request.encode())
+        await writer.drain()
+        status_line = await reader.readline()
+        fields = status_line.split()
+        return len(fields) >= 2 and fields[1][:1] in (b"2", b"3")
+    finally:
+        writer.close()

@@ -1,0 +1,263 @@
+"""Crash and shutdown recovery of jobs: kill -9 and SIGTERM of the real daemon, then a restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from hero_procd.client import Client
+from integration.daemon_proc import DaemonProcess
+
+T = TypeVar("T")
+
+DEADLINE_S = 20.0
+GONE_DEADLINE_S = 15.0
+# Runs to the end on its second attempt; the first prints and sleeps.
+SECOND_ATTEMPT_SUCCEEDS = (
+    'if [ "$HERO_PROC_ATTEMPT" -ge 2 ]; then echo "second attempt"; exit 0; fi; '
+    'echo "first attempt"; sleep 60'
+)
+# Prints and sleeps the first time; prints and succeeds the next time (a marker file in its cwd).
+RUNS_TWICE = (
+    "if [ -e marker ]; then echo second run; touch second-ran; exit 0; fi; "
+    "touch marker; echo first run; sleep 60"
+)
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
+    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def finish(c: Client, job_id: int) -> dict[str, Any]:
+    """Wait until the job is terminal; the job."""
+    job: dict[str, Any] = c.call("job.wait", id=job_id, timeout_s=DEADLINE_S)
+    assert job["done"], f"job {job_id} did not finish: {job}"
+    return job
+
+
+def running_pid(c: Client, job_id: int) -> int:
+    """Wait until the job runs with its pid recorded; the pid (= its process group)."""
+
+    def probe() -> int | None:
+        job = c.call("job.get", id=job_id)
+        assert job["status"] in ("queued", "running"), job
+        return int(job["pid"]) if job["status"] == "running" and job["pid"] else None
+
+    return wait_for(probe, f"job {job_id} to run")
+
+
+def logged(c: Client, job_id: int, n: int) -> list[str]:
+    """Wait until the job has at least `n` log lines stored; their texts."""
+
+    def probe() -> list[str] | None:
+        lines = [ln["text"] for ln in c.call("job.logs", id=job_id)["lines"]]
+        return lines if len(lines) >= n else None
+
+    return wait_for(probe, f"{n} log lines of job {job_id}")
+
+
+def texts(c: Client, job_id: int) -> list[str]:
+    """The text of a finished job's log lines."""
+    page = c.call("job.logs", id=job_id, limit=10_000)
+    assert page["done"], page
+    return [ln["text"] for ln in page["lines"]]
+
+
+def all_jobs(c: Client) -> list[dict[str, Any]]:
+    """Every job, page by page."""
+    jobs: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = c.call("job.list", after_id=after, limit=1000)
+        jobs.extend(page["jobs"])
+        if page["next_after_id"] is None:
+            return jobs
+        after = page["next_after_id"]
+
+
+def group_alive(pgid: int) -> bool:
+    """True while some process of the group `pgid` exists."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_groups_gone(pgids: list[int]) -> None:
+    """Wait until none of these process groups has a process left (zombies take init a while)."""
+    wait_for(
+        lambda: True if not any(group_alive(g) for g in pgids) else None,
+        f"process groups {[g for g in pgids if group_alive(g)]} to be gone",
+        GONE_DEADLINE_S,
+    )
+
+
+def stored_job(db_path: Path, job_id: int) -> dict[str, Any]:
+    """A job row read straight from the database file of a stopped daemon."""
+    conn = sqlite3.connect(db_path, timeout=10)
+    try:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        assert row is not None
+        return dict(row)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def started() -> Iterator[list[DaemonProcess]]:
+    """Daemons a test starts itself; any still running at the end are stopped."""
+    procs: list[DaemonProcess] = []
+    yield procs
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.stop()
+
+
+def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    """After kill -9 and a restart: no job `running`, no old process alive, no job missing."""
+    first = DaemonProcess(workdir)
+    started.append(first.start())
+    with first.client() as c:
+        c.call("group.set", name="hold-grp", max_parallel=1)
+        lost = c.call("job.submit", command=["sleep", "60"], group="hold-grp")["id"]
+        retried = c.call(
+            "job.submit", script=SECOND_ATTEMPT_SUCCEEDS, retries=1, retry_delay_s=0
+        )["id"]
+        # A process that left the job's process group (and session): only the
+        # HERO_PROC_INSTANCE marker in its environment ties it to this daemon.
+        escapee = c.call("job.submit", script="setsid sleep 60 & echo $!; sleep 60")["id"]
+        waiting = [
+            c.call("job.submit", command=["/bin/echo", f"waited {i}"], group="hold-grp")["id"]
+            for i in range(5)
+        ]
+        pgids = [running_pid(c, j) for j in (lost, retried, escapee)]
+        assert logged(c, retried, 1) == ["first attempt"]
+        escaped_pid = int(logged(c, escapee, 1)[0])
+        assert os.getpgid(escaped_pid) == escaped_pid not in pgids
+        before = {j["id"]: j["status"] for j in all_jobs(c)}
+        assert before == {lost: "running", retried: "running", escapee: "running"} | dict.fromkeys(
+            waiting, "queued"
+        )
+    first.kill()
+    assert first.proc is not None and first.proc.returncode == -signal.SIGKILL
+    # The jobs outlive the crash: their processes are in sessions of their own.
+    old_groups = [*pgids, escaped_pid]
+    assert all(group_alive(g) for g in old_groups)
+
+    second = DaemonProcess(workdir)
+    started.append(second.start())
+    wait_groups_gone(old_groups)
+    with second.client() as c:
+        job = finish(c, lost)
+        assert job["status"] == "lost" and "lost" in job["error"], job
+        job = finish(c, retried)
+        assert job["status"] == "succeeded" and job["attempt"] == 2, job
+        assert texts(c, retried) == ["first attempt", "second attempt"]
+        assert finish(c, escapee)["status"] == "lost"
+        for i, job_id in enumerate(waiting):
+            assert finish(c, job_id)["status"] == "succeeded"
+            assert texts(c, job_id) == [f"waited {i}"]
+        after = {j["id"]: j["status"] for j in all_jobs(c)}
+        assert sorted(after) == sorted(before), "no committed job may be lost"
+        assert "running" not in after.values()
+    assert second.stop() == 0
+
+
+def test_lost_job_skips_its_dependents(workdir: Path, started: list[DaemonProcess]) -> None:
+    """A run job found lost after a crash makes its dependents `skipped`; the run ends `failed`."""
+    first = DaemonProcess(workdir)
+    started.append(first.start())
+    with first.client() as c:
+        jobs = [
+            {"key": "a", "command": ["sleep", "60"]},
+            {"key": "b", "command": ["/bin/true"], "depends_on": ["a"]},
+            {"key": "c", "command": ["/bin/true"], "depends_on": ["b"]},
+            {"key": "side", "command": ["/bin/echo", "independent"]},
+        ]
+        run = c.call("run.submit", name="crashy", jobs=jobs)
+        pgid = running_pid(c, run["jobs"]["a"])
+        assert finish(c, run["jobs"]["side"])["status"] == "succeeded"
+    first.kill()
+    assert group_alive(pgid)
+
+    second = DaemonProcess(workdir)
+    started.append(second.start())
+    wait_groups_gone([pgid])
+    with second.client() as c:
+
+        def run_done() -> dict[str, Any] | None:
+            got: dict[str, Any] = c.call("run.get", id=run["id"])
+            return got if got["status"] in ("succeeded", "failed", "cancelled") else None
+
+        got = wait_for(run_done, "the run to finish")
+        assert got["status"] == "failed", got
+        statuses = {j["key"]: j["status"] for j in got["jobs"]}
+        assert statuses == {"a": "lost", "b": "skipped", "c": "skipped", "side": "succeeded"}
+    assert second.stop() == 0
+
+
+def test_sigterm_requeues_the_running_job_and_it_runs_after_restart(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    """A graceful stop terminates a running job and queues it again; a restart runs it."""
+    first = DaemonProcess(workdir)
+    started.append(first.start())
+    with first.client() as c:
+        job_id = c.call("job.submit", script=RUNS_TWICE, cwd=str(workdir))["id"]
+        pgid = running_pid(c, job_id)
+        assert logged(c, job_id, 1) == ["first run"]
+    assert first.stop() == 0
+    wait_groups_gone([pgid])
+    row = stored_job(first.db_path, job_id)
+    assert row["status"] == "queued", row
+    assert row["error"] == "interrupted by daemon shutdown"
+
+    second = DaemonProcess(workdir)
+    started.append(second.start())
+    with second.client() as c:
+        job = finish(c, job_id)
+        assert job["status"] == "succeeded" and job["exit_code"] == 0, job
+        assert job["error"] is None
+        # An interruption is not a failed attempt.
+        assert job["attempt"] == 1
+        assert (workdir / "second-ran").exists()
+    assert second.stop() == 0
+
+
+def test_output_of_the_run_after_a_restart_is_kept(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    """The lines a job prints when it runs again after a graceful stop are stored after the first."""
+    first = DaemonProcess(workdir)
+    started.append(first.start())
+    with first.client() as c:
+        job_id = c.call("job.submit", script=RUNS_TWICE, cwd=str(workdir))["id"]
+        running_pid(c, job_id)
+        assert logged(c, job_id, 1) == ["first run"]
+    assert first.stop() == 0
+
+    second = DaemonProcess(workdir)
+    started.append(second.start())
+    with second.client() as c:
+        assert finish(c, job_id)["status"] == "succeeded"
+        lines = c.call("job.logs", id=job_id)["lines"]
+        assert [(ln["seq"], ln["text"]) for ln in lines] == [(1, "first run"), (2, "second run")]
+    assert second.stop() == 0
