@@ -13,6 +13,8 @@ from hero_procd.store import Store
 
 if TYPE_CHECKING:
     from hero_procd.engine.executor import Executor
+    from hero_procd.engine.janitor import Janitor
+    from hero_procd.engine.scheduler import Scheduler
     from hero_procd.engine.supervisor import Supervisor
 
 
@@ -22,6 +24,7 @@ class Stats:
 
     requests: int = 0
     dropped_log_lines: int = 0
+    log_lines_trimmed: int = 0
 
 
 @dataclass
@@ -38,6 +41,8 @@ class App:
     stats: Stats = field(default_factory=Stats)
     executor: Executor | None = None
     supervisor: Supervisor | None = None
+    scheduler: Scheduler | None = None
+    janitor: Janitor | None = None
 
     @property
     def jobs(self) -> Executor:

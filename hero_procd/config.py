@@ -39,6 +39,16 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+
+
 @dataclass(frozen=True)
 class Config:
     """Everything the daemon needs to know to start."""
@@ -56,6 +66,10 @@ class Config:
     flush_batch: int = 2000
     log_buffer_lines: int = 200_000
     max_line_bytes: int = 16 * 1024
+    job_retention_days: float = 7.0
+    max_log_lines_per_owner: int = 100_000
+    janitor_interval_s: float = 300.0
+    vacuum_step_pages: int = 1000
 
     @classmethod
     def from_env(
@@ -84,4 +98,7 @@ class Config:
                 max_parallel if max_parallel is not None else _env_int("HERO_PROC_MAX_PARALLEL", 16)
             ),
             log_buffer_lines=_env_int("HERO_PROC_LOG_BUFFER_LINES", 200_000),
+            job_retention_days=_env_float("HERO_PROC_JOB_RETENTION_DAYS", 7.0),
+            max_log_lines_per_owner=_env_int("HERO_PROC_MAX_LOG_LINES", 100_000),
+            janitor_interval_s=_env_float("HERO_PROC_JANITOR_INTERVAL_S", 300.0),
         )

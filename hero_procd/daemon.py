@@ -22,6 +22,8 @@ from hero_procd import __version__
 from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.engine.executor import Executor
+from hero_procd.engine.janitor import Janitor
+from hero_procd.engine.scheduler import Scheduler
 from hero_procd.engine.supervisor import Supervisor
 from hero_procd.logs_setup import setup_logging
 from hero_procd.rpc.dispatch import Dispatcher
@@ -114,6 +116,10 @@ async def serve(config: Config) -> None:
                 app, app.executor.flusher, app.executor.spawner, app.executor.instance
             )
             await app.supervisor.start()
+            app.scheduler = Scheduler(app)
+            app.scheduler.start()
+            app.janitor = Janitor(app)
+            app.janitor.start()
             server = RpcServer(
                 Dispatcher(app, load_methods()),
                 config.socket_path,
@@ -138,6 +144,8 @@ async def serve(config: Config) -> None:
             log.info("shutting down")
             notify("STOPPING=1")
             await server.close(config.shutdown_grace_s)
+            await app.scheduler.stop()
+            await app.janitor.stop()
             await app.supervisor.stop()
             await app.executor.stop()
         finally:

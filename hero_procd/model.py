@@ -124,11 +124,14 @@ class CommandSpec:
     kill_timeout_s: float | None = None
     retries: int | None = None
     retry_delay_s: float | None = None
+    env_from_secrets: dict[str, str] | None = None
 
     def merged_over(self, base: CommandSpec) -> CommandSpec:
         """This spec's fields where set, the base's elsewhere; env is merged key by key."""
         env = dict(base.env or {})
         env.update(self.env or {})
+        secrets = dict(base.env_from_secrets or {})
+        secrets.update(self.env_from_secrets or {})
         has_own_command = self.command is not None or self.script is not None
         return CommandSpec(
             command=self.command if has_own_command else base.command,
@@ -146,6 +149,7 @@ class CommandSpec:
             retry_delay_s=self.retry_delay_s
             if self.retry_delay_s is not None
             else base.retry_delay_s,
+            env_from_secrets=secrets or None,
         )
 
     def with_defaults(self) -> CommandSpec:
@@ -255,6 +259,15 @@ def command_spec_from(raw: Mapping[str, Any], path: str, *, require_command: boo
         for key, value in env.items():
             if not isinstance(value, str):
                 raise InvalidParams(f"{_where(path, 'env')}.{key}", "must be a string")
+    env_from_secrets = get("env_from_secrets")
+    if env_from_secrets is not None:
+        if not isinstance(env_from_secrets, dict):
+            raise InvalidParams(_where(path, "env_from_secrets"), "must be an object {VAR: secret}")
+        for key, value in env_from_secrets.items():
+            if not isinstance(value, str) or not NAME_RE.fullmatch(value):
+                raise InvalidParams(
+                    f"{_where(path, 'env_from_secrets')}.{key}", "must be a secret name"
+                )
     if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
         raise InvalidParams(_where(path, "cwd"), "must be an absolute path")
     timeout_s = get("timeout_s")
@@ -288,6 +301,7 @@ def command_spec_from(raw: Mapping[str, Any], path: str, *, require_command: boo
             if retry_delay_s is None
             else _number(retry_delay_s, path, "retry_delay_s", positive=False)
         ),
+        env_from_secrets=env_from_secrets,
     )
 
 

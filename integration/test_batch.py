@@ -276,3 +276,47 @@ def test_batch_keeps_submission_order(serial: DaemonProcess, tmp_path: Path) -> 
         for job_id in out["submitted"]:
             assert finish(c, job_id)["status"] == "succeeded"
         assert order.read_text().splitlines() == names
+
+
+def test_retry_of_a_job_whose_dedup_key_was_taken_does_not_jam_the_daemon(
+    workdir: Path, tmp_path: Path
+) -> None:
+    """A failed job due a retry while a newer queued job holds its dedup key: all goes on.
+
+    Only queued jobs hold a key, so the newer job is accepted while the first one
+    runs; the retry must then not trip the unique key and block every later write.
+    """
+    proc = DaemonProcess(workdir).start()
+    try:
+        with proc.client() as c:
+            hold_group(c, "dedup-retry-grp", tmp_path)
+            first = c.call(
+                "job.submit_batch",
+                jobs=[{"script": GATE_SCRIPT.replace("gate", "gate2") + "; exit 1",
+                       "cwd": str(tmp_path), "dedup_key": "k-retry", "retries": 1,
+                       "retry_delay_s": 0}],
+            )["submitted"][0]  # fmt: skip
+            wait_for(
+                lambda: True if c.call("job.get", id=first)["status"] == "running" else None,
+                "the first job to run",
+            )
+            newer = c.call(
+                "job.submit_batch",
+                jobs=[{"command": ["/bin/true"], "dedup_key": "k-retry",
+                       "group": "dedup-retry-grp"}],
+            )  # fmt: skip
+            assert len(newer["submitted"]) == 1 and newer["deduplicated"] == []
+            (tmp_path / "gate2").touch()
+            job = c.call("job.wait", id=first, timeout_s=15)
+            assert job["done"], f"the first job never settled: {job}"
+            after = c.call("job.submit", command=["/bin/echo", "still writing"])["id"]
+            assert finish(c, after)["status"] == "succeeded"
+            assert texts(c, after) == ["still writing"]
+            queued_with_key = [
+                j for j in c.call("job.list", status="queued")["jobs"] if j["dedup_key"] == "k-retry"
+            ]
+            assert len(queued_with_key) <= 1
+        assert proc.stop(timeout_s=15) == 0
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()

@@ -261,3 +261,58 @@ def test_output_of_the_run_after_a_restart_is_kept(
         lines = c.call("job.logs", id=job_id)["lines"]
         assert [(ln["seq"], ln["text"]) for ln in lines] == [(1, "first run"), (2, "second run")]
     assert second.stop() == 0
+
+
+def _key_taken_while_running(c: Client, workdir: Path) -> tuple[int, int, int]:
+    """A running job with dedup key "k" and retries, and a newer queued job holding "k".
+
+    Only queued jobs hold a key, so the second is accepted while the first runs.
+    Returns (first, newer, blocker): the newer waits behind `blocker` in a full group.
+    """
+    c.call("group.set", name="key-grp", max_parallel=1)
+    blocker = c.call("job.submit", command=["sleep", "60"], group="key-grp")["id"]
+    first = c.call(
+        "job.submit_batch",
+        jobs=[{"script": SECOND_ATTEMPT_SUCCEEDS, "dedup_key": "k", "retries": 1}],
+    )["submitted"][0]
+    running_pid(c, blocker)
+    running_pid(c, first)
+    newer = c.call(
+        "job.submit_batch", jobs=[{"command": ["/bin/true"], "dedup_key": "k", "group": "key-grp"}]
+    )
+    assert len(newer["submitted"]) == 1, newer
+    return first, newer["submitted"][0], blocker
+
+
+def test_restart_after_crash_with_a_requeued_job_whose_key_was_taken(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    """Recovery queues a job again while a newer queued job holds its dedup key: it still starts."""
+    first = DaemonProcess(workdir)
+    started.append(first.start())
+    with first.client() as c:
+        ids = _key_taken_while_running(c, workdir)
+    first.kill()
+
+    second = DaemonProcess(workdir)
+    started.append(second.start(timeout_s=15))
+    with second.client() as c:
+        for job_id in ids:
+            assert finish(c, job_id)["status"] != "running"
+        assert c.call("job.list", status="running")["jobs"] == []
+    assert second.stop() == 0
+
+
+def test_graceful_stop_with_a_requeued_job_whose_key_was_taken(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    """A graceful stop writes every interrupted job back, even one whose dedup key was taken."""
+    first = DaemonProcess(workdir)
+    started.append(first.start())
+    with first.client() as c:
+        first_id, newer, blocker = _key_taken_while_running(c, workdir)
+    assert first.stop(timeout_s=15) == 0
+    assert stored_job(first.db_path, blocker)["status"] == "queued"
+    assert stored_job(first.db_path, blocker)["error"] == "interrupted by daemon shutdown"
+    assert stored_job(first.db_path, first_id)["status"] != "running"
+    assert stored_job(first.db_path, newer)["status"] in ("queued", "cancelled")

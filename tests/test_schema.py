@@ -34,6 +34,7 @@ from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.daemon import load_openrpc
 from hero_procd.engine.executor import Executor
+from hero_procd.engine.supervisor import Supervisor
 from hero_procd.errors import (
     ERROR_CODES,
     INTERNAL_ERROR,
@@ -58,8 +59,9 @@ METHODS: dict[str, dict[str, Any]] = {m["name"]: m for m in DOC["methods"]}
 METHOD_NAMES = sorted(METHODS)
 
 # The state the examples of rpc_schema/openrpc.json run against. Ids follow the
-# order: jobs 1-3 and run 1 are run to completion, then the executor is paused
-# and job 4 and run 2 (job 5) stay queued.
+# order: jobs 1-3 and run 1 run to completion and service `ticker` runs a little
+# (its output is kept) and is stopped; then the executor is paused, so job 4 and
+# run 2 (job 5) stay queued.
 SEED_FINISHED: list[tuple[str, dict[str, Any]]] = [
     ("action.set", {"name": "build", "command": ["echo", "building"], "tags": ["ci"]}),
     ("job.submit", {"command": ["echo", "hello"], "tags": ["nightly"]}),
@@ -74,35 +76,61 @@ SEED_FINISHED: list[tuple[str, dict[str, Any]]] = [
             ],
         },
     ),
+    (
+        "service.define",
+        {
+            "name": "ticker",
+            "script": "while true; do echo tick; sleep 0.05; done",
+            "start_secs": 0.1,
+            "stop_timeout_s": 2,
+        },
+    ),
 ]
 SEED_QUEUED: list[tuple[str, dict[str, Any]]] = [
     ("job.submit", {"command": ["sleep", "60"], "tags": ["slow"], "group": "io"}),
     ("run.submit", {"name": "deploy", "jobs": [{"key": "push", "command": ["sleep", "60"]}]}),
-    ("service.define", {"name": "web", "command": ["python3", "-m", "http.server", "8080"]}),
     ("group.set", {"name": "io", "max_parallel": 2}),
 ]
 
-# Params that make a method answer each documented application error, in the
-# seeded state. A method that documents one of these errors needs an entry here.
-TRIGGERS: dict[str, dict[str, dict[str, Any]]] = {
+Call = tuple[str, dict[str, Any]]
+_BROKEN_DEPENDENCY: list[Call] = [
+    ("service.define", {"name": "broken", "command": ["false"], "restart": "never"}),
+    ("service.define", {"name": "app", "command": ["sleep", "60"], "requires": ["broken"]}),
+]
+
+# Calls that make a method answer each documented application error, in the
+# seeded state: the last call must fail with it. A method that documents one of
+# these errors needs an entry here.
+TRIGGERS: dict[str, dict[str, list[Call]]] = {
     "not_found": {
-        "action.get": {"name": "missing"},
-        "job.submit": {"action": "missing"},
-        "job.get": {"id": 999},
-        "job.cancel": {"id": 999},
-        "job.wait": {"id": 999, "timeout_s": 0},
-        "job.logs": {"id": 999},
-        "run.submit": {"jobs": [{"key": "a", "action": "missing"}]},
-        "run.get": {"id": 999},
-        "run.cancel": {"id": 999},
-        "service.get": {"name": "missing"},
-        "service.status": {"name": "missing"},
+        "action.get": [("action.get", {"name": "missing"})],
+        "job.submit": [("job.submit", {"action": "missing"})],
+        "job.get": [("job.get", {"id": 999})],
+        "job.cancel": [("job.cancel", {"id": 999})],
+        "job.wait": [("job.wait", {"id": 999, "timeout_s": 0})],
+        "job.logs": [("job.logs", {"id": 999})],
+        "run.submit": [("run.submit", {"jobs": [{"key": "a", "action": "missing"}]})],
+        "run.get": [("run.get", {"id": 999})],
+        "run.cancel": [("run.cancel", {"id": 999})],
+        "service.get": [("service.get", {"name": "missing"})],
+        "service.status": [("service.status", {"name": "missing"})],
+        "service.start": [("service.start", {"name": "missing"})],
+        "service.stop": [("service.stop", {"name": "missing"})],
+        "service.restart": [("service.restart", {"name": "missing"})],
+        "service.logs": [("service.logs", {"name": "missing"})],
     },
     "conflict": {
-        "job.submit": {"command": ["true"], "dedup_key": "twice"},
-        "run.submit": {"jobs": [{"key": "a", "command": ["true"], "dedup_key": "twice"}]},
+        "job.submit": [("job.submit", {"command": ["true"], "dedup_key": "twice"})] * 2,
+        "run.submit": [
+            ("run.submit", {"jobs": [{"key": "a", "command": ["true"], "dedup_key": "twice"}]})
+        ]
+        * 2,
     },
-    "invalid_state": {"job.cancel": {"id": 1}},
+    "invalid_state": {
+        "job.cancel": [("job.cancel", {"id": 1})],
+        "service.start": [*_BROKEN_DEPENDENCY, ("service.start", {"name": "app"})],
+        "service.restart": [*_BROKEN_DEPENDENCY, ("service.restart", {"name": "app"})],
+    },
 }
 
 # Values tried against every param: each one the document says is invalid must
@@ -123,6 +151,8 @@ CANDIDATES: list[Any] = [
     ["has space"],
     2**31,
     -(2**31) - 1,
+    "a" * 128,
+    "a" * 129,
 ]
 
 OPENRPC_METHOD_KEYS = {
@@ -286,9 +316,13 @@ async def open_harness(db_path: Path, *, paused: bool = True) -> AsyncIterator[H
     await executor.start()
     if paused:
         await executor.stop_all_jobs()  # pauses claiming until resume()
+    supervisor = Supervisor(app, executor.flusher, executor.spawner, executor.instance)
+    app.supervisor = supervisor
+    await supervisor.start()
     try:
         yield Harness(app)
     finally:
+        await supervisor.stop()
         await executor.stop()
         await store.close()
 
@@ -301,6 +335,14 @@ async def seed(db_path: Path) -> None:
         for job_id in (1, 2, 3):
             job = await h.result("job.wait", {"id": job_id, "timeout_s": 30})
             assert job["status"] == "succeeded", job
+        running = await h.result("service.start", {"name": "ticker", "wait_s": 30})
+        assert running["state"] == "running", running
+        for _ in range(200):
+            logs = await h.result("service.logs", {"name": "ticker"})
+            if len(logs["lines"]) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await h.result("service.stop", {"name": "ticker"})
         await h.app.jobs.stop_all_jobs()
         for method, params in SEED_QUEUED:
             await h.result(method, params)

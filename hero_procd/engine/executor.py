@@ -29,7 +29,7 @@ from hero_procd.app import App
 from hero_procd.engine import procs
 from hero_procd.engine.flusher import Flusher, StatusWrite
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import InvalidState
+from hero_procd.errors import InvalidState, NotFound
 from hero_procd.model import TERMINAL_JOB_STATES, JobStatus, now
 from hero_procd.store.jobs import (
     ClaimedJob,
@@ -207,13 +207,18 @@ class Executor:
             return
         first_seq = await self.store.logs.last_seq("job", str(job.id)) if job.attempt > 1 else 0
         argv = job.spec.argv()
+        env = self._child_env(job)
+        if job.spec.env_from_secrets:
+            try:
+                env.update(await self.store.secrets.resolve(job.spec.env_from_secrets))
+            except NotFound as exc:
+                await self._finalize(rj, error=f"cannot start: {exc}")
+                return
         loop = asyncio.get_running_loop()
         try:
             # fork/exec blocks for about a millisecond and releases the GIL:
             # it runs on a small pool, so the loop keeps serving meanwhile.
-            child = await loop.run_in_executor(
-                self.spawner, procs.spawn, argv, self._child_env(job), job.spec.cwd
-            )
+            child = await loop.run_in_executor(self.spawner, procs.spawn, argv, env, job.spec.cwd)
         except OSError as exc:
             what = exc.filename if exc.filename is not None else argv[0]
             await self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")

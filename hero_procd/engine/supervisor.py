@@ -302,10 +302,17 @@ class Supervisor:
         run.unhealthy_restart = False
         await self._set_state(run, ServiceState.STARTING)
         loop = asyncio.get_running_loop()
+        env = self._env(run)
         try:
+            if command.env_from_secrets:
+                env.update(await self.store.secrets.resolve(command.env_from_secrets))
             child = await loop.run_in_executor(
-                self.spawner, procs.spawn, command.argv(), self._env(run), command.cwd
+                self.spawner, procs.spawn, command.argv(), env, command.cwd
             )
+        except NotFound as exc:
+            log.warning("service cannot start", extra={"service": run.name, "error": str(exc)})
+            run.exit_code = 127
+            return False
         except OSError as exc:
             what = exc.filename if exc.filename is not None else command.argv()[0]
             log.warning(

@@ -32,6 +32,8 @@ def load_methods() -> dict[str, Handler]:
         groups,
         jobs,
         runs,
+        schedules,
+        secrets,
         services,
         system,
     )

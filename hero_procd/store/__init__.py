@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
+
 from hero_procd.errors import NotFound
 from hero_procd.model import JobRequest, check_run_graph, now
 from hero_procd.store.actions import ActionsApi
@@ -19,7 +21,9 @@ from hero_procd.store.logs import LogsApi
 from hero_procd.store.pool import Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.runs import RunsApi
+from hero_procd.store.schedules import SchedulesApi
 from hero_procd.store.schema import WIPE_ORDER
+from hero_procd.store.secrets import SecretsApi
 from hero_procd.store.services import ServicesApi
 
 __all__ = ["BatchResult", "CleanResult", "Store"]
@@ -68,6 +72,8 @@ class Store:
         self.services = ServicesApi(pool)
         self.logs = LogsApi(pool)
         self.groups = GroupsApi(pool)
+        self.secrets = SecretsApi(pool)
+        self.schedules = SchedulesApi(pool)
 
     @classmethod
     async def open(cls, path: Path, readers: int = 4) -> Store:
@@ -84,12 +90,18 @@ class Store:
         """Write a run and all its jobs and edges in ONE transaction; (run id, key → job id)."""
         check_run_graph(jobs)
         async with self.pool.transaction() as conn:
-            resolved = await self.jobs.resolve(conn, jobs)
-            run_id = await self.runs.insert(conn, name, tags)
-            ids = await self.jobs.insert_many(conn, resolved, run_id)
-            by_key = {job.key: job_id for job, job_id in zip(jobs, ids, strict=True) if job.key}
-            edges = [(by_key[j.key], by_key[d]) for j in jobs if j.key for d in j.depends_on]
-            await self.jobs.insert_edges(conn, edges)
+            return await self.insert_run(conn, name, tags, jobs)
+
+    async def insert_run(
+        self, conn: aiosqlite.Connection, name: str | None, tags: list[str], jobs: list[JobRequest]
+    ) -> tuple[int, dict[str, int]]:
+        """Write a run, its jobs and edges on a transaction in progress (graph already checked)."""
+        resolved = await self.jobs.resolve(conn, jobs)
+        run_id = await self.runs.insert(conn, name, tags)
+        ids = await self.jobs.insert_many(conn, resolved, run_id)
+        by_key = {job.key: job_id for job, job_id in zip(jobs, ids, strict=True) if job.key}
+        edges = [(by_key[j.key], by_key[d]) for j in jobs if j.key for d in j.depends_on]
+        await self.jobs.insert_edges(conn, edges)
         return run_id, by_key
 
     async def submit_batch(

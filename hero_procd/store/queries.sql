@@ -321,3 +321,85 @@ UPDATE services SET desired = ?, updated_at = ? WHERE name = ?
 -- At start-up no service process of ours is alive: every live state is stopped.
 UPDATE services SET state = 'stopped', pid = NULL, pid_start_time = NULL, health = NULL,
                     memory_bytes = NULL, cpu_percent = NULL, started_at = NULL
+
+-- secret_set --
+-- Create or replace a secret.
+INSERT INTO secrets (name, value, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+
+-- secret_get --
+-- One secret's value.
+SELECT value FROM secrets WHERE name = ?
+
+-- secret_get_many --
+-- Several secrets' values (resolved at spawn time).
+SELECT name, value FROM secrets WHERE name IN ({marks})
+
+-- secret_list --
+-- Secret names (never values) and when they changed.
+SELECT name, updated_at FROM secrets ORDER BY name
+
+-- secret_delete --
+-- Delete a secret.
+DELETE FROM secrets WHERE name = ?
+
+-- schedule_upsert --
+-- Create or replace a schedule; a replaced one keeps its history.
+INSERT INTO schedules (name, cron, tz, target, overlap, paused, next_fire_at, created_at, updated_at)
+VALUES (:name, :cron, :tz, :target, :overlap, :paused, :next_fire_at, :now, :now)
+ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz, target = excluded.target,
+    overlap = excluded.overlap, paused = excluded.paused, next_fire_at = excluded.next_fire_at,
+    updated_at = excluded.updated_at
+RETURNING *
+
+-- schedule_get --
+-- One schedule.
+SELECT * FROM schedules WHERE name = ?
+
+-- schedule_list --
+-- Every schedule, by name.
+SELECT * FROM schedules ORDER BY name
+
+-- schedule_delete --
+-- Delete a schedule.
+DELETE FROM schedules WHERE name = ?
+
+-- schedule_set_paused --
+-- Pause or resume a schedule (resuming sets its next fire).
+UPDATE schedules SET paused = ?, next_fire_at = ?, updated_at = ? WHERE name = ?
+
+-- schedule_due --
+-- Schedules whose next fire has come.
+SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= ? ORDER BY next_fire_at
+
+-- schedule_next_due --
+-- When the next schedule fires.
+SELECT min(next_fire_at) FROM schedules WHERE paused = 0
+
+-- schedule_fired --
+-- Record a fire (or a skipped one) and the next fire, only if nobody fired it meanwhile.
+UPDATE schedules SET last_fire_at = ?, next_fire_at = ?, last_job_id = coalesce(?, last_job_id),
+    last_run_id = coalesce(?, last_run_id), fires = fires + ?, skipped = skipped + ?
+WHERE name = ? AND (next_fire_at IS ? OR ? = 1)
+
+-- job_active --
+-- Whether a job is still queued or running.
+SELECT status IN ('queued', 'running') FROM jobs WHERE id = ?
+
+-- run_active --
+-- Whether a run still has queued or running jobs.
+SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ? AND status IN ('queued', 'running'))
+
+-- retention_old_jobs --
+-- A chunk of finished jobs older than the cutoff.
+SELECT id, run_id FROM jobs
+WHERE status NOT IN ('queued', 'running') AND finished_at < ? ORDER BY id LIMIT ?
+
+-- retention_log_owners_over --
+-- Owners with more stored lines than the cap, and their last sequence number.
+SELECT owner_kind, owner_id, count(*) AS n, max(seq) AS last FROM log_lines
+GROUP BY owner_kind, owner_id HAVING count(*) > ?
+
+-- retention_trim_logs --
+-- Drop an owner's oldest lines, keeping the last ones.
+DELETE FROM log_lines WHERE owner_kind = ? AND owner_id = ? AND seq <= ?

@@ -109,6 +109,9 @@ CREATE TABLE schedules (
     next_fire_at  REAL,
     last_fire_at  REAL,
     last_job_id   INTEGER,
+    last_run_id   INTEGER,
+    fires         INTEGER NOT NULL DEFAULT 0,
+    skipped       INTEGER NOT NULL DEFAULT 0,
     created_at    REAL NOT NULL,
     updated_at    REAL NOT NULL
 );

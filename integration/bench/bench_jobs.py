@@ -21,6 +21,7 @@ from integration.bench.common import (
     count_jobs,
     cpu_seconds,
     daemon_pid,
+    main_thread_cpu_seconds,
     median,
     rss_bytes,
     scratch_dir,
@@ -58,12 +59,14 @@ def _throughput(n: int, max_parallel: int) -> dict[str, float]:
         pid = daemon_pid(daemon)
         with daemon.client(timeout=600) as c:
             cpu0 = cpu_seconds(pid)
+            loop0 = main_thread_cpu_seconds(pid)
             t0 = time.perf_counter()
             submitted = c.call("job.submit_batch", {"jobs": items})["submitted"]
             submit_s = time.perf_counter() - t0
             wait_all_finished(c, max(submitted))
             wall = time.perf_counter() - t0
             cpu = cpu_seconds(pid) - cpu0
+            loop_cpu = main_thread_cpu_seconds(pid) - loop0
             succeeded = count_jobs(c, "succeeded")
     return {
         "max_parallel": max_parallel,
@@ -74,6 +77,8 @@ def _throughput(n: int, max_parallel: int) -> dict[str, float]:
         "succeeded": succeeded,
         "daemon_cpu_s": cpu,
         "daemon_cpu_ms_per_job": cpu * 1000 / n,
+        "event_loop_cpu_s": loop_cpu,
+        "other_threads_cpu_s": cpu - loop_cpu,
     }
 
 
@@ -91,7 +96,11 @@ def bench_throughput(sizes: Sizes) -> BenchResult:
     }
     for run in runs:
         ok = run["succeeded"] == n
-        note = f"daemon CPU {run['daemon_cpu_ms_per_job']:.2f} ms/job"
+        loop_share = run["event_loop_cpu_s"] / run["daemon_cpu_s"] if run["daemon_cpu_s"] else 0
+        note = (
+            f"daemon CPU {run['daemon_cpu_ms_per_job']:.2f} ms/job"
+            f" ({loop_share:.0%} on the event-loop thread)"
+        )
         if not ok:
             note += f"; only {int(run['succeeded'])} of {n} succeeded"
         name = f"{n:,} /bin/true jobs, max-parallel {int(run['max_parallel'])}"

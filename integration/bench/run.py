@@ -126,7 +126,11 @@ def table(results: list[BenchResult]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks, print the table and write the JSON record."""
-    parser = argparse.ArgumentParser(prog="python -m integration.bench.run", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m integration.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument(
         "--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",

@@ -35,7 +35,19 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "jobs_running": len(app.executor.running) if app.executor else 0,
         "max_parallel": app.config.max_parallel,
         "flusher_pending": app.executor.flusher.pending() if app.executor else 0,
+        "log_lines_trimmed": app.stats.log_lines_trimmed,
+        "retention": app.janitor.settings() if app.janitor else None,
+        "last_retention": app.janitor.last if app.janitor else None,
     }
+
+
+@rpc("system.retention_run")
+async def retention_run(app: App, p: Params) -> dict[str, Any]:
+    """Run one retention pass now: old finished jobs, log caps, incremental vacuum."""
+    p.finish()
+    if app.janitor is None:
+        raise InvalidParams(None, "the janitor is not running")
+    return await app.janitor.run_once()
 
 
 @rpc("system.wipe_all")

@@ -1,0 +1,143 @@
+"""Retention: everything that grows is cut back in the background.
+
+One pass deletes finished jobs older than the retention (with their log
+lines and the runs they leave empty), caps every owner's stored log lines
+(oldest first, counted), and returns free pages to the file system with
+`incremental_vacuum` in small steps. Each step is its own short transaction,
+so readers, the executor and the flusher are never held up for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from hero_procd.app import App
+from hero_procd.model import now
+from hero_procd.store.queries import Q
+
+log = logging.getLogger(__name__)
+
+_JOB_CHUNK = 2000
+_OWNER_CHUNK = 100
+
+
+@dataclass
+class RetentionReport:
+    """What one retention pass deleted and freed."""
+
+    jobs: int = 0
+    runs: int = 0
+    logs: int = 0
+    log_lines_trimmed: int = 0
+    pages_freed: int = 0
+    bytes_freed: int = 0
+
+
+class Janitor:
+    """Runs a retention pass every `janitor_interval_s`, and on demand."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.store = app.store
+        self.config = app.config
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.last: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        """Start the periodic passes."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="janitor")
+
+    async def stop(self) -> None:
+        """Stop the periodic passes."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def settings(self) -> dict[str, Any]:
+        """The retention settings in force (shown by system.info)."""
+        return {
+            "job_retention_days": self.config.job_retention_days,
+            "max_log_lines_per_owner": self.config.max_log_lines_per_owner,
+            "interval_s": self.config.janitor_interval_s,
+        }
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.janitor_interval_s)
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("retention pass failed")
+
+    async def run_once(self) -> dict[str, Any]:
+        """One full pass; what it deleted and freed."""
+        async with self._lock:
+            report = RetentionReport()
+            await self._old_jobs(report)
+            await self._cap_logs(report)
+            await self._vacuum(report)
+            self.app.stats.log_lines_trimmed += report.log_lines_trimmed
+            result = asdict(report)
+            self.last = {"at": now(), **result}
+            if report.jobs or report.log_lines_trimmed or report.pages_freed:
+                log.info("retention pass", extra=result)
+            return result
+
+    async def _old_jobs(self, report: RetentionReport) -> None:
+        cutoff = now() - self.config.job_retention_days * 86400.0
+        while True:
+            async with self.store.pool.transaction() as conn:
+                async with conn.execute(Q["retention_old_jobs"], (cutoff, _JOB_CHUNK)) as cur:
+                    rows = await cur.fetchall()
+                if not rows:
+                    return
+                ids = [r[0] for r in rows]
+                runs = sorted({r[1] for r in rows if r[1] is not None})
+                report.logs += await self.store.logs.delete_owners(
+                    conn, "job", [str(i) for i in ids]
+                )
+                report.jobs += await self.store.jobs.delete_many(ids, conn)
+                report.runs += await self.store.runs.delete_empty(conn, runs)
+            await asyncio.sleep(0)  # let other writers in between chunks
+
+    async def _cap_logs(self, report: RetentionReport) -> None:
+        cap = self.config.max_log_lines_per_owner
+        owners = await self.store.pool.fetch_all(Q["retention_log_owners_over"], (cap,))
+        for start in range(0, len(owners), _OWNER_CHUNK):
+            async with self.store.pool.transaction() as conn:
+                for row in owners[start : start + _OWNER_CHUNK]:
+                    params = (row["owner_kind"], row["owner_id"], row["last"] - cap)
+                    cur = await conn.execute(Q["retention_trim_logs"], params)
+                    report.log_lines_trimmed += cur.rowcount
+                    await cur.close()
+            await asyncio.sleep(0)
+
+    async def _vacuum(self, report: RetentionReport) -> None:
+        row = await self.store.pool.fetch_one("PRAGMA page_size")
+        page_size = int(row[0]) if row else 4096
+        while True:
+            row = await self.store.pool.fetch_one("PRAGMA freelist_count")
+            before = int(row[0]) if row else 0
+            if before == 0:
+                return
+            async with self.store.pool.transaction() as conn:
+                await (
+                    await conn.execute(
+                        f"PRAGMA incremental_vacuum({self.config.vacuum_step_pages})"
+                    )
+                ).close()
+            row = await self.store.pool.fetch_one("PRAGMA freelist_count")
+            after = int(row[0]) if row else 0
+            if after >= before:
+                return
+            report.pages_freed += before - after
+            report.bytes_freed += (before - after) * page_size
+            await asyncio.sleep(0)

@@ -1,0 +1,186 @@
+"""SchedulesApi: cron schedules that submit a job or a run."""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from hero_procd.errors import NotFound
+from hero_procd.model import now
+from hero_procd.store.pool import Pool, Row
+from hero_procd.store.queries import Q
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A stored schedule."""
+
+    name: str
+    cron: str
+    tz: str | None
+    target: dict[str, Any]
+    overlap: str
+    paused: bool
+    next_fire_at: float | None
+    last_fire_at: float | None
+    last_job_id: int | None
+    last_run_id: int | None
+    fires: int
+    skipped: int
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Row) -> Schedule:
+        """Build from a `schedules` row."""
+        return cls(
+            name=row["name"],
+            cron=row["cron"],
+            tz=row["tz"],
+            target=orjson.loads(row["target"]),
+            overlap=row["overlap"],
+            paused=bool(row["paused"]),
+            next_fire_at=row["next_fire_at"],
+            last_fire_at=row["last_fire_at"],
+            last_job_id=row["last_job_id"],
+            last_run_id=row["last_run_id"],
+            fires=row["fires"],
+            skipped=row["skipped"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The schedule as the RPC shows it."""
+        return {
+            "name": self.name,
+            "cron": self.cron,
+            "timezone": self.tz,
+            **self.target,
+            "overlap": self.overlap,
+            "paused": self.paused,
+            "next_fire_at": self.next_fire_at,
+            "last_fire_at": self.last_fire_at,
+            "last_job_id": self.last_job_id,
+            "last_run_id": self.last_run_id,
+            "fires": self.fires,
+            "skipped": self.skipped,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class SchedulesApi:
+    """Reads and writes of the `schedules` table."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    async def upsert(
+        self,
+        name: str,
+        cron: str,
+        tz: str | None,
+        target: dict[str, Any],
+        overlap: str,
+        paused: bool,
+        next_fire_at: float | None,
+    ) -> Schedule:
+        """Create or replace a schedule."""
+        params = {
+            "name": name,
+            "cron": cron,
+            "tz": tz,
+            "target": orjson.dumps(target).decode(),
+            "overlap": overlap,
+            "paused": int(paused),
+            "next_fire_at": next_fire_at,
+            "now": now(),
+        }
+        async with (
+            self.pool.transaction() as conn,
+            conn.execute(Q["schedule_upsert"], params) as cur,
+        ):
+            row = await cur.fetchone()
+        assert row is not None
+        return Schedule.from_row(row)
+
+    async def get(self, name: str) -> Schedule:
+        """One schedule, or NotFound."""
+        row = await self.pool.fetch_one(Q["schedule_get"], (name,))
+        if row is None:
+            raise NotFound("schedule not found", {"name": name})
+        return Schedule.from_row(row)
+
+    async def list(self) -> list[Schedule]:
+        """Every schedule."""
+        return [Schedule.from_row(r) for r in await self.pool.fetch_all(Q["schedule_list"])]
+
+    async def delete(self, name: str) -> int:
+        """Delete a schedule; the rows deleted."""
+        async with (
+            self.pool.transaction() as conn,
+            conn.execute(Q["schedule_delete"], (name,)) as cur,
+        ):
+            return cur.rowcount
+
+    async def set_paused(self, name: str, paused: bool, next_fire_at: float | None) -> None:
+        """Pause or resume."""
+        async with self.pool.transaction() as conn:
+            await conn.execute(Q["schedule_set_paused"], (int(paused), next_fire_at, now(), name))
+
+    async def due(self, at: float) -> builtins.list[Schedule]:
+        """Schedules whose next fire has come."""
+        return [Schedule.from_row(r) for r in await self.pool.fetch_all(Q["schedule_due"], (at,))]
+
+    async def next_due(self) -> float | None:
+        """When the next schedule fires."""
+        row = await self.pool.fetch_one(Q["schedule_next_due"])
+        return None if row is None or row[0] is None else float(row[0])
+
+    async def is_active(
+        self, conn: aiosqlite.Connection, job_id: int | None, run_id: int | None
+    ) -> bool:
+        """Whether the last fire's job or run is still queued or running."""
+        if job_id is not None:
+            async with conn.execute(Q["job_active"], (job_id,)) as cur:
+                row = await cur.fetchone()
+            if row is not None and row[0]:
+                return True
+        if run_id is not None:
+            async with conn.execute(Q["run_active"], (run_id,)) as cur:
+                row = await cur.fetchone()
+            if row is not None and row[0]:
+                return True
+        return False
+
+    async def record_fire(
+        self,
+        conn: aiosqlite.Connection,
+        schedule: Schedule,
+        at: float,
+        next_fire_at: float | None,
+        job_id: int | None,
+        run_id: int | None,
+        *,
+        skipped: bool,
+        forced: bool,
+    ) -> bool:
+        """Record a fire and the next one; False if someone else fired this slot meanwhile."""
+        params = (
+            at,
+            next_fire_at,
+            job_id,
+            run_id,
+            0 if skipped else 1,
+            1 if skipped else 0,
+            schedule.name,
+            schedule.next_fire_at,
+            int(forced),
+        )
+        async with conn.execute(Q["schedule_fired"], params) as cur:
+            return cur.rowcount == 1
