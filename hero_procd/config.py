@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_READERS = 4
@@ -29,24 +30,26 @@ def default_db_path() -> Path:
     return Path.home() / "hero" / "var" / "hero_proc" / "hero_proc.db"
 
 
-def _env_int(name: str, default: int) -> int:
+_Number = TypeVar("_Number", int, float)
+
+
+def _env_number(name: str, default: _Number, kind: type[_Number]) -> _Number:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError as exc:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
+
+
+def _env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int)
 
 
 def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
+    return _env_number(name, default, float)
 
 
 @dataclass(frozen=True)
