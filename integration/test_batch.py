@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +13,8 @@ from typing import Any, TypeVar
 import pytest
 
 from hero_procd.client import Client
+from hero_procd.engine.executor import instance_id
+from hero_procd.engine.procs import find_marked
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 
 T = TypeVar("T")
@@ -42,11 +47,8 @@ def finish(c: Client, job_id: int) -> dict[str, Any]:
 def hold_group(c: Client, group: str, gate_dir: Path) -> int:
     """Give `group` one slot and occupy it with a job that waits for `gate_dir/gate`; its id."""
     c.call("group.set", name=group, max_parallel=1)
-    blocker = int(
-        c.call("job.submit", script=GATE_SCRIPT, cwd=str(gate_dir), group=group, tags=["blk"])[
-            "id"
-        ]
-    )
+    params = {"script": GATE_SCRIPT, "cwd": str(gate_dir), "group": group, "tags": ["blk"]}
+    blocker = int(c.call("job.submit", params)["id"])
     wait_for(
         lambda: True if c.call("job.get", id=blocker)["status"] == "running" else None,
         f"the blocker of {group} to run",
@@ -281,7 +283,7 @@ def test_batch_keeps_submission_order(serial: DaemonProcess, tmp_path: Path) -> 
 def test_retry_of_a_job_whose_dedup_key_was_taken_does_not_jam_the_daemon(
     workdir: Path, tmp_path: Path
 ) -> None:
-    """A failed job due a retry while a newer queued job holds its dedup key: all goes on.
+    """A failed job due for a retry while a newer queued job holds its dedup key: all goes on.
 
     Only queued jobs hold a key, so the newer job is accepted while the first one
     runs; the retry must then not trip the unique key and block every later write.
@@ -307,16 +309,18 @@ def test_retry_of_a_job_whose_dedup_key_was_taken_does_not_jam_the_daemon(
             )  # fmt: skip
             assert len(newer["submitted"]) == 1 and newer["deduplicated"] == []
             (tmp_path / "gate2").touch()
-            job = c.call("job.wait", id=first, timeout_s=15)
+            job = c.call("job.wait", id=first, timeout_s=10)
             assert job["done"], f"the first job never settled: {job}"
             after = c.call("job.submit", command=["/bin/echo", "still writing"])["id"]
             assert finish(c, after)["status"] == "succeeded"
             assert texts(c, after) == ["still writing"]
-            queued_with_key = [
-                j for j in c.call("job.list", status="queued")["jobs"] if j["dedup_key"] == "k-retry"
-            ]
-            assert len(queued_with_key) <= 1
-        assert proc.stop(timeout_s=15) == 0
+            queued = c.call("job.list", status="queued")["jobs"]
+            assert len([j for j in queued if j["dedup_key"] == "k-retry"]) <= 1
+        assert proc.stop(timeout_s=10) == 0
     finally:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
+        # A killed daemon leaves its jobs behind: end them here.
+        for pid in find_marked(instance_id(str(proc.db_path))):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)

@@ -250,7 +250,8 @@ def test_service_define_list_status(daemon: DaemonProcess) -> None:
     shown = ok(hero_proc(daemon.socket_path, "status"))
     assert "\x1b[" not in shown  # no colour into a pipe
     lines = shown.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "CPU"]
+    headers = ["NAME", "STATE", "HEALTH", "PID", "UPTIME", "RESTARTS", "MEMORY", "CPU"]
+    assert lines[0].split() == headers
     assert [row[:2] for row in rows_of(shown)] == [["db", states["db"]], ["web", states["web"]]]
     assert len({len(line) for line in lines}) == 1  # right-aligned last column: equal widths
 

@@ -1,4 +1,4 @@
-"""The job engine over the real socket: argv/env/cwd, logs, exit codes, timeouts, retries, cancel."""
+"""The job engine over the real socket: argv, env, cwd, logs, exits, timeouts, retries, cancel."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SIGTERM = 15
 GATE_SCRIPT = "i=0; while [ ! -e gate ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
 
 
-# -- helpers -----------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------
 
 
 def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
@@ -142,7 +142,7 @@ def serial(workdir: Path) -> Iterator[DaemonProcess]:
         assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
-# -- what a job runs with ---------------------------------------------------------------------
+# -- what a job runs with ------------------------------------------------------------------
 
 
 def test_argv_env_and_cwd_arrive_intact(c: Client, tmp_path: Path) -> None:
@@ -168,6 +168,22 @@ def test_argv_env_and_cwd_arrive_intact(c: Client, tmp_path: Path) -> None:
     assert seen["var"] == "value with spaces = and 'quotes'"
     assert os.path.realpath(seen["cwd"]) == os.path.realpath(tmp_path)
     assert seen["job"] == str(job_id)
+
+
+def test_daemon_environment_is_inherited_but_not_its_private_variables(workdir: Path) -> None:
+    """Jobs inherit the daemon's environment, except systemd's NOTIFY_SOCKET and the like."""
+    env = {"NOTIFY_SOCKET": str(workdir / "notify.sock"), "HP_FROM_DAEMON": "inherited"}
+    proc = DaemonProcess(workdir, env=env).start()
+    try:
+        with proc.client() as c:
+            job_id = submit(c, command=["/bin/sh", "-c", "env"])
+            assert finish(c, job_id)["status"] == "succeeded"
+            seen = dict(line.split("=", 1) for line in texts(c, job_id) if "=" in line)
+        assert seen.get("HP_FROM_DAEMON") == "inherited"
+        assert "NOTIFY_SOCKET" not in seen
+        assert seen.get("HERO_PROC_JOB_ID") == str(job_id)
+    finally:
+        assert proc.stop() == 0
 
 
 def test_stdout_and_stderr_are_stored_line_by_line(c: Client) -> None:
@@ -256,7 +272,7 @@ def test_script_with_interpreter(
     assert texts(c, job_id) == expected
 
 
-# -- how a job ends ----------------------------------------------------------------------------
+# -- how a job ends ------------------------------------------------------------------------
 
 
 def test_exit_codes_are_recorded(c: Client) -> None:
@@ -325,7 +341,7 @@ def test_leftover_processes_of_the_group_are_killed_when_the_job_exits(c: Client
         os.kill(int(pid_text), 0)
 
 
-# -- timeouts ---------------------------------------------------------------------------------------
+# -- timeouts ------------------------------------------------------------------------------
 
 
 def test_timeout_terminates_the_job(c: Client) -> None:
@@ -357,7 +373,7 @@ def test_timeout_kills_a_child_that_ignores_sigterm(c: Client) -> None:
         os.killpg(pgid, 0)
 
 
-# -- retries ------------------------------------------------------------------------------------------
+# -- retries -------------------------------------------------------------------------------
 
 
 def test_retries_until_success(c: Client, tmp_path: Path) -> None:
@@ -407,7 +423,32 @@ def test_retry_backoff_grows(c: Client, tmp_path: Path) -> None:
     assert second > first, (first, second)
 
 
-# -- cancel ---------------------------------------------------------------------------------------------
+def test_timed_out_attempt_is_retried(c: Client) -> None:
+    """A timeout counts as a failed attempt: with retries left the job runs again."""
+    script = '[ "$HERO_PROC_ATTEMPT" -ge 2 ] && exit 0; sleep 30'
+    job_id = submit(c, script=script, timeout_s=0.3, retries=1, retry_delay_s=0.1)
+    job = finish(c, job_id)
+    assert job["status"] == "succeeded" and job["attempt"] == 2, job
+
+
+def test_cancel_during_retry_backoff(c: Client, tmp_path: Path) -> None:
+    """A job waiting out its retry backoff is queued: cancel ends it at once and it never reruns."""
+    job_id = submit(
+        c, script="echo x >> tries; exit 1", cwd=str(tmp_path), retries=3, retry_delay_s=5
+    )
+
+    def in_backoff() -> dict[str, Any] | None:
+        job: dict[str, Any] = c.call("job.get", id=job_id)
+        return job if job["status"] == "queued" and job["attempt"] == 1 else None
+
+    job = wait_for(in_backoff, "the first attempt to fail")
+    assert job["not_before"] > time.time()
+    assert c.call("job.cancel", id=job_id)["result"] == "cancelled"
+    assert c.call("job.wait", id=job_id, timeout_s=7)["status"] == "cancelled"
+    assert read_lines(tmp_path / "tries") == ["x"]
+
+
+# -- cancel --------------------------------------------------------------------------------
 
 
 def test_cancel_queued_then_running_then_finished(c: Client, tmp_path: Path) -> None:
@@ -449,7 +490,7 @@ def test_cancel_of_a_job_ignoring_sigterm_kills_it(c: Client) -> None:
     wait_group_gone(pgid)
 
 
-# -- job.wait ---------------------------------------------------------------------------------------------
+# -- job.wait ------------------------------------------------------------------------------
 
 
 def test_wait_returns_when_the_job_ends(c: Client) -> None:
@@ -472,7 +513,7 @@ def test_wait_times_out_with_the_job_still_running(c: Client) -> None:
     assert call_error(c, "job.wait", id=10_000_000, timeout_s=1).code == NOT_FOUND
 
 
-# -- scheduling: priority and groups ---------------------------------------------------------------------
+# -- scheduling: priority and groups -------------------------------------------------------
 
 
 def test_higher_priority_runs_first(serial: DaemonProcess, tmp_path: Path) -> None:
@@ -527,7 +568,7 @@ def test_group_with_two_slots_runs_two_at_once(c: Client, tmp_path: Path) -> Non
         assert finish(c, job_id)["status"] == "succeeded"
 
 
-# -- bulk operations --------------------------------------------------------------------------------------
+# -- bulk operations -----------------------------------------------------------------------
 
 
 def test_wipe_all_stops_running_jobs(daemon: DaemonProcess) -> None:
@@ -535,7 +576,9 @@ def test_wipe_all_stops_running_jobs(daemon: DaemonProcess) -> None:
     with daemon.client() as c:
         c.call("group.set", name="wipe-grp", max_parallel=1)
         sleepers = [submit(c, command=["sleep", "60"]) for _ in range(2)]
-        stubborn = submit(c, command=["/bin/sh", "-c", 'trap "" TERM; sleep 60'], kill_timeout_s=0.3)
+        stubborn = submit(
+            c, command=["/bin/sh", "-c", 'trap "" TERM; sleep 60'], kill_timeout_s=0.3
+        )
         held = submit(c, command=["sleep", "60"], group="wipe-grp")
         queued = submit(c, command=["sleep", "60"], group="wipe-grp")
         pgids = [running(c, j)["pid"] for j in (*sleepers, stubborn, held)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -13,6 +14,8 @@ from typing import Any, TypeVar
 import pytest
 
 from hero_procd.client import Client
+from hero_procd.engine.executor import instance_id
+from hero_procd.engine.procs import find_marked
 from integration.daemon_proc import DaemonProcess
 
 T = TypeVar("T")
@@ -119,14 +122,26 @@ def stored_job(db_path: Path, job_id: int) -> dict[str, Any]:
         conn.close()
 
 
+def kill_leftovers(db_path: Path) -> None:
+    """SIGKILL the groups of any process still marked as a job of the daemon of `db_path`."""
+    for pid in find_marked(instance_id(str(db_path))):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
 @pytest.fixture
 def started() -> Iterator[list[DaemonProcess]]:
-    """Daemons a test starts itself; any still running at the end are stopped."""
+    """Daemons a test starts itself; at the end they are stopped and their jobs' processes gone.
+
+    A failing test may leave a daemon killed with its jobs orphaned: those are killed too.
+    """
     procs: list[DaemonProcess] = []
     yield procs
     for proc in procs:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.stop()
+    for db in {proc.db_path for proc in procs}:
+        kill_leftovers(db)
 
 
 def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
@@ -138,9 +153,8 @@ def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
     with first.client() as c:
         c.call("group.set", name="hold-grp", max_parallel=1)
         lost = c.call("job.submit", command=["sleep", "60"], group="hold-grp")["id"]
-        retried = c.call(
-            "job.submit", script=SECOND_ATTEMPT_SUCCEEDS, retries=1, retry_delay_s=0
-        )["id"]
+        with_retry = {"script": SECOND_ATTEMPT_SUCCEEDS, "retries": 1, "retry_delay_s": 0}
+        retried = c.call("job.submit", with_retry)["id"]
         # A process that left the job's process group (and session): only the
         # HERO_PROC_INSTANCE marker in its environment ties it to this daemon.
         escapee = c.call("job.submit", script="setsid sleep 60 & echo $!; sleep 60")["id"]
@@ -151,7 +165,8 @@ def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
         pgids = [running_pid(c, j) for j in (lost, retried, escapee)]
         assert logged(c, retried, 1) == ["first attempt"]
         escaped_pid = int(logged(c, escapee, 1)[0])
-        assert os.getpgid(escaped_pid) == escaped_pid not in pgids
+        assert os.getpgid(escaped_pid) == escaped_pid, "setsid made it a group of its own"
+        assert escaped_pid not in pgids
         before = {j["id"]: j["status"] for j in all_jobs(c)}
         assert before == {lost: "running", retried: "running", escapee: "running"} | dict.fromkeys(
             waiting, "queued"
@@ -245,7 +260,7 @@ def test_sigterm_requeues_the_running_job_and_it_runs_after_restart(
 def test_output_of_the_run_after_a_restart_is_kept(
     workdir: Path, started: list[DaemonProcess]
 ) -> None:
-    """The lines a job prints when it runs again after a graceful stop are stored after the first."""
+    """What a job prints when it runs again after a graceful stop is stored after the first."""
     first = DaemonProcess(workdir)
     started.append(first.start())
     with first.client() as c:
@@ -263,7 +278,7 @@ def test_output_of_the_run_after_a_restart_is_kept(
     assert second.stop() == 0
 
 
-def _key_taken_while_running(c: Client, workdir: Path) -> tuple[int, int, int]:
+def _key_taken_while_running(c: Client) -> tuple[int, int, int]:
     """A running job with dedup key "k" and retries, and a newer queued job holding "k".
 
     Only queued jobs hold a key, so the second is accepted while the first runs.
@@ -291,7 +306,7 @@ def test_restart_after_crash_with_a_requeued_job_whose_key_was_taken(
     first = DaemonProcess(workdir)
     started.append(first.start())
     with first.client() as c:
-        ids = _key_taken_while_running(c, workdir)
+        ids = _key_taken_while_running(c)
     first.kill()
 
     second = DaemonProcess(workdir)
@@ -310,8 +325,8 @@ def test_graceful_stop_with_a_requeued_job_whose_key_was_taken(
     first = DaemonProcess(workdir)
     started.append(first.start())
     with first.client() as c:
-        first_id, newer, blocker = _key_taken_while_running(c, workdir)
-    assert first.stop(timeout_s=15) == 0
+        first_id, newer, blocker = _key_taken_while_running(c)
+    assert first.stop(timeout_s=10) == 0
     assert stored_job(first.db_path, blocker)["status"] == "queued"
     assert stored_job(first.db_path, blocker)["error"] == "interrupted by daemon shutdown"
     assert stored_job(first.db_path, first_id)["status"] != "running"

@@ -49,7 +49,8 @@ def jobs_by_key(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def appender(key: str, out: Path, *, fail: bool = False) -> dict[str, Any]:
     """A run job that appends its key to `out` (and then fails if asked)."""
-    return {"key": key, "command": ["/bin/sh", "-c", f"echo {key} >> {out}" + ("; exit 1" if fail else "")]}  # fmt: skip
+    tail = "; exit 1" if fail else ""
+    return {"key": key, "command": ["/bin/sh", "-c", f"echo {key} >> {out}{tail}"]}
 
 
 def read_lines(path: Path) -> list[str]:
@@ -183,9 +184,8 @@ def test_run_get_shows_statuses_and_dependency_keys(c: Client, tmp_path: Path) -
     deps = {j["key"]: j["depends_on"] for j in run["jobs"]}
     assert deps == {"top": [], "left": ["top"], "right": ["top"], "join": ["left", "right"]}
     assert all(j["run_id"] == submitted["id"] for j in run["jobs"])
-    assert all(
-        j["status"] in ("queued", "running", "succeeded") for j in run["jobs"]
-    ), run["jobs"]
+    statuses = [j["status"] for j in run["jobs"]]
+    assert set(statuses) <= {"queued", "running", "succeeded"}, statuses
     run = run_done(c, submitted["id"])
     assert run["status"] == "succeeded"
     assert {j["key"]: j["depends_on"] for j in run["jobs"]} == deps
@@ -240,3 +240,17 @@ def test_run_status_goes_queued_running_terminal(c: Client, tmp_path: Path) -> N
     assert run["finished_at"] == max(j["finished_at"] for j in run["jobs"])
     listed = c.call("run.list", status="succeeded")["runs"]
     assert run_id in [r["id"] for r in listed]
+
+
+def test_wait_on_a_skipped_job_returns_when_it_is_skipped(c: Client) -> None:
+    """`job.wait` on a dependent returns as soon as a failed dependency makes it `skipped`."""
+    jobs = [
+        {"key": "fails", "command": ["/bin/sh", "-c", "sleep 0.3; exit 1"]},
+        {"key": "never", "command": ["/bin/true"], "depends_on": ["fails"]},
+    ]
+    submitted = c.call("run.submit", jobs=jobs)
+    t0 = time.monotonic()
+    job = c.call("job.wait", id=submitted["jobs"]["never"], timeout_s=30)
+    assert job["done"] is True and job["status"] == "skipped", job
+    assert time.monotonic() - t0 < 20, "job.wait should not sit out its whole timeout"
+    assert c.call("job.get", id=submitted["jobs"]["fails"])["status"] == "failed"

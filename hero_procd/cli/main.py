@@ -8,6 +8,7 @@ only (never asyncio, uvloop, aiosqlite, jsonrpcserver or h11), so a whole
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from hero_procd.cli.session import fail
@@ -17,6 +18,9 @@ from hero_procd.errors import HeroError
 def main(argv: list[str] | None = None) -> None:
     """Run hero-proc; a daemon or CLI error is one line on stderr and exit 1."""
     args = sys.argv[1:] if argv is None else argv
+    # Ctrl-C (ending `logs -f` or a wait) is no error: exit 130 quietly, as a shell would,
+    # rather than click's "Aborted!" and exit 1.
+    signal.signal(signal.SIGINT, _interrupted)
     try:
         from hero_procd.cli.commands import cli
 
@@ -27,6 +31,11 @@ def main(argv: list[str] | None = None) -> None:
         # The reader went away (`hero-proc status | head -1`): not worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    sys.stderr.write("\n")
+    sys.exit(128 + signum)
 
 
 if __name__ == "__main__":

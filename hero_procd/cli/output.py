@@ -7,18 +7,24 @@ click is imported only to colour a terminal's output, so the fast path of
 from __future__ import annotations
 
 import shlex
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-# Colour of a service state in a terminal; states not listed stay plain.
+import orjson
+
+# Colour of a service state (or health) in a terminal: a click colour, or "dim".
 STATE_COLOURS: dict[str, str] = {
     "running": "green",
-    "starting": "cyan",
-    "stopping": "cyan",
+    "starting": "yellow",
     "backoff": "yellow",
-    "exited": "yellow",
+    "stopping": "yellow",
     "fatal": "red",
+    "stopped": "dim",
+    "exited": "dim",
+    "healthy": "green",
+    "degraded": "red",
 }
 
 Painter = Callable[[str], str | None]
@@ -59,6 +65,8 @@ def table(
 def _styled(text: str, colour: str) -> str:
     from click import style  # only for a terminal: a pipe never pays for click
 
+    if colour == "dim":
+        return style(text, dim=True)
     return style(text, fg=colour)
 
 
@@ -94,6 +102,8 @@ def value_text(key: str, value: Any) -> str:
             return percent(value)
         return str(value)
     if isinstance(value, list):
+        if any(isinstance(v, dict | list) for v in value):
+            return orjson.dumps(value).decode()  # a run's jobs, say: JSON reads best
         if key in ("command", "interpreter", "exec"):
             return shlex.join(str(v) for v in value)
         return ", ".join(str(v) for v in value) if value else "-"
@@ -158,6 +168,7 @@ def status_table(result: Mapping[str, Any], *, colour: bool) -> str:
         [
             x["name"],
             x["state"],
+            x.get("health") or "-",
             "-" if x.get("pid") is None else str(x["pid"]),
             duration(x.get("uptime_s")),
             str(x.get("restarts", 0)),
@@ -167,8 +178,51 @@ def status_table(result: Mapping[str, Any], *, colour: bool) -> str:
         for x in result["services"]
     ]
     return table(
-        ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "CPU"],
+        ["NAME", "STATE", "HEALTH", "PID", "UPTIME", "RESTARTS", "MEMORY", "CPU"],
         rows,
-        right=frozenset({2, 3, 4, 5, 6}),
-        paint={1: STATE_COLOURS.get} if colour else None,
+        right=frozenset({3, 4, 5, 6, 7}),
+        paint={1: STATE_COLOURS.get, 2: STATE_COLOURS.get} if colour else None,
     )
+
+
+def write_log_lines(lines: Sequence[Mapping[str, Any]]) -> None:
+    """Each line's text alone: stdout lines to stdout, stderr lines to stderr, in order."""
+    if not lines:
+        return
+    current = None
+    for line in lines:
+        out = sys.stderr if line["stream"] == "stderr" else sys.stdout
+        if out is not current:
+            if current is not None:
+                current.flush()  # keep the order where both streams reach one terminal
+            current = out
+        out.write(line["text"] + "\n")
+    assert current is not None
+    current.flush()
+
+
+def job_status_line(job: Mapping[str, Any]) -> str:
+    """`job 12 failed in 1.2s: exited with code 3`, the outcome of a job in one line."""
+    text = f"job {job['id']} {job['status']}"
+    if job.get("started_at") and job.get("finished_at"):
+        text += f" in {job['finished_at'] - job['started_at']:.1f}s"
+    if job.get("error"):  # the daemon's words: exit code, signal, timeout, spawn failure
+        text += ": " + " ".join(str(job["error"]).split())
+    elif job.get("exit_code") is not None:
+        text += f" (exit {job['exit_code']})"
+    return text
+
+
+def service_status_line(st: Mapping[str, Any]) -> str:
+    """`service web running (pid 12, degraded)`, a service's live status in one line."""
+    facts = []
+    if st.get("pid") is not None:
+        facts.append(f"pid {st['pid']}")
+    if st.get("state") not in ("running", "starting", "stopping"):
+        if st.get("signal") is not None:
+            facts.append(f"signal {st['signal']}")
+        elif st.get("exit_code") is not None:
+            facts.append(f"exit {st['exit_code']}")
+    if st.get("health"):
+        facts.append(str(st["health"]))
+    return f"service {st['name']} {st['state']}" + (f" ({', '.join(facts)})" if facts else "")

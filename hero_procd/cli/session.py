@@ -5,6 +5,7 @@ Free of click, so that the fast path of `hero-proc status` never imports it.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -31,19 +32,27 @@ class Session:
         self.socket_path = socket_path or str(default_socket_path())
         self.as_json = as_json
         self.timeout = timeout
-        self._client: Client | None = None
+        self._clients: dict[float, Client] = {}
 
-    def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        """Call `method` on the daemon; one connection serves the whole invocation."""
-        if self._client is None:
-            self._client = Client(self.socket_path, timeout=self.timeout)
-        return self._client.call(method, params)
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, *, wait_s: float = 0.0
+    ) -> Any:
+        """Call `method` on the daemon; `wait_s` is how long the daemon may take on purpose.
+
+        The answer is awaited for `wait_s` plus the global --timeout. One connection
+        serves every call of the invocation that waits alike.
+        """
+        slack = float(math.ceil(wait_s))  # a client per whole second of waiting, not per value
+        client = self._clients.get(slack)
+        if client is None:
+            client = self._clients[slack] = Client(self.socket_path, timeout=self.timeout + slack)
+        return client.call(method, params)
 
     def close(self) -> None:
-        """Close the connection, if one was opened."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the connections, if any were opened."""
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
 
     def show(self, result: Any, human: Callable[[Any], str]) -> None:
         """Print `result` as indented JSON with --json, else the text `human(result)` makes."""

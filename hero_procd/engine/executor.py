@@ -37,6 +37,7 @@ from hero_procd.store.jobs import (
     apply_outcomes,
     cancel_queued,
     claim,
+    job_statuses,
     next_ready_at,
 )
 from hero_procd.store.queries import Q
@@ -205,7 +206,6 @@ class Executor:
         if rj.cancel_requested:
             await self._finalize(rj, error="cancelled before it started")
             return
-        first_seq = await self.store.logs.last_seq("job", str(job.id)) if job.attempt > 1 else 0
         argv = job.spec.argv()
         env = self._child_env(job)
         if job.spec.env_from_secrets:
@@ -229,7 +229,7 @@ class Executor:
             self.flusher,
             "job",
             str(job.id),
-            first_seq=first_seq,
+            first_seq=job.last_seq,
             max_line=self.config.max_line_bytes,
             on_closed=lambda: self._on_output_closed(rj),
         )
@@ -346,6 +346,17 @@ class Executor:
         ]
         if not finished:
             return []
+        requeued = [w for w in writes if w.query == "job_finish" and w.status == JobStatus.QUEUED]
+        if requeued:
+            # A retry whose dedup_key a newer queued job took was cancelled instead (job_finish).
+            actual = await job_statuses(conn, [w.job_id for w in requeued if w.job_id is not None])
+            for w in requeued:
+                w.status = actual.get(w.job_id, w.status) if w.job_id is not None else w.status
+            finished = [
+                (w.job_id, w.status)
+                for w in writes
+                if w.query == "job_finish" and w.job_id is not None and w.status is not None
+            ]
         skipped = await apply_outcomes(conn, finished, now())
         runs = {w.run_id for w in writes if w.run_id is not None}
         runs.update(run_id for _, run_id in skipped if run_id is not None)
@@ -501,9 +512,12 @@ class Executor:
                 updates.append(
                     (JobStatus.LOST.value, "lost when the daemon stopped", at, 0.0, r["id"])
                 )
-                finished.append((r["id"], JobStatus.LOST.value))
         async with self.store.pool.transaction() as conn:
-            await conn.executemany(Q["job_recover"], updates)
+            for params in updates:  # few rows; each says where it ended (RETURNING)
+                async with conn.execute(Q["job_recover"], params) as cur:
+                    row = await cur.fetchone()
+                if row is not None and row["status"] != JobStatus.QUEUED:
+                    finished.append((row["id"], row["status"]))
             skipped = await apply_outcomes(conn, finished, at)
             runs = {r["run_id"] for r in rows if r["run_id"] is not None}
             runs.update(run_id for _, run_id in skipped if run_id is not None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 import aiosqlite
 
 from hero_procd.app import Stats
+from hero_procd.errors import Conflict
 from hero_procd.store import Store
 from hero_procd.store.logs import LogLine
 from hero_procd.store.queries import Q
@@ -87,6 +89,7 @@ class Flusher:
         self.high_water = max(1, max_log_lines // 2)
         self.low_water = max_log_lines // 4
         self._on_relief: list[Callable[[], None]] = []
+        self._isolate = False
         # Absolute positions in the stream of log lines: the queue's front, and its end.
         self._log_front = 0
         self._log_total = 0
@@ -157,6 +160,13 @@ class Flusher:
                 self._idle.set()
             except asyncio.CancelledError:
                 raise
+            except Conflict:
+                # A write that violates a constraint would fail forever and hold up
+                # everything behind it: the next try isolates each status write.
+                self.errors += 1
+                self._isolate = True
+                log.error("flush hit a constraint; retrying write by write")
+                self._kick.set()
             except Exception:
                 self.errors += 1
                 log.exception(
@@ -175,15 +185,18 @@ class Flusher:
             if write.log_mark > upto:
                 break  # it waits for lines not in this batch
             statuses.append(write)
+        taken = len(statuses)
         lines = [self._logs[i] for i in range(n_logs)]
         rows = [(ln.owner_kind, ln.owner_id, ln.seq, ln.stream, ln.ts, ln.text) for ln in lines]
         hook_result: Any = None
         async with self.store.pool.transaction() as conn:
             if rows:
                 await conn.executemany(Q["log_insert"], rows)
+            if self._isolate:
+                statuses = await self._write_isolated(conn, statuses)
             # Consecutive writes of the same statement go in one executemany, in order.
             i = 0
-            while i < len(statuses):
+            while i < len(statuses) and not self._isolate:
                 j = i
                 while j < len(statuses) and statuses[j].query == statuses[i].query:
                     j += 1
@@ -192,8 +205,9 @@ class Flusher:
             if self.in_transaction is not None and statuses:
                 hook_result = await self.in_transaction(conn, statuses)
         # Committed: only now take the items off the queues.
-        for _ in range(len(statuses)):
+        for _ in range(taken):
             self._status.popleft()
+        self._isolate = False
         # Lines of this batch dropped while it was being written were written after
         # all: they are off the queue already and must not count as dropped.
         dropped_meanwhile = min(self._log_front - front, n_logs)
@@ -209,6 +223,26 @@ class Flusher:
         self._space.set()
         if self.after_commit is not None and statuses:
             self.after_commit(statuses, hook_result)
+
+    async def _write_isolated(
+        self, conn: aiosqlite.Connection, statuses: list[StatusWrite]
+    ) -> list[StatusWrite]:
+        """Each write under its own savepoint; one a constraint refuses is logged and left out."""
+        written: list[StatusWrite] = []
+        for write in statuses:
+            await conn.execute("SAVEPOINT one_write")
+            try:
+                await conn.execute(Q[write.query], write.params)
+            except sqlite3.IntegrityError as exc:
+                await conn.execute("ROLLBACK TO one_write")
+                log.error(
+                    "status write refused by a constraint; dropped",
+                    extra={"query": write.query, "job_id": write.job_id, "detail": str(exc)},
+                )
+            else:
+                written.append(write)
+            await conn.execute("RELEASE one_write")
+        return written
 
     async def drain(self) -> None:
         """Write everything queued, then stop the loop (graceful shutdown)."""

@@ -205,6 +205,7 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     token: str
+    last_seq: int = 0  # the last log line of earlier attempts: this one continues after it
 
 
 @dataclass
@@ -253,6 +254,7 @@ async def claim(
             attempt=r["attempt"],
             max_attempts=r["max_attempts"],
             token=r["claim_token"],
+            last_seq=r["last_seq"] or 0,
         )
         for r in rows
     ]
@@ -301,3 +303,13 @@ async def next_ready_at(pool: Pool, at: float) -> float | None:
     """When the earliest job in backoff becomes ready, if any."""
     row = await pool.fetch_one(Q["job_next_ready_at"], (at,))
     return None if row is None or row[0] is None else float(row[0])
+
+
+async def job_statuses(conn: aiosqlite.Connection, ids: Sequence[int]) -> dict[int, str]:
+    """The current status of some jobs, read on `conn`."""
+    out: dict[int, str] = {}
+    for chunk in chunks(ids):
+        async with conn.execute(with_marks("job_status_of", len(chunk)), chunk) as cur:
+            for row in await cur.fetchall():
+                out[row["id"]] = row["status"]
+    return out

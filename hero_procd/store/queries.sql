@@ -205,7 +205,9 @@ UPDATE jobs SET status = 'running', claim_token = ?, attempt = attempt + 1, star
                 finished_at = NULL, pid = NULL, pid_start_time = NULL, exit_code = NULL,
                 signal = NULL, error = NULL
 WHERE id IN ({marks}) AND status = 'queued'
-RETURNING id, run_id, spec, grp, attempt, max_attempts, claim_token
+RETURNING id, run_id, spec, grp, attempt, max_attempts, claim_token,
+          (SELECT max(seq) FROM log_lines
+           WHERE owner_kind = 'job' AND owner_id = CAST(jobs.id AS TEXT)) AS last_seq
 
 -- job_next_ready_at --
 -- When the earliest job in backoff becomes ready.
@@ -217,9 +219,18 @@ UPDATE jobs SET pid = ?, pid_start_time = ? WHERE id = ? AND claim_token = ? AND
 
 -- job_finish --
 -- Finalize one attempt of a claimed job: a terminal status, or queued again for a retry.
-UPDATE jobs SET status = ?, exit_code = ?, signal = ?, error = ?, finished_at = ?, not_before = ?,
-                attempt = attempt + ?
-WHERE id = ? AND claim_token = ? AND status = 'running'
+-- A job going back to the queue whose dedup_key a newer queued job holds is cancelled instead.
+UPDATE jobs SET
+    status = CASE WHEN ?1 = 'queued' AND dedup_key IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM jobs AS o
+                 WHERE o.dedup_key = jobs.dedup_key AND o.status = 'queued' AND o.id != jobs.id)
+             THEN 'cancelled' ELSE ?1 END,
+    error = CASE WHEN ?1 = 'queued' AND dedup_key IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM jobs AS o
+                 WHERE o.dedup_key = jobs.dedup_key AND o.status = 'queued' AND o.id != jobs.id)
+             THEN 'superseded: a newer queued job holds its dedup_key' ELSE ?4 END,
+    exit_code = ?2, signal = ?3, finished_at = ?5, not_before = ?6, attempt = attempt + ?7
+WHERE id = ?8 AND claim_token = ?9 AND status = 'running'
 
 -- job_cancel_queued --
 -- Cancel a queued job at once.
@@ -257,9 +268,16 @@ UPDATE jobs SET deps_pending = ? WHERE id = ?
 SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs WHERE status = 'running'
 
 -- job_recover --
--- Settle a job found running at start-up: lost, or queued again if retries remain.
-UPDATE jobs SET status = ?, error = ?, finished_at = ?, not_before = ?
-WHERE id = ? AND status = 'running'
+-- Settle a job found running at start-up: lost, or queued again if retries remain
+-- (cancelled instead if a newer queued job holds its dedup_key).
+UPDATE jobs SET
+    status = CASE WHEN ?1 = 'queued' AND dedup_key IS NOT NULL AND EXISTS (
+                 SELECT 1 FROM jobs AS o
+                 WHERE o.dedup_key = jobs.dedup_key AND o.status = 'queued' AND o.id != jobs.id)
+             THEN 'cancelled' ELSE ?1 END,
+    error = ?2, finished_at = ?3, not_before = ?4
+WHERE id = ?5 AND status = 'running'
+RETURNING id, run_id, status
 
 -- job_dedup_held --
 -- Queued jobs holding some dedup keys.

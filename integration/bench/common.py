@@ -203,13 +203,13 @@ def bench_daemon(
 ) -> Iterator[DaemonProcess]:
     """A fresh daemon on its own socket and database, stopped and removed afterwards."""
     workdir = short_tmpdir("hpb")
-    daemon = DaemonProcess(
-        workdir, extra_args=["--log-level", "warning", *extra_args], env=env
-    ).start()
+    daemon = DaemonProcess(workdir, extra_args=["--log-level", "warning", *extra_args], env=env)
     try:
+        daemon.start()
         yield daemon
     finally:
-        daemon.stop(timeout_s=60.0)
+        if daemon.proc is not None:
+            daemon.stop(timeout_s=60.0)
         cleanup(workdir)
 
 

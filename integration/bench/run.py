@@ -99,13 +99,22 @@ def _cells(row: Row) -> tuple[str, ...]:
     )
 
 
+def _one_line(message: str, width: int = 100) -> str:
+    """A message's first and last lines (a traceback's cause), cut to `width`."""
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def table(results: list[BenchResult]) -> str:
     """The results as a pipe table, one line per row, then the notes."""
     lines: list[tuple[str, ...]] = [HEADER]
     notes: list[str] = []
     for res in results:
         if res.status != "ok":
-            lines.append((res.name, f"{res.status}: {res.message}", "", "", "", ""))
+            lines.append((res.name, f"{res.status}: {_one_line(res.message)}", "", "", "", ""))
             continue
         for row in res.rows:
             lines.append(_cells(row))

@@ -1,0 +1,417 @@
+"""Cron schedules over the real socket: fire rate, restarts, catch-up, pause, trigger, overlap."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from hero_procd.client import Client
+from hero_procd.errors import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, HeroError
+from integration.daemon_proc import DaemonProcess
+
+T = TypeVar("T")
+
+DEADLINE_S = 20.0
+EVERY_SECOND = "* * * * * *"
+EVERY_4_SECONDS = "* * * * * */4"  # 4 divides 60: its slots are floor(t / 4) of the epoch
+ONCE_A_YEAR = "0 0 1 1 *"
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
+    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def tagged(c: Client, tag: str) -> list[dict[str, Any]]:
+    """Every job with `tag`, in id order."""
+    jobs: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = c.call("job.list", tag=tag, limit=1000, after_id=after)
+        jobs.extend(page["jobs"])
+        if page["next_after_id"] is None:
+            return jobs
+        after = page["next_after_id"]
+
+
+def fired_after(c: Client, name: str, fires: int) -> dict[str, Any]:
+    """Wait until schedule `name` has fired more than `fires` times; the schedule."""
+
+    def probe() -> dict[str, Any] | None:
+        s: dict[str, Any] = c.call("schedule.get", name=name)
+        return s if s["fires"] > fires else None
+
+    return wait_for(probe, f"schedule {name} to fire more than {fires} times")
+
+
+def seconds_crossed(start: float, end: float, every: float = 1.0) -> int:
+    """How many slots of `every` seconds begin in (start, end]."""
+    return math.floor(end / every) - math.floor(start / every)
+
+
+def assert_one_fire_per_slot(jobs: list[dict[str, Any]], every: float) -> None:
+    """No two jobs were created within the same slot of `every` seconds."""
+    slots = [math.floor(j["created_at"] / every) for j in jobs]
+    doubles = sorted({s for s in slots if slots.count(s) > 1})
+    assert not doubles, f"two fires in one {every}s slot: {[s * every for s in doubles]} {jobs}"
+
+
+def intervals_overlap(jobs: list[dict[str, Any]]) -> bool:
+    """Whether any two of these jobs were running at the same time."""
+    spans = sorted(
+        (j["started_at"], j["finished_at"] if j["finished_at"] is not None else math.inf)
+        for j in jobs
+        if j["started_at"] is not None
+    )
+    return any(nxt[0] < prev[1] for prev, nxt in itertools.pairwise(spans))
+
+
+def cancel_all(c: Client, tag: str) -> None:
+    """Cancel every queued or running job with `tag` and wait until they are terminal."""
+    for job in reversed(tagged(c, tag)):  # the queued first: none starts on a freed slot
+        if job["status"] in ("queued", "running"):
+            try:
+                c.call("job.cancel", id=job["id"])
+            except HeroError as exc:  # it ended on its own meanwhile
+                assert exc.code == INVALID_STATE, exc
+    for job in tagged(c, tag):
+        done = c.call("job.wait", id=job["id"], timeout_s=DEADLINE_S)
+        assert done["done"], done
+
+
+@pytest.fixture
+def client(daemon: DaemonProcess) -> Iterator[Client]:
+    """A client of the test's daemon."""
+    with daemon.client() as c:
+        yield c
+
+
+def test_every_second_fires_once_a_second_then_delete_stops_it(client: Client) -> None:
+    """Fires ≈ elapsed seconds, one job per fire; list shows the fires; delete stops them."""
+    c = client
+    t_set = time.time()
+    s = c.call(
+        "schedule.set", name="tick", cron=EVERY_SECOND, job={"command": ["true"], "tags": ["tick"]}
+    )
+    assert s["overlap"] == "skip" and s["fires"] == 0 and s["last_fire_at"] is None
+    assert t_set < s["next_fire_at"] <= math.floor(t_set) + 1.001
+    time.sleep(4.2)
+
+    (listed,) = c.call("schedule.list")["schedules"]
+    t_list = time.time()
+    assert listed["name"] == "tick" and listed["job"]["tags"] == ["tick"]
+    assert listed["fires"] >= 3, listed
+    assert t_list - 1.5 < listed["last_fire_at"] <= t_list, listed
+    assert t_list - 0.5 < listed["next_fire_at"] <= t_list + 1.01, listed
+    assert listed["next_fire_at"] > listed["last_fire_at"]
+    assert listed["last_job_id"] in {j["id"] for j in tagged(c, "tick")}
+
+    assert c.call("schedule.delete", name="tick") == {"deleted": 1}
+    t_deleted = time.time()
+    jobs = tagged(c, "tick")
+    expected = seconds_crossed(t_set, t_deleted)
+    assert abs(len(jobs) - expected) <= 1, (len(jobs), expected)
+    assert_one_fire_per_slot(jobs, 1.0)
+    with pytest.raises(HeroError) as err:
+        c.call("schedule.get", name="tick")
+    assert err.value.code == NOT_FOUND
+
+    time.sleep(2.2)
+    assert len(tagged(c, "tick")) == len(jobs), "a deleted schedule fired again"
+    for job in jobs:
+        assert c.call("job.wait", id=job["id"], timeout_s=DEADLINE_S)["status"] == "succeeded"
+    counts = c.call("system.info")["counts"]
+    assert counts["actions"] == 0, counts  # a fire creates no action row
+    assert counts["schedules"] == 0 and counts["jobs"] == len(jobs) and counts["runs"] == 0
+
+
+def test_restart_neither_repeats_nor_doubles_a_fire(workdir: Path) -> None:
+    """SIGTERM and an immediate restart on the same database: at most one fire per slot."""
+    daemon = DaemonProcess(workdir).start()
+    try:
+        with daemon.client() as c:
+            t_set = time.time()
+            c.call(
+                "schedule.set",
+                name="tick",
+                cron=EVERY_SECOND,
+                job={"command": ["true"], "tags": ["tick"]},
+            )
+            # Slots of 4 s outlast a restart: a fire repeated after it lands in the same slot.
+            c.call(
+                "schedule.set",
+                name="four",
+                cron=EVERY_4_SECONDS,
+                job={"command": ["true"], "tags": ["four"]},
+            )
+            fired_after(c, "four", 0)
+        t_stop = time.time()
+        daemon.stop()  # right after a fire of `four`: its slot has about 4 s left
+        daemon.start()
+        t_ready = time.time()
+        with daemon.client() as c:
+            fired_after(c, "four", c.call("schedule.get", name="four")["fires"])
+            time.sleep(1.2)
+            tick = c.call("schedule.get", name="tick")
+            four = c.call("schedule.get", name="four")
+            t_end = time.time()
+            tick_jobs, four_jobs = tagged(c, "tick"), tagged(c, "four")
+    finally:
+        daemon.stop()
+    assert_one_fire_per_slot(tick_jobs, 1.0)
+    assert_one_fire_per_slot(four_jobs, 4.0)
+    assert any(j["created_at"] >= t_ready for j in tick_jobs), "no fire after the restart"
+    # Fires are counted in the same transaction as their job: the counter survives the restart.
+    assert tick["fires"] <= len(tick_jobs) <= tick["fires"] + 1, (tick, len(tick_jobs))
+    assert four["fires"] <= len(four_jobs) <= four["fires"] + 1, (four, len(four_jobs))
+    assert len(tick_jobs) <= seconds_crossed(t_set, t_end) + 1
+    # Down for (t_ready - t_stop): the slots missed then collapse into one catch-up fire.
+    missed = seconds_crossed(t_stop, t_ready)
+    assert len(tick_jobs) >= seconds_crossed(t_set, t_end) - missed - 1, (len(tick_jobs), missed)
+
+
+def test_catch_up_after_downtime_fires_once(workdir: Path) -> None:
+    """Ten missed per-minute slots give one fire on restart, and the next fire is in the future."""
+    daemon = DaemonProcess(workdir).start()
+    try:
+        with daemon.client() as c:
+            c.call(
+                "schedule.set",
+                name="minutely",
+                cron="* * * * *",
+                job={"command": ["true"], "tags": ["m"]},
+            )
+        daemon.stop()
+        with sqlite3.connect(daemon.db_path) as db:  # the daemon is down: no other writer
+            (fires_before,) = db.execute("SELECT fires FROM schedules").fetchone()
+            (jobs_before,) = db.execute("SELECT count(*) FROM jobs").fetchone()
+            changed = db.execute(
+                "UPDATE schedules SET next_fire_at = ? WHERE name = 'minutely'",
+                (time.time() - 600,),
+            ).rowcount
+        db.close()
+        assert changed == 1 and fires_before == jobs_before
+        t_restart = time.time()
+        daemon.start()
+        with daemon.client() as c:
+            s = fired_after(c, "minutely", fires_before)
+            time.sleep(1.0)  # room for any wrong extra catch-up fires to show
+            s = c.call("schedule.get", name="minutely")
+            t_check = time.time()
+            jobs = tagged(c, "m")
+    finally:
+        daemon.stop()
+    # A minute may really begin meanwhile: after the catch-up fire, that is a second fire.
+    natural = seconds_crossed(t_restart, t_check, 60.0)
+    assert 1 <= len(jobs) - jobs_before <= 1 + natural, (jobs, natural)
+    assert s["fires"] - fires_before == len(jobs) - jobs_before, s
+    assert s["last_fire_at"] >= t_restart
+    assert t_check < s["next_fire_at"] <= t_check + 60.0, s
+    assert s["last_job_id"] == jobs[-1]["id"]
+
+
+def test_bad_cron_or_timezone_is_refused_and_nothing_stored(client: Client) -> None:
+    """set refuses a bad cron expression, timezone, target or overlap with -32602."""
+    c = client
+    job = {"command": ["true"]}
+    bad: list[dict[str, Any]] = [
+        {"cron": "61 * * * *", "job": job},
+        {"cron": "not cron", "job": job},
+        {"cron": "", "job": job},
+        {"cron": "   ", "job": job},
+        {"cron": "0 0 30 2 *", "job": job},  # February 30th never comes
+        {"cron": "* * * * *", "timezone": "Mars/Olympus", "job": job},
+        {"cron": "* * * * *", "timezone": "", "job": job},
+        {"cron": "* * * * *", "job": {"tags": ["no command"]}},
+        {"cron": "* * * * *", "job": job, "run": {"jobs": [{"key": "a", "command": ["true"]}]}},
+        {"cron": "* * * * *"},
+        {"cron": "* * * * *", "run": {"jobs": []}},
+        {
+            "cron": "* * * * *",
+            "run": {"jobs": [{"key": "a", "command": ["true"], "depends_on": ["a"]}]},
+        },
+        {"cron": "* * * * *", "job": job, "overlap": "sometimes"},
+    ]
+    for i, params in enumerate(bad):
+        with pytest.raises(HeroError) as err:
+            c.call("schedule.set", name=f"bad{i}", **params)
+        assert err.value.code == INVALID_PARAMS, (params, err.value)
+    assert c.call("schedule.list") == {"schedules": []}
+
+    good = c.call("schedule.set", name="good", cron=ONCE_A_YEAR, timezone="UTC", job=job)
+    for params in bad[:7]:
+        with pytest.raises(HeroError) as err:
+            c.call("schedule.set", name="good", **params)
+        assert err.value.code == INVALID_PARAMS
+    assert c.call("schedule.get", name="good") == good, "a refused set changed the schedule"
+    assert c.call("system.info")["counts"]["schedules"] == 1
+    for method in ("schedule.trigger", "schedule.pause", "schedule.resume", "schedule.get"):
+        with pytest.raises(HeroError) as err:
+            c.call(method, name="nope")
+        assert err.value.code == NOT_FOUND, method
+    assert c.call("schedule.delete", name="nope") == {"deleted": 0}
+
+
+def test_pause_stops_fires_and_resume_restarts_them(client: Client) -> None:
+    """No fire while paused (nor of one set paused); resume fires again from the next slot."""
+    c = client
+    c.call(
+        "schedule.set", name="tick", cron=EVERY_SECOND, job={"command": ["true"], "tags": ["tick"]}
+    )
+    held = c.call(
+        "schedule.set",
+        name="held",
+        cron=EVERY_SECOND,
+        paused=True,
+        job={"command": ["true"], "tags": ["held"]},
+    )
+    assert held["paused"] is True and held["next_fire_at"] is None
+    fired_after(c, "tick", 0)
+    paused = c.call("schedule.pause", name="tick")
+    assert paused["paused"] is True and paused["next_fire_at"] is None
+    ids = [j["id"] for j in tagged(c, "tick")]
+    time.sleep(2.3)
+    assert [j["id"] for j in tagged(c, "tick")] == ids, "a paused schedule fired"
+    assert c.call("schedule.get", name="tick")["fires"] == paused["fires"] == len(ids)
+    assert tagged(c, "held") == [] and c.call("schedule.get", name="held")["fires"] == 0
+
+    t_resume = time.time()
+    resumed = c.call("schedule.resume", name="tick")
+    assert resumed["paused"] is False
+    assert t_resume < resumed["next_fire_at"] <= t_resume + 1.01
+    after = fired_after(c, "tick", paused["fires"])
+    assert after["last_fire_at"] >= t_resume and after["last_job_id"] not in ids
+    assert len(tagged(c, "tick")) > len(ids)
+    c.call("schedule.delete", name="tick")
+
+
+def test_trigger_fires_now_without_moving_the_next_fire(client: Client) -> None:
+    """trigger submits a job at once; next_fire_at stays; overlap skip applies; paused stays."""
+    c = client
+    s = c.call(
+        "schedule.set", name="yearly", cron=ONCE_A_YEAR, job={"command": ["true"], "tags": ["y"]}
+    )
+    t0 = time.time()
+    out = c.call("schedule.trigger", name="yearly")
+    assert out["fired"] is True and out["skipped"] is False and out["run_id"] is None
+    job = c.call("job.wait", id=out["job_id"], timeout_s=DEADLINE_S)
+    assert job["status"] == "succeeded" and job["tags"] == ["y"]
+    after = c.call("schedule.get", name="yearly")
+    assert after["next_fire_at"] == s["next_fire_at"]
+    assert after["fires"] == 1 and after["last_job_id"] == out["job_id"]
+    assert after["last_fire_at"] is not None and after["last_fire_at"] >= t0
+
+    c.call("schedule.pause", name="yearly")
+    out2 = c.call("schedule.trigger", name="yearly")
+    assert out2["fired"] is True and out2["job_id"] != out["job_id"]
+    paused = c.call("schedule.get", name="yearly")
+    assert paused["paused"] is True and paused["next_fire_at"] is None and paused["fires"] == 2
+
+    # overlap=skip: a second trigger while the first one's job still runs is skipped.
+    c.call(
+        "schedule.set",
+        name="slow",
+        cron=ONCE_A_YEAR,
+        job={"command": ["sleep", "30"], "tags": ["slow"]},
+    )
+    first = c.call("schedule.trigger", name="slow")
+    assert first["fired"] is True
+    second = c.call("schedule.trigger", name="slow")
+    assert second["fired"] is False and second["skipped"] is True and second["job_id"] is None
+    slow = c.call("schedule.get", name="slow")
+    assert slow["fires"] == 1 and slow["skipped"] == 1 and slow["last_job_id"] == first["job_id"]
+    assert [j["id"] for j in tagged(c, "slow")] == [first["job_id"]]
+    cancel_all(c, "slow")
+    third = c.call("schedule.trigger", name="slow")
+    assert third["fired"] is True, "the job is over: overlap skip no longer applies"
+    cancel_all(c, "slow")
+
+
+def test_run_target_submits_a_run_with_its_dependency(client: Client, workdir: Path) -> None:
+    """A schedule of a run submits the run's two jobs, the second after the first."""
+    c = client
+    out = workdir / "order"
+    run = {
+        "name": "nightly",
+        "jobs": [
+            {"key": "a", "command": ["sh", "-c", f"sleep 0.2; echo a >> {out}"]},
+            {"key": "b", "depends_on": ["a"], "command": ["sh", "-c", f"echo b >> {out}"]},
+        ],
+    }
+    s = c.call("schedule.set", name="runner", cron=EVERY_SECOND, run=run)
+    assert s["run"] == run and "job" not in s
+    fired = fired_after(c, "runner", 0)
+    c.call("schedule.pause", name="runner")
+    run_id = fired["last_run_id"]
+    assert run_id is not None and fired["last_job_id"] is None
+
+    def finished() -> dict[str, Any] | None:
+        r: dict[str, Any] = c.call("run.get", id=run_id)
+        return r if r["status"] in ("succeeded", "failed", "cancelled") else None
+
+    got = wait_for(finished, f"run {run_id}")
+    assert got["status"] == "succeeded" and got["name"] == "nightly", got
+    by_key = {j["key"]: j for j in got["jobs"]}
+    assert sorted(by_key) == ["a", "b"] and by_key["b"]["depends_on"] == ["a"]
+    assert by_key["b"]["started_at"] >= by_key["a"]["finished_at"]
+    assert c.call("job.get", id=by_key["b"]["id"])["depends_on"] == [by_key["a"]["id"]]
+    runs = c.call("run.list")["runs"]
+    final = c.call("schedule.get", name="runner")
+    assert len(runs) == final["fires"], (runs, final)
+    assert out.read_text().splitlines()[:2] == ["a", "b"]
+    assert c.call("system.info")["counts"]["actions"] == 0
+
+
+def test_overlap_skip_queue_and_allow(client: Client) -> None:
+    """Every second, jobs of 2.5 s: skip never overlaps and counts skips; queue serializes."""
+    c = client
+    sleeper = {"command": ["sleep", "2.5"]}
+    t_set = time.time()
+    for overlap in ("skip", "queue", "allow"):
+        c.call(
+            "schedule.set",
+            name=overlap,
+            cron=EVERY_SECOND,
+            overlap=overlap,
+            job={**sleeper, "tags": [overlap]},
+        )
+    time.sleep(5.6)
+    for overlap in ("skip", "queue", "allow"):
+        c.call("schedule.pause", name=overlap)
+    t_paused = time.time()
+    skip = c.call("schedule.get", name="skip")
+    queue = c.call("schedule.get", name="queue")
+    allow = c.call("schedule.get", name="allow")
+    slots = seconds_crossed(t_set, t_paused)
+
+    skip_jobs = tagged(c, "skip")
+    assert skip["skipped"] >= 2, skip
+    assert abs(skip["fires"] + skip["skipped"] - slots) <= 1, (skip, slots)
+    assert len(skip_jobs) == skip["fires"] and 1 <= len(skip_jobs) <= 3, skip_jobs
+    assert not intervals_overlap(skip_jobs), skip_jobs
+
+    queue_jobs = tagged(c, "queue")
+    assert queue["skipped"] == 0 and len(queue_jobs) == queue["fires"] >= slots - 1
+    assert {j["group"] for j in queue_jobs} == {"schedule:queue"}
+    assert sum(j["status"] == "running" for j in queue_jobs) <= 1
+    assert sum(j["status"] == "queued" for j in queue_jobs) >= 1, queue_jobs
+    assert not intervals_overlap(queue_jobs), queue_jobs
+
+    allow_jobs = tagged(c, "allow")
+    assert allow["skipped"] == 0 and len(allow_jobs) == allow["fires"] >= slots - 1
+    assert intervals_overlap(allow_jobs), "allow should let fires run side by side"
+    for overlap in ("skip", "queue", "allow"):
+        cancel_all(c, overlap)

@@ -1,0 +1,171 @@
+"""Services across daemon restarts: kill -9 and SIGTERM of the real daemon, autostart order."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from hero_procd.client import Client
+from hero_procd.engine.executor import instance_id
+from integration.daemon_proc import DaemonProcess
+from integration.test_services import (
+    IGNORES_TERM,
+    all_pids,
+    define,
+    environ,
+    events,
+    group_members,
+    is_alive,
+    proc_stat,
+    sh,
+    start_running,
+    status,
+    wait_dead,
+    wait_state,
+)
+
+SLEEPER = ["sleep", "1000"]
+
+
+def service_processes(daemon: DaemonProcess, name: str) -> list[int]:
+    """Live processes of this daemon's instance whose environment names the service `name`."""
+    marks = {f"HERO_PROC_SERVICE={name}", f"HERO_PROC_INSTANCE={instance_id(str(daemon.db_path))}"}
+    return [pid for pid in all_pids() if is_alive(pid) and marks <= set(environ(pid))]
+
+
+def pgid_of(pid: int) -> int | None:
+    """The process group of `pid`, or None if it is gone."""
+    fields = proc_stat(pid)
+    return int(fields[2]) if fields is not None else None
+
+
+def running_pids(c: Client, names: list[str]) -> dict[str, int]:
+    """Wait until each service runs; their pids."""
+    return {name: wait_state(c, name, "running")["pid"] for name in names}
+
+
+def test_kill9_of_daemon_then_restart_runs_each_service_once(workdir: Path) -> None:
+    """After kill -9 and a restart, old service processes are gone and each runs once, anew."""
+    daemons: list[DaemonProcess] = []
+
+    def start_daemon() -> DaemonProcess:
+        daemons.append(DaemonProcess(workdir).start())
+        return daemons[-1]
+
+    try:
+        first = start_daemon()
+        with first.client() as c:
+            define(c, "auto", SLEEPER, autostart=True)
+            define(c, "hand1", SLEEPER)
+            define(c, "hand2", SLEEPER)
+            define(c, "idle", SLEEPER)
+        assert first.stop() == 0
+        second = start_daemon()
+        with second.client() as c:
+            assert wait_state(c, "auto", "running")["pid"] is not None
+            start_running(c, "hand1")
+            start_running(c, "hand2")
+            old = running_pids(c, ["auto", "hand1", "hand2"])
+            assert status(c, "idle")["state"] == "stopped"
+        for name, pid in old.items():
+            assert service_processes(second, name) == [pid]
+        second.kill()
+        for pid in old.values():
+            assert is_alive(pid), "a service died with its daemon: nothing left to recover"
+
+        third = start_daemon()
+        with third.client() as c:
+            for name, pid in old.items():
+                wait_dead(pid, f"the old process of {name}")
+            new = running_pids(c, ["auto", "hand1", "hand2"])
+            for name in old:
+                assert new[name] != old[name], name
+                assert is_alive(new[name])
+                assert service_processes(third, name) == [new[name]], name
+            idle = status(c, "idle")
+            assert idle["state"] == "stopped" and service_processes(third, "idle") == []
+            time.sleep(0.5)  # a second copy started late would show up here
+            for name in old:
+                assert service_processes(third, name) == [new[name]], name
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def test_sigterm_of_daemon_stops_services_and_start_brings_them_back(workdir: Path) -> None:
+    """A graceful stop ends every service process; the next start runs those that should run."""
+    first = DaemonProcess(workdir).start()
+    second: DaemonProcess | None = None
+    try:
+        with first.client() as c:
+            define(c, "auto", SLEEPER, autostart=True)
+            define(c, "hand", sh("sleep 1000 & exec sleep 1000"))
+            define(c, "stubborn", sh(IGNORES_TERM), stop_timeout_s=1.0)
+            define(c, "off", SLEEPER)
+            hand = start_running(c, "hand")["pid"]
+            stubborn = start_running(c, "stubborn")["pid"]
+            start_running(c, "off")
+            c.call("service.stop", name="off")
+            groups = {pgid: group_members(pgid) for pgid in (hand, stubborn)}
+            assert len(groups[hand]) == 2, "hand's background child is missing"
+        began = time.monotonic()
+        assert first.stop(signal.SIGTERM) == 0, first.log()
+        elapsed = time.monotonic() - began
+        assert elapsed >= 0.9, f"the daemon stopped after {elapsed:.2f}s: it did not wait"
+        for pgid, members in groups.items():
+            for pid in members:
+                wait_dead(pid, f"a process of group {pgid}")
+            assert group_members(pgid) == []
+
+        second = DaemonProcess(workdir).start()
+        with second.client() as c:
+            new = running_pids(c, ["auto", "hand", "stubborn"])
+            assert new["hand"] != hand and new["stubborn"] != stubborn
+            for name, pid in new.items():
+                procs = service_processes(second, name)
+                assert pid in procs, name
+                assert all(pgid_of(p) in (pid, None) for p in procs), (name, procs)
+            assert status(c, "off")["state"] == "stopped"
+            assert service_processes(second, "off") == []
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_autostart_follows_after_order(workdir: Path) -> None:
+    """Autostart services start in `after` order: each starts once its predecessor runs."""
+    log = workdir / "events"
+
+    def script(name: str, before: str | None) -> list[str]:
+        seen = (
+            f'if [ -e {workdir}/{before}.up ]; then saw="{before} up"; '
+            f'else saw="{before} not up"; fi; '
+            if before
+            else 'saw="first"; '
+        )
+        # Marks itself up only after a moment: a successor started too early cannot see it.
+        return sh(
+            f'{seen}echo "start {name}: $saw" >> {log}; sleep 0.2; touch {workdir}/{name}.up; '
+            "exec sleep 1000"
+        )
+
+    first = DaemonProcess(workdir).start()
+    second: DaemonProcess | None = None
+    try:
+        with first.client() as c:
+            # Names sort against the order, so a start by name alone would be caught.
+            opts = {"autostart": True, "start_secs": 0.5}
+            define(c, "alpha", script("alpha", "mid"), after=["mid"], **opts)
+            define(c, "mid", script("mid", "zulu"), after=["zulu"], **opts)
+            define(c, "zulu", script("zulu", None), **opts)
+        assert first.stop() == 0
+        second = DaemonProcess(workdir).start()
+        with second.client() as c:
+            running_pids(c, ["alpha", "mid", "zulu"])
+        assert events(log) == ["start zulu: first", "start mid: zulu up", "start alpha: mid up"]
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
