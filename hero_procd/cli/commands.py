@@ -56,7 +56,7 @@ from hero_procd.cli.session import DEFAULT_TIMEOUT_S, CliError, Session
 @click.version_option(__version__, prog_name="hero-proc")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None, as_json: bool, timeout: float) -> None:
-    """Drive hero-procd: actions, jobs, runs and services."""
+    """Drive hero-procd: actions, jobs, runs, services, schedules and secrets."""
     session = Session(socket_path, as_json, timeout)
     ctx.obj = session
     ctx.call_on_close(session.close)

@@ -85,7 +85,7 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
         try:
-            merged = {**base, **item} if base and isinstance(item, dict) else item
+            merged = _with_defaults(base, item) if base and isinstance(item, dict) else item
             requests.append((i, job_request_from(merged, f"jobs[{i}]")))
         except HeroError as exc:
             result.failed.append((i, {"code": exc.code, "message": str(exc)}))
@@ -138,3 +138,14 @@ async def job_logs(app: App, p: Params) -> dict[str, Any]:
         "done": job.status in TERMINAL_JOB_STATES and len(lines) < limit,
         "status": job.status,
     }
+
+
+def _with_defaults(base: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    """An item over the batch defaults: its fields win; env maps merge key by key, tags add up."""
+    merged = {**base, **item}
+    for key in ("env", "env_from_secrets"):
+        if isinstance(base.get(key), dict) and isinstance(item.get(key), dict):
+            merged[key] = {**base[key], **item[key]}
+    if isinstance(base.get("tags"), list) and isinstance(item.get("tags"), list):
+        merged["tags"] = list(dict.fromkeys([*base["tags"], *item["tags"]]))
+    return merged
