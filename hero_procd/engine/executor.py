@@ -530,7 +530,7 @@ class Executor:
             procs.signal_group(pgid, signal.SIGTERM)
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
-            alive = {g for g in groups if procs.signal_group(g, 0)}
+            alive = {g for g in groups if await asyncio.to_thread(procs.group_alive, g)}
             if not alive:
                 return
             await asyncio.sleep(0.05)

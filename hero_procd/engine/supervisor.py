@@ -75,6 +75,7 @@ class Supervisor:
             if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
         }
         self._sampler: asyncio.Task[None] | None = None
+        self._autostart: asyncio.Task[None] | None = None
         self._cpu_prev: dict[str, tuple[float, float]] = {}
 
     # -- life cycle ----------------------------------------------------------
@@ -89,19 +90,26 @@ class Supervisor:
         wanted = [
             n for n, s in self.services.items() if s.desired == "running" or s.spec.get("autostart")
         ]
-        for name in dependency_order({n: self._deps(n) for n in self.services}, wanted):
+        order = dependency_order({n: self._deps(n) for n in self.services}, wanted)
+        loop = asyncio.get_running_loop()
+        # In the background: start-up (and the socket) does not wait for slow services.
+        self._autostart = loop.create_task(self._start_in_order(order), name="autostart")
+        self._sampler = loop.create_task(self._sample_loop(), name="sampler")
+
+    async def _start_in_order(self, names: list[str]) -> None:
+        for name in names:
             try:
                 await self.start_service(name, wait_s=0)
             except Exception:
                 log.exception("autostart failed", extra={"service": name})
-        self._sampler = asyncio.get_running_loop().create_task(self._sample_loop(), name="sampler")
 
     async def stop(self) -> None:
         """Stop every service, dependents before what they require; desired states are kept."""
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
+        for task in (self._autostart, self._sampler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.halt_all()
 
     async def halt_all(self) -> None:
@@ -158,6 +166,12 @@ class Supervisor:
                     "a required service did not reach running",
                     {"name": req, "state": str(required.state), "required_by": name},
                 )
+        for dep in run.spec.get("after", []):
+            # `after` orders starts (as systemd's After=): wait for it if it is starting too.
+            other = self.services.get(dep)
+            if other is not None and other.task is not None and not other.task.done():
+                timeout = max(30.0, float(other.spec.get("start_secs", 1.0)) * 3)
+                await self._wait_for(other, {ServiceState.RUNNING}, timeout)
         await self._set_desired(run, "running")
         if run.task is None or run.task.done():
             run.stop_requested = asyncio.Event()
@@ -291,6 +305,7 @@ class Supervisor:
         run.pid = None
         run.pid_start_time = None
         run.started_at = None
+        self._cpu_prev.pop(run.name, None)
         await self._set_state(run, final_state)
 
     async def _run_once(self, run: ServiceRun) -> bool:
@@ -371,7 +386,9 @@ class Supervisor:
         stop: asyncio.Future[Any] = asyncio.ensure_future(run.stop_requested.wait())
         try:
             done, _ = await asyncio.wait(
-                {exited, stop}, timeout=float(run.spec.get("start_secs", 1.0))
+                {exited, stop},
+                return_when=asyncio.FIRST_COMPLETED,
+                timeout=float(run.spec.get("start_secs", 1.0)),
             )
             if done:
                 return False
@@ -383,7 +400,9 @@ class Supervisor:
                     run.health = "healthy"
                     return True
                 done, _ = await asyncio.wait(
-                    {exited, stop}, timeout=min(float(check["interval_s"]), 1.0)
+                    {exited, stop},
+                    return_when=asyncio.FIRST_COMPLETED,
+                    timeout=min(float(check["interval_s"]), 1.0),
                 )
             return False
         finally:

@@ -205,7 +205,7 @@ class Service:
             "restarts": self.restarts,
             "exit_code": self.exit_code,
             "signal": self.signal,
-            "health": self.health,
+            "health_status": self.health,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -225,6 +225,6 @@ def status_from_row(row: Row, now: float) -> dict[str, Any]:
         "signal": row["signal"],
         "health": row["health"],
         "uptime_s": round(now - started, 3) if live else None,
-        "memory_bytes": row["memory_bytes"],
-        "cpu_percent": row["cpu_percent"],
+        "memory_bytes": row["memory_bytes"] if live else None,
+        "cpu_percent": row["cpu_percent"] if live else None,
     }

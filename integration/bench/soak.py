@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -43,22 +44,33 @@ class Sample:
 
     t_s: float
     db_bytes: int
+    wal_bytes: int
+    free_pages: int
     rss_kib: int
     logs: int
     jobs: int
     dropped_log_lines: int
     log_lines_trimmed: int
     fires: int
+    skipped: int
+    job_latency_s: float | None
     ping_ms: float
 
 
-def db_bytes(db_path: Path) -> int:
-    """Bytes of the database file and its WAL."""
-    total = 0
-    for path in (db_path, db_path.with_name(db_path.name + "-wal")):
-        with contextlib.suppress(FileNotFoundError):
-            total += path.stat().st_size
-    return total
+def file_bytes(path: Path) -> int:
+    """Bytes of a file (0 if there is none)."""
+    with contextlib.suppress(FileNotFoundError):
+        return path.stat().st_size
+    return 0
+
+
+def free_pages(db_path: Path) -> int:
+    """PRAGMA freelist_count, read on a short-lived read-only connection."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def rss_kib(pid: int) -> int:
@@ -78,15 +90,22 @@ def take_sample(c: Client, daemon: DaemonProcess, pid: int, t0: float) -> Sample
     c.call("system.ping")
     ping_ms = (time.perf_counter() - t_ping) * 1000.0
     info = c.call("system.info")
+    tick = c.call("schedule.get", name="tick")
+    wal = file_bytes(daemon.db_path.with_name(daemon.db_path.name + "-wal"))
+    done = [j for j in c.call("job.list", tag="tick")["jobs"] if j["finished_at"] is not None]
     return Sample(
         t_s=time.monotonic() - t0,
-        db_bytes=db_bytes(daemon.db_path),
+        db_bytes=file_bytes(daemon.db_path) + wal,
+        wal_bytes=wal,
+        free_pages=free_pages(daemon.db_path),
         rss_kib=rss_kib(pid),
         logs=int(info["counts"]["logs"]),
         jobs=int(info["counts"]["jobs"]),
         dropped_log_lines=int(info["dropped_log_lines"]),
         log_lines_trimmed=int(info["log_lines_trimmed"]),
-        fires=int(c.call("schedule.get", name="tick")["fires"]),
+        fires=int(tick["fires"]),
+        skipped=int(tick["skipped"]),
+        job_latency_s=done[-1]["finished_at"] - done[-1]["created_at"] if done else None,
         ping_ms=ping_ms,
     )
 
@@ -107,15 +126,18 @@ def levelled(series: list[float]) -> tuple[bool | None, float | None]:
 def table(samples: list[Sample]) -> str:
     """The series as a fixed-width table."""
     head = (
-        f"{'t s':>6} {'db MiB':>8} {'RSS MiB':>8} {'logs':>8} {'jobs':>5} "
-        f"{'dropped':>8} {'trimmed':>10} {'fires':>6} {'ping ms':>8}"
+        f"{'t s':>6} {'db MiB':>8} {'wal MiB':>8} {'free pg':>8} {'RSS MiB':>8} "
+        f"{'logs':>8} {'jobs':>5} "
+        f"{'dropped':>8} {'trimmed':>10} {'fires':>6} {'skips':>6} {'job s':>6} {'ping ms':>8}"
     )
     lines = [head, "-" * len(head)]
     for s in samples:
+        latency = "-" if s.job_latency_s is None else f"{s.job_latency_s:.2f}"
         lines.append(
-            f"{s.t_s:6.1f} {s.db_bytes / 2**20:8.1f} {s.rss_kib / 1024:8.1f} {s.logs:8d} "
+            f"{s.t_s:6.1f} {s.db_bytes / 2**20:8.1f} {s.wal_bytes / 2**20:8.1f} {s.free_pages:8d} "
+            f"{s.rss_kib / 1024:8.1f} {s.logs:8d} "
             f"{s.jobs:5d} {s.dropped_log_lines:8d} {s.log_lines_trimmed:10d} {s.fires:6d} "
-            f"{s.ping_ms:8.1f}"
+            f"{s.skipped:6d} {latency:>6} {s.ping_ms:8.1f}"
         )
     return "\n".join(lines)
 
@@ -148,7 +170,12 @@ def run_soak(duration_s: float, quick: bool) -> dict[str, Any]:
                 restart="always",
             )
             c.call("service.start", name="printer")
-            c.call("schedule.set", name="tick", cron="* * * * * *", job={"command": ["true"]})
+            c.call(
+                "schedule.set",
+                name="tick",
+                cron="* * * * * *",
+                job={"command": ["true"], "tags": ["tick"]},
+            )
             t0 = time.monotonic()
             samples.append(take_sample(c, daemon, pid, t0))
             n = 1
@@ -169,12 +196,15 @@ def run_soak(duration_s: float, quick: bool) -> dict[str, Any]:
     stored = [s.logs + s.log_lines_trimmed for s in samples]
     lines_per_s = (stored[-1] - stored[0]) / elapsed if elapsed > 0 else 0.0
     fires = samples[-1].fires - samples[0].fires
+    skipped = samples[-1].skipped - samples[0].skipped
+    latencies = [s.job_latency_s for s in samples if s.job_latency_s is not None]
     print(f"soak: {duration_s:.0f} s, a sample every {every:.0f} s, env {SOAK_ENV}")
     print(table(samples))
     print(_verdict("db size (db + wal)", db_ok, db_ratio))
     print(_verdict("daemon RSS", rss_ok, rss_ratio))
     print(
-        f"lines stored {lines_per_s:,.0f}/s; schedule fires {fires} in {elapsed:.0f} s; "
+        f"lines stored {lines_per_s:,.0f}/s; schedule fires {fires} (+{skipped} skipped) "
+        f"in {elapsed:.0f} s; max job latency {max(latencies, default=0.0):.2f} s; "
         f"max ping {max(s.ping_ms for s in samples):.1f} ms; "
         f"service restarts {service.get('restarts')}; daemon exit {code}"
     )
@@ -190,7 +220,9 @@ def run_soak(duration_s: float, quick: bool) -> dict[str, Any]:
         "rss_kib_max": max(s.rss_kib for s in samples),
         "lines_per_s": lines_per_s,
         "fires": fires,
+        "fires_skipped": skipped,
         "fires_expected": math.floor(elapsed),
+        "job_latency_s_max": max(latencies, default=None),
         "dropped_log_lines": samples[-1].dropped_log_lines,
         "log_lines_trimmed": samples[-1].log_lines_trimmed,
         "ping_ms_max": max(s.ping_ms for s in samples),
