@@ -195,6 +195,8 @@ def test_service_lifecycle(daemon: DaemonProcess, workdir: Path) -> None:
     healthy.unlink()
     with daemon.client() as c:
         eventually(c, lambda c: c.call("service.status", name="web")["health"] == "degraded")
+        # Memory is sampled in the background: wait for the first figure.
+        eventually(c, lambda c: c.call("service.status", name="web")["memory_bytes"] is not None)
     rows = rows_of(ok(hero_proc(sock, "status")))
     assert rows[0][:3] == ["once", "stopped", "-"]
     assert rows[1][:3] == ["web", "running", "degraded"]

@@ -76,6 +76,7 @@ class Supervisor:
         }
         self._sampler: asyncio.Task[None] | None = None
         self._autostart: asyncio.Task[None] | None = None
+        self._sample_soon = asyncio.Event()
         self._cpu_prev: dict[str, tuple[float, float]] = {}
 
     # -- life cycle ----------------------------------------------------------
@@ -365,6 +366,7 @@ class Supervisor:
             reached = await self._await_started(run, exited)
             if reached:
                 await self._set_state(run, ServiceState.RUNNING)
+                self._sample_soon.set()  # show its memory and CPU without waiting a period
                 if spec.get("health"):
                     health_task = loop.create_task(self._health_loop(run, exited))
                 stop: asyncio.Future[Any] = loop.create_task(run.stop_requested.wait())
@@ -445,7 +447,9 @@ class Supervisor:
     # -- statistics ----------------------------------------------------------------
     async def _sample_loop(self) -> None:
         while True:
-            await asyncio.sleep(_SAMPLE_EVERY_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sample_soon.wait(), _SAMPLE_EVERY_S)
+            self._sample_soon.clear()
             live = {n: s.pid for n, s in self.services.items() if s.pid is not None}
             if not live:
                 continue
