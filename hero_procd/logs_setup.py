@@ -37,3 +37,6 @@ def setup_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiosqlite logs every statement with its parameters at DEBUG: secret values
+    # among them. Never below INFO, whatever the daemon's level.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))

@@ -66,7 +66,8 @@ def assert_one_fire_per_slot(jobs: list[dict[str, Any]], every: float) -> None:
     """No two jobs were created within the same slot of `every` seconds."""
     slots = [math.floor(j["created_at"] / every) for j in jobs]
     doubles = sorted({s for s in slots if slots.count(s) > 1})
-    assert not doubles, f"two fires in one {every}s slot: {[s * every for s in doubles]} {jobs}"
+    created = [round(j["created_at"], 3) for j in jobs]
+    assert not doubles, f"two fires in one {every} s slot {[d * every for d in doubles]}: {created}"
 
 
 def intervals_overlap(jobs: list[dict[str, Any]]) -> bool:
@@ -114,8 +115,8 @@ def test_every_second_fires_once_a_second_then_delete_stops_it(client: Client) -
     t_list = time.time()
     assert listed["name"] == "tick" and listed["job"]["tags"] == ["tick"]
     assert listed["fires"] >= 3, listed
-    assert t_list - 1.5 < listed["last_fire_at"] <= t_list, listed
-    assert t_list - 0.5 < listed["next_fire_at"] <= t_list + 1.01, listed
+    assert t_list - 2.5 < listed["last_fire_at"] <= t_list, listed
+    assert t_list - 2.5 < listed["next_fire_at"] <= t_list + 1.01, listed
     assert listed["next_fire_at"] > listed["last_fire_at"]
     assert listed["last_job_id"] in {j["id"] for j in tagged(c, "tick")}
 
@@ -192,6 +193,7 @@ def test_catch_up_after_downtime_fires_once(workdir: Path) -> None:
                 "schedule.set",
                 name="minutely",
                 cron="* * * * *",
+                overlap="allow",  # so that every wrong extra fire shows as a job
                 job={"command": ["true"], "tags": ["m"]},
             )
         daemon.stop()
@@ -218,6 +220,7 @@ def test_catch_up_after_downtime_fires_once(workdir: Path) -> None:
     natural = seconds_crossed(t_restart, t_check, 60.0)
     assert 1 <= len(jobs) - jobs_before <= 1 + natural, (jobs, natural)
     assert s["fires"] - fires_before == len(jobs) - jobs_before, s
+    assert s["skipped"] == 0, s
     assert s["last_fire_at"] >= t_restart
     assert t_check < s["next_fire_at"] <= t_check + 60.0, s
     assert s["last_job_id"] == jobs[-1]["id"]

@@ -88,6 +88,7 @@ class Executor:
             batch_size=app.config.flush_batch,
             interval_s=app.config.flush_interval_s,
             max_log_lines=app.config.log_buffer_lines,
+            max_lines_per_owner=app.config.max_log_lines_per_owner,
             in_transaction=self._in_flush,
             after_commit=self._after_flush,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sqlite3
 from collections import deque
@@ -41,8 +42,8 @@ class StatusWrite:
     run_id: int | None = None
     status: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # How many log lines had been queued when this write was: it is committed
-    # only with or after all of them, so a finished job's lines are all there.
+    # Where the job's last queued log line was when this write was queued: it is
+    # committed only with or after that line, so a finished job's lines are all there.
     log_mark: int = 0
 
 
@@ -62,6 +63,7 @@ class Flusher:
         interval_s: float = 0.02,
         max_status: int = 20_000,
         max_log_lines: int = 200_000,
+        max_lines_per_owner: int = 0,
         in_transaction: InTxHook | None = None,
         after_commit: AfterHook | None = None,
     ) -> None:
@@ -86,8 +88,14 @@ class Flusher:
         # Above the high water mark, producers stop reading their pipes (the
         # child then blocks on write, as with journald or docker's default)
         # until the backlog is under the low mark; the hard bound still drops.
-        self.high_water = max(1, max_log_lines // 2)
-        self.low_water = max_log_lines // 4
+        # The high mark is kept low (10 batches) so that a chatty producer delays
+        # the statuses of others, which wait for their own lines, by little.
+        self.high_water = max(1, min(max_log_lines // 2, batch_size * 10))
+        self.low_water = self.high_water // 2
+        self.max_lines_per_owner = max_lines_per_owner
+        # Per owner: where its last queued line ends, and up to which seq it was trimmed.
+        self._owner_end: dict[tuple[str, str], int] = {}
+        self._trimmed_to: dict[tuple[str, str], int] = {}
         self._on_relief: list[Callable[[], None]] = []
         self._isolate = False
         # Absolute positions in the stream of log lines: the queue's front, and its end.
@@ -107,7 +115,8 @@ class Flusher:
             self._full.set()
             self._kick.set()
             await self._space.wait()
-        write.log_mark = self._log_total
+        if write.job_id is not None:
+            write.log_mark = self._owner_end.get(("job", str(write.job_id)), 0)
         self._status.append(write)
         self._idle.clear()
         if len(self._status) >= self.batch_size:
@@ -122,6 +131,7 @@ class Flusher:
             self.stats.dropped_log_lines += 1
         self._logs.append(line)
         self._log_total += 1
+        self._owner_end[(line.owner_kind, line.owner_id)] = self._log_total
         self._idle.clear()
         if len(self._logs) >= self.batch_size:
             self._full.set()
@@ -180,18 +190,19 @@ class Flusher:
         n_logs = min(len(self._logs), self.batch_size * 5)
         front = self._log_front
         upto = front + n_logs
-        statuses: list[StatusWrite] = []
-        for write in self._status:
-            if write.log_mark > upto:
-                break  # it waits for lines not in this batch
-            statuses.append(write)
-        taken = len(statuses)
-        lines = [self._logs[i] for i in range(n_logs)]
-        rows = [(ln.owner_kind, ln.owner_id, ln.seq, ln.stream, ln.ts, ln.text) for ln in lines]
+        # Statuses whose lines are in this batch (or written) go; others wait, in order.
+        statuses = [w for w in self._status if w.log_mark <= upto]
+        taken = {id(w) for w in statuses}
+        rows = [
+            (ln.owner_kind, ln.owner_id, ln.seq, ln.stream, ln.ts, ln.text)
+            for ln in itertools.islice(self._logs, n_logs)
+        ]
         hook_result: Any = None
+        trimmed = 0
         async with self.store.pool.transaction() as conn:
             if rows:
                 await conn.executemany(Q["log_insert"], rows)
+                trimmed = await self._trim(conn, rows)
             if self._isolate:
                 statuses = await self._write_isolated(conn, statuses)
             # Consecutive writes of the same statement go in one executemany, in order.
@@ -205,9 +216,10 @@ class Flusher:
             if self.in_transaction is not None and statuses:
                 hook_result = await self.in_transaction(conn, statuses)
         # Committed: only now take the items off the queues.
-        for _ in range(taken):
-            self._status.popleft()
+        if taken:
+            self._status = deque(w for w in self._status if id(w) not in taken)
         self._isolate = False
+        self.stats.log_lines_trimmed += trimmed
         # Lines of this batch dropped while it was being written were written after
         # all: they are off the queue already and must not count as dropped.
         dropped_meanwhile = min(self._log_front - front, n_logs)
@@ -215,6 +227,8 @@ class Flusher:
         for _ in range(n_logs - dropped_meanwhile):
             self._logs.popleft()
         self._log_front = max(self._log_front, upto)
+        if len(self._owner_end) > 50_000:
+            self._owner_end = {k: v for k, v in self._owner_end.items() if v > self._log_front}
         if self._on_relief and len(self._logs) <= self.low_water:
             callbacks, self._on_relief = self._on_relief, []
             for callback in callbacks:
@@ -223,6 +237,29 @@ class Flusher:
         self._space.set()
         if self.after_commit is not None and statuses:
             self.after_commit(statuses, hook_result)
+
+    async def _trim(self, conn: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> int:
+        """Keep each owner's stored lines near its cap as they are written (every cap/10 lines)."""
+        cap = self.max_lines_per_owner
+        if cap <= 0:
+            return 0
+        last: dict[tuple[str, str], int] = {}
+        for kind, owner, seq, *_ in rows:
+            key = (kind, owner)
+            if seq > last.get(key, 0):
+                last[key] = seq
+        step = max(1, cap // 10)
+        if len(self._trimmed_to) > 10_000:
+            self._trimmed_to.clear()
+        trimmed = 0
+        for key, seq in last.items():
+            upto = seq - cap
+            if upto >= self._trimmed_to.get(key, 0) + step:
+                cur = await conn.execute(Q["retention_trim_logs"], (*key, upto))
+                trimmed += cur.rowcount
+                await cur.close()
+                self._trimmed_to[key] = upto
+        return trimmed
 
     async def _write_isolated(
         self, conn: aiosqlite.Connection, statuses: list[StatusWrite]

@@ -3,7 +3,7 @@
 One pass deletes finished jobs older than the retention (with their log
 lines and the runs they leave empty), caps every owner's stored log lines
 (oldest first, counted), and returns free pages to the file system with
-`incremental_vacuum` in small steps. Each step is its own short transaction,
+`incremental_vacuum` in steps of 1,000 pages. Each step is its own short transaction,
 so readers, the executor and the flusher are never held up for long.
 """
 
@@ -22,7 +22,7 @@ from hero_procd.store.queries import Q
 log = logging.getLogger(__name__)
 
 _JOB_CHUNK = 2000
-_OWNER_CHUNK = 100
+_TRIM_CHUNK = 20_000
 
 
 @dataclass
@@ -84,6 +84,9 @@ class Janitor:
             await self._old_jobs(report)
             await self._cap_logs(report)
             await self._vacuum(report)
+            async with self.store.pool.writer_outside_transaction() as conn:
+                # Give the WAL back too (cut to journal_size_limit if readers hold it).
+                await (await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")).close()
             self.app.stats.log_lines_trimmed += report.log_lines_trimmed
             result = asdict(report)
             self.last = {"at": now(), **result}
@@ -111,14 +114,19 @@ class Janitor:
     async def _cap_logs(self, report: RetentionReport) -> None:
         cap = self.config.max_log_lines_per_owner
         owners = await self.store.pool.fetch_all(Q["retention_log_owners_over"], (cap,))
-        for start in range(0, len(owners), _OWNER_CHUNK):
-            async with self.store.pool.transaction() as conn:
-                for row in owners[start : start + _OWNER_CHUNK]:
-                    params = (row["owner_kind"], row["owner_id"], row["last"] - cap)
-                    cur = await conn.execute(Q["retention_trim_logs"], params)
+        for row in owners:
+            # Oldest first, at most _TRIM_CHUNK lines a transaction: the write lock is never
+            # held long, whatever the backlog.
+            kind, owner, upto = row["owner_kind"], row["owner_id"], row["last"] - cap
+            first = upto - row["n"] + cap  # the owner's first stored seq, or below it
+            for cut in range(first + _TRIM_CHUNK, upto + _TRIM_CHUNK, _TRIM_CHUNK):
+                async with self.store.pool.transaction() as conn:
+                    cur = await conn.execute(
+                        Q["retention_trim_logs"], (kind, owner, min(cut, upto))
+                    )
                     report.log_lines_trimmed += cur.rowcount
                     await cur.close()
-            await asyncio.sleep(0)
+                await asyncio.sleep(0)
 
     async def _vacuum(self, report: RetentionReport) -> None:
         row = await self.store.pool.fetch_one("PRAGMA page_size")
@@ -128,12 +136,10 @@ class Janitor:
             before = int(row[0]) if row else 0
             if before == 0:
                 return
-            async with self.store.pool.transaction() as conn:
-                await (
-                    await conn.execute(
-                        f"PRAGMA incremental_vacuum({self.config.vacuum_step_pages})"
-                    )
-                ).close()
+            # Through executescript: sqlite3's execute steps a PRAGMA once, freeing one page.
+            step = int(self.config.vacuum_step_pages)
+            async with self.store.pool.writer_outside_transaction() as conn:
+                await conn.executescript(f"PRAGMA incremental_vacuum({step});")
             row = await self.store.pool.fetch_one("PRAGMA freelist_count")
             after = int(row[0]) if row else 0
             if after >= before:

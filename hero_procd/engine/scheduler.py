@@ -49,12 +49,11 @@ def check_cron(expr: str) -> None:
 
 def next_fire(expr: str, tz: str | None, after: float) -> float:
     """The first fire time of `expr` strictly after `after` (host's local time unless `tz`)."""
-    start = (
-        datetime.fromtimestamp(after, ZoneInfo(tz))
-        if tz
-        else datetime.fromtimestamp(after).astimezone()
-    )
-    return float(croniter(expr, start).get_next(float))
+    # A naive local datetime (not .astimezone(), whose offset is fixed) keeps a schedule
+    # at its wall-clock time across daylight-saving changes.
+    start = datetime.fromtimestamp(after, ZoneInfo(tz)) if tz else datetime.fromtimestamp(after)
+    nxt: datetime = croniter(expr, start).get_next(datetime)
+    return nxt.timestamp()
 
 
 def check_target(target: dict[str, Any]) -> None:

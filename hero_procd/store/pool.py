@@ -58,6 +58,8 @@ async def _connect(path: Path, *, reader: bool) -> aiosqlite.Connection:
     await conn.execute("PRAGMA foreign_keys=ON")
     await conn.execute("PRAGMA synchronous=NORMAL")
     await conn.execute("PRAGMA temp_store=MEMORY")
+    # After a checkpoint the WAL is cut back to this size instead of staying at its peak.
+    await conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
     if reader:
         await conn.execute("PRAGMA query_only=ON")
     return conn
@@ -147,6 +149,15 @@ class Pool:
                     with contextlib.suppress(sqlite3.Error):
                         await conn.execute("ROLLBACK")
                     raise translate(exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def writer_outside_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The writer, held, with no transaction open: for PRAGMAs that must run outside one."""
+        async with self._write_lock:
+            try:
+                yield self._writer
+            except sqlite3.Error as exc:
+                raise translate(exc) from exc
 
     @contextlib.asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:

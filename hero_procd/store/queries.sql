@@ -395,10 +395,13 @@ SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= ? ORDER BY next_fir
 SELECT min(next_fire_at) FROM schedules WHERE paused = 0
 
 -- schedule_fired --
--- Record a fire (or a skipped one) and the next fire, only if nobody fired it meanwhile.
-UPDATE schedules SET last_fire_at = ?, next_fire_at = ?, last_job_id = coalesce(?, last_job_id),
-    last_run_id = coalesce(?, last_run_id), fires = fires + ?, skipped = skipped + ?
-WHERE name = ? AND (next_fire_at IS ? OR ? = 1)
+-- Record a fire (or a skipped one) and the next fire, only if nobody fired that slot meanwhile;
+-- a forced fire (schedule.trigger) leaves the next fire as it is.
+UPDATE schedules SET last_fire_at = ?1,
+    next_fire_at = CASE WHEN ?9 = 1 THEN next_fire_at ELSE ?2 END,
+    last_job_id = coalesce(?3, last_job_id), last_run_id = coalesce(?4, last_run_id),
+    fires = fires + ?5, skipped = skipped + ?6
+WHERE name = ?7 AND (?9 = 1 OR next_fire_at IS ?8)
 
 -- job_active --
 -- Whether a job is still queued or running.
@@ -409,9 +412,12 @@ SELECT status IN ('queued', 'running') FROM jobs WHERE id = ?
 SELECT EXISTS (SELECT 1 FROM jobs WHERE run_id = ? AND status IN ('queued', 'running'))
 
 -- retention_old_jobs --
--- A chunk of finished jobs older than the cutoff.
+-- A chunk of finished jobs older than the cutoff (a run is kept whole while any job of it is active).
 SELECT id, run_id FROM jobs
-WHERE status NOT IN ('queued', 'running') AND finished_at < ? ORDER BY id LIMIT ?
+WHERE status NOT IN ('queued', 'running') AND finished_at < ?
+  AND (run_id IS NULL OR NOT EXISTS (
+      SELECT 1 FROM jobs AS a WHERE a.run_id = jobs.run_id AND a.status IN ('queued', 'running')))
+ORDER BY id LIMIT ?
 
 -- retention_log_owners_over --
 -- Owners with more stored lines than the cap, and their last sequence number.

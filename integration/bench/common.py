@@ -58,7 +58,7 @@ FULL = Sizes(
     parallel_rounds=5,
     sequential_calls=200,
     cli_runs=10,
-    idle_s=5.0,
+    idle_s=10.0,
     repeats=3,
 )
 
@@ -75,21 +75,29 @@ QUICK = Sizes(
     parallel_rounds=2,
     sequential_calls=50,
     cli_runs=3,
-    idle_s=1.0,
+    idle_s=4.0,
     repeats=1,
 )
 
 
 @dataclass(frozen=True)
 class Target:
-    """A goal for one figure: `<=` or `>=` a value in the row's unit."""
+    """A goal for one figure: `<=` or `>=` a value in the row's unit, or `±` a fraction.
+
+    `±` compares the figure with its baseline: met when ours / baseline is within
+    1 ± value (`Target("±", 0.25)`: within 25% of the baseline).
+    """
 
     op: str
     value: float
     scaled: bool = False
 
-    def met(self, figure: float) -> bool:
-        """True if the figure reaches the goal."""
+    def met(self, figure: float, baseline: float | None = None) -> bool | None:
+        """True if the figure reaches the goal (None for `±` without a baseline)."""
+        if self.op == "±":
+            if baseline is None or baseline == 0:
+                return None
+            return abs(figure / baseline - 1.0) <= self.value
         return figure <= self.value if self.op == "<=" else figure >= self.value
 
     def scale(self, factor: float) -> Target:
@@ -121,7 +129,7 @@ class Row:
         """Whether the target is met; None without a target or a figure."""
         if self.target is None or self.ours is None:
             return None
-        return self.target.met(self.ours)
+        return self.target.met(self.ours, self.baseline)
 
     def to_dict(self) -> dict[str, Any]:
         """The row as recorded in latest.json."""
@@ -232,6 +240,23 @@ def main_thread_cpu_seconds(pid: int) -> float:
     raw = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
     fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_rss_bytes(pgid: int) -> tuple[int, int]:
+    """(sum of VmRSS, number of processes) over the processes of a process group, from /proc."""
+    total = count = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if int(raw[raw.rindex(")") + 2 :].split()[2]) != pgid:  # pgrp: field 5 of stat
+            continue
+        total += rss_bytes(int(entry.name))
+        count += 1
+    return total, count
 
 
 def rss_bytes(pid: int) -> int:

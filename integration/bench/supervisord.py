@@ -75,11 +75,24 @@ def server_proxy(socket_path: Path) -> tuple[xmlrpc.client.ServerProxy, UnixTran
 
 
 class Supervisord:
-    """One `supervisord -n` with `programs` copies of `command`, in a short tmp dir."""
+    """One `supervisord -n` with `programs` copies of `command`, in a short tmp dir.
 
-    def __init__(self, programs: int, command: str = "sleep 1000") -> None:
+    With `autostart` the programs start with supervisord (and `start()` waits until
+    all are RUNNING); without, they stay STOPPED until `startAllProcesses`.
+    """
+
+    def __init__(
+        self,
+        programs: int,
+        command: str = "sleep 1000",
+        *,
+        startsecs: int = 1,
+        autostart: bool = True,
+    ) -> None:
         self.programs = programs
         self.command = command
+        self.startsecs = startsecs
+        self.autostart = autostart
         self.workdir = short_tmpdir("sv")
         self.socket_path = self.workdir / "s.sock"
         self.conf_path = self.workdir / "supervisord.conf"
@@ -112,9 +125,9 @@ class Supervisord:
             parts += [
                 f"[program:p{i:03d}]",
                 f"command={self.command}",
-                "autostart=true",
+                f"autostart={'true' if self.autostart else 'false'}",
                 "autorestart=true",
-                "startsecs=1",
+                f"startsecs={self.startsecs}",
                 "stdout_logfile=NONE",
                 "stderr_logfile=NONE",
                 "",
@@ -122,7 +135,7 @@ class Supervisord:
         self.conf_path.write_text("\n".join(parts))
 
     def start(self, timeout_s: float = 60.0) -> Supervisord:
-        """Start supervisord and wait until every program is RUNNING."""
+        """Start supervisord and wait until every program is RUNNING (STOPPED without autostart)."""
         exe = supervisor_bin("supervisord")
         if exe is None:
             raise RuntimeError("supervisord is not installed")
@@ -134,6 +147,7 @@ class Supervisord:
                 stderr=out,
                 start_new_session=True,
             )
+        want = "RUNNING" if self.autostart else "STOPPED"
         deadline = time.monotonic() + timeout_s
         proxy, transport = server_proxy(self.socket_path)
         try:
@@ -147,14 +161,14 @@ class Supervisord:
                         transport.close()
                     else:
                         assert isinstance(infos, list)
-                        running = sum(1 for p in infos if p["statename"] == "RUNNING")
-                        if running == self.programs:
+                        ready = sum(1 for p in infos if p["statename"] == want)
+                        if ready == self.programs:
                             return self
                 time.sleep(0.1)
         finally:
             transport.close()
         self.stop()
-        raise RuntimeError(f"supervisord's programs were not all RUNNING within {timeout_s}s")
+        raise RuntimeError(f"supervisord's programs were not all {want} within {timeout_s}s")
 
     @property
     def pid(self) -> int:

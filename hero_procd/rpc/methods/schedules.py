@@ -32,6 +32,8 @@ async def schedule_set(app: App, p: Params) -> dict[str, Any]:
     target = {"job": job} if job is not None else {"run": run}
     check_target(target)
     next_at = None if paused else next_fire(cron, tz, now())
+    if overlap == "queue" and isinstance(job, dict) and job.get("group") is not None:
+        raise InvalidParams("job.group", "overlap queue runs the jobs in their own group")
     if overlap == "queue" and job is not None:
         group = f"schedule:{name}"
         await app.store.groups.set(group, 1)
@@ -64,6 +66,9 @@ async def schedule_delete(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     p.finish()
     deleted = await app.store.schedules.delete(name)
+    group = f"schedule:{name}"
+    if deleted and await app.store.groups.delete(group) and app.executor is not None:
+        app.executor.group_limits.pop(group, None)
     return {"deleted": deleted}
 
 

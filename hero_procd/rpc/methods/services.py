@@ -118,6 +118,8 @@ async def service_status(app: App, p: Params) -> dict[str, Any]:
     """The live status of one service."""
     name = p.req_text("name")
     p.finish()
+    if app.supervisor is not None:
+        app.supervisor.watched()
     return await app.store.services.status(name)
 
 
@@ -125,4 +127,6 @@ async def service_status(app: App, p: Params) -> dict[str, Any]:
 async def service_status_all(app: App, p: Params) -> dict[str, Any]:
     """The live status of every service, from one read."""
     p.finish()
+    if app.supervisor is not None:
+        app.supervisor.watched()
     return {"services": await app.store.services.status_all()}
