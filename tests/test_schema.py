@@ -1,10 +1,10 @@
 """The OpenRPC document (rpc_schema/openrpc.json) held against the code it describes.
 
 Everything here goes through real parts: the dispatch table, the handlers with
-their real `Params`, a real store on a SQLite file and a real executor (paused,
-so nothing runs unless a test wants it) behind the real `Dispatcher`. The
-examples of each method run against a database seeded once per session and
-copied for each test.
+their real `Params`, a real store on a SQLite file, a real executor (paused, so
+no job runs unless a test wants it) and supervisor, behind the real
+`Dispatcher`. The examples of each method run against a database seeded once
+per session and copied for each test.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def _enum_values(node: Any) -> list[Any]:
     return found + [v for key, item in node.items() if key != "enum" for v in _enum_values(item)]
 
 
-ENUM_VALUES = sorted(set(_enum_values(DOC)))
+ENUM_VALUES = sorted({v for v in _enum_values(DOC) if isinstance(v, str)})
 
 
 def names_field(field: Any, name: str) -> bool:
@@ -433,17 +433,20 @@ def run(seeded_db: Path, tmp_path: Path) -> Runner:
 
 # -- the document itself ----------------------------------------------------------------------
 def test_document_is_openrpc_1_2_6_for_this_version() -> None:
+    """The document declares OpenRPC 1.2.6 and the package's version."""
     assert DOC["openrpc"] == "1.2.6"
     assert DOC["info"]["title"] == "hero-procd"
     assert DOC["info"]["version"] == __version__
 
 
 def test_package_and_daemon_serve_this_file() -> None:
+    """The daemon's loader and schema_doc read this very file (the package links to it)."""
     assert load_openrpc() == DOC
     assert load_document() == DOC
 
 
 def test_method_objects_have_the_openrpc_shape() -> None:
+    """Method objects, their params, results and examples have the OpenRPC 1.2.6 shape."""
     assert len(METHODS) == len(DOC["methods"]), "method names must be unique"
     for m in DOC["methods"]:
         name = m["name"]
@@ -469,6 +472,7 @@ def test_method_objects_have_the_openrpc_shape() -> None:
 
 
 def test_every_reference_resolves() -> None:
+    """Every $ref points at something in the document."""
     refs: list[dict[str, Any]] = []
 
     def walk(node: Any) -> None:
@@ -488,6 +492,7 @@ def test_every_reference_resolves() -> None:
 
 
 def test_every_schema_is_valid_draft_07() -> None:
+    """Every schema (components, params, results) is a valid draft-07 JSON Schema."""
     schemas = list(DOC["components"]["schemas"].values())
     for m in DOC["methods"]:
         schemas += [p["schema"] for p in method_params(DOC, m)]
@@ -498,12 +503,14 @@ def test_every_schema_is_valid_draft_07() -> None:
 
 # -- the document against the code -----------------------------------------------------------
 def test_methods_are_the_dispatch_table() -> None:
+    """The document lists exactly the methods of the dispatch table."""
     table = set(load_methods())
     assert set(METHODS) - table == set(), "documented but not served"
     assert table - set(METHODS) == set(), "served but not documented in rpc_schema/openrpc.json"
 
 
 def test_error_codes_are_documented() -> None:
+    """components.errors and x-error-codes hold the standard codes and hero_procd.errors'."""
     errors = DOC["components"]["errors"]
     for code, (name, _) in ERROR_CODES.items():
         assert errors[name]["code"] == code, name
@@ -525,12 +532,14 @@ def test_error_codes_are_documented() -> None:
 
 
 def test_every_method_documents_invalid_params() -> None:
+    """Every method refuses unknown params, so every method lists invalid_params."""
     for m in DOC["methods"]:
         names = {resolve(DOC, e)["code"] for e in m["errors"]}
         assert INVALID_PARAMS in names, m["name"]
 
 
 def test_enums_are_the_model_states() -> None:
+    """Status enums and signal names are those of hero_procd.model."""
     schemas = DOC["components"]["schemas"]
     assert schemas["JobStatus"]["enum"] == [s.value for s in JobStatus]
     assert schemas["RunStatus"]["enum"] == [s.value for s in RunStatus]
@@ -540,6 +549,7 @@ def test_enums_are_the_model_states() -> None:
 
 
 def test_job_shapes_are_what_job_submit_takes() -> None:
+    """JobRequest, JobDefaults and RunJob have job.submit's fields (RunJob plus key, depends_on)."""
     schemas = DOC["components"]["schemas"]
     request = set(schemas["JobRequest"]["properties"])
     assert request == set(params_of(METHODS["job.submit"]))
@@ -549,6 +559,7 @@ def test_job_shapes_are_what_job_submit_takes() -> None:
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_examples_run_and_results_match_the_schema(name: str, run: Runner) -> None:
+    """Each example is valid, runs, and both its result and the actual one match the schema."""
     method = METHODS[name]
     params_doc = params_of(method)
     result_schema = resolve(DOC, method["result"])["schema"]
@@ -570,6 +581,7 @@ def test_examples_run_and_results_match_the_schema(name: str, run: Runner) -> No
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_params_are_checked_as_documented(name: str, run: Runner) -> None:
+    """The handler takes exactly the documented params, with the documented constraints."""
     method = METHODS[name]
 
     async def body(h: Harness) -> None:
@@ -649,6 +661,13 @@ async def check_bad_params_are_refused(h: Harness, method: dict[str, Any]) -> No
                 assert [f[0] for f in result["failed"]] == list(range(len(value))), result
             else:
                 await refused(params, key, f"{key}={value!r}")
+        enum = enum_of(p["schema"])
+        if enum is not None:
+            # The daemon lists what it takes: the same values as the document.
+            problem = (await h.error(name, {**base, key: "bogus"}))["data"]["problem"]
+            if problem.startswith("must be one of "):
+                taken = problem.removeprefix("must be one of ").split(", ")
+                assert sorted(taken) == sorted(enum), f"{name}.{key}: {problem}"
         closed = closed_object(p["schema"])
         if closed is None:
             continue
@@ -746,6 +765,19 @@ def bound_values(schema: Any) -> list[Any]:
     return out
 
 
+def enum_of(schema: Any) -> list[Any] | None:
+    """The enum of `schema` (or of the first of its allOf that has one), if any."""
+    schema = resolve(DOC, schema)
+    if "enum" in schema:
+        values: list[Any] = schema["enum"]
+        return values
+    for sub in schema.get("allOf", []):
+        found = enum_of(sub)
+        if found is not None:
+            return found
+    return None
+
+
 def is_scalar_schema(schema: Any) -> bool:
     """True for a number, integer or boolean schema, or an enum."""
     schema = resolve(DOC, schema)
@@ -790,6 +822,7 @@ def with_member(
     [(error, method) for error, by_method in TRIGGERS.items() for method in by_method],
 )
 def test_documented_errors_are_raised(error_name: str, method_name: str, run: Runner) -> None:
+    """Each documented application error is what the method answers to its trigger."""
     documented = {resolve(DOC, e)["code"] for e in METHODS[method_name]["errors"]}
     code = DOC["components"]["errors"][error_name]["code"]
     assert code in documented, f"{method_name} raises {error_name} but does not document it"
@@ -804,6 +837,7 @@ def test_documented_errors_are_raised(error_name: str, method_name: str, run: Ru
 
 
 def test_documented_application_errors_have_a_trigger() -> None:
+    """Every method listing not_found, conflict or invalid_state has a trigger in TRIGGERS."""
     for error_name, by_method in TRIGGERS.items():
         ref = {"$ref": f"#/components/errors/{error_name}"}
         documenting = {m["name"] for m in DOC["methods"] if ref in m["errors"]}
@@ -813,6 +847,7 @@ def test_documented_application_errors_have_a_trigger() -> None:
 
 
 def test_each_health_check_kind_is_accepted(run: Runner) -> None:
+    """Each kind of HealthCheck (exec, tcp, http, unix) with every option is taken."""
     health = DOC["components"]["schemas"]["HealthCheck"]
     kinds = [branch["required"][0] for branch in health["oneOf"]]
     assert kinds == ["exec", "tcp", "http", "unix"]
@@ -829,6 +864,7 @@ def test_each_health_check_kind_is_accepted(run: Runner) -> None:
 
 
 def test_documented_defaults_are_applied(run: Runner) -> None:
+    """A minimal service.define shows the documented defaults."""
     params_doc = params_of(METHODS["service.define"])
 
     async def body(h: Harness) -> None:
@@ -845,6 +881,7 @@ def test_documented_defaults_are_applied(run: Runner) -> None:
 
 
 def test_a_real_job_matches_the_documented_results(run: Runner) -> None:
+    """A job that really runs gives job.wait and job.logs results matching the schema."""
     wait_schema = resolve(DOC, METHODS["job.wait"]["result"])["schema"]
     logs_schema = resolve(DOC, METHODS["job.logs"]["result"])["schema"]
 
@@ -883,6 +920,7 @@ The end.
 
 
 def test_schema_doc_fills_and_checks_a_readme(tmp_path: Path) -> None:
+    """schema_doc fills both tables, is idempotent, and --check tells stale from fresh."""
     readme = tmp_path / "README.md"
     readme.write_text(README_TEMPLATE)
     assert main(["--check", str(readme)]) == 1
@@ -909,6 +947,7 @@ def test_schema_doc_fills_and_checks_a_readme(tmp_path: Path) -> None:
 
 
 def test_readmes_of_the_repo_are_in_sync() -> None:
+    """rpc_schema/README.md (and README.md once it has the markers) are up to date."""
     files = [REPO / "rpc_schema" / "README.md"]
     top = REPO / "README.md"
     if top.exists() and "<!-- methods:begin -->" in top.read_text():

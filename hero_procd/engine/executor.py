@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
 # After a job's leader exits, how long its pipes may stay open (a process that left the group).
 _DRAIN_AFTER_EXIT_S = 2.0
+# How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
+_CLAIM_COALESCE_S = 0.003
 
 
 def instance_id(db_path: str) -> str:
@@ -96,6 +98,7 @@ class Executor:
         self.group_limits: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._none_running = asyncio.Event()
+        self._claimed_recently = False
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -149,6 +152,11 @@ class Executor:
                 free = self.config.max_parallel - len(self.running)
                 if free <= 0:
                     break
+                if free < self.config.max_parallel // 2 and self._claimed_recently:
+                    # Under load a claim per freed slot is a write transaction per job:
+                    # let a few more slots free up and claim them together.
+                    await asyncio.sleep(_CLAIM_COALESCE_S)
+                    free = self.config.max_parallel - len(self.running)
                 try:
                     claimed = await self._claim(free)
                 except Exception:
@@ -156,6 +164,7 @@ class Executor:
                     await asyncio.sleep(0.5)
                     self.wake()
                     break
+                self._claimed_recently = bool(claimed)
                 if not claimed:
                     await self._schedule_backoff_wake()
                     break
