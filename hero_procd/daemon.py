@@ -109,7 +109,7 @@ async def serve(config: Config) -> None:
                 config.socket_path.unlink()
         store = await Store.open(config.db_path, config.readers)
         try:
-            app = App(config=config, store=store, openrpc=load_openrpc())
+            app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))
             app.executor = Executor(app)
             await app.executor.start()  # recovery first: no process of a previous daemon survives
             app.supervisor = Supervisor(
