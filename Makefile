@@ -35,7 +35,7 @@ bench: $(STAMP)
 
 ## Regenerate README's method table from rpc_schema/openrpc.json.
 schema: $(STAMP)
-	$(BIN)/python -m hero_procd.rpc.schema_doc README.md
+	$(BIN)/python -m hero_procd.rpc.schema_doc README.md rpc_schema/README.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

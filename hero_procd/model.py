@@ -436,10 +436,11 @@ def parse_service_spec(p: Params) -> dict[str, Any]:
     spec = parse_command_spec(p, require_command=True).to_dict()
     spec.pop("retries", None)
     spec.pop("retry_delay_s", None)
-    if p.has("retries") or p.has("retry_delay_s"):
-        raise InvalidParams(
-            p.path("retries"), "services restart by policy; use restart/start_limit"
-        )
+    for field_name in ("retries", "retry_delay_s"):
+        if p.has(field_name):
+            raise InvalidParams(
+                p.path(field_name), "services restart by policy; use restart/start_limit"
+            )
     opts: dict[str, Any] = {
         "restart": p.choice("restart", ("always", "on-failure", "never"), default="on-failure"),
         "start_secs": p.number("start_secs", default=1.0, minimum=0),

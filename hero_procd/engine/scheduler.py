@@ -64,6 +64,16 @@ def check_target(target: dict[str, Any]) -> None:
         run = target["run"]
         if not isinstance(run, dict) or not isinstance(run.get("jobs"), list) or not run["jobs"]:
             raise InvalidParams("run.jobs", "must be a non-empty list")
+        unknown = run.keys() - {"name", "tags", "jobs"}
+        if unknown:
+            raise InvalidParams(f"run.{min(unknown)}", "unknown field")
+        if run.get("name") is not None and not isinstance(run["name"], str):
+            raise InvalidParams("run.name", "must be a string")
+        tags = run.get("tags")
+        if tags is not None and (
+            not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)
+        ):
+            raise InvalidParams("run.tags", "must be a list of strings")
         jobs = [
             job_request_from(j, f"run.jobs[{i}]", in_run=True) for i, j in enumerate(run["jobs"])
         ]
@@ -78,24 +88,32 @@ class Scheduler:
         self.store = app.store
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         """Start firing."""
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="scheduler")
 
     async def stop(self) -> None:
-        """Stop firing."""
+        """Stop firing (a fire in progress completes)."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
 
     def wake(self) -> None:
         """Schedules changed: look again."""
         self._wake.set()
 
     async def _loop(self) -> None:
-        while True:
+        # A flag, not only cancel(): in 3.11 a wait_for whose inner wait has just
+        # finished can swallow the cancellation, and the loop would go on.
+        while not self._stopping:
             try:
                 for schedule in await self.store.schedules.due(now()):
                     await self.fire(schedule)

@@ -6,7 +6,7 @@ from typing import Any
 
 from hero_procd.app import App
 from hero_procd.engine.scheduler import check_cron, check_target, check_timezone, next_fire
-from hero_procd.errors import InvalidParams
+from hero_procd.errors import InvalidParams, InvalidState
 from hero_procd.model import now
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
@@ -101,5 +101,5 @@ async def schedule_trigger(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     schedule = await app.store.schedules.get(name)
     if app.scheduler is None:
-        raise InvalidParams("name", "the scheduler is not running")
+        raise InvalidState("the scheduler is not running")
     return await app.scheduler.fire(schedule, forced=True)

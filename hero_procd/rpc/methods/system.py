@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.errors import InvalidParams
+from hero_procd.errors import InvalidParams, InvalidState
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 
@@ -46,7 +46,7 @@ async def retention_run(app: App, p: Params) -> dict[str, Any]:
     """Run one retention pass now: old finished jobs, log caps, incremental vacuum."""
     p.finish()
     if app.janitor is None:
-        raise InvalidParams(None, "the janitor is not running")
+        raise InvalidState("the janitor is not running")
     return await app.janitor.run_once()
 
 
