@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from hero_procd.client import Client
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
+from integration.helpers import daemon_running
 
 
 @pytest.fixture
@@ -27,3 +29,24 @@ def daemon(workdir: Path) -> Iterator[DaemonProcess]:
     finally:
         code = proc.stop()
         assert code in (0, -9), f"daemon exited {code}:\n{proc.log()}"
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[DaemonProcess]:
+    """One daemon for the tests of a module that do not need a daemon of their own."""
+    with daemon_running() as proc:
+        yield proc
+
+
+@pytest.fixture
+def c(shared: DaemonProcess) -> Iterator[Client]:
+    """A client of the module's shared daemon."""
+    with shared.client() as client:
+        yield client
+
+
+@pytest.fixture
+def serial(workdir: Path) -> Iterator[DaemonProcess]:
+    """A daemon of its own that runs one job at a time."""
+    with daemon_running(workdir, extra_args=["--max-parallel", "1"]) as proc:
+        yield proc

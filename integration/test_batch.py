@@ -2,108 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
-
-import pytest
+from typing import Any
 
 from hero_procd.client import Client
-from hero_procd.engine.executor import instance_id
-from hero_procd.engine.procs import find_marked
-from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
-
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
-INVALID_PARAMS = -32602
-NOT_FOUND = -32001
-# Waits in its cwd until a file named `gate` appears (at most ~60 s).
-GATE_SCRIPT = "i=0; while [ ! -e gate ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def finish(c: Client, job_id: int) -> dict[str, Any]:
-    """Wait until the job is terminal; the job."""
-    job: dict[str, Any] = c.call("job.wait", id=job_id, timeout_s=DEADLINE_S)
-    assert job["done"], f"job {job_id} did not finish: {job}"
-    return job
+from hero_procd.errors import INVALID_PARAMS, NOT_FOUND
+from integration.daemon_proc import DaemonProcess
+from integration.helpers import (
+    finish,
+    gate_script,
+    kill_leftovers,
+    list_jobs,
+    texts,
+    wait_running,
+)
 
 
 def hold_group(c: Client, group: str, gate_dir: Path) -> int:
     """Give `group` one slot and occupy it with a job that waits for `gate_dir/gate`; its id."""
     c.call("group.set", name=group, max_parallel=1)
-    params = {"script": GATE_SCRIPT, "cwd": str(gate_dir), "group": group, "tags": ["blk"]}
+    params = {"script": gate_script(), "cwd": str(gate_dir), "group": group, "tags": ["blk"]}
     blocker = int(c.call("job.submit", params)["id"])
-    wait_for(
-        lambda: True if c.call("job.get", id=blocker)["status"] == "running" else None,
-        f"the blocker of {group} to run",
-    )
+    wait_running(c, blocker)
     return blocker
-
-
-def count_jobs(c: Client, **filters: Any) -> int:
-    """How many jobs `job.list` finds with these filters, page by page."""
-    total, after = 0, 0
-    while True:
-        page = c.call("job.list", {**filters, "after_id": after, "limit": 10_000})
-        total += len(page["jobs"])
-        if page["next_after_id"] is None:
-            return total
-        after = page["next_after_id"]
-
-
-def texts(c: Client, job_id: int) -> list[str]:
-    """The text of a finished job's log lines."""
-    page = c.call("job.logs", id=job_id, limit=10_000)
-    assert page["done"]
-    return [ln["text"] for ln in page["lines"]]
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[DaemonProcess]:
-    """One daemon for the tests that do not need a daemon of their own."""
-    path = short_tmpdir()
-    proc = DaemonProcess(path).start()
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        log = proc.log()
-        cleanup(path)
-        assert code == 0, f"daemon exited {code}:\n{log}"
-
-
-@pytest.fixture
-def c(shared: DaemonProcess) -> Iterator[Client]:
-    """A client of the shared daemon."""
-    with shared.client() as client:
-        yield client
-
-
-@pytest.fixture
-def serial(workdir: Path) -> Iterator[DaemonProcess]:
-    """A daemon of its own that runs one job at a time."""
-    proc = DaemonProcess(workdir, extra_args=["--max-parallel", "1"]).start()
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
 def test_defaults_apply_to_every_item(c: Client) -> None:
@@ -130,7 +51,7 @@ def test_defaults_apply_to_every_item(c: Client) -> None:
         assert texts(c, job_id) == [f"from-defaults {job_id}"]
     assert c.call("job.get", id=ids[3])["priority"] == 7
     assert texts(c, ids[3]) == ["from-defaults"]
-    assert count_jobs(c, tag="batch-defaults") == 4
+    assert len(list_jobs(c, tag="batch-defaults")) == 4
 
 
 def test_invalid_items_are_reported_and_the_others_submitted(c: Client) -> None:
@@ -156,7 +77,7 @@ def test_invalid_items_are_reported_and_the_others_submitted(c: Client) -> None:
     assert len(out["submitted"]) == 3
     outputs = [texts(c, j) for j in out["submitted"] if finish(c, j)["status"] == "succeeded"]
     assert outputs == [["first"], ["fourth"], ["last"]]
-    assert count_jobs(c, tag="batch-partial") == 3
+    assert len(list_jobs(c, tag="batch-partial")) == 3
 
 
 def test_dedup_skip_keeps_the_queued_job(c: Client, tmp_path: Path) -> None:
@@ -178,8 +99,8 @@ def test_dedup_skip_keeps_the_queued_job(c: Client, tmp_path: Path) -> None:
     # skip is the default.
     third = c.call("job.submit_batch", jobs=[{**job, "dedup_key": "k-skip"}])
     assert third["submitted"] == [] and third["deduplicated"] == ["k-skip"]
-    assert count_jobs(c, tag="dd-skip", status="queued") == 2
-    assert count_jobs(c, tag="dd-skip") == 2
+    assert len(list_jobs(c, tag="dd-skip", status="queued")) == 2
+    assert len(list_jobs(c, tag="dd-skip")) == 2
 
 
 def test_dedup_replace_supersedes_the_queued_job(c: Client, tmp_path: Path) -> None:
@@ -199,7 +120,7 @@ def test_dedup_replace_supersedes_the_queued_job(c: Client, tmp_path: Path) -> N
     assert old_job["status"] == "cancelled" and old_job["finished_at"] is not None
     assert "superseded" in old_job["error"]
     assert c.call("job.get", id=new_id)["status"] == "queued"
-    assert count_jobs(c, tag="dd-repl", status="queued") == 1
+    assert len(list_jobs(c, tag="dd-repl", status="queued")) == 1
     # Once the gate opens, only the new one runs.
     (tmp_path / "gate").touch()
     assert finish(c, new_id)["status"] == "succeeded"
@@ -222,7 +143,7 @@ def test_in_batch_duplicates_last_one_wins(c: Client, tmp_path: Path) -> None:
     assert len(out["submitted"]) == 2
     commands = [c.call("job.get", id=j)["command"] for j in out["submitted"]]
     assert commands == [["/bin/echo", "no key"], ["/bin/echo", "three"]]
-    assert count_jobs(c, tag="dd-inbatch") == 2
+    assert len(list_jobs(c, tag="dd-inbatch")) == 2
 
 
 def test_dedup_key_of_a_finished_job_does_not_block(c: Client) -> None:
@@ -239,17 +160,14 @@ def test_batch_of_25000_jobs_in_one_call(serial: DaemonProcess, tmp_path: Path) 
     """25,000 jobs are accepted by one call and `job.list` finds every one of them."""
     n = 25_000
     with serial.client(timeout=120) as c:
-        blocker = c.call("job.submit", script=GATE_SCRIPT, cwd=str(tmp_path))["id"]
-        wait_for(
-            lambda: True if c.call("job.get", id=blocker)["status"] == "running" else None,
-            "the blocker to run",
-        )
+        blocker = c.call("job.submit", script=gate_script(), cwd=str(tmp_path))["id"]
+        wait_running(c, blocker)
         items = [{"command": ["/bin/true", str(i)]} for i in range(n)]
         out = c.call("job.submit_batch", jobs=items, defaults={"tags": ["bulk"]})
         assert out["failed"] == [] and out["deduplicated"] == []
         ids = out["submitted"]
         assert len(ids) == n and len(set(ids)) == n and ids == sorted(ids)
-        assert count_jobs(c, tag="bulk") == n
+        assert len(list_jobs(c, tag="bulk")) == n
         assert c.call("system.info")["counts"]["jobs"] == n + 1
         # Item i became the job ids[i].
         for i in (0, 12_345, n - 1):
@@ -261,11 +179,8 @@ def test_batch_of_25000_jobs_in_one_call(serial: DaemonProcess, tmp_path: Path) 
 def test_batch_keeps_submission_order(serial: DaemonProcess, tmp_path: Path) -> None:
     """Jobs of one batch at the same priority run in the order they were given."""
     with serial.client() as c:
-        blocker = c.call("job.submit", script=GATE_SCRIPT, cwd=str(tmp_path))["id"]
-        wait_for(
-            lambda: True if c.call("job.get", id=blocker)["status"] == "running" else None,
-            "the blocker to run",
-        )
+        blocker = c.call("job.submit", script=gate_script(), cwd=str(tmp_path))["id"]
+        wait_running(c, blocker)
         order = tmp_path / "order"
         # Names that sort differently from their position.
         names = ["j", "c", "h", "a", "e", "b", "i", "d", "g", "f"]
@@ -294,14 +209,11 @@ def test_retry_of_a_job_whose_dedup_key_was_taken_does_not_jam_the_daemon(
             hold_group(c, "dedup-retry-grp", tmp_path)
             first = c.call(
                 "job.submit_batch",
-                jobs=[{"script": GATE_SCRIPT.replace("gate", "gate2") + "; exit 1",
+                jobs=[{"script": gate_script("gate2") + "; exit 1",
                        "cwd": str(tmp_path), "dedup_key": "k-retry", "retries": 1,
                        "retry_delay_s": 0}],
             )["submitted"][0]  # fmt: skip
-            wait_for(
-                lambda: True if c.call("job.get", id=first)["status"] == "running" else None,
-                "the first job to run",
-            )
+            wait_running(c, first)
             newer = c.call(
                 "job.submit_batch",
                 jobs=[{"command": ["/bin/true"], "dedup_key": "k-retry",
@@ -309,18 +221,20 @@ def test_retry_of_a_job_whose_dedup_key_was_taken_does_not_jam_the_daemon(
             )  # fmt: skip
             assert len(newer["submitted"]) == 1 and newer["deduplicated"] == []
             (tmp_path / "gate2").touch()
-            job = c.call("job.wait", id=first, timeout_s=10)
-            assert job["done"], f"the first job never settled: {job}"
+            settled = finish(c, first, timeout_s=10)
+            # Its retry would have queued a second holder of the key: it is cancelled instead.
+            assert settled["status"] == "cancelled", settled
+            assert "superseded" in (settled["error"] or ""), settled
+            assert settled["attempt"] == 1  # no second attempt ran
             after = c.call("job.submit", command=["/bin/echo", "still writing"])["id"]
             assert finish(c, after)["status"] == "succeeded"
             assert texts(c, after) == ["still writing"]
-            queued = c.call("job.list", status="queued")["jobs"]
-            assert len([j for j in queued if j["dedup_key"] == "k-retry"]) <= 1
+            held = [j["id"] for j in c.call("job.list", status="queued")["jobs"]
+                    if j["dedup_key"] == "k-retry"]  # fmt: skip
+            assert held == newer["submitted"]  # the newer job still holds the key
         assert proc.stop(timeout_s=10) == 0
     finally:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
         # A killed daemon leaves its jobs behind: end them here.
-        for pid in find_marked(instance_id(str(proc.db_path))):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        kill_leftovers(proc.db_path)

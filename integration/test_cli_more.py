@@ -9,27 +9,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from hero_procd.client import Client
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import run_done, wait_for, wait_running, wait_status
 from integration.test_cli import hero_proc, ok, ok_json, one_line_error, rows_of
-
-
-def eventually(client: Client, check: Callable[[Client], Any], timeout_s: float = 15.0) -> Any:
-    """Poll `check(client)` until it returns something truthy; fail after a generous timeout."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check(client)
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def columns(table: str) -> list[list[str]]:
@@ -71,7 +57,7 @@ def test_job_wait_logs_cancel_batch(daemon: DaemonProcess, workdir: Path) -> Non
     # A wait that runs out is an error; cancel; then wait reports it, exit 1.
     with daemon.client() as c:
         sleeper = c.call("job.submit", command=["sleep", "100"])["id"]
-        eventually(c, lambda c: c.call("job.get", id=sleeper)["status"] == "running")
+        wait_running(c, sleeper, timeout_s=15.0)
     one_line_error(hero_proc(sock, "job", "wait", str(sleeper), "--timeout", "0.3"), "running")
     assert ok(hero_proc(sock, "job", "cancel", str(sleeper))).strip() in (
         f"job {sleeper} cancelling",
@@ -116,16 +102,18 @@ def test_run_cancel_and_groups(daemon: DaemonProcess) -> None:
                 {"key": "after", "command": ["/bin/true"], "depends_on": ["first"]},
             ],
         )
-        eventually(c, lambda c: c.call("group.list")["groups"][0]["running"] == 1)
+        wait_for(
+            lambda: True if c.call("group.list")["groups"][0]["running"] == 1 else None,
+            "one job of group g to run",
+            15.0,
+        )
     assert rows_of(ok(hero_proc(sock, "group", "list"))) == [["g", "1", "1"]]
 
     cancelled = ok(hero_proc(sock, "run", "cancel", str(run["id"])))
     assert cancelled.strip() == f"run {run['id']}: cancelled 2 jobs, signalled 1"
     with daemon.client() as c:
-        done = eventually(
-            c,
-            lambda c: (r := c.call("run.get", id=run["id"]))["status"] == "cancelled" and r,
-        )
+        done = run_done(c, run["id"], 15.0)
+        assert done["status"] == "cancelled", done
     shown = ok(hero_proc(sock, "run", "get", str(run["id"])))
     statuses = {row[0]: row[2] for row in rows_of(shown.split("\n\n")[1])}
     assert statuses == {j["key"]: j["status"] for j in done["jobs"]}
@@ -194,9 +182,11 @@ def test_service_lifecycle(daemon: DaemonProcess, workdir: Path) -> None:
 
     healthy.unlink()
     with daemon.client() as c:
-        eventually(c, lambda c: c.call("service.status", name="web")["health"] == "degraded")
+        wait_status(c, "web", lambda st: st["health"] == "degraded", "web to be degraded", 15.0)
         # Memory is sampled in the background: wait for the first figure.
-        eventually(c, lambda c: c.call("service.status", name="web")["memory_bytes"] is not None)
+        wait_status(
+            c, "web", lambda st: st["memory_bytes"] is not None, "web's first memory figure", 15.0
+        )
     rows = rows_of(ok(hero_proc(sock, "status")))
     assert rows[0][:3] == ["once", "stopped", "-"]
     assert rows[1][:3] == ["web", "running", "degraded"]

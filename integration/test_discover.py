@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -13,23 +11,9 @@ import pytest
 from hero_procd import __version__
 from hero_procd.errors import InvalidParams
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import UnixHTTPConnection
 
 DOC_PATH = Path(__file__).resolve().parents[1] / "rpc_schema" / "openrpc.json"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a Unix socket (what `curl --unix-socket` does)."""
-
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        """Open the Unix socket instead of a TCP connection."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.unix_path))
-        self.sock = sock
 
 
 def get(conn: UnixHTTPConnection, target: str) -> tuple[int, str, Any]:

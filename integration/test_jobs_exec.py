@@ -6,140 +6,31 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from hero_procd.client import Client
-from hero_procd.errors import HeroError
-from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
+from hero_procd.errors import INVALID_STATE, NOT_FOUND
+from integration.daemon_proc import DaemonProcess
+from integration.helpers import (
+    all_logs,
+    call_error,
+    daemon_running,
+    finish,
+    gate_script,
+    group_alive,
+    read_lines,
+    submit,
+    texts,
+    wait_for,
+    wait_groups_gone,
+    wait_running,
+)
 
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
-NOT_FOUND = -32001
-INVALID_STATE = -32004
 SIGKILL = 9
 SIGTERM = 15
-# Waits in its cwd until a file named `gate` appears (at most ~60 s).
-GATE_SCRIPT = "i=0; while [ ! -e gate ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done"
-
-
-# -- helpers -------------------------------------------------------------------------------
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def finish(c: Client, job_id: int, timeout_s: float = DEADLINE_S) -> dict[str, Any]:
-    """Wait (with `job.wait`) until the job is terminal; the job."""
-    job: dict[str, Any] = c.call("job.wait", id=job_id, timeout_s=timeout_s)
-    assert job["done"], f"job {job_id} did not finish in {timeout_s}s: {job}"
-    return job
-
-
-def running(c: Client, job_id: int) -> dict[str, Any]:
-    """Wait until the job runs and its pid is recorded; the job."""
-
-    def probe() -> dict[str, Any] | None:
-        job: dict[str, Any] = c.call("job.get", id=job_id)
-        assert job["status"] in ("queued", "running"), job
-        return job if job["status"] == "running" and job["pid"] else None
-
-    return wait_for(probe, f"job {job_id} to run")
-
-
-def submit(c: Client, **params: Any) -> int:
-    """Submit one job; its id."""
-    return int(c.call("job.submit", params)["id"])
-
-
-def all_logs(c: Client, job_id: int) -> list[dict[str, Any]]:
-    """Every log line of a job, read page by page."""
-    lines: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = c.call("job.logs", id=job_id, after_seq=after, limit=10_000)
-        lines.extend(page["lines"])
-        after = page["next_seq"]
-        if page["done"]:
-            return lines
-
-
-def texts(c: Client, job_id: int, stream: str | None = None) -> list[str]:
-    """The text of a job's log lines, optionally of one stream."""
-    return [ln["text"] for ln in all_logs(c, job_id) if stream is None or ln["stream"] == stream]
-
-
-def group_alive(pgid: int) -> bool:
-    """True while some process of the group `pgid` exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_group_gone(pgid: int) -> None:
-    """Wait until no process of the group is left (orphans are reaped by init, not at once)."""
-    wait_for(lambda: True if not group_alive(pgid) else None, f"process group {pgid} to be gone")
-
-
-def call_error(c: Client, method: str, **params: Any) -> HeroError:
-    """Call `method`, which must fail; the error the daemon answered."""
-    with pytest.raises(HeroError) as info:
-        c.call(method, params)
-    return info.value
-
-
-def read_lines(path: Path) -> list[str]:
-    """The lines of a file the jobs wrote."""
-    return path.read_text().splitlines()
-
-
-# -- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[DaemonProcess]:
-    """One daemon for the tests that do not need a daemon of their own."""
-    path = short_tmpdir()
-    proc = DaemonProcess(path).start()
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        log = proc.log()
-        cleanup(path)
-        assert code == 0, f"daemon exited {code}:\n{log}"
-
-
-@pytest.fixture
-def c(shared: DaemonProcess) -> Iterator[Client]:
-    """A client of the shared daemon."""
-    with shared.client() as client:
-        yield client
-
-
-@pytest.fixture
-def serial(workdir: Path) -> Iterator[DaemonProcess]:
-    """A daemon of its own that runs one job at a time."""
-    proc = DaemonProcess(workdir, extra_args=["--max-parallel", "1"]).start()
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
 # -- what a job runs with ------------------------------------------------------------------
@@ -173,17 +64,13 @@ def test_argv_env_and_cwd_arrive_intact(c: Client, tmp_path: Path) -> None:
 def test_daemon_environment_is_inherited_but_not_its_private_variables(workdir: Path) -> None:
     """Jobs inherit the daemon's environment, except systemd's NOTIFY_SOCKET and the like."""
     env = {"NOTIFY_SOCKET": str(workdir / "notify.sock"), "HP_FROM_DAEMON": "inherited"}
-    proc = DaemonProcess(workdir, env=env).start()
-    try:
-        with proc.client() as c:
-            job_id = submit(c, command=["/bin/sh", "-c", "env"])
-            assert finish(c, job_id)["status"] == "succeeded"
-            seen = dict(line.split("=", 1) for line in texts(c, job_id) if "=" in line)
-        assert seen.get("HP_FROM_DAEMON") == "inherited"
-        assert "NOTIFY_SOCKET" not in seen
-        assert seen.get("HERO_PROC_JOB_ID") == str(job_id)
-    finally:
-        assert proc.stop() == 0
+    with daemon_running(workdir, env=env) as proc, proc.client() as c:
+        job_id = submit(c, command=["/bin/sh", "-c", "env"])
+        assert finish(c, job_id)["status"] == "succeeded"
+        seen = dict(line.split("=", 1) for line in texts(c, job_id) if "=" in line)
+    assert seen.get("HP_FROM_DAEMON") == "inherited"
+    assert "NOTIFY_SOCKET" not in seen
+    assert seen.get("HERO_PROC_JOB_ID") == str(job_id)
 
 
 def test_stdout_and_stderr_are_stored_line_by_line(c: Client) -> None:
@@ -233,8 +120,8 @@ def test_logs_paging_with_after_seq_limit_and_done(c: Client) -> None:
 
 def test_logs_of_a_running_job_are_not_done(c: Client, tmp_path: Path) -> None:
     """While the job runs, what it printed can be read and `done` stays false."""
-    job_id = submit(c, script=f"echo early; {GATE_SCRIPT}; echo late", cwd=str(tmp_path))
-    running(c, job_id)
+    job_id = submit(c, script=f"echo early; {gate_script()}; echo late", cwd=str(tmp_path))
+    wait_running(c, job_id)
 
     def first_page() -> dict[str, Any] | None:
         page: dict[str, Any] = c.call("job.logs", id=job_id)
@@ -336,7 +223,7 @@ def test_leftover_processes_of_the_group_are_killed_when_the_job_exits(c: Client
     job = finish(c, job_id)
     assert job["status"] == "succeeded", job
     (pid_text,) = texts(c, job_id)
-    wait_group_gone(job["pid"])
+    wait_groups_gone([job["pid"]])
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_text), 0)
 
@@ -351,7 +238,7 @@ def test_timeout_terminates_the_job(c: Client) -> None:
     assert job["status"] == "timed_out", job
     assert job["signal"] == SIGTERM
     assert "timed out" in job["error"]
-    wait_group_gone(job["pid"])
+    wait_groups_gone([job["pid"]])
 
 
 def test_timeout_kills_a_child_that_ignores_sigterm(c: Client) -> None:
@@ -368,7 +255,7 @@ def test_timeout_kills_a_child_that_ignores_sigterm(c: Client) -> None:
     # It outlived SIGTERM by the kill timeout (a lower bound: it cannot be faster).
     assert job["finished_at"] - job["started_at"] >= 0.9
     pgid = job["pid"]
-    wait_group_gone(pgid)
+    wait_groups_gone([pgid])
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
 
@@ -455,7 +342,7 @@ def test_cancel_queued_then_running_then_finished(c: Client, tmp_path: Path) -> 
     """Queued → `cancelled` at once; running → signalled, ends `cancelled`; finished → -32004."""
     c.call("group.set", name="cancel-grp", max_parallel=1)
     blocker = submit(c, command=["sleep", "30"], group="cancel-grp")
-    pgid = running(c, blocker)["pid"]
+    pgid = wait_running(c, blocker)["pid"]
     waiting = submit(c, command=["/bin/sh", "-c", "echo ran >> ran"], group="cancel-grp",
                      cwd=str(tmp_path))  # fmt: skip
     assert c.call("job.get", id=waiting)["status"] == "queued"
@@ -468,7 +355,7 @@ def test_cancel_queued_then_running_then_finished(c: Client, tmp_path: Path) -> 
     job = finish(c, blocker)
     assert job["status"] == "cancelled", job
     assert job["signal"] == SIGTERM
-    wait_group_gone(pgid)
+    wait_groups_gone([pgid])
 
     for done in (waiting, blocker):
         err = call_error(c, "job.cancel", id=done)
@@ -483,11 +370,11 @@ def test_cancel_of_a_job_ignoring_sigterm_kills_it(c: Client) -> None:
     job_id = submit(
         c, command=["/bin/sh", "-c", 'trap "" TERM; sleep 60 & sleep 60; wait'], kill_timeout_s=0.3
     )
-    pgid = running(c, job_id)["pid"]
+    pgid = wait_running(c, job_id)["pid"]
     assert c.call("job.cancel", id=job_id)["result"] == "cancelling"
     job = finish(c, job_id)
     assert job["status"] == "cancelled" and job["signal"] == SIGKILL, job
-    wait_group_gone(pgid)
+    wait_groups_gone([pgid])
 
 
 # -- job.wait ------------------------------------------------------------------------------
@@ -519,8 +406,8 @@ def test_wait_times_out_with_the_job_still_running(c: Client) -> None:
 def test_higher_priority_runs_first(serial: DaemonProcess, tmp_path: Path) -> None:
     """With one slot, queued jobs run by priority (highest first), then in submission order."""
     with serial.client() as c:
-        blocker = submit(c, script=GATE_SCRIPT, cwd=str(tmp_path))
-        running(c, blocker)
+        blocker = submit(c, script=gate_script(), cwd=str(tmp_path))
+        wait_running(c, blocker)
         order = tmp_path / "order"
         names = [("p0a", 0), ("p5", 5), ("pneg", -1), ("p0b", 0), ("p10", 10), ("p1", 1)]
         ids = [
@@ -581,14 +468,14 @@ def test_wipe_all_stops_running_jobs(daemon: DaemonProcess) -> None:
         )
         held = submit(c, command=["sleep", "60"], group="wipe-grp")
         queued = submit(c, command=["sleep", "60"], group="wipe-grp")
-        pgids = [running(c, j)["pid"] for j in (*sleepers, stubborn, held)]
+        pgids = [wait_running(c, j)["pid"] for j in (*sleepers, stubborn, held)]
         for pgid in pgids:
             assert group_alive(pgid)
         out = c.call("system.wipe_all", confirm=True)
         assert out["stopped_jobs"] == 4, out
         assert out["deleted"]["jobs"] == 5, out
         for pgid in pgids:
-            wait_group_gone(pgid)
+            wait_groups_gone([pgid])
         for job_id in (*sleepers, stubborn, held, queued):
             assert call_error(c, "job.get", id=job_id).code == NOT_FOUND
         assert c.call("system.info")["counts"]["jobs"] == 0
@@ -609,7 +496,7 @@ def test_clean_by_tag_skips_active_jobs(c: Client) -> None:
     for job_id in [*done, failed]:
         assert finish(c, job_id)["status"] in ("succeeded", "failed")
     active = submit(c, command=["sleep", "60"], tags=["cleanme", "other"], group="clean-grp")
-    running(c, active)
+    wait_running(c, active)
     queued = submit(c, command=["sleep", "60"], tags=["cleanme"], group="clean-grp")
     untagged = submit(c, command=["/bin/echo", "keep"])
     finish(c, untagged)

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from hero_procd.client import Client
-from hero_procd.engine.executor import instance_id
-from hero_procd.engine.procs import find_marked
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import (
+    finish,
+    group_alive,
+    kill_leftovers,
+    list_jobs,
+    run_done,
+    texts,
+    wait_for,
+    wait_groups_gone,
+    wait_running,
+)
 
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
 GONE_DEADLINE_S = 15.0
 # Runs to the end on its second attempt; the first prints and sleeps.
 SECOND_ATTEMPT_SUCCEEDS = (
@@ -34,35 +38,6 @@ RUNS_TWICE = (
 )
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def finish(c: Client, job_id: int) -> dict[str, Any]:
-    """Wait until the job is terminal; the job."""
-    job: dict[str, Any] = c.call("job.wait", id=job_id, timeout_s=DEADLINE_S)
-    assert job["done"], f"job {job_id} did not finish: {job}"
-    return job
-
-
-def running_pid(c: Client, job_id: int) -> int:
-    """Wait until the job runs with its pid recorded; the pid (= its process group)."""
-
-    def probe() -> int | None:
-        job = c.call("job.get", id=job_id)
-        assert job["status"] in ("queued", "running"), job
-        return int(job["pid"]) if job["status"] == "running" and job["pid"] else None
-
-    return wait_for(probe, f"job {job_id} to run")
-
-
 def logged(c: Client, job_id: int, n: int) -> list[str]:
     """Wait until the job has at least `n` log lines stored; their texts."""
 
@@ -71,43 +46,6 @@ def logged(c: Client, job_id: int, n: int) -> list[str]:
         return lines if len(lines) >= n else None
 
     return wait_for(probe, f"{n} log lines of job {job_id}")
-
-
-def texts(c: Client, job_id: int) -> list[str]:
-    """The text of a finished job's log lines."""
-    page = c.call("job.logs", id=job_id, limit=10_000)
-    assert page["done"], page
-    return [ln["text"] for ln in page["lines"]]
-
-
-def all_jobs(c: Client) -> list[dict[str, Any]]:
-    """Every job, page by page."""
-    jobs: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = c.call("job.list", after_id=after, limit=1000)
-        jobs.extend(page["jobs"])
-        if page["next_after_id"] is None:
-            return jobs
-        after = page["next_after_id"]
-
-
-def group_alive(pgid: int) -> bool:
-    """True while some process of the group `pgid` exists."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_groups_gone(pgids: list[int]) -> None:
-    """Wait until none of these process groups has a process left (zombies take init a while)."""
-    wait_for(
-        lambda: True if not any(group_alive(g) for g in pgids) else None,
-        f"process groups {[g for g in pgids if group_alive(g)]} to be gone",
-        GONE_DEADLINE_S,
-    )
 
 
 def stored_job(db_path: Path, job_id: int) -> dict[str, Any]:
@@ -120,13 +58,6 @@ def stored_job(db_path: Path, job_id: int) -> dict[str, Any]:
         return dict(row)
     finally:
         conn.close()
-
-
-def kill_leftovers(db_path: Path) -> None:
-    """SIGKILL the groups of any process still marked as a job of the daemon of `db_path`."""
-    for pid in find_marked(instance_id(str(db_path))):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -162,12 +93,12 @@ def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
             c.call("job.submit", command=["/bin/echo", f"waited {i}"], group="hold-grp")["id"]
             for i in range(5)
         ]
-        pgids = [running_pid(c, j) for j in (lost, retried, escapee)]
+        pgids = [wait_running(c, j)["pid"] for j in (lost, retried, escapee)]
         assert logged(c, retried, 1) == ["first attempt"]
         escaped_pid = int(logged(c, escapee, 1)[0])
         assert os.getpgid(escaped_pid) == escaped_pid, "setsid made it a group of its own"
         assert escaped_pid not in pgids
-        before = {j["id"]: j["status"] for j in all_jobs(c)}
+        before = {j["id"]: j["status"] for j in list_jobs(c)}
         assert before == {lost: "running", retried: "running", escapee: "running"} | dict.fromkeys(
             waiting, "queued"
         )
@@ -179,7 +110,7 @@ def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
 
     second = DaemonProcess(workdir)
     started.append(second.start())
-    wait_groups_gone(old_groups)
+    wait_groups_gone(old_groups, GONE_DEADLINE_S)
     with second.client() as c:
         job = finish(c, lost)
         assert job["status"] == "lost" and "lost" in job["error"], job
@@ -190,7 +121,7 @@ def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
         for i, job_id in enumerate(waiting):
             assert finish(c, job_id)["status"] == "succeeded"
             assert texts(c, job_id) == [f"waited {i}"]
-        after = {j["id"]: j["status"] for j in all_jobs(c)}
+        after = {j["id"]: j["status"] for j in list_jobs(c)}
         assert sorted(after) == sorted(before), "no committed job may be lost"
         assert "running" not in after.values()
     assert second.stop() == 0
@@ -208,21 +139,16 @@ def test_lost_job_skips_its_dependents(workdir: Path, started: list[DaemonProces
             {"key": "side", "command": ["/bin/echo", "independent"]},
         ]
         run = c.call("run.submit", name="crashy", jobs=jobs)
-        pgid = running_pid(c, run["jobs"]["a"])
+        pgid = wait_running(c, run["jobs"]["a"])["pid"]
         assert finish(c, run["jobs"]["side"])["status"] == "succeeded"
     first.kill()
     assert group_alive(pgid)
 
     second = DaemonProcess(workdir)
     started.append(second.start())
-    wait_groups_gone([pgid])
+    wait_groups_gone([pgid], GONE_DEADLINE_S)
     with second.client() as c:
-
-        def run_done() -> dict[str, Any] | None:
-            got: dict[str, Any] = c.call("run.get", id=run["id"])
-            return got if got["status"] in ("succeeded", "failed", "cancelled") else None
-
-        got = wait_for(run_done, "the run to finish")
+        got = run_done(c, run["id"])
         assert got["status"] == "failed", got
         statuses = {j["key"]: j["status"] for j in got["jobs"]}
         assert statuses == {"a": "lost", "b": "skipped", "c": "skipped", "side": "succeeded"}
@@ -237,10 +163,10 @@ def test_sigterm_requeues_the_running_job_and_it_runs_after_restart(
     started.append(first.start())
     with first.client() as c:
         job_id = c.call("job.submit", script=RUNS_TWICE, cwd=str(workdir))["id"]
-        pgid = running_pid(c, job_id)
+        pgid = wait_running(c, job_id)["pid"]
         assert logged(c, job_id, 1) == ["first run"]
     assert first.stop() == 0
-    wait_groups_gone([pgid])
+    wait_groups_gone([pgid], GONE_DEADLINE_S)
     row = stored_job(first.db_path, job_id)
     assert row["status"] == "queued", row
     assert row["error"] == "interrupted by daemon shutdown"
@@ -265,7 +191,7 @@ def test_output_of_the_run_after_a_restart_is_kept(
     started.append(first.start())
     with first.client() as c:
         job_id = c.call("job.submit", script=RUNS_TWICE, cwd=str(workdir))["id"]
-        running_pid(c, job_id)
+        wait_running(c, job_id)
         assert logged(c, job_id, 1) == ["first run"]
     assert first.stop() == 0
 
@@ -290,8 +216,8 @@ def _key_taken_while_running(c: Client) -> tuple[int, int, int]:
         "job.submit_batch",
         jobs=[{"script": SECOND_ATTEMPT_SUCCEEDS, "dedup_key": "k", "retries": 1}],
     )["submitted"][0]
-    running_pid(c, blocker)
-    running_pid(c, first)
+    wait_running(c, blocker)
+    wait_running(c, first)
     newer = c.call(
         "job.submit_batch", jobs=[{"command": ["/bin/true"], "dedup_key": "k", "group": "key-grp"}]
     )

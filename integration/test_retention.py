@@ -5,33 +5,20 @@ from __future__ import annotations
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from hero_procd.client import Client
 from hero_procd.errors import NOT_FOUND, HeroError
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import daemon_running, finish, sh, submit, wait_for, wait_running
 
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
 RETENTION_DAYS = 0.00005  # 4.32 s
 RETENTION_S = RETENTION_DAYS * 86400.0
 NO_PERIODIC_PASS = {"HERO_PROC_JANITOR_INTERVAL_S": "3600"}  # only explicit passes run
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def read_only(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -49,18 +36,6 @@ def scalar(db_path: Path, sql: str, params: tuple[Any, ...] = ()) -> Any:
     return value
 
 
-def finish(c: Client, job_id: int) -> dict[str, Any]:
-    """Wait until the job is terminal; the job."""
-    job: dict[str, Any] = c.call("job.wait", id=job_id, timeout_s=DEADLINE_S)
-    assert job["done"], job
-    return job
-
-
-def submit(c: Client, script: str, **extra: Any) -> int:
-    """Queue a `sh -c` job; its id."""
-    return int(c.call("job.submit", command=["sh", "-c", script], **extra)["id"])
-
-
 def line_count(c: Client, job_id: int) -> int:
     """How many log lines the job has stored."""
     return len(c.call("job.logs", id=job_id, limit=10_000)["lines"])
@@ -75,12 +50,8 @@ def files_size(db_path: Path) -> int:
 @pytest.fixture
 def started(workdir: Path, request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
     """A daemon started with the environment the test is parametrized with."""
-    proc = DaemonProcess(workdir, env=request.param).start()
-    try:
+    with daemon_running(workdir, env=request.param) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
 @pytest.mark.parametrize(
@@ -95,8 +66,8 @@ def test_old_finished_jobs_go_while_active_and_recent_ones_stay(started: DaemonP
         info = c.call("system.info")
         assert info["retention"]["job_retention_days"] == RETENTION_DAYS
         assert info["retention"]["interval_s"] == 3600
-        old = [submit(c, "seq 1 50", tags=["old"]) for _ in range(5)]
-        old.append(submit(c, "seq 1 7; exit 3", tags=["old"]))
+        old = [submit(c, command=sh("seq 1 50"), tags=["old"]) for _ in range(5)]
+        old.append(submit(c, command=sh("seq 1 7; exit 3"), tags=["old"]))
         run = c.call(
             "run.submit",
             name="old-run",
@@ -111,15 +82,12 @@ def test_old_finished_jobs_go_while_active_and_recent_ones_stay(started: DaemonP
 
         # Still active when the pass comes: one running, one queued behind it in its group.
         c.call("group.set", name="one", max_parallel=1)
-        running = submit(c, "echo started; sleep 60", group="one", tags=["keep"])
-        queued = submit(c, "echo never", group="one", tags=["keep"])
-        wait_for(
-            lambda: True if c.call("job.get", id=running)["status"] == "running" else None,
-            "the blocker to run",
-        )
+        running = submit(c, command=sh("echo started; sleep 60"), group="one", tags=["keep"])
+        queued = submit(c, command=sh("echo never"), group="one", tags=["keep"])
+        wait_running(c, running)
         last_old = max(c.call("job.get", id=j)["finished_at"] for j in old)
         time.sleep(max(0.0, last_old + RETENTION_S + 0.3 - time.time()))
-        recent = [submit(c, "seq 1 30", tags=["recent"]) for _ in range(2)]
+        recent = [submit(c, command=sh("seq 1 30"), tags=["recent"]) for _ in range(2)]
         for j in recent:
             finish(c, j)
 
@@ -186,9 +154,9 @@ def test_log_cap_keeps_each_owners_newest_lines(started: DaemonProcess) -> None:
     Every dropped line is counted once, whichever of the two dropped it.
     """
     with started.client() as c:
-        long_job = submit(c, "seq 1 1000")
-        at_cap = submit(c, "seq 1 100")
-        short = submit(c, "seq 1 50")
+        long_job = submit(c, command=sh("seq 1 1000"))
+        at_cap = submit(c, command=sh("seq 1 100"))
+        short = submit(c, command=sh("seq 1 50"))
         c.call("service.define", name="chatty", command=["sh", "-c", "seq 1 300; exec sleep 60"])
         c.call("service.start", name="chatty")
         for job_id in (long_job, at_cap, short):
@@ -267,7 +235,7 @@ def test_vacuum_returns_freed_pages_and_the_file_shrinks(started: DaemonProcess)
 def test_periodic_pass_runs_without_being_asked(started: DaemonProcess) -> None:
     """With a short janitor interval passes run in the background, and the cap holds."""
     with started.client() as c:
-        job_id = submit(c, "seq 1 500")
+        job_id = submit(c, command=sh("seq 1 500"))
         finish(c, job_id)
 
         def trimmed() -> dict[str, Any] | None:

@@ -12,13 +12,10 @@ from typing import Any
 
 import pytest
 
-from hero_procd.client import Client
-from hero_procd.errors import HeroError
+from hero_procd.errors import CONFLICT, INVALID_PARAMS, NOT_FOUND
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import call_error, daemon_running, wait_running
 
-NOT_FOUND = -32001
-CONFLICT = -32002
-INVALID_PARAMS = -32602
 BLOCKER = 1  # the job that holds the only execution slot of a `held` daemon
 
 # The tables system.info counts, by the name it reports them under.
@@ -40,21 +37,14 @@ def held(workdir: Path) -> Iterator[DaemonProcess]:
     where they are put (and set statuses themselves), so the only slot is taken by a
     long `sleep` (job id BLOCKER, tagged "blocker") before anything else is submitted.
     """
-    proc = DaemonProcess(workdir, extra_args=["--max-parallel", "1"]).start()
-    try:
+    with daemon_running(workdir, extra_args=["--max-parallel", "1"]) as proc:
         with proc.client() as c:
             blocker = c.call(
                 "job.submit", command=["/bin/sleep", "600"], priority=1000, tags=["blocker"]
             )
             assert blocker["id"] == BLOCKER
-            deadline = time.monotonic() + 30
-            while c.call("job.get", id=BLOCKER)["status"] != "running":
-                assert time.monotonic() < deadline, "the blocker job never started"
-                time.sleep(0.01)
+            wait_running(c, BLOCKER, timeout_s=30)
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
 @contextlib.contextmanager
@@ -80,13 +70,6 @@ def table_counts(daemon: DaemonProcess) -> dict[str, int]:
     tables = [*COUNTED_TABLES.values(), "job_tags", "job_deps"]
     with open_db(daemon) as conn:
         return {t: scalar(conn, f"SELECT count(*) FROM {t}") for t in tables}
-
-
-def call_error(c: Client, method: str, **params: Any) -> HeroError:
-    """Call `method`, which must fail; the error the daemon answered."""
-    with pytest.raises(HeroError) as info:
-        c.call(method, params)
-    return info.value
 
 
 def chain_run(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import shutil
@@ -17,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
+from integration.daemon_proc import DaemonProcess
+from integration.helpers import UnixHTTPConnection, daemon_running
 
 FRAME_LIMIT = 65536
 IO_TIMEOUT_S = 10.0
@@ -26,14 +26,8 @@ IO_TIMEOUT_S = 10.0
 @pytest.fixture(scope="module")
 def small() -> Iterator[DaemonProcess]:
     """One daemon for this module, started with a 64 KiB frame limit."""
-    path = short_tmpdir()
-    proc = DaemonProcess(path, env={"HERO_PROC_MAX_FRAME": str(FRAME_LIMIT)}).start()
-    try:
+    with daemon_running(env={"HERO_PROC_MAX_FRAME": str(FRAME_LIMIT)}) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        cleanup(path)
-        assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
 class Raw:
@@ -370,25 +364,10 @@ def test_frame_just_under_limit_is_served(raw: Raw) -> None:
 # -- HTTP/1.1 ---------------------------------------------------------------------
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a Unix socket."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=IO_TIMEOUT_S)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        """Connect to the Unix socket instead of TCP."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.unix_path))
-        self.sock = sock
-
-
 @pytest.fixture
 def web(small: DaemonProcess) -> Iterator[UnixHTTPConnection]:
     """An HTTP connection to the module's daemon."""
-    conn = UnixHTTPConnection(small.socket_path)
+    conn = UnixHTTPConnection(small.socket_path, IO_TIMEOUT_S)
     try:
         yield conn
     finally:

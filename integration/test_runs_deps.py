@@ -2,81 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
-
-import pytest
+from typing import Any
 
 from hero_procd.client import Client
-from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
-
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
-RUN_TERMINAL = ("succeeded", "failed", "cancelled")
-# Waits in its cwd until a file named after its first argument appears (at most ~60 s).
-GATE = 'i=0; while [ ! -e "{gate}" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done'
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def run_done(c: Client, run_id: int) -> dict[str, Any]:
-    """Wait until the run's status is terminal; `run.get`'s answer."""
-
-    def probe() -> dict[str, Any] | None:
-        run: dict[str, Any] = c.call("run.get", id=run_id)
-        return run if run["status"] in RUN_TERMINAL else None
-
-    return wait_for(probe, f"run {run_id} to finish")
-
-
-def jobs_by_key(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """A run's jobs by key."""
-    return {j["key"]: j for j in run["jobs"]}
+from integration.helpers import (
+    gate_script,
+    jobs_by_key,
+    read_lines,
+    run_done,
+    wait_for,
+    wait_groups_gone,
+    wait_running,
+)
 
 
 def appender(key: str, out: Path, *, fail: bool = False) -> dict[str, Any]:
     """A run job that appends its key to `out` (and then fails if asked)."""
     tail = "; exit 1" if fail else ""
     return {"key": key, "command": ["/bin/sh", "-c", f"echo {key} >> {out}{tail}"]}
-
-
-def read_lines(path: Path) -> list[str]:
-    """The lines a run's jobs wrote (none if the file was never written)."""
-    return path.read_text().splitlines() if path.exists() else []
-
-
-@pytest.fixture(scope="module")
-def shared() -> Iterator[DaemonProcess]:
-    """One daemon for this module."""
-    path = short_tmpdir()
-    proc = DaemonProcess(path).start()
-    try:
-        yield proc
-    finally:
-        code = proc.stop()
-        log = proc.log()
-        cleanup(path)
-        assert code == 0, f"daemon exited {code}:\n{log}"
-
-
-@pytest.fixture
-def c(shared: DaemonProcess) -> Iterator[Client]:
-    """A client of the shared daemon."""
-    with shared.client() as client:
-        yield client
 
 
 def test_chain_runs_in_dependency_order(c: Client, tmp_path: Path) -> None:
@@ -140,12 +85,7 @@ def test_run_cancel_cancels_queued_and_signals_running(c: Client, tmp_path: Path
     ]
     submitted = c.call("run.submit", name="to-cancel", jobs=jobs)
     slow_id = submitted["jobs"]["slow"]
-
-    def slow_pid() -> int | None:
-        job = c.call("job.get", id=slow_id)
-        return int(job["pid"]) if job["status"] == "running" and job["pid"] else None
-
-    pgid = wait_for(slow_pid, "the slow job to run")
+    pgid = wait_running(c, slow_id)["pid"]
     assert c.call("run.get", id=submitted["id"])["status"] == "running"
     out_cancel = c.call("run.cancel", id=submitted["id"])
     assert out_cancel == {"id": submitted["id"], "cancelled": 2, "signalled": 1}
@@ -155,14 +95,7 @@ def test_run_cancel_cancels_queued_and_signals_running(c: Client, tmp_path: Path
         ("slow", "after", "last"), "cancelled"
     )
     assert jobs_by_key(run)["slow"]["signal"] == 15
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "the cancelled job's processes are still there"
-        time.sleep(0.02)
+    wait_groups_gone([pgid])  # the cancelled job's processes
     assert read_lines(out) == []
     # Nothing is left to cancel; a second cancel changes nothing.
     again = c.call("run.cancel", id=submitted["id"])
@@ -203,16 +136,13 @@ def test_run_status_goes_queued_running_terminal(c: Client, tmp_path: Path) -> N
     c.call("group.set", name="run-state-grp", max_parallel=1)
     blocker = c.call(
         "job.submit",
-        script=GATE.format(gate="gate1"),
+        script=gate_script("gate1"),
         cwd=str(tmp_path),
         group="run-state-grp",
     )["id"]
-    wait_for(
-        lambda: True if c.call("job.get", id=blocker)["status"] == "running" else None,
-        "the blocker to run",
-    )
+    wait_running(c, blocker)
     jobs = [
-        {"key": "first", "script": GATE.format(gate="gate2"), "cwd": str(tmp_path),
+        {"key": "first", "script": gate_script("gate2"), "cwd": str(tmp_path),
          "group": "run-state-grp"},
         {"key": "second", "command": ["/bin/true"], "depends_on": ["first"]},
     ]  # fmt: skip

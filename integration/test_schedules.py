@@ -6,45 +6,20 @@ import itertools
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from hero_procd.client import Client
 from hero_procd.errors import INVALID_PARAMS, INVALID_STATE, NOT_FOUND, HeroError
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import DEADLINE_S, finish, jobs_by_key, list_jobs, run_done, wait_for
 
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
 EVERY_SECOND = "* * * * * *"
 EVERY_4_SECONDS = "* * * * * */4"  # 4 divides 60: its slots are floor(t / 4) of the epoch
 ONCE_A_YEAR = "0 0 1 1 *"
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def tagged(c: Client, tag: str) -> list[dict[str, Any]]:
-    """Every job with `tag`, in id order."""
-    jobs: list[dict[str, Any]] = []
-    after = 0
-    while True:
-        page = c.call("job.list", tag=tag, limit=1000, after_id=after)
-        jobs.extend(page["jobs"])
-        if page["next_after_id"] is None:
-            return jobs
-        after = page["next_after_id"]
 
 
 def fired_after(c: Client, name: str, fires: int) -> dict[str, Any]:
@@ -82,15 +57,14 @@ def intervals_overlap(jobs: list[dict[str, Any]]) -> bool:
 
 def cancel_all(c: Client, tag: str) -> None:
     """Cancel every queued or running job with `tag` and wait until they are terminal."""
-    for job in reversed(tagged(c, tag)):  # the queued first: none starts on a freed slot
+    for job in reversed(list_jobs(c, tag=tag)):  # the queued first: none starts on a freed slot
         if job["status"] in ("queued", "running"):
             try:
                 c.call("job.cancel", id=job["id"])
             except HeroError as exc:  # it ended on its own meanwhile
                 assert exc.code == INVALID_STATE, exc
-    for job in tagged(c, tag):
-        done = c.call("job.wait", id=job["id"], timeout_s=DEADLINE_S)
-        assert done["done"], done
+    for job in list_jobs(c, tag=tag):
+        finish(c, job["id"])
 
 
 @pytest.fixture
@@ -118,11 +92,11 @@ def test_every_second_fires_once_a_second_then_delete_stops_it(client: Client) -
     assert t_list - 2.5 < listed["last_fire_at"] <= t_list, listed
     assert t_list - 2.5 < listed["next_fire_at"] <= t_list + 1.01, listed
     assert listed["next_fire_at"] > listed["last_fire_at"]
-    assert listed["last_job_id"] in {j["id"] for j in tagged(c, "tick")}
+    assert listed["last_job_id"] in {j["id"] for j in list_jobs(c, tag="tick")}
 
     assert c.call("schedule.delete", name="tick") == {"deleted": 1}
     t_deleted = time.time()
-    jobs = tagged(c, "tick")
+    jobs = list_jobs(c, tag="tick")
     expected = seconds_crossed(t_set, t_deleted)
     assert abs(len(jobs) - expected) <= 1, (len(jobs), expected)
     assert_one_fire_per_slot(jobs, 1.0)
@@ -131,7 +105,7 @@ def test_every_second_fires_once_a_second_then_delete_stops_it(client: Client) -
     assert err.value.code == NOT_FOUND
 
     time.sleep(2.2)
-    assert len(tagged(c, "tick")) == len(jobs), "a deleted schedule fired again"
+    assert len(list_jobs(c, tag="tick")) == len(jobs), "a deleted schedule fired again"
     for job in jobs:
         assert c.call("job.wait", id=job["id"], timeout_s=DEADLINE_S)["status"] == "succeeded"
     counts = c.call("system.info")["counts"]
@@ -169,7 +143,7 @@ def test_restart_neither_repeats_nor_doubles_a_fire(workdir: Path) -> None:
             tick = c.call("schedule.get", name="tick")
             four = c.call("schedule.get", name="four")
             t_end = time.time()
-            tick_jobs, four_jobs = tagged(c, "tick"), tagged(c, "four")
+            tick_jobs, four_jobs = list_jobs(c, tag="tick"), list_jobs(c, tag="four")
     finally:
         daemon.stop()
     assert_one_fire_per_slot(tick_jobs, 1.0)
@@ -213,7 +187,7 @@ def test_catch_up_after_downtime_fires_once(workdir: Path) -> None:
             time.sleep(1.0)  # room for any wrong extra catch-up fires to show
             s = c.call("schedule.get", name="minutely")
             t_check = time.time()
-            jobs = tagged(c, "m")
+            jobs = list_jobs(c, tag="m")
     finally:
         daemon.stop()
     # A minute may really begin meanwhile: after the catch-up fire, that is a second fire.
@@ -285,11 +259,11 @@ def test_pause_stops_fires_and_resume_restarts_them(client: Client) -> None:
     fired_after(c, "tick", 0)
     paused = c.call("schedule.pause", name="tick")
     assert paused["paused"] is True and paused["next_fire_at"] is None
-    ids = [j["id"] for j in tagged(c, "tick")]
+    ids = [j["id"] for j in list_jobs(c, tag="tick")]
     time.sleep(2.3)
-    assert [j["id"] for j in tagged(c, "tick")] == ids, "a paused schedule fired"
+    assert [j["id"] for j in list_jobs(c, tag="tick")] == ids, "a paused schedule fired"
     assert c.call("schedule.get", name="tick")["fires"] == paused["fires"] == len(ids)
-    assert tagged(c, "held") == [] and c.call("schedule.get", name="held")["fires"] == 0
+    assert list_jobs(c, tag="held") == [] and c.call("schedule.get", name="held")["fires"] == 0
 
     t_resume = time.time()
     resumed = c.call("schedule.resume", name="tick")
@@ -297,7 +271,7 @@ def test_pause_stops_fires_and_resume_restarts_them(client: Client) -> None:
     assert t_resume < resumed["next_fire_at"] <= t_resume + 1.01
     after = fired_after(c, "tick", paused["fires"])
     assert after["last_fire_at"] >= t_resume and after["last_job_id"] not in ids
-    assert len(tagged(c, "tick")) > len(ids)
+    assert len(list_jobs(c, tag="tick")) > len(ids)
     c.call("schedule.delete", name="tick")
 
 
@@ -336,7 +310,7 @@ def test_trigger_fires_now_without_moving_the_next_fire(client: Client) -> None:
     assert second["fired"] is False and second["skipped"] is True and second["job_id"] is None
     slow = c.call("schedule.get", name="slow")
     assert slow["fires"] == 1 and slow["skipped"] == 1 and slow["last_job_id"] == first["job_id"]
-    assert [j["id"] for j in tagged(c, "slow")] == [first["job_id"]]
+    assert [j["id"] for j in list_jobs(c, tag="slow")] == [first["job_id"]]
     cancel_all(c, "slow")
     third = c.call("schedule.trigger", name="slow")
     assert third["fired"] is True, "the job is over: overlap skip no longer applies"
@@ -360,14 +334,9 @@ def test_run_target_submits_a_run_with_its_dependency(client: Client, workdir: P
     c.call("schedule.pause", name="runner")
     run_id = fired["last_run_id"]
     assert run_id is not None and fired["last_job_id"] is None
-
-    def finished() -> dict[str, Any] | None:
-        r: dict[str, Any] = c.call("run.get", id=run_id)
-        return r if r["status"] in ("succeeded", "failed", "cancelled") else None
-
-    got = wait_for(finished, f"run {run_id}")
+    got = run_done(c, run_id)
     assert got["status"] == "succeeded" and got["name"] == "nightly", got
-    by_key = {j["key"]: j for j in got["jobs"]}
+    by_key = jobs_by_key(got)
     assert sorted(by_key) == ["a", "b"] and by_key["b"]["depends_on"] == ["a"]
     assert by_key["b"]["started_at"] >= by_key["a"]["finished_at"]
     assert c.call("job.get", id=by_key["b"]["id"])["depends_on"] == [by_key["a"]["id"]]
@@ -400,20 +369,20 @@ def test_overlap_skip_queue_and_allow(client: Client) -> None:
     allow = c.call("schedule.get", name="allow")
     slots = seconds_crossed(t_set, t_paused)
 
-    skip_jobs = tagged(c, "skip")
+    skip_jobs = list_jobs(c, tag="skip")
     assert skip["skipped"] >= 2, skip
     assert abs(skip["fires"] + skip["skipped"] - slots) <= 1, (skip, slots)
     assert len(skip_jobs) == skip["fires"] and 1 <= len(skip_jobs) <= 3, skip_jobs
     assert not intervals_overlap(skip_jobs), skip_jobs
 
-    queue_jobs = tagged(c, "queue")
+    queue_jobs = list_jobs(c, tag="queue")
     assert queue["skipped"] == 0 and len(queue_jobs) == queue["fires"] >= slots - 1
     assert {j["group"] for j in queue_jobs} == {"schedule:queue"}
     assert sum(j["status"] == "running" for j in queue_jobs) <= 1
     assert sum(j["status"] == "queued" for j in queue_jobs) >= 1, queue_jobs
     assert not intervals_overlap(queue_jobs), queue_jobs
 
-    allow_jobs = tagged(c, "allow")
+    allow_jobs = list_jobs(c, tag="allow")
     assert allow["skipped"] == 0 and len(allow_jobs) == allow["fires"] >= slots - 1
     assert intervals_overlap(allow_jobs), "allow should let fires run side by side"
     for overlap in ("skip", "queue", "allow"):

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -16,23 +15,10 @@ import pytest
 from hero_procd.client import Client
 from hero_procd.errors import INVALID_PARAMS, NOT_FOUND, HeroError
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import daemon_running, finish, wait_for
 
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
 # Writes $TOKEN to the file named by its first argument, so the value never reaches a log line.
 WRITE_TOKEN = 'printf %s "$TOKEN" > "$1"'
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 class Watched:
@@ -56,12 +42,6 @@ class Watched:
             assert self.value not in orjson.dumps(result).decode(), f"{method} leaks the secret"
         return result
 
-    def finish(self, job_id: int) -> dict[str, Any]:
-        """Wait until the job is terminal; the job."""
-        job: dict[str, Any] = self.call("job.wait", id=job_id, timeout_s=DEADLINE_S)
-        assert job["done"], job
-        return job
-
 
 @pytest.fixture
 def secret_value() -> str:
@@ -73,12 +53,8 @@ def secret_value() -> str:
 def started(workdir: Path, request: pytest.FixtureRequest) -> Iterator[DaemonProcess]:
     """A daemon logging at the level the test is parametrized with (info unless told)."""
     level = str(getattr(request, "param", "info"))
-    proc = DaemonProcess(workdir, env={"HERO_PROC_LOG_LEVEL": level}).start()
-    try:
+    with daemon_running(workdir, env={"HERO_PROC_LOG_LEVEL": level}) as proc:
         yield proc
-    finally:
-        code = proc.stop()
-        assert code == 0, f"daemon exited {code}:\n{proc.log()}"
 
 
 @pytest.fixture
@@ -105,7 +81,7 @@ def test_secret_reaches_job_and_action_children_and_nothing_else(
         env_from_secrets={"TOKEN": "api_token"},
         tags=["s"],
     )["id"]
-    job = c.finish(job_id)
+    job = finish(c, job_id)
     assert job["status"] == "succeeded", job
     assert job["env_from_secrets"] == {"TOKEN": "api_token"}
     assert out.read_text() == secret_value
@@ -123,13 +99,13 @@ def test_secret_reaches_job_and_action_children_and_nothing_else(
     )
     assert c.call("action.get", name="deploy")["env_from_secrets"] == {"TOKEN": "api_token"}
     c.call("action.list")
-    from_action = c.finish(c.call("job.submit", action="deploy")["id"])
+    from_action = finish(c, c.call("job.submit", action="deploy")["id"])
     assert from_action["status"] == "succeeded", from_action
     assert action_out.read_text() == secret_value
 
     run = c.call("run.submit", jobs=[{"key": "k", "action": "deploy"}])
     c.call("run.get", id=run["id"])
-    assert c.finish(run["jobs"]["k"])["status"] == "succeeded"
+    assert finish(c, run["jobs"]["k"])["status"] == "succeeded"
 
     c.call(
         "schedule.set",
@@ -138,7 +114,7 @@ def test_secret_reaches_job_and_action_children_and_nothing_else(
         job={"action": "deploy", "env_from_secrets": {"OTHER": "api_token"}},
     )
     fired = c.call("schedule.trigger", name="nightly")
-    assert c.finish(fired["job_id"])["status"] == "succeeded"
+    assert finish(c, fired["job_id"])["status"] == "succeeded"
     c.call("schedule.list")
     c.call("system.info")
     c.call("secret.list")
@@ -160,7 +136,7 @@ def test_missing_secret_fails_the_job_naming_it(c: Watched, secret_value: str) -
         command=["sh", "-c", "echo should not run"],
         env_from_secrets={"TOKEN": "api_token", "OTHER": "no_such_secret"},
     )["id"]
-    job = c.finish(job_id)
+    job = finish(c, job_id)
     assert job["status"] == "failed", job
     assert "no_such_secret" in job["error"], job
     assert secret_value not in job["error"]
@@ -216,8 +192,8 @@ def test_delete_and_replace_and_file_mode(c: Watched, started: DaemonProcess) ->
     with pytest.raises(HeroError) as err:
         c.call("secret.get", name="api_token")
     assert err.value.code == NOT_FOUND
-    job = c.finish(
-        c.call("job.submit", command=["true"], env_from_secrets={"T": "api_token"})["id"]
+    job = finish(
+        c, c.call("job.submit", command=["true"], env_from_secrets={"T": "api_token"})["id"]
     )
     assert job["status"] == "failed" and "api_token" in job["error"], job
 

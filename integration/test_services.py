@@ -7,19 +7,31 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from hero_procd.client import Client
 from hero_procd.errors import INVALID_PARAMS, InvalidParams, NotFound
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import (
+    DEADLINE_S,
+    IGNORES_TERM,
+    define,
+    environ,
+    group_members,
+    is_alive,
+    proc_stat,
+    read_lines,
+    sh,
+    start_running,
+    status,
+    wait_dead,
+    wait_for,
+    wait_state,
+    wait_status,
+)
 
-T = TypeVar("T")
-
-DEADLINE_S = 20.0
 STATUS_KEYS = {
     "name",
     "state",
@@ -30,72 +42,8 @@ STATUS_KEYS = {
     "memory_bytes",
     "cpu_percent",
 }
-# A shell that ignores SIGTERM (and so do its sleeps: an ignored signal survives exec).
-IGNORES_TERM = 'trap "" TERM; while :; do sleep 0.1; done'
 # Touches every page of 40 MB, so the memory is resident, then sleeps.
 MEMORY_HOG = "import time; data = b'x' * 40_000_000; time.sleep(1000)"
-
-
-# -- helpers (also used by test_services_restart.py) ---------------------------------
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout_s: float = DEADLINE_S) -> T:
-    """Poll `probe` until it returns something other than None (or fail after `timeout_s`)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
-def sh(script: str) -> list[str]:
-    """argv running `script` with /bin/sh."""
-    return ["sh", "-c", script]
-
-
-def define(c: Client, name: str, command: list[str], **opts: Any) -> dict[str, Any]:
-    """Define a service with short start and restart delays unless told otherwise."""
-    opts.setdefault("start_secs", 0.2)
-    opts.setdefault("restart_delay_s", 0.2)
-    service: dict[str, Any] = c.call("service.define", name=name, command=command, **opts)
-    return service
-
-
-def status(c: Client, name: str) -> dict[str, Any]:
-    """The live status of one service."""
-    st: dict[str, Any] = c.call("service.status", name=name)
-    return st
-
-
-def wait_status(
-    c: Client, name: str, check: Callable[[dict[str, Any]], bool], what: str
-) -> dict[str, Any]:
-    """Poll the service's status until `check` holds; that status."""
-    return wait_for(lambda: (lambda st: st if check(st) else None)(status(c, name)), what)
-
-
-def wait_state(c: Client, name: str, state: str) -> dict[str, Any]:
-    """Poll until the service is in `state`; its status."""
-    return wait_status(c, name, lambda st: st["state"] == state, f"{name} to be {state}")
-
-
-def start_running(c: Client, name: str) -> dict[str, Any]:
-    """Start a service and wait until it runs; its status (with a pid)."""
-    c.call("service.start", name=name, wait_s=DEADLINE_S)
-    st = wait_state(c, name, "running")
-    assert isinstance(st["pid"], int), st
-    return st
-
-
-def proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/PID/stat (state first), or None if the process is gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
 
 
 def start_time_s(pid: int) -> float:
@@ -103,32 +51,6 @@ def start_time_s(pid: int) -> float:
     fields = proc_stat(pid)
     assert fields is not None, f"process {pid} is gone"
     return int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
-def is_alive(pid: int) -> bool:
-    """True if `pid` is a live process: present and not a zombie (PID 1 here may never reap)."""
-    fields = proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def wait_dead(pid: int, what: str) -> None:
-    """Poll until `pid` is no live process."""
-    wait_for(lambda: True if not is_alive(pid) else None, f"{what} (pid {pid}) to be gone")
-
-
-def all_pids() -> list[int]:
-    """Every pid in /proc."""
-    return [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
-
-
-def group_members(pgid: int) -> list[int]:
-    """The live (not zombie) processes of the process group `pgid`."""
-    members = []
-    for pid in all_pids():
-        fields = proc_stat(pid)
-        if fields is not None and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
-            members.append(pid)
-    return members
 
 
 def rss_bytes(pid: int) -> int:
@@ -140,23 +62,6 @@ def rss_bytes(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
-
-
-def environ(pid: int) -> list[str]:
-    """The environment of a process as NAME=value strings (empty if unreadable or gone)."""
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return []
-    return [v.decode(errors="replace") for v in raw.split(b"\0") if v]
-
-
-def events(path: Path) -> list[str]:
-    """The lines of an event file the test's services append to."""
-    try:
-        return path.read_text().splitlines()
-    except FileNotFoundError:
-        return []
 
 
 # -- restarts, backoff, policies ---------------------------------------------------
@@ -225,8 +130,10 @@ def test_exit_or_stop_during_start_secs_is_noticed_at_once(daemon: DaemonProcess
     with daemon.client(timeout=10) as c:
         define(c, "shortlived", sh("exit 3"), restart="never", start_secs=60)
         c.call("service.start", name="shortlived")
-        final = wait_for(
-            lambda: (lambda st: st if st["state"] == "exited" else None)(status(c, "shortlived")),
+        final = wait_status(
+            c,
+            "shortlived",
+            lambda st: st["state"] == "exited",
             "shortlived to be exited well before its 60 s start_secs",
             timeout_s=10,
         )
@@ -384,7 +291,7 @@ def test_requires_starts_required_first_and_stop_stops_dependent_first(
         assert base_st["state"] == "running", base_st
         assert is_alive(base_st["pid"])
         assert int(pidfile.read_text()) == base_st["pid"]
-        assert events(log) == ["start base", "start app, base alive"]
+        assert read_lines(log) == ["start base", "start app, base alive"]
 
         stopped = c.call("service.stop", name="base")
         assert stopped["state"] == "stopped", stopped
@@ -392,7 +299,7 @@ def test_requires_starts_required_first_and_stop_stops_dependent_first(
         assert app_st["state"] == "stopped", app_st
         assert app_st["desired"] == "stopped", app_st
         assert not is_alive(base_st["pid"]) and not is_alive(started["pid"])
-    assert events(log) == ["start base", "start app, base alive", "stop app", "stop base"]
+    assert read_lines(log) == ["start base", "start app, base alive", "stop app", "stop base"]
 
 
 def test_dependency_cycle_is_rejected_at_define(daemon: DaemonProcess) -> None:

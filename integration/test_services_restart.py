@@ -9,15 +9,15 @@ from pathlib import Path
 from hero_procd.client import Client
 from hero_procd.engine.executor import instance_id
 from integration.daemon_proc import DaemonProcess
-from integration.test_services import (
+from integration.helpers import (
     IGNORES_TERM,
     all_pids,
     define,
     environ,
-    events,
     group_members,
     is_alive,
     proc_stat,
+    read_lines,
     sh,
     start_running,
     status,
@@ -164,7 +164,7 @@ def test_autostart_follows_after_order(workdir: Path) -> None:
         second = DaemonProcess(workdir).start()
         with second.client() as c:
             running_pids(c, ["alpha", "mid", "zulu"])
-        assert events(log) == ["start zulu: first", "start mid: zulu up", "start alpha: mid up"]
+        assert read_lines(log) == ["start zulu: first", "start mid: zulu up", "start alpha: mid up"]
     finally:
         first.stop()
         if second is not None:
