@@ -13,21 +13,14 @@ import asyncio
 import shutil
 import subprocess
 import sys
-import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import orjson
 import pytest
-
-with warnings.catch_warnings():
-    # jsonrpcserver 5 calls the deprecated importlib.resources.read_text when imported,
-    # which `filterwarnings = error` would turn into a collection error.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import jsonrpcserver  # noqa: F401
 
 from hero_procd import __version__
 from hero_procd.app import App
