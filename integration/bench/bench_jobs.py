@@ -162,7 +162,10 @@ def bench_logs(sizes: Sizes) -> BenchResult:
     seq = shutil.which("seq")
     if seq is None:
         raise RuntimeError("seq is not installed")
-    with bench_daemon() as daemon, daemon.client(timeout=600) as c:
+    # The per-owner cap (a retention policy, 100,000 lines by default) is lifted here:
+    # this measures storing every line, not trimming them.
+    env = {"HERO_PROC_MAX_LOG_LINES": str(2 * n)}
+    with bench_daemon(env=env) as daemon, daemon.client(timeout=600) as c:
         pid = daemon_pid(daemon)
         rss_idle = rss_bytes(pid)
         cpu0 = cpu_seconds(pid)

@@ -447,7 +447,8 @@ def bench_idle(sizes: Sizes) -> BenchResult:
             "supervisord, same window",
             Target("<=", 4 * sizes.idle_s),
             "utime+stime from /proc/PID/stat in 10 ms ticks, both over the same window; "
-            "target ~0 (<= 0.4% of a core); our stats sampler wakes every 3 s",
+            "target ~0 (<= 0.4% of a core); our stats are sampled on demand "
+            "(when a status read finds them older than 3 s)",
         ),
         Row(
             "memory_bytes of one service",
