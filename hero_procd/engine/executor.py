@@ -349,24 +349,18 @@ class Executor:
     async def _in_flush(
         self, conn: aiosqlite.Connection, writes: list[StatusWrite]
     ) -> list[tuple[int, int | None]]:
-        finished = [
-            (w.job_id, w.status)
-            for w in writes
-            if w.query == "job_finish" and w.job_id is not None and w.status is not None
-        ]
-        if not finished:
+        ends = [w for w in writes if w.query == "job_finish" and w.job_id is not None]
+        if not ends:
             return []
-        requeued = [w for w in writes if w.query == "job_finish" and w.status == JobStatus.QUEUED]
+        requeued = [w.job_id for w in ends if w.status == JobStatus.QUEUED and w.job_id is not None]
         if requeued:
-            # A retry whose dedup_key a newer queued job took was cancelled instead (job_finish).
-            actual = await job_statuses(conn, [w.job_id for w in requeued if w.job_id is not None])
-            for w in requeued:
-                w.status = actual.get(w.job_id, w.status) if w.job_id is not None else w.status
-            finished = [
-                (w.job_id, w.status)
-                for w in writes
-                if w.query == "job_finish" and w.job_id is not None and w.status is not None
-            ]
+            # A retry whose dedup_key a newer queued job took was cancelled instead (job_finish):
+            # what the hooks and waiters see is what the row now says.
+            actual = await job_statuses(conn, requeued)
+            for w in ends:
+                if w.job_id in actual:
+                    w.status = actual[w.job_id]
+        finished = [(w.job_id, w.status) for w in ends if w.job_id is not None and w.status]
         skipped = await apply_outcomes(conn, finished, now())
         runs = {w.run_id for w in writes if w.run_id is not None}
         runs.update(run_id for _, run_id in skipped if run_id is not None)

@@ -26,7 +26,7 @@ import aiosqlite
 from hero_procd.app import Stats
 from hero_procd.errors import Conflict
 from hero_procd.store import Store
-from hero_procd.store.logs import LogLine
+from hero_procd.store.logs import LogLine, LogRow, as_row
 from hero_procd.store.queries import Q
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,10 @@ class Flusher:
         return len(self._status) + len(self._logs)
 
     async def wait_idle(self) -> None:
-        """Wait until everything queued so far has been written."""
+        """Wait until everything queued so far has been written (someone waits: flush now)."""
+        if not self._idle.is_set():
+            self._full.set()
+            self._kick.set()
         await self._idle.wait()
 
     async def _run(self) -> None:
@@ -193,15 +196,12 @@ class Flusher:
         # Statuses whose lines are in this batch (or written) go; others wait, in order.
         statuses = [w for w in self._status if w.log_mark <= upto]
         taken = {id(w) for w in statuses}
-        rows = [
-            (ln.owner_kind, ln.owner_id, ln.seq, ln.stream, ln.ts, ln.text)
-            for ln in itertools.islice(self._logs, n_logs)
-        ]
+        rows = [as_row(ln) for ln in itertools.islice(self._logs, n_logs)]
         hook_result: Any = None
         trimmed = 0
         async with self.store.pool.transaction() as conn:
             if rows:
-                await conn.executemany(Q["log_insert"], rows)
+                await self.store.logs.append(conn, rows)
                 trimmed = await self._trim(conn, rows)
             if self._isolate:
                 statuses = await self._write_isolated(conn, statuses)
@@ -238,7 +238,7 @@ class Flusher:
         if self.after_commit is not None and statuses:
             self.after_commit(statuses, hook_result)
 
-    async def _trim(self, conn: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> int:
+    async def _trim(self, conn: aiosqlite.Connection, rows: list[LogRow]) -> int:
         """Keep each owner's stored lines near its cap as they are written (every cap/10 lines)."""
         cap = self.max_lines_per_owner
         if cap <= 0:
@@ -255,9 +255,7 @@ class Flusher:
         for key, seq in last.items():
             upto = seq - cap
             if upto >= self._trimmed_to.get(key, 0) + step:
-                cur = await conn.execute(Q["retention_trim_logs"], (*key, upto))
-                trimmed += cur.rowcount
-                await cur.close()
+                trimmed += await self.store.logs.trim(conn, key[0], key[1], upto)
                 self._trimmed_to[key] = upto
         return trimmed
 

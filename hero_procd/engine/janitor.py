@@ -17,7 +17,6 @@ from typing import Any
 
 from hero_procd.app import App
 from hero_procd.model import now
-from hero_procd.store.queries import Q
 
 log = logging.getLogger(__name__)
 
@@ -98,34 +97,28 @@ class Janitor:
         cutoff = now() - self.config.job_retention_days * 86400.0
         while True:
             async with self.store.pool.transaction() as conn:
-                async with conn.execute(Q["retention_old_jobs"], (cutoff, _JOB_CHUNK)) as cur:
-                    rows = await cur.fetchall()
+                rows = await self.store.old_finished_jobs(conn, cutoff, _JOB_CHUNK)
                 if not rows:
                     return
-                ids = [r[0] for r in rows]
-                runs = sorted({r[1] for r in rows if r[1] is not None})
-                report.logs += await self.store.logs.delete_owners(
-                    conn, "job", [str(i) for i in ids]
-                )
-                report.jobs += await self.store.jobs.delete_many(ids, conn)
-                report.runs += await self.store.runs.delete_empty(conn, runs)
+                runs = {run_id for _, run_id in rows if run_id is not None}
+                jobs, emptied, logs = await self.store.delete_jobs(conn, [i for i, _ in rows], runs)
+                report.jobs += jobs
+                report.runs += emptied
+                report.logs += logs
             await asyncio.sleep(0)  # let other writers in between chunks
 
     async def _cap_logs(self, report: RetentionReport) -> None:
         cap = self.config.max_log_lines_per_owner
-        owners = await self.store.pool.fetch_all(Q["retention_log_owners_over"], (cap,))
-        for row in owners:
+        for kind, owner, stored, last in await self.store.logs.owners_over(cap):
             # Oldest first, at most _TRIM_CHUNK lines a transaction: the write lock is never
             # held long, whatever the backlog.
-            kind, owner, upto = row["owner_kind"], row["owner_id"], row["last"] - cap
-            first = upto - row["n"] + cap  # the owner's first stored seq, or below it
+            upto = last - cap
+            first = upto - stored + cap  # the owner's first stored seq, or below it
             for cut in range(first + _TRIM_CHUNK, upto + _TRIM_CHUNK, _TRIM_CHUNK):
                 async with self.store.pool.transaction() as conn:
-                    cur = await conn.execute(
-                        Q["retention_trim_logs"], (kind, owner, min(cut, upto))
+                    report.log_lines_trimmed += await self.store.logs.trim(
+                        conn, kind, owner, min(cut, upto)
                     )
-                    report.log_lines_trimmed += cur.rowcount
-                    await cur.close()
                 await asyncio.sleep(0)
 
     async def _vacuum(self, report: RetentionReport) -> None:

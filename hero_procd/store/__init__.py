@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -174,10 +175,25 @@ class Store:
         """Delete the tag's finished jobs, their log lines and emptied runs, in one transaction."""
         async with self.pool.transaction() as conn:
             found = await self.jobs.select_tagged(conn, tag)
-            logs = await self.logs.delete_owners(conn, "job", [str(i) for i in found.deletable])
-            jobs = await self.jobs.delete_many(found.deletable, conn)
-            runs = await self.runs.delete_empty(conn, found.run_ids)
+            jobs, runs, logs = await self.delete_jobs(conn, found.deletable, found.run_ids)
         return CleanResult(jobs=jobs, runs=runs, logs=logs, skipped_active=found.active)
+
+    async def delete_jobs(
+        self, conn: aiosqlite.Connection, ids: Sequence[int], run_ids: Iterable[int]
+    ) -> tuple[int, int, int]:
+        """Delete jobs, their log lines, and those of `run_ids` left empty, on a transaction
+        in progress; (jobs, runs, logs) deleted, from the statements' row counts."""
+        logs = await self.logs.delete_owners(conn, "job", [str(i) for i in ids])
+        jobs = await self.jobs.delete_many(ids, conn)
+        runs = await self.runs.delete_empty(conn, sorted(set(run_ids)))
+        return jobs, runs, logs
+
+    async def old_finished_jobs(
+        self, conn: aiosqlite.Connection, cutoff: float, limit: int
+    ) -> list[tuple[int, int | None]]:
+        """(id, run_id) of finished jobs older than `cutoff` whose run has no active job."""
+        async with conn.execute(Q["retention_old_jobs"], (cutoff, limit)) as cur:
+            return [(int(r[0]), r[1]) for r in await cur.fetchall()]
 
     async def wipe_all(self) -> dict[str, int]:
         """Empty every table in one transaction; the rows each actually lost."""

@@ -23,6 +23,19 @@ class LogLine:
     text: str
 
 
+LogRow = tuple[str, str, int, str, float, str]
+
+
+def as_row(line: LogLine) -> LogRow:
+    """A line as the parameters of `log_insert`."""
+    return (line.owner_kind, line.owner_id, line.seq, line.stream, line.ts, line.text)
+
+
+def to_wire(lines: Sequence[LogLine]) -> list[dict[str, object]]:
+    """Lines as `job.logs` and `service.logs` answer them."""
+    return [{"seq": ln.seq, "stream": ln.stream, "ts": ln.ts, "text": ln.text} for ln in lines]
+
+
 class LogsApi:
     """Reads and writes of the `log_lines` table."""
 
@@ -30,13 +43,30 @@ class LogsApi:
         self.pool = pool
 
     async def insert_many(self, lines: Sequence[LogLine]) -> int:
-        """Append lines in one transaction (one executemany); the rows written."""
+        """Append lines in their own transaction; the rows written."""
         if not lines:
             return 0
-        rows = [(ln.owner_kind, ln.owner_id, ln.seq, ln.stream, ln.ts, ln.text) for ln in lines]
         async with self.pool.transaction() as conn:
-            cur = await conn.executemany(Q["log_insert"], rows)
-            return cur.rowcount
+            return await self.append(conn, [as_row(ln) for ln in lines])
+
+    async def append(self, conn: aiosqlite.Connection, rows: Sequence[LogRow]) -> int:
+        """Append rows (see `as_row`) with one executemany on a transaction in progress."""
+        cur = await conn.executemany(Q["log_insert"], rows)
+        return cur.rowcount
+
+    async def trim(
+        self, conn: aiosqlite.Connection, owner_kind: str, owner_id: str, upto: int
+    ) -> int:
+        """Delete an owner's lines with seq <= `upto` (its oldest); the rows deleted."""
+        cur = await conn.execute(Q["retention_trim_logs"], (owner_kind, owner_id, upto))
+        deleted = cur.rowcount
+        await cur.close()
+        return deleted
+
+    async def owners_over(self, cap: int) -> list[tuple[str, str, int, int]]:
+        """(kind, owner id, stored lines, last seq) of every owner holding more than `cap` lines."""
+        rows = await self.pool.fetch_all(Q["retention_log_owners_over"], (cap,))
+        return [(r["owner_kind"], r["owner_id"], int(r["n"]), int(r["last"])) for r in rows]
 
     async def read(
         self, owner_kind: str, owner_id: str, after_seq: int = 0, limit: int = 1000

@@ -16,6 +16,7 @@ from hero_procd.model import (
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store import BatchResult
+from hero_procd.store.logs import to_wire
 
 MAX_PAGE = 10_000
 
@@ -131,9 +132,7 @@ async def job_logs(app: App, p: Params) -> dict[str, Any]:
     job = await app.store.jobs.get(job_id)  # status first: a finished job's lines are all written
     lines = await app.store.logs.read("job", str(job_id), after_seq, limit)
     return {
-        "lines": [
-            {"seq": ln.seq, "stream": ln.stream, "ts": ln.ts, "text": ln.text} for ln in lines
-        ],
+        "lines": to_wire(lines),
         "next_seq": lines[-1].seq if lines else after_seq,
         "done": job.status in TERMINAL_JOB_STATES and len(lines) < limit,
         "status": job.status,

@@ -9,6 +9,7 @@ from hero_procd.errors import InvalidParams
 from hero_procd.model import find_cycle, parse_service_spec
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
+from hero_procd.store.logs import to_wire
 
 MAX_PAGE = 10_000
 
@@ -105,9 +106,7 @@ async def service_logs(app: App, p: Params) -> dict[str, Any]:
     service = await app.store.services.get(name)
     lines = await app.store.logs.read("service", name, after_seq, limit)
     return {
-        "lines": [
-            {"seq": ln.seq, "stream": ln.stream, "ts": ln.ts, "text": ln.text} for ln in lines
-        ],
+        "lines": to_wire(lines),
         "next_seq": lines[-1].seq if lines else after_seq,
         "state": service.state,
     }
