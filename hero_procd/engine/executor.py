@@ -1,11 +1,13 @@
 """The job executor: claim → spawn → stream logs → finalize, within concurrency limits.
 
-Ownership: a claim gives each attempt a token; every later write about that
-attempt names it (`WHERE id=? AND claim_token=? AND status='running'`), so a
-cancel racing an exit, or a timeout racing a finish, ends in one outcome.
-Status writes and log lines go through the flusher; dependency bookkeeping
-and run statuses are updated in the same transaction as the statuses that
-cause them.
+The database is the one truth of every job: memory holds handles (the
+child, its pipes, its timers), never a second version of its state. Each
+step is a unit of the writer (store/jobs.py) committed before anyone acts on
+it: a claim gives each attempt a token, and its end is written only while
+that claim still owns a running row. A cancel is a persisted intent
+(`cancel_requested`) honoured by whichever path holds the job; an attempt
+whose process had already ended by itself keeps its real outcome; a graceful
+stop queues again only the attempts whose process it terminated.
 """
 
 from __future__ import annotations
@@ -17,32 +19,21 @@ import logging
 import os
 import random
 import secrets
+import select
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
-
 from hero_procd.app import App
 from hero_procd.engine import procs
-from hero_procd.engine.flusher import Flusher, StatusWrite
+from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import InvalidState, NotFound
-from hero_procd.model import TERMINAL_JOB_STATES, JobStatus, now
-from hero_procd.store.jobs import (
-    ClaimedJob,
-    GroupRoom,
-    apply_outcomes,
-    cancel_queued,
-    claim,
-    job_statuses,
-    next_ready_at,
-)
-from hero_procd.store.queries import Q
+from hero_procd.errors import NotFound, StorageError
+from hero_procd.model import TERMINAL_JOB_STATES, now
+from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
 from hero_procd.store.records import Job
-from hero_procd.store.runs import refresh_status
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +50,26 @@ def instance_id(db_path: str) -> str:
     return hashlib.sha256(os.path.realpath(db_path).encode()).hexdigest()[:16]
 
 
+def exited_already(pidfd: int) -> bool:
+    """Whether the process behind a pidfd has ended (its pidfd is readable), without waiting."""
+    readable, _, _ = select.select([pidfd], [], [], 0)
+    return bool(readable)
+
+
 @dataclass(eq=False)
 class RunningJob:
-    """One attempt of a job that this executor owns."""
+    """The handles of one attempt this executor owns (its state is in the database)."""
 
     claim: ClaimedJob
     child: procs.Child | None = None
     output: OutputCapture | None = None
+    owner: OwnerLog | None = None
     exited: bool = False
     exit_code: int | None = None
     signal: int | None = None
-    cancel_requested: bool = False
-    interrupted: bool = False
-    timed_out: bool = False
-    finalized: bool = False
+    # Why this daemon terminated the process, if it did before the process ended by itself.
+    terminated_for: str | None = None
+    finalizing: bool = False
     handles: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
@@ -91,14 +88,14 @@ class Executor:
             interval_s=app.config.flush_interval_s,
             max_log_lines=app.config.log_buffer_lines,
             max_lines_per_owner=app.config.max_log_lines_per_owner,
-            in_transaction=self._in_flush,
-            after_commit=self._after_flush,
         )
         self.running: dict[int, RunningJob] = {}
         self.group_limits: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._none_running = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._claimed_recently = False
+        self._cancel_pending: set[int] = set()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -119,15 +116,18 @@ class Executor:
         self.wake()
 
     async def stop(self) -> None:
-        """Stop claiming; terminate running jobs (they are queued again); write everything."""
+        """Stop claiming; terminate running attempts (queued again); answer waits; write all."""
         self._stopping = True
         self.wake()
+        self._stopped.set()  # pending job.wait calls answer with the job's state now
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for rj in list(self.running.values()):
-            rj.interrupted = True
-            self._terminate(rj)
+            if rj.exited and rj.output is not None:
+                rj.output.close_all()  # ended by itself: keep its outcome, stop waiting for pipes
+            else:
+                self._terminate(rj, "interrupted")
         await self._wait_no_running(timeout_s=max(10.0, self._max_kill_timeout() + 5.0))
         await self.flusher.drain()
         self.spawner.shutdown(wait=False)
@@ -153,7 +153,7 @@ class Executor:
                 if free <= 0:
                     break
                 if free < self.config.max_parallel // 2 and self._claimed_recently:
-                    # Under load a claim per freed slot is a write transaction per job:
+                    # Under load a claim per freed slot is a unit per job:
                     # let a few more slots free up and claim them together.
                     await asyncio.sleep(_CLAIM_COALESCE_S)
                     free = self.config.max_parallel - len(self.running)
@@ -182,19 +182,19 @@ class Executor:
 
     async def _claim(self, n: int) -> list[ClaimedJob]:
         token = secrets.token_hex(8)
-        async with self.store.pool.transaction() as conn:
-            claimed = await claim(conn, n, token, self._group_room(), now())
-            runs = {c.run_id for c in claimed if c.run_id is not None}
-            if runs:
-                await refresh_status(conn, runs)
-            # Registered before the write lock is released: a cancel that comes
-            # next finds the job here rather than nowhere.
-            for c in claimed:
-                self.running[c.id] = RunningJob(c)
+        claimed = await self.store.jobs.claim(n, token, self._group_room(), now())
+        # Registered in the same loop step as the commit is seen: a cancel answered
+        # 'cancelling' after this finds the job here, or in _cancel_pending.
+        for c in claimed:
+            rj = RunningJob(c)
+            if c.id in self._cancel_pending:
+                self._cancel_pending.discard(c.id)
+                rj.terminated_for = "cancelled"
+            self.running[c.id] = rj
         return claimed
 
     async def _schedule_backoff_wake(self) -> None:
-        at = await next_ready_at(self.store.pool, now())
+        at = await self.store.jobs.next_ready_at(now())
         if self._backoff_handle is not None:
             self._backoff_handle.cancel()
             self._backoff_handle = None
@@ -213,8 +213,8 @@ class Executor:
 
     async def _launch(self, rj: RunningJob) -> None:
         job = rj.claim
-        if rj.cancel_requested:
-            await self._finalize(rj, error="cancelled before it started")
+        if rj.terminated_for is not None:  # cancelled (or the daemon stopping) before it started
+            await self._finalize(rj, error=f"{rj.terminated_for} before it started")
             return
         argv = job.spec.argv()
         env = self._child_env(job)
@@ -226,6 +226,7 @@ class Executor:
                 return
         loop = asyncio.get_running_loop()
         try:
+            rj.owner = await self.flusher.open_owner("job", str(job.id))
             # fork/exec blocks for about a millisecond and releases the GIL:
             # it runs on a small pool, so the loop keeps serving meanwhile.
             child = await loop.run_in_executor(self.spawner, procs.spawn, argv, env, job.spec.cwd)
@@ -233,13 +234,15 @@ class Executor:
             what = exc.filename if exc.filename is not None else argv[0]
             await self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
             return
+        except Exception as exc:
+            log.exception("launch failed", extra={"job_id": job.id})
+            await self._finalize(rj, error=f"cannot start: {exc}")
+            return
         self.spawned += 1
         rj.child = child
         rj.output = OutputCapture(
             self.flusher,
-            "job",
-            str(job.id),
-            first_seq=job.last_seq,
+            rj.owner,
             max_line=self.config.max_line_bytes,
             on_closed=lambda: self._on_output_closed(rj),
         )
@@ -247,13 +250,13 @@ class Executor:
         loop.add_reader(child.pidfd, self._on_exit, rj)
         if job.spec.timeout_s:
             rj.handles.append(loop.call_later(job.spec.timeout_s, self._on_timeout, rj))
-        if rj.cancel_requested or rj.interrupted:  # asked while it was being spawned
-            self._terminate(rj)
-        await self.flusher.write_status(
-            StatusWrite(
-                "job_set_pid", (child.pid, child.start_time, job.id, job.token), job_id=job.id
-            )
-        )
+        if rj.terminated_for is not None:  # asked while it was being spawned
+            reason, rj.terminated_for = rj.terminated_for, None
+            self._terminate(rj, reason)
+        try:
+            await self.store.jobs.set_pid(job.id, job.token, child.pid, child.start_time)
+        except Exception:
+            log.exception("could not record a job's pid", extra={"job_id": job.id})
 
     def _on_output_closed(self, rj: RunningJob) -> None:
         if rj.exited:
@@ -276,19 +279,30 @@ class Executor:
         if rj.output is None or rj.output.open == 0:
             self._spawn_task(self._finalize(rj))
         else:
-            rj.handles.append(loop.call_later(_DRAIN_AFTER_EXIT_S, rj.output.close_all))
+            delay = 0.0 if self._stopping else _DRAIN_AFTER_EXIT_S
+            rj.handles.append(loop.call_later(delay, rj.output.close_all))
 
     def _on_timeout(self, rj: RunningJob) -> None:
-        if rj.exited or rj.finalized:
-            return
-        rj.timed_out = True
-        self._terminate(rj)
+        self._terminate(rj, "timed_out")
 
-    def _terminate(self, rj: RunningJob) -> None:
-        """SIGTERM to the job's process group, SIGKILL after its kill timeout."""
+    def _terminate(self, rj: RunningJob, reason: str) -> None:
+        """SIGTERM to the job's process group, SIGKILL after its kill timeout.
+
+        The first reason sticks (a cancel is not turned into an interruption by a
+        stop that follows). A process that has already ended is not signalled: it
+        keeps its real outcome.
+        """
         child = rj.child
-        if child is None or rj.exited:
+        if rj.exited or rj.finalizing:
             return
+        if child is None:
+            rj.terminated_for = rj.terminated_for or reason  # honoured at launch
+            return
+        if exited_already(child.pidfd):
+            return  # its exit is being delivered: the real outcome wins
+        if rj.terminated_for is not None:
+            return  # already on its way down
+        rj.terminated_for = reason
         procs.signal_group(child.pid, signal.SIGTERM)
         grace = rj.claim.spec.kill_timeout_s
         grace = 5.0 if grace is None else grace
@@ -306,77 +320,50 @@ class Executor:
         return delay * random.uniform(0.8, 1.2)
 
     async def _finalize(self, rj: RunningJob, error: str | None = None) -> None:
-        if rj.finalized:
+        if rj.finalizing:
             return
-        rj.finalized = True
+        rj.finalizing = True
         job = rj.claim
-        code, sig = rj.exit_code, rj.signal
-        attempt_delta = 0
-        not_before = 0.0
-        if rj.interrupted:
-            status, error, attempt_delta = JobStatus.QUEUED, "interrupted by daemon shutdown", -1
-        elif rj.cancel_requested:
-            status, error = JobStatus.CANCELLED, error or "cancelled"
-        elif rj.timed_out:
-            status, error = JobStatus.TIMED_OUT, f"timed out after {job.spec.timeout_s}s"
-        elif error is None and code == 0:
-            status = JobStatus.SUCCEEDED
-        else:
-            status = JobStatus.FAILED
-            if error is None:
-                error = (
-                    f"exited with code {code}"
-                    if code is not None
-                    else f"killed by signal {signal.Signals(sig).name if sig else sig}"
-                )
-        if status in (JobStatus.FAILED, JobStatus.TIMED_OUT) and job.attempt < job.max_attempts:
-            status = JobStatus.QUEUED
-            not_before = now() + self._backoff(job)
-        write = StatusWrite(
-            "job_finish",
-            (str(status), code, sig, error, now(), not_before, attempt_delta, job.id, job.token),
-            job_id=job.id,
-            run_id=job.run_id,
-            status=str(status),
+        how = rj.terminated_for or "exited"
+        if how == "timed_out":
+            error = f"timed out after {job.spec.timeout_s}s"
+        end = AttemptEnd(
+            how=how,
+            exit_code=rj.exit_code,
+            signal=rj.signal,
+            error=error,
+            retry_delay_s=self._backoff(job),
         )
-        self.running.pop(job.id, None)
-        if not self.running:
-            self._none_running.set()
-        await self.flusher.write_status(write)
+        try:
+            if rj.owner is not None:
+                # Whoever sees the job finished sees all its lines.
+                await self.flusher.flush_owner(rj.owner)
+            finished = await self._write_end(job, end)
+        finally:
+            if rj.owner is not None and rj.output is None:
+                self.flusher.release_owner(rj.owner)
+            self.running.pop(job.id, None)
+            if not self.running:
+                self._none_running.set()
+        if finished is not None:
+            self.notify(finished.done)
         self.wake()
 
-    # -- flush hooks -------------------------------------------------------------
-    async def _in_flush(
-        self, conn: aiosqlite.Connection, writes: list[StatusWrite]
-    ) -> list[tuple[int, int | None]]:
-        ends = [w for w in writes if w.query == "job_finish" and w.job_id is not None]
-        if not ends:
-            return []
-        requeued = [w.job_id for w in ends if w.status == JobStatus.QUEUED and w.job_id is not None]
-        if requeued:
-            # A retry whose dedup_key a newer queued job took was cancelled instead (job_finish):
-            # what the hooks and waiters see is what the row now says.
-            actual = await job_statuses(conn, requeued)
-            for w in ends:
-                if w.job_id in actual:
-                    w.status = actual[w.job_id]
-        finished = [(w.job_id, w.status) for w in ends if w.job_id is not None and w.status]
-        skipped = await apply_outcomes(conn, finished, now())
-        runs = {w.run_id for w in writes if w.run_id is not None}
-        runs.update(run_id for _, run_id in skipped if run_id is not None)
-        if runs:
-            await refresh_status(conn, runs)
-        return skipped
+    async def _write_end(self, job: ClaimedJob, end: AttemptEnd) -> Settled | None:
+        delay = 0.05
+        while True:
+            try:
+                finished = await self.store.jobs.finish(job.id, job.token, end)
+            except StorageError:
+                # The outcome must not be lost: keep trying (the database may be full or busy).
+                log.exception("could not write a job's end; retrying", extra={"job_id": job.id})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            return finished.settled if finished is not None else None
 
-    def _after_flush(self, writes: list[StatusWrite], skipped: Any) -> None:
-        done = [
-            w.job_id for w in writes if w.status in TERMINAL_JOB_STATES and w.job_id is not None
-        ]
-        done.extend(job_id for job_id, _ in skipped or [])
-        self._notify(done)
-        self.wake()
-
-    def _notify(self, job_ids: list[int]) -> None:
+    def notify(self, job_ids: list[int]) -> None:
+        """Wake the waiters of jobs that reached a terminal state (after the commit)."""
         for job_id in job_ids:
             for fut in self._waiters.pop(job_id, []):
                 if not fut.done():
@@ -384,19 +371,22 @@ class Executor:
 
     # -- verbs ---------------------------------------------------------------------
     async def wait(self, job_id: int, timeout_s: float) -> Job:
-        """The job once it is terminal, or as it is when `timeout_s` has passed."""
+        """The job once it is terminal, or as it is when `timeout_s` has passed or we stop."""
         job = await self.store.jobs.get(job_id)
-        if job.status in TERMINAL_JOB_STATES or timeout_s <= 0:
+        if job.status in TERMINAL_JOB_STATES or timeout_s <= 0 or self._stopped.is_set():
             return job
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
         try:
             job = await self.store.jobs.get(job_id)  # it may have finished meanwhile
             if job.status in TERMINAL_JOB_STATES:
                 return job
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, timeout_s)
+            await asyncio.wait(
+                [fut, stopped], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
+            stopped.cancel()
             waiters = self._waiters.get(job_id)
             if waiters is not None and fut in waiters:
                 waiters.remove(fut)
@@ -405,54 +395,37 @@ class Executor:
         return await self.store.jobs.get(job_id)
 
     async def cancel(self, job_id: int) -> str:
-        """Cancel a job: a queued one at once ('cancelled'), a running one by signal."""
-        at = now()
-        async with self.store.pool.transaction() as conn:
-            row = await cancel_queued(conn, job_id, at, "cancelled")
-            skipped: list[tuple[int, int | None]] = []
-            if row is not None:
-                skipped = await apply_outcomes(conn, [(job_id, JobStatus.CANCELLED)], at)
-                runs = {r for _, r in [row, *skipped] if r is not None}
-                if runs:
-                    await refresh_status(conn, runs)
-        if row is not None:
-            self._notify([job_id, *(j for j, _ in skipped)])
-            return "cancelled"
+        """Cancel any job not yet finished: 'cancelled' at once, or 'cancelling' (a process)."""
+        outcome = await self.store.jobs.cancel(job_id)
+        if outcome.result == "cancelled":
+            self.notify(outcome.settled.done)
+            self.wake()
+            return outcome.result
+        self._stop_attempt(job_id)
+        return outcome.result
+
+    def _stop_attempt(self, job_id: int) -> None:
         rj = self.running.get(job_id)
-        if rj is not None and not rj.finalized:
-            rj.cancel_requested = True
-            self._terminate(rj)
-            return "cancelling"
-        await self.flusher.wait_idle()
-        job = await self.store.jobs.get(job_id)
-        raise InvalidState("job is not queued or running", {"id": job_id, "status": job.status})
+        if rj is None:
+            self._cancel_pending.add(job_id)  # claimed, about to be registered
+        else:
+            self._terminate(rj, "cancelled")
 
     async def cancel_run(self, run_id: int) -> dict[str, int]:
-        """Cancel a run's queued jobs at once and signal its running ones."""
-        at = now()
-        async with self.store.pool.transaction() as conn:
-            async with conn.execute(
-                Q["job_cancel_queued_of_run"], (at, "run cancelled", run_id)
-            ) as cur:
-                rows = [(r[0], r[1]) for r in await cur.fetchall()]
-            skipped = await apply_outcomes(conn, [(j, JobStatus.CANCELLED) for j, _ in rows], at)
-            await refresh_status(conn, [run_id])
-        self._notify([j for j, _ in rows] + [j for j, _ in skipped])
-        signalled = 0
-        for rj in list(self.running.values()):
-            if rj.claim.run_id == run_id and not rj.finalized:
-                rj.cancel_requested = True
-                self._terminate(rj)
-                signalled += 1
-        return {"cancelled": len(rows) + len(skipped), "signalled": signalled}
+        """Cancel a run's queued jobs at once and stop its running ones (a persisted intent)."""
+        settled, running = await self.store.jobs.cancel_run(run_id)
+        self.notify(settled.done)
+        for job_id in running:
+            self._stop_attempt(job_id)
+        return {"cancelled": len(settled.done), "signalled": len(running)}
 
     async def stop_all_jobs(self) -> int:
         """Pause claiming, cancel every running job and wait until written; see `resume()`."""
         self._paused += 1
-        victims = [rj for rj in self.running.values() if not rj.finalized]
+        victims = [rj for rj in self.running.values() if not rj.finalizing]
         for rj in victims:
-            rj.cancel_requested = True
-            self._terminate(rj)
+            await self.store.jobs.cancel(rj.claim.id)
+            self._terminate(rj, "cancelled")
         await self._wait_no_running(timeout_s=self._max_kill_timeout() + 10.0)
         await self.flusher.wait_idle()
         return len(victims)
@@ -479,7 +452,7 @@ class Executor:
     # -- crash recovery ------------------------------------------------------------
     async def recover(self) -> None:
         """Settle jobs a previous daemon left running; no process of theirs survives."""
-        rows = await self.store.pool.fetch_all(Q["job_running_all"])
+        rows = await self.store.jobs.running_rows()
         groups: set[int] = set()
         for r in rows:
             pid, started = r["pid"], r["pid_start_time"]
@@ -498,36 +471,9 @@ class Executor:
             await self._terminate_groups(groups)
         if not rows:
             return
-        at = now()
-        updates: list[tuple[Any, ...]] = []
-        finished: list[tuple[int, str]] = []
-        for r in rows:
-            if r["attempt"] < r["max_attempts"]:
-                updates.append(
-                    (
-                        JobStatus.QUEUED.value,
-                        "lost when the daemon stopped; retrying",
-                        at,
-                        0.0,
-                        r["id"],
-                    )
-                )
-            else:
-                updates.append(
-                    (JobStatus.LOST.value, "lost when the daemon stopped", at, 0.0, r["id"])
-                )
-        async with self.store.pool.transaction() as conn:
-            for params in updates:  # few rows; each says where it ended (RETURNING)
-                async with conn.execute(Q["job_recover"], params) as cur:
-                    row = await cur.fetchone()
-                if row is not None and row["status"] != JobStatus.QUEUED:
-                    finished.append((row["id"], row["status"]))
-            skipped = await apply_outcomes(conn, finished, at)
-            runs = {r["run_id"] for r in rows if r["run_id"] is not None}
-            runs.update(run_id for _, run_id in skipped if run_id is not None)
-            if runs:
-                await refresh_status(conn, runs)
-        log.warning("recovered jobs left running", extra={"jobs": len(rows), "lost": len(finished)})
+        settled, lost = await self.store.jobs.recover(rows)
+        self.notify(settled.done)
+        log.warning("recovered jobs left running", extra={"jobs": len(rows), "lost": lost})
 
     async def _terminate_groups(self, groups: set[int]) -> None:
         for pgid in groups:

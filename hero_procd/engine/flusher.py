@@ -1,58 +1,65 @@
-"""Batched writes of status transitions and log lines.
+"""Batched writes of log lines: every line is stored, or counted as dropped for its owner.
 
-A batch is flushed when it is full or when the interval has passed since its
-first item, whichever comes first; an idle flusher does not wake up. One
-flush is one transaction: log lines first, then status writes, then the
-`in_transaction` hook (dependency and run bookkeeping), so whoever sees a
-job finished also sees all its lines. On a database error the batch is kept
-and retried; status writes are never dropped (a full queue makes writers
-wait), log lines beyond the bound are dropped oldest first and counted.
+Log lines are many and small, so they are batched: a batch is written when
+it is full or when the interval has passed since its first line, as one
+unit of the writer (see store/pool.py). Status changes do not go through
+here: they are committed by their own units before anyone acts on them.
+
+Every owner (job, service) has one `OwnerLog` whose sequence counter is
+shared by all its captures — attempts, restarts, the tail of a previous life
+still draining — so sequence numbers are never reused. When the queue is
+over its bound the oldest queued line is dropped and counted for its owner
+(`log_owners.dropped`, shown by job.get / service.get) and in system.info.
+On a database error the batch is kept and retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import aiosqlite
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from hero_procd.app import Stats
 from hero_procd.errors import Conflict
 from hero_procd.store import Store
+from hero_procd.store import logs as logs_sql
 from hero_procd.store.logs import LogLine, LogRow, as_row
-from hero_procd.store.queries import Q
+from hero_procd.store.pool import Conn
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class StatusWrite:
-    """One status transition: a named statement and its parameters, plus what hooks need."""
-
-    query: str
-    params: tuple[Any, ...]
-    job_id: int | None = None
-    run_id: int | None = None
-    status: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Where the job's last queued log line was when this write was queued: it is
-    # committed only with or after that line, so a finished job's lines are all there.
-    log_mark: int = 0
+OwnerKey = tuple[str, str]
 
 
-InTxHook = Callable[[aiosqlite.Connection, list[StatusWrite]], Awaitable[Any]]
-AfterHook = Callable[[list[StatusWrite], Any], None]
+@dataclass(eq=False)
+class OwnerLog:
+    """One owner's sequence counter and the bookkeeping of its queued lines."""
+
+    kind: str
+    owner_id: str
+    seq: int
+    refs: int = 0
+    queued_upto: int = 0  # stream position of its last queued line
+    dropped_pending: int = 0  # dropped, not yet added to log_owners.dropped
+
+    def next_seq(self) -> int:
+        """The next sequence number of this owner (never handed out twice)."""
+        self.seq += 1
+        return self.seq
+
+
+@dataclass(frozen=True)
+class _Flushed:
+    written: int
+    trimmed: int
 
 
 class Flusher:
-    """Buffers log lines and status writes and writes them in batches."""
+    """Buffers log lines and writes them in batches."""
 
     def __init__(
         self,
@@ -61,46 +68,33 @@ class Flusher:
         *,
         batch_size: int = 2000,
         interval_s: float = 0.02,
-        max_status: int = 20_000,
         max_log_lines: int = 200_000,
         max_lines_per_owner: int = 0,
-        in_transaction: InTxHook | None = None,
-        after_commit: AfterHook | None = None,
     ) -> None:
         self.store = store
         self.stats = stats
         self.batch_size = batch_size
         self.interval_s = interval_s
-        self.max_status = max_status
         self.max_log_lines = max_log_lines
-        self.in_transaction = in_transaction
-        self.after_commit = after_commit
-        self._status: deque[StatusWrite] = deque()
-        self._logs: deque[LogLine] = deque()
+        self.max_lines_per_owner = max_lines_per_owner
+        # (stream position, line) in arrival order.
+        self._queue: deque[tuple[int, LogLine]] = deque()
+        self._inflight: list[tuple[int, LogLine]] = []
+        self._pushed = 0  # positions handed out so far
+        self._owners: dict[OwnerKey, OwnerLog] = {}
+        self._dirty: set[OwnerKey] = set()
         self._kick = asyncio.Event()
         self._full = asyncio.Event()
-        self._space = asyncio.Event()
-        self._space.set()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # Above the high water mark, producers stop reading their pipes (the
         # child then blocks on write, as with journald or docker's default)
         # until the backlog is under the low mark; the hard bound still drops.
-        # The high mark is kept low (10 batches) so that a chatty producer delays
-        # the statuses of others, which wait for their own lines, by little.
         self.high_water = max(1, min(max_log_lines // 2, batch_size * 10))
         self.low_water = self.high_water // 2
-        self.max_lines_per_owner = max_lines_per_owner
-        # Per owner: where its last queued line ends, and up to which seq it was trimmed.
-        self._owner_end: dict[tuple[str, str], int] = {}
-        self._trimmed_to: dict[tuple[str, str], int] = {}
+        self._trimmed_to: dict[OwnerKey, int] = {}
         self._on_relief: list[Callable[[], None]] = []
-        self._isolate = False
-        # Absolute positions in the stream of log lines: the queue's front, and its end.
-        self._log_front = 0
-        self._log_total = 0
         self.flushes = 0
         self.errors = 0
 
@@ -108,54 +102,94 @@ class Flusher:
         """Start the background flush loop."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="flusher")
 
-    async def write_status(self, write: StatusWrite) -> None:
-        """Queue a status write; waits (backpressure) while the queue is at its bound."""
-        while len(self._status) >= self.max_status:
-            self._space.clear()
-            self._full.set()
-            self._kick.set()
-            await self._space.wait()
-        if write.job_id is not None:
-            write.log_mark = self._owner_end.get(("job", str(write.job_id)), 0)
-        self._status.append(write)
-        self._idle.clear()
-        if len(self._status) >= self.batch_size:
+    # -- owners ------------------------------------------------------------------------
+    async def open_owner(self, kind: str, owner_id: str) -> OwnerLog:
+        """The owner's log, counter loaded from the database if it is not in memory; +1 ref."""
+        key = (kind, owner_id)
+        owner = self._owners.get(key)
+        if owner is None:
+            seq = await self.store.logs.last_seq(kind, owner_id)
+            owner = self._owners.get(key)  # someone may have loaded it meanwhile
+            if owner is None:
+                owner = OwnerLog(kind, owner_id, seq)
+                self._owners[key] = owner
+        owner.refs += 1
+        return owner
+
+    def release_owner(self, owner: OwnerLog) -> None:
+        """A capture of this owner is done (the counter stays while lines are queued)."""
+        owner.refs = max(0, owner.refs - 1)
+
+    def forget_owner(self, kind: str, owner_id: str) -> None:
+        """The owner's lines were deleted: drop its queued lines (not counted) and counter."""
+        key = (kind, owner_id)
+        self._queue = deque(item for item in self._queue if _key(item[1]) != key)
+        self._owners.pop(key, None)
+        self._dirty.discard(key)
+
+    # -- producers ---------------------------------------------------------------------
+    def write_log(self, owner: OwnerLog, stream: str, ts: float, text: str) -> None:
+        """Queue one line of `owner`; beyond the bound the oldest queued line is dropped."""
+        if len(self._queue) >= self.max_log_lines:
+            self._drop_oldest()
+        self._pushed += 1
+        line = LogLine(owner.kind, owner.owner_id, owner.next_seq(), stream, ts, text)
+        self._queue.append((self._pushed, line))
+        owner.queued_upto = self._pushed
+        if len(self._queue) >= self.batch_size:
             self._full.set()
         self._kick.set()
 
-    def write_log(self, line: LogLine) -> None:
-        """Queue a log line; beyond the bound the oldest queued line is dropped and counted."""
-        if len(self._logs) >= self.max_log_lines:
-            self._logs.popleft()
-            self._log_front += 1
-            self.stats.dropped_log_lines += 1
-        self._logs.append(line)
-        self._log_total += 1
-        self._owner_end[(line.owner_kind, line.owner_id)] = self._log_total
-        self._idle.clear()
-        if len(self._logs) >= self.batch_size:
-            self._full.set()
-        self._kick.set()
+    def _drop_oldest(self) -> None:
+        _, line = self._queue.popleft()
+        key = _key(line)
+        owner = self._owners.get(key)
+        if owner is None:  # evicted meanwhile: recreate to carry the count
+            owner = self._owners[key] = OwnerLog(key[0], key[1], line.seq)
+        owner.dropped_pending += 1
+        self._dirty.add(key)
+        self.stats.dropped_log_lines += 1
+        self._progress.set()
 
     def log_pressure(self) -> bool:
         """True when producers of log lines should pause until `when_relieved` calls back."""
-        return len(self._logs) >= self.high_water
+        return len(self._queue) >= self.high_water
 
     def when_relieved(self, callback: Callable[[], None]) -> None:
         """Call `callback` once the log backlog is back under the low water mark."""
         self._on_relief.append(callback)
 
     def pending(self) -> int:
-        """Items waiting to be written."""
-        return len(self._status) + len(self._logs)
+        """Lines waiting to be written."""
+        return len(self._queue) + len(self._inflight)
 
-    async def wait_idle(self) -> None:
-        """Wait until everything queued so far has been written (someone waits: flush now)."""
-        if not self._idle.is_set():
+    def _front(self) -> int:
+        """Stream position of the oldest line neither written nor dropped."""
+        if self._inflight:
+            return self._inflight[0][0]
+        if self._queue:
+            return self._queue[0][0]
+        return self._pushed + 1
+
+    async def flush_owner(self, owner: OwnerLog) -> None:
+        """Wait until every line queued so far for `owner` is written or counted (flush now)."""
+        mark = owner.queued_upto
+        while self._front() <= mark:
             self._full.set()
             self._kick.set()
-        await self._idle.wait()
+            self._progress.clear()
+            await self._progress.wait()
 
+    async def wait_idle(self) -> None:
+        """Wait until every line queued so far is written or counted."""
+        mark = self._pushed
+        while self._front() <= mark:
+            self._full.set()
+            self._kick.set()
+            self._progress.clear()
+            await self._progress.wait()
+
+    # -- the loop ----------------------------------------------------------------------
     async def _run(self) -> None:
         delay = 0.05
         while True:
@@ -167,83 +201,112 @@ class Flusher:
             self._kick.clear()
             self._full.clear()
             try:
-                while self.pending():
+                while self._queue or self._dirty:
                     await self._flush_once()
                 delay = 0.05
-                self._idle.set()
             except asyncio.CancelledError:
                 raise
-            except Conflict:
-                # A write that violates a constraint would fail forever and hold up
-                # everything behind it: the next try isolates each status write.
-                self.errors += 1
-                self._isolate = True
-                log.error("flush hit a constraint; retrying write by write")
-                self._kick.set()
             except Exception:
                 self.errors += 1
                 log.exception(
-                    "flush failed; keeping the batch and retrying", extra={"retry_in_s": delay}
+                    "log flush failed; keeping the batch and retrying", extra={"retry_in_s": delay}
                 )
                 self._kick.set()
+                self._full.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            self._evict()
 
     async def _flush_once(self) -> None:
-        n_logs = min(len(self._logs), self.batch_size * 5)
-        front = self._log_front
-        upto = front + n_logs
-        # Statuses whose lines are in this batch (or written) go; others wait, in order.
-        statuses = [w for w in self._status if w.log_mark <= upto]
-        taken = {id(w) for w in statuses}
-        rows = [as_row(ln) for ln in itertools.islice(self._logs, n_logs)]
-        hook_result: Any = None
-        trimmed = 0
-        async with self.store.pool.transaction() as conn:
-            if rows:
-                await self.store.logs.append(conn, rows)
-                trimmed = await self._trim(conn, rows)
-            if self._isolate:
-                statuses = await self._write_isolated(conn, statuses)
-            # Consecutive writes of the same statement go in one executemany, in order.
-            i = 0
-            while i < len(statuses) and not self._isolate:
-                j = i
-                while j < len(statuses) and statuses[j].query == statuses[i].query:
-                    j += 1
-                await conn.executemany(Q[statuses[i].query], [w.params for w in statuses[i:j]])
-                i = j
-            if self.in_transaction is not None and statuses:
-                hook_result = await self.in_transaction(conn, statuses)
-        # Committed: only now take the items off the queues.
-        if taken:
-            self._status = deque(w for w in self._status if id(w) not in taken)
-        self._isolate = False
-        self.stats.log_lines_trimmed += trimmed
-        # Lines of this batch dropped while it was being written were written after
-        # all: they are off the queue already and must not count as dropped.
-        dropped_meanwhile = min(self._log_front - front, n_logs)
-        self.stats.dropped_log_lines -= dropped_meanwhile
-        for _ in range(n_logs - dropped_meanwhile):
-            self._logs.popleft()
-        self._log_front = max(self._log_front, upto)
-        if len(self._owner_end) > 50_000:
-            self._owner_end = {k: v for k, v in self._owner_end.items() if v > self._log_front}
-        if self._on_relief and len(self._logs) <= self.low_water:
+        n = min(len(self._queue), self.batch_size * 5)
+        self._inflight = [self._queue.popleft() for _ in range(n)]
+        rows = [as_row(line) for _, line in self._inflight]
+        counters = self._counters(rows)
+        try:
+            try:
+                done = await self.store.pool.write(lambda c: self._write(c, rows, counters, False))
+            except Conflict:
+                # A line the table refuses (a sequence collision would be a bug): store the
+                # others one by one and count the refused ones as dropped.
+                log.error("log batch refused by a constraint; writing line by line")
+                done = await self.store.pool.write(lambda c: self._write(c, rows, counters, True))
+        except BaseException:
+            # Not written: back to the front of the queue, in order (the bound may drop them,
+            # counted).
+            self._queue.extendleft(reversed(self._inflight))
+            self._inflight = []
+            while len(self._queue) > self.max_log_lines:
+                self._drop_oldest()
+            raise
+        self._inflight = []
+        for kind, owner_id, _, dropped in counters:
+            owner = self._owners.get((kind, owner_id))
+            if owner is not None and dropped:
+                owner.dropped_pending -= dropped
+                if owner.dropped_pending == 0:
+                    self._dirty.discard((kind, owner_id))
+        self.stats.log_lines_trimmed += done.trimmed
+        self.flushes += 1
+        self._progress.set()
+        if self._on_relief and len(self._queue) <= self.low_water:
             callbacks, self._on_relief = self._on_relief, []
             for callback in callbacks:
                 callback()
-        self.flushes += 1
-        self._space.set()
-        if self.after_commit is not None and statuses:
-            self.after_commit(statuses, hook_result)
 
-    async def _trim(self, conn: aiosqlite.Connection, rows: list[LogRow]) -> int:
+    def _counters(self, rows: list[LogRow]) -> list[tuple[str, str, int, int]]:
+        last: dict[OwnerKey, int] = {}
+        for kind, owner_id, seq, *_ in rows:
+            key = (kind, owner_id)
+            if seq > last.get(key, 0):
+                last[key] = seq
+        for key in list(self._dirty):
+            if key in self._owners:
+                last.setdefault(key, 0)
+            else:
+                self._dirty.discard(key)
+        out = []
+        for key, seq in last.items():
+            owner = self._owners.get(key)
+            dropped = owner.dropped_pending if owner is not None else 0
+            out.append((key[0], key[1], seq, dropped))
+        return out
+
+    def _write(
+        self,
+        conn: Conn,
+        rows: list[LogRow],
+        counters: list[tuple[str, str, int, int]],
+        one_by_one: bool,
+    ) -> _Flushed:
+        """One flush, inside a unit on the writer thread."""
+        refused: dict[OwnerKey, int] = {}
+        if not one_by_one:
+            written = logs_sql.append(conn, rows)
+        else:
+            written = 0
+            for row in rows:
+                try:
+                    conn.execute("SAVEPOINT line")
+                    logs_sql.append(conn, [row])
+                    conn.execute("RELEASE line")
+                    written += 1
+                except sqlite3.IntegrityError:
+                    conn.execute("ROLLBACK TO line")
+                    conn.execute("RELEASE line")
+                    key = (row[0], row[1])
+                    refused[key] = refused.get(key, 0) + 1
+        bumps = [(k, o, s, d + refused.get((k, o), 0)) for k, o, s, d in counters]
+        logs_sql.bump_owners(conn, bumps)
+        if refused:
+            self.stats.dropped_log_lines += sum(refused.values())
+        return _Flushed(written, self._trim(conn, rows))
+
+    def _trim(self, conn: Conn, rows: list[LogRow]) -> int:
         """Keep each owner's stored lines near its cap as they are written (every cap/10 lines)."""
         cap = self.max_lines_per_owner
         if cap <= 0:
             return 0
-        last: dict[tuple[str, str], int] = {}
+        last: dict[OwnerKey, int] = {}
         for kind, owner, seq, *_ in rows:
             key = (kind, owner)
             if seq > last.get(key, 0):
@@ -255,41 +318,32 @@ class Flusher:
         for key, seq in last.items():
             upto = seq - cap
             if upto >= self._trimmed_to.get(key, 0) + step:
-                trimmed += await self.store.logs.trim(conn, key[0], key[1], upto)
+                trimmed += logs_sql.trim(conn, key[0], key[1], upto)
                 self._trimmed_to[key] = upto
         return trimmed
 
-    async def _write_isolated(
-        self, conn: aiosqlite.Connection, statuses: list[StatusWrite]
-    ) -> list[StatusWrite]:
-        """Each write under its own savepoint; one a constraint refuses is logged and left out."""
-        written: list[StatusWrite] = []
-        for write in statuses:
-            await conn.execute("SAVEPOINT one_write")
-            try:
-                await conn.execute(Q[write.query], write.params)
-            except sqlite3.IntegrityError as exc:
-                await conn.execute("ROLLBACK TO one_write")
-                log.error(
-                    "status write refused by a constraint; dropped",
-                    extra={"query": write.query, "job_id": write.job_id, "detail": str(exc)},
-                )
-            else:
-                written.append(write)
-            await conn.execute("RELEASE one_write")
-        return written
+    def _evict(self) -> None:
+        """Forget counters of owners with no capture and nothing queued (reloaded on demand)."""
+        if len(self._owners) < 1000:
+            return
+        front = self._front()
+        for key, owner in list(self._owners.items()):
+            if owner.refs == 0 and owner.queued_upto < front and not owner.dropped_pending:
+                del self._owners[key]
 
     async def drain(self) -> None:
         """Write everything queued, then stop the loop (graceful shutdown)."""
         self._closing = True
-        if self.pending():
-            self._kick.set()
-            self._full.set()
+        if self.pending() or self._dirty:
             try:
-                await asyncio.wait_for(self._idle.wait(), 30.0)
+                await asyncio.wait_for(self.wait_idle(), 30.0)
             except TimeoutError:
                 log.error("flusher could not drain", extra={"pending": self.pending()})
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _key(line: LogLine) -> OwnerKey:
+    return (line.owner_kind, line.owner_id)

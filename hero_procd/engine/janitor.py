@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from hero_procd.app import App
 from hero_procd.model import now
+from hero_procd.store.pool import Conn
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,10 @@ class Janitor:
             await self._old_jobs(report)
             await self._cap_logs(report)
             await self._vacuum(report)
-            async with self.store.pool.writer_outside_transaction() as conn:
-                # Give the WAL back too (cut to journal_size_limit if readers hold it).
-                await (await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")).close()
+            # Give the WAL back too (cut to journal_size_limit if readers hold it).
+            await self.store.pool.maintenance(
+                lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            )
             self.app.stats.log_lines_trimmed += report.log_lines_trimmed
             result = asdict(report)
             self.last = {"at": now(), **result}
@@ -96,15 +99,12 @@ class Janitor:
     async def _old_jobs(self, report: RetentionReport) -> None:
         cutoff = now() - self.config.job_retention_days * 86400.0
         while True:
-            async with self.store.pool.transaction() as conn:
-                rows = await self.store.old_finished_jobs(conn, cutoff, _JOB_CHUNK)
-                if not rows:
-                    return
-                runs = {run_id for _, run_id in rows if run_id is not None}
-                jobs, emptied, logs = await self.store.delete_jobs(conn, [i for i, _ in rows], runs)
-                report.jobs += jobs
-                report.runs += emptied
-                report.logs += logs
+            jobs, emptied, logs = await self.store.delete_old_jobs(cutoff, _JOB_CHUNK)
+            if not jobs:
+                return
+            report.jobs += jobs
+            report.runs += emptied
+            report.logs += logs
             await asyncio.sleep(0)  # let other writers in between chunks
 
     async def _cap_logs(self, report: RetentionReport) -> None:
@@ -115,10 +115,7 @@ class Janitor:
             upto = last - cap
             first = upto - stored + cap  # the owner's first stored seq, or below it
             for cut in range(first + _TRIM_CHUNK, upto + _TRIM_CHUNK, _TRIM_CHUNK):
-                async with self.store.pool.transaction() as conn:
-                    report.log_lines_trimmed += await self.store.logs.trim(
-                        conn, kind, owner, min(cut, upto)
-                    )
+                report.log_lines_trimmed += await self.store.logs.trim(kind, owner, min(cut, upto))
                 await asyncio.sleep(0)
 
     async def _vacuum(self, report: RetentionReport) -> None:
@@ -131,8 +128,7 @@ class Janitor:
                 return
             # Through executescript: sqlite3's execute steps a PRAGMA once, freeing one page.
             step = int(self.config.vacuum_step_pages)
-            async with self.store.pool.writer_outside_transaction() as conn:
-                await conn.executescript(f"PRAGMA incremental_vacuum({step});")
+            await self.store.pool.maintenance(_vacuum_step(step))
             row = await self.store.pool.fetch_one("PRAGMA freelist_count")
             after = int(row[0]) if row else 0
             if after >= before:
@@ -140,3 +136,13 @@ class Janitor:
             report.pages_freed += before - after
             report.bytes_freed += (before - after) * page_size
             await asyncio.sleep(0)
+
+
+def _vacuum_step(pages: int) -> Callable[[Conn], object]:
+    """A unit freeing `pages` pages (through executescript: sqlite3's execute steps a
+    PRAGMA once, which frees one page)."""
+
+    def unit(conn: Conn) -> object:
+        return conn.executescript(f"PRAGMA incremental_vacuum({pages});")
+
+    return unit

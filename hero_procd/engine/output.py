@@ -2,7 +2,10 @@
 
 Shared by the job executor and the service supervisor: the pipes are read
 when the loop says they are readable (no thread, no blocking read), split
-into lines (long lines cut at `max_line`), and queued as log lines.
+into lines (long lines cut at `max_line`), and queued as log lines of the
+capture's owner, whose sequence counter they share with every other
+capture of that owner. A capture paused by backpressure is drained —
+everything the pipes still hold is read — before it is closed.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import os
 import time
 from collections.abc import Callable
 
-from hero_procd.engine.flusher import Flusher
-from hero_procd.store.logs import LogLine
+from hero_procd.engine.flusher import Flusher, OwnerLog
 
 
 class OutputCapture:
@@ -22,22 +24,19 @@ class OutputCapture:
     def __init__(
         self,
         flusher: Flusher,
-        owner_kind: str,
-        owner_id: str,
+        owner: OwnerLog,
         *,
-        first_seq: int,
         max_line: int,
         on_closed: Callable[[], None],
     ) -> None:
         self.flusher = flusher
-        self.owner_kind = owner_kind
-        self.owner_id = owner_id
-        self.seq = first_seq
+        self.owner = owner
         self.max_line = max_line
         self.on_closed = on_closed
         self._partial: dict[int, bytes] = {}
         self._streams: dict[int, str] = {}
         self._paused = False
+        self._released = False
 
     @property
     def open(self) -> int:
@@ -48,25 +47,48 @@ class OutputCapture:
         """Start reading both pipes on the running loop."""
         loop = asyncio.get_running_loop()
         for fd, stream in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
+            os.set_blocking(fd, False)
             self._streams[fd] = stream
             self._partial[fd] = b""
             loop.add_reader(fd, self._on_readable, fd)
 
     def close_all(self) -> None:
-        """Stop reading (a process that left its group keeps the pipe open)."""
+        """Read what the pipes still hold, then stop (a process that left them open)."""
         for fd in list(self._streams):
+            self._drain(fd)
             self._close(fd, time.time())
+
+    def _drain(self, fd: int) -> None:
+        while fd in self._streams:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close(fd, time.time())
+                return
+            self._take(fd, data, time.time())
 
     def _emit(self, stream: str, raw: bytes, ts: float) -> None:
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         limit = self.max_line
         for start in range(0, max(len(raw), 1), limit):
-            self.seq += 1
             text = raw[start : start + limit].decode("utf-8", "replace")
-            self.flusher.write_log(
-                LogLine(self.owner_kind, self.owner_id, self.seq, stream, ts, text)
-            )
+            self.flusher.write_log(self.owner, stream, ts, text)
+
+    def _take(self, fd: int, data: bytes, ts: float) -> None:
+        stream = self._streams[fd]
+        lines = (self._partial[fd] + data).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            self._emit(stream, line, ts)
+        if len(rest) >= self.max_line:
+            self._emit(stream, rest, ts)
+            rest = b""
+        self._partial[fd] = rest
 
     def _on_readable(self, fd: int) -> None:
         try:
@@ -79,15 +101,7 @@ class OutputCapture:
         if not data:
             self._close(fd, ts)
             return
-        stream = self._streams[fd]
-        lines = (self._partial[fd] + data).split(b"\n")
-        rest = lines.pop()
-        for line in lines:
-            self._emit(stream, line, ts)
-        if len(rest) >= self.max_line:
-            self._emit(stream, rest, ts)
-            rest = b""
-        self._partial[fd] = rest
+        self._take(fd, data, ts)
         if not self._paused and self.flusher.log_pressure():
             self._paused = True
             loop = asyncio.get_running_loop()
@@ -105,10 +119,14 @@ class OutputCapture:
         stream = self._streams.pop(fd, None)
         if stream is None:
             return
-        asyncio.get_running_loop().remove_reader(fd)
+        if not self._paused:
+            asyncio.get_running_loop().remove_reader(fd)
         os.close(fd)
         rest = self._partial.pop(fd, b"")
         if rest:
             self._emit(stream, rest, ts)
         if not self._streams:
+            if not self._released:
+                self._released = True
+                self.flusher.release_owner(self.owner)
             self.on_closed()

@@ -20,7 +20,10 @@ from croniter import croniter
 from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams
 from hero_procd.model import check_run_graph, job_request_from, now
-from hero_procd.store.schedules import Schedule
+from hero_procd.store import jobs as jobs_sql
+from hero_procd.store import write_run
+from hero_procd.store.pool import Conn
+from hero_procd.store.schedules import Schedule, is_active, record_fire
 
 log = logging.getLogger(__name__)
 
@@ -132,32 +135,35 @@ class Scheduler:
         """Submit the schedule's job or run (unless overlap says skip) and record the fire."""
         at = now()
         next_at = schedule.next_fire_at if forced else next_fire(schedule.cron, schedule.tz, at)
-        job_id: int | None = None
-        run_id: int | None = None
-        skipped = False
-        try:
-            async with self.store.pool.transaction() as conn:
-                if schedule.overlap == "skip" and await self.store.schedules.is_active(
-                    conn, schedule.last_job_id, schedule.last_run_id
-                ):
-                    skipped = True
-                elif "job" in schedule.target:
-                    req = job_request_from(schedule.target["job"], "job")
-                    if schedule.overlap == "queue" and req.group is None:
-                        req.group = f"schedule:{schedule.name}"
-                    resolved = await self.store.jobs.resolve(conn, [req], field="")
-                    (job_id,) = await self.store.jobs.insert_many(conn, resolved)
-                else:
-                    run = schedule.target["run"]
-                    jobs = [job_request_from(j, "", in_run=True) for j in run["jobs"]]
-                    run_id, _ = await self.store.insert_run(
-                        conn, run.get("name") or schedule.name, list(run.get("tags") or []), jobs
-                    )
-                won = await self.store.schedules.record_fire(
-                    conn, schedule, at, next_at, job_id, run_id, skipped=skipped, forced=forced
+
+        def unit(conn: Conn) -> tuple[int | None, int | None, bool]:
+            job_id: int | None = None
+            run_id: int | None = None
+            skipped = False
+            if schedule.overlap == "skip" and is_active(
+                conn, schedule.last_job_id, schedule.last_run_id
+            ):
+                skipped = True
+            elif "job" in schedule.target:
+                req = job_request_from(schedule.target["job"], "job")
+                if schedule.overlap == "queue" and req.group is None:
+                    req.group = f"schedule:{schedule.name}"
+                (job_id,) = jobs_sql.insert_many(conn, jobs_sql.resolve(conn, [req], field=""))
+            else:
+                run = schedule.target["run"]
+                jobs = [job_request_from(j, "", in_run=True) for j in run["jobs"]]
+                run_id, _ = write_run(
+                    conn, run.get("name") or schedule.name, list(run.get("tags") or []), jobs
                 )
-                if not won:
-                    raise _AlreadyFired
+            won = record_fire(
+                conn, schedule, at, next_at, job_id, run_id, skipped=skipped, forced=forced
+            )
+            if not won:
+                raise _AlreadyFired
+            return job_id, run_id, skipped
+
+        try:
+            job_id, run_id, skipped = await self.store.pool.write(unit)
         except _AlreadyFired:
             return {"fired": False}
         except HeroError as exc:
@@ -166,10 +172,11 @@ class Scheduler:
             log.warning(
                 "schedule fire failed", extra={"schedule": schedule.name, "error": str(exc)}
             )
-            async with self.store.pool.transaction() as conn:
-                await self.store.schedules.record_fire(
+            await self.store.pool.write(
+                lambda conn: record_fire(
                     conn, schedule, at, next_at, None, None, skipped=True, forced=forced
                 )
+            )
             return {"fired": False, "error": str(exc)}
         if job_id is not None or run_id is not None:
             self.app.wake_jobs()

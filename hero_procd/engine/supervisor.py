@@ -23,12 +23,11 @@ from typing import Any
 
 from hero_procd.app import App
 from hero_procd.engine import procs
-from hero_procd.engine.flusher import Flusher, StatusWrite
+from hero_procd.engine.flusher import Flusher
 from hero_procd.engine.health import run_check
 from hero_procd.engine.output import OutputCapture
 from hero_procd.errors import InvalidState, NotFound
 from hero_procd.model import CommandSpec, ServiceState, dependency_order, now
-from hero_procd.store.queries import Q
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,6 @@ class ServiceRun:
     signal: int | None = None
     health: str | None = None
     started_at: float | None = None
-    seq: int = 0
     task: asyncio.Task[None] | None = None
     exit_future: asyncio.Future[None] | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -85,11 +83,9 @@ class Supervisor:
     # -- life cycle ----------------------------------------------------------
     async def start(self) -> None:
         """Reset live states (no process of ours survived recovery) and start what should run."""
-        async with self.store.pool.transaction() as conn:
-            await conn.execute(Q["service_reset_all"])
+        await self.store.services.reset_all()
         for svc in await self.store.services.list():
             run = ServiceRun(svc.name, svc.spec, desired=svc.desired, restarts=svc.restarts)
-            run.seq = await self.store.logs.last_seq("service", svc.name)
             self.services[svc.name] = run
         wanted = [
             n for n, s in self.services.items() if s.desired == "running" or s.spec.get("autostart")
@@ -224,29 +220,22 @@ class Supervisor:
         if run.desired == desired:
             return
         run.desired = desired
-        async with self.store.pool.transaction() as conn:
-            await conn.execute(Q["service_set_desired"], (desired, now(), run.name))
+        await self.store.services.set_desired(run.name, desired)
 
     async def _set_state(self, run: ServiceRun, state: ServiceState) -> None:
         run.state = state
         run.changed.set()
         run.changed = asyncio.Event()
-        await self.flusher.write_status(
-            StatusWrite(
-                "service_set_state",
-                (
-                    str(state),
-                    run.pid,
-                    run.pid_start_time,
-                    run.restarts,
-                    run.exit_code,
-                    run.signal,
-                    run.health,
-                    run.started_at,
-                    now(),
-                    run.name,
-                ),
-            )
+        await self.store.services.set_state(
+            run.name,
+            state=str(state),
+            pid=run.pid,
+            pid_start_time=run.pid_start_time,
+            restarts=run.restarts,
+            exit_code=run.exit_code,
+            signal=run.signal,
+            health=run.health,
+            started_at=run.started_at,
         )
 
     async def _wait_for(self, run: ServiceRun, states: set[ServiceState], timeout_s: float) -> bool:
@@ -345,11 +334,10 @@ class Supervisor:
         run.pid, run.pid_start_time, run.started_at = child.pid, child.start_time, now()
         exited: asyncio.Future[Any] = loop.create_future()
         run.exit_future = exited
+        owner = await self.flusher.open_owner("service", run.name)
         output = OutputCapture(
             self.flusher,
-            "service",
-            run.name,
-            first_seq=run.seq,
+            owner,
             max_line=self.app.config.max_line_bytes,
             on_closed=lambda: None,
         )
@@ -385,7 +373,6 @@ class Supervisor:
             if not exited.done():
                 await self._terminate(run, child.pid, exited)
             loop.call_later(2.0, output.close_all)
-            run.seq = output.seq
         return reached
 
     async def _await_started(self, run: ServiceRun, exited: asyncio.Future[Any]) -> bool:
@@ -480,7 +467,7 @@ class Supervisor:
                 if self._written.get(name) == figures:
                     continue
                 self._written[name] = figures
-                await self.flusher.write_status(StatusWrite("service_set_stats", (*figures, name)))
+                await self.store.services.set_stats([(*figures, name)])
 
 
 def sample_groups(groups: dict[str, int]) -> dict[str, tuple[int, float]]:

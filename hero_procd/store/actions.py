@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import aiosqlite
 import orjson
 
 from hero_procd.errors import NotFound
 from hero_procd.model import CommandSpec, now
-from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Action
 
@@ -26,8 +25,7 @@ class ActionsApi:
             "tags": orjson.dumps(tags).decode(),
             "now": now(),
         }
-        async with self.pool.transaction() as conn, conn.execute(Q["action_upsert"], params) as cur:
-            row = await cur.fetchone()
+        row = await self.pool.write(lambda c: c.execute(Q["action_upsert"], params).fetchone())
         assert row is not None
         return Action.from_row(row)
 
@@ -37,15 +35,6 @@ class ActionsApi:
         if row is None:
             raise NotFound("action not found", {"name": name})
         return Action.from_row(row)
-
-    async def get_many(self, conn: aiosqlite.Connection, names: list[str]) -> dict[str, Action]:
-        """The actions of `names` that exist, read on `conn` (a transaction in progress)."""
-        found: dict[str, Action] = {}
-        for chunk in chunks(sorted(set(names))):
-            async with conn.execute(with_marks("action_get_many", len(chunk)), chunk) as cur:
-                for row in await cur.fetchall():
-                    found[row["name"]] = Action.from_row(row)
-        return found
 
     async def list(self, tag: str | None = None) -> list[Action]:
         """Every action, or those with `tag`, by name."""
@@ -57,8 +46,13 @@ class ActionsApi:
 
     async def delete(self, name: str) -> int:
         """Delete the action `name`; the number of rows deleted (0 or 1)."""
-        async with (
-            self.pool.transaction() as conn,
-            conn.execute(Q["action_delete"], (name,)) as cur,
-        ):
-            return cur.rowcount
+        return await self.pool.write(lambda c: c.execute(Q["action_delete"], (name,)).rowcount)
+
+
+def actions_by_name(conn: Conn, names: list[str]) -> dict[str, Action]:
+    """The actions of `names` that exist, read on `conn` (inside a unit)."""
+    found: dict[str, Action] = {}
+    for chunk in chunks(sorted(set(names))):
+        for row in conn.execute(with_marks("action_get_many", len(chunk)), chunk).fetchall():
+            found[row["name"]] = Action.from_row(row)
+    return found

@@ -14,8 +14,7 @@ class GroupsApi:
 
     async def set(self, name: str, max_parallel: int) -> None:
         """Create or change a group's limit."""
-        async with self.pool.transaction() as conn:
-            await conn.execute(Q["group_set"], (name, max_parallel))
+        await self.pool.write(lambda c: c.execute(Q["group_set"], (name, max_parallel)))
 
     async def all(self) -> dict[str, int]:
         """Every group's limit."""
@@ -24,5 +23,4 @@ class GroupsApi:
 
     async def delete(self, name: str) -> int:
         """Delete a group's limit; the rows deleted."""
-        async with self.pool.transaction() as conn, conn.execute(Q["group_delete"], (name,)) as cur:
-            return cur.rowcount
+        return await self.pool.write(lambda c: c.execute(Q["group_delete"], (name,)).rowcount)

@@ -1,28 +1,62 @@
-"""JobsApi: jobs, their tags and dependency edges."""
+"""JobsApi: jobs, their tags and dependency edges — and the job state machine.
+
+Every change of a job's status is one guarded statement (`WHERE id=? AND
+status=?`, plus the claim token for an attempt) inside a unit that runs on
+the writer thread from BEGIN to COMMIT (see pool.py). A unit may read the row
+and decide in Python: nothing else writes between its read and its write.
+`JOB_TRANSITIONS` (model.py) is checked by `check_transition` before any
+status is written, so the table is the code's table.
+"""
 
 from __future__ import annotations
 
 import builtins
+import signal
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import aiosqlite
 import orjson
 
-from hero_procd.errors import InvalidParams, NotFound
+from hero_procd.errors import InvalidParams, InvalidState, NotFound
 from hero_procd.model import (
     ACTIVE_JOB_STATES,
+    JOB_TRANSITIONS,
     TERMINAL_JOB_STATES,
     CommandSpec,
     JobRequest,
     JobStatus,
     now,
 )
-from hero_procd.store.actions import ActionsApi
-from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.actions import ActionsApi, actions_by_name
+from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job
+from hero_procd.store.runs import refresh_status
+
+_SUPERSEDED = "superseded: a newer queued job holds its dedup_key"
+
+
+def _signal_name(number: int | None) -> str:
+    try:
+        return signal.Signals(number).name if number is not None else "?"
+    except ValueError:
+        return str(number)
+
+
+def _key_taken(conn: Conn, dedup_key: str, job_id: int) -> bool:
+    return conn.execute(Q["job_dedup_taken"], (dedup_key, job_id)).fetchone() is not None
+
+
+class IllegalTransition(AssertionError):
+    """A write that JOB_TRANSITIONS does not allow: a bug, never a lost race."""
+
+
+def check_transition(old: str, new: str) -> None:
+    """Raise IllegalTransition unless the job state machine allows old → new."""
+    if JobStatus(new) not in JOB_TRANSITIONS[JobStatus(old)]:
+        raise IllegalTransition(f"job transition {old} -> {new} is not allowed")
 
 
 @dataclass(frozen=True)
@@ -34,93 +68,475 @@ class TaggedSelection:
     active: int
 
 
-async def allocate_ids(conn: aiosqlite.Connection, table: str, n: int) -> list[int]:
+def allocate_ids(conn: Conn, table: str, n: int) -> list[int]:
     """Reserve n ids of an AUTOINCREMENT table; only valid inside a write transaction."""
-    async with conn.execute(Q["seq_get"], (table,)) as cur:
-        row = await cur.fetchone()
+    row = conn.execute(Q["seq_get"], (table,)).fetchone()
     base = int(row[0]) if row is not None else 0
     return list(range(base + 1, base + n + 1))
 
 
+def resolve(
+    conn: Conn, requests: Sequence[JobRequest], field: str = "jobs"
+) -> builtins.list[JobRequest]:
+    """Fill each request's spec from its action (read in the same transaction)."""
+    names = [r.action for r in requests if r.action is not None]
+    if not names:
+        return [_finalised(r) for r in requests]
+    found = actions_by_name(conn, names)
+    out: builtins.list[JobRequest] = []
+    for i, req in enumerate(requests):
+        if req.action is None:
+            out.append(_finalised(req))
+            continue
+        action = found.get(req.action)
+        if action is None:
+            where = f"{field}[{i}].action" if field else "action"
+            raise NotFound("action not found", {"field": where, "name": req.action})
+        merged = req.spec.merged_over(action.spec)
+        tags = list(dict.fromkeys([*action.tags, *req.tags]))
+        out.append(_finalised(replace(req, spec=merged, tags=tags)))
+    return out
+
+
+def insert_many(
+    conn: Conn, requests: Sequence[JobRequest], run_id: int | None = None
+) -> builtins.list[int]:
+    """Insert resolved jobs with one executemany per table; their new ids, in order."""
+    if not requests:
+        return []
+    ids = allocate_ids(conn, "jobs", len(requests))
+    ts = now()
+    dumps = orjson.dumps
+    rows: builtins.list[tuple[Any, ...]] = []
+    tag_rows: builtins.list[tuple[str, int]] = []
+    for job_id, req in zip(ids, requests, strict=True):
+        spec = req.spec
+        rows.append(
+            (
+                job_id,
+                run_id,
+                req.key,
+                req.action,
+                dumps(spec.to_dict()).decode(),
+                dumps(req.tags).decode(),
+                req.priority,
+                req.group,
+                req.dedup_key,
+                (spec.retries or 0) + 1,
+                len(set(req.depends_on)),
+                ts,
+            )
+        )
+        if req.tags:
+            tag_rows.extend((tag, job_id) for tag in req.tags)
+    cur = conn.executemany(Q["job_insert"], rows)
+    assert cur.rowcount == len(rows), "every job row must be written"
+    if tag_rows:
+        conn.executemany(Q["job_tag_insert"], tag_rows)
+    return ids
+
+
+def insert_edges(conn: Conn, edges: Sequence[tuple[int, int]]) -> int:
+    """Insert dependency edges (job_id, depends_on); the rows written."""
+    if not edges:
+        return 0
+    return conn.executemany(Q["job_dep_insert"], edges).rowcount
+
+
+def apply_outcomes(
+    conn: Conn, finished: Sequence[tuple[int, str]], at: float
+) -> builtins.list[tuple[int, int | None]]:
+    """Release dependents of succeeded jobs and skip (transitively) those of failed ones.
+
+    Returns the (id, run_id) of every job skipped.
+    """
+    succeeded = [(job_id,) for job_id, status in finished if status == JobStatus.SUCCEEDED]
+    if succeeded:
+        conn.executemany(Q["job_release_dependents"], succeeded)
+    frontier = [
+        job_id
+        for job_id, status in finished
+        if status in TERMINAL_JOB_STATES and status != JobStatus.SUCCEEDED
+    ]
+    skipped: builtins.list[tuple[int, int | None]] = []
+    while frontier:
+        nxt: builtins.list[int] = []
+        for chunk in chunks(frontier, 998):
+            sql = with_marks("job_skip_dependents", len(chunk))
+            for row in conn.execute(sql, (at, *chunk)).fetchall():
+                skipped.append((row[0], row[1]))
+                nxt.append(row[0])
+        frontier = nxt
+    return skipped
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Jobs that reached a terminal state in one unit: the ids to wake and the runs touched."""
+
+    done: builtins.list[int]
+    runs: builtins.list[int]
+
+
+def settle(conn: Conn, finished: Sequence[tuple[int, str, int | None]], at: float) -> Settled:
+    """Dependents and run statuses after jobs (id, status, run_id) changed, in the same unit."""
+    terminal = [(j, s) for j, s, _ in finished if s in TERMINAL_JOB_STATES]
+    skipped = apply_outcomes(conn, terminal, at) if terminal else []
+    runs = {r for _, _, r in finished if r is not None}
+    runs.update(r for _, r in skipped if r is not None)
+    if runs:
+        refresh_status(conn, runs)
+    return Settled([j for j, _ in terminal] + [j for j, _ in skipped], sorted(runs))
+
+
+# -- one attempt's end --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttemptEnd:
+    """How an attempt ended, as the process owner saw it.
+
+    `how` is 'exited' (the process ended by itself, or could not start: `error`),
+    'cancelled' / 'timed_out' / 'interrupted' (this daemon terminated it for that
+    reason before it ended by itself). An attempt whose process ended by itself
+    keeps its real outcome, whatever was asked meanwhile.
+    """
+
+    how: str
+    exit_code: int | None = None
+    signal: int | None = None
+    error: str | None = None
+    retry_delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What an attempt's end wrote: the job's new status and who to wake."""
+
+    status: str
+    settled: Settled
+
+
+def decide(end: AttemptEnd, row: sqlite3.Row, at: float) -> tuple[str, str | None, float, int]:
+    """(status, error, not_before, attempt delta) of an attempt's end — the precedence rules."""
+    cancel = bool(row["cancel_requested"])
+    retries_left = row["attempt"] < row["max_attempts"]
+    if end.how == "interrupted":
+        if cancel:
+            return JobStatus.CANCELLED, "cancelled", 0.0, 0
+        # Terminated by a graceful stop of the daemon: the attempt does not count.
+        return JobStatus.QUEUED, "interrupted by daemon shutdown", 0.0, -1
+    if end.how == "cancelled":
+        return JobStatus.CANCELLED, end.error or "cancelled", 0.0, 0
+    error: str
+    if end.how == "timed_out":
+        status, error = JobStatus.TIMED_OUT, end.error or "timed out"
+    elif end.error is None and end.exit_code == 0:
+        return JobStatus.SUCCEEDED, None, 0.0, 0
+    else:
+        status = JobStatus.FAILED
+        if end.error is not None:
+            error = end.error
+        else:
+            error = (
+                f"exited with code {end.exit_code}"
+                if end.exit_code is not None
+                else f"killed by signal {_signal_name(end.signal)}"
+            )
+    if retries_left and not cancel:
+        return JobStatus.QUEUED, error, at + end.retry_delay_s, 0
+    return status, error, 0.0, 0
+
+
+def finish_attempt(conn: Conn, job_id: int, token: str, end: AttemptEnd) -> Finished | None:
+    """End an attempt (a unit): None if this claim no longer owns a running job."""
+    row = conn.execute(Q["job_end_state"], (job_id,)).fetchone()
+    if row is None or row["status"] != JobStatus.RUNNING or row["claim_token"] != token:
+        return None
+    at = now()
+    status, error, not_before, delta = decide(end, row, at)
+    if status == JobStatus.QUEUED and row["dedup_key"] is not None:
+        taken = conn.execute(Q["job_dedup_taken"], (row["dedup_key"], job_id)).fetchone()
+        if taken is not None:
+            status, error = JobStatus.CANCELLED, _SUPERSEDED
+    check_transition(JobStatus.RUNNING, status)
+    cur = conn.execute(
+        Q["job_finish"],
+        {
+            "status": str(status),
+            "error": error,
+            "exit_code": end.exit_code,
+            "signal": end.signal,
+            "finished_at": at,
+            "not_before": not_before,
+            "attempt_delta": delta,
+            "id": job_id,
+            "token": token,
+        },
+    )
+    assert cur.rowcount == 1
+    return Finished(str(status), settle(conn, [(job_id, str(status), row["run_id"])], at))
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What `job.cancel` did: 'cancelled' at once, or 'cancelling' (a process to stop)."""
+
+    result: str
+    settled: Settled
+
+
+def request_cancel(conn: Conn, job_id: int, reason: str = "cancelled") -> CancelOutcome:
+    """Cancel a job (a unit): a queued one now, a running one by a persisted intent."""
+    row = conn.execute(Q["job_end_state"], (job_id,)).fetchone()
+    if row is None:
+        raise NotFound("job not found", {"id": job_id})
+    at = now()
+    if row["status"] == JobStatus.QUEUED:
+        check_transition(JobStatus.QUEUED, JobStatus.CANCELLED)
+        conn.execute(Q["job_cancel_queued"], (at, reason, job_id)).fetchall()
+        settled = settle(conn, [(job_id, JobStatus.CANCELLED, row["run_id"])], at)
+        return CancelOutcome("cancelled", settled)
+    if row["status"] == JobStatus.RUNNING:
+        conn.execute(Q["job_request_cancel"], (job_id,))
+        return CancelOutcome("cancelling", Settled([], []))
+    raise InvalidState("job has already finished", {"id": job_id, "status": row["status"]})
+
+
+def transition(conn: Conn, job_id: int, old: str, new: str, error: str | None = None) -> bool:
+    """The generic guarded step old → new; False if the job was not in `old` (a lost race)."""
+    check_transition(old, new)
+    params = {
+        "to_status": new,
+        "from_status": old,
+        "id": job_id,
+        "error": error,
+        "finished_at": now() if new in TERMINAL_JOB_STATES else None,
+    }
+    return conn.execute(Q["job_transition"], params).rowcount == 1
+
+
+# -- claims -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this executor now owns for one attempt."""
+
+    id: int
+    run_id: int | None
+    spec: CommandSpec
+    group: str | None
+    attempt: int
+    max_attempts: int
+    token: str
+
+
+@dataclass
+class GroupRoom:
+    """Free slots per concurrency group at the time of a claim."""
+
+    full: set[str]
+    room: dict[str, int]
+
+
+def claim(conn: Conn, n: int, token: str, groups: GroupRoom, at: float) -> list[ClaimedJob]:
+    """Claim up to n ready jobs (priority, then age) within group limits (a unit)."""
+    full = sorted(groups.full)
+    scan = n * 2 + 16
+    if full:
+        sql = with_marks("job_claim_candidates_excluding", len(full))
+        params: tuple[Any, ...] = (at, *full, scan)
+    else:
+        sql = Q["job_claim_candidates"]
+        params = (at, scan)
+    candidates = conn.execute(sql, params).fetchall()
+    room = dict(groups.room)
+    chosen: list[int] = []
+    for job_id, grp in candidates:
+        if grp is not None and grp in room:
+            if room[grp] <= 0:
+                continue
+            room[grp] -= 1
+        chosen.append(job_id)
+        if len(chosen) == n:
+            break
+    if not chosen:
+        return []
+    rows = conn.execute(with_marks("job_claim", len(chosen)), (token, at, *chosen)).fetchall()
+    out = [
+        ClaimedJob(
+            id=r["id"],
+            run_id=r["run_id"],
+            # Defaults are filled in when the job runs, not stored in every row.
+            spec=CommandSpec.from_dict(orjson.loads(r["spec"])).with_defaults(),
+            group=r["grp"],
+            attempt=r["attempt"],
+            max_attempts=r["max_attempts"],
+            token=r["claim_token"],
+        )
+        for r in rows
+    ]
+    order = {job_id: i for i, job_id in enumerate(chosen)}
+    out.sort(key=lambda c: order[c.id])
+    runs = {c.run_id for c in out if c.run_id is not None}
+    if runs:
+        refresh_status(conn, runs)
+    return out
+
+
+def recover(conn: Conn, rows: Sequence[sqlite3.Row]) -> tuple[Settled, int]:
+    """Settle jobs a previous daemon left running (a unit); (settled, how many were lost)."""
+    at = now()
+    finished: list[tuple[int, str, int | None]] = []
+    lost = 0
+    for r in rows:
+        state = conn.execute(Q["job_end_state"], (r["id"],)).fetchone()
+        if state is None or state["status"] != JobStatus.RUNNING:
+            continue
+        if state["cancel_requested"]:
+            status, error, delta = JobStatus.CANCELLED, "cancelled (daemon stopped)", 0
+        elif state["attempt"] < state["max_attempts"]:
+            status, error, delta = JobStatus.QUEUED, "lost when the daemon stopped; retrying", 0
+        else:
+            status, error, delta = JobStatus.LOST, "lost when the daemon stopped", 0
+        key = state["dedup_key"]
+        if status == JobStatus.QUEUED and key is not None and _key_taken(conn, key, r["id"]):
+            status, error = JobStatus.CANCELLED, _SUPERSEDED
+        check_transition(JobStatus.RUNNING, status)
+        conn.execute(
+            Q["job_recover"],
+            {
+                "status": str(status),
+                "error": error,
+                "finished_at": at,
+                "not_before": 0.0,
+                "attempt_delta": delta,
+                "id": r["id"],
+            },
+        )
+        if status == JobStatus.LOST:
+            lost += 1
+        finished.append((r["id"], str(status), state["run_id"]))
+    return settle(conn, finished, at), lost
+
+
+def supersede(conn: Conn, old_ids: Sequence[int], reason: str) -> Settled:
+    """Cancel queued jobs replaced by newer ones (a dedup `replace`), through the cancel path."""
+    at = now()
+    finished: list[tuple[int, str, int | None]] = []
+    for old in old_ids:
+        check_transition(JobStatus.QUEUED, JobStatus.CANCELLED)
+        for row in conn.execute(Q["job_supersede"], (at, reason, old)).fetchall():
+            finished.append((row[0], JobStatus.CANCELLED, row[1]))
+    return settle(conn, finished, at)
+
+
+def job_statuses(conn: Conn, ids: Sequence[int]) -> dict[int, str]:
+    """The current status of some jobs, read on `conn`."""
+    out: dict[int, str] = {}
+    for chunk in chunks(ids):
+        for row in conn.execute(with_marks("job_status_of", len(chunk)), chunk).fetchall():
+            out[row["id"]] = row["status"]
+    return out
+
+
+def delete_many(conn: Conn, ids: Sequence[int]) -> int:
+    """Delete jobs by id, one statement per chunk of at most 999 (in a unit); rows deleted."""
+    deleted = 0
+    for chunk in chunks(ids):
+        n = len(chunk)
+        for name in ("job_tag_delete_ids", "job_dep_delete_ids", "job_dep_delete_targets"):
+            conn.execute(with_marks(name, n), chunk)
+        deleted += conn.execute(with_marks("job_delete_ids", n), chunk).rowcount
+    return deleted
+
+
+def select_tagged(conn: Conn, tag: str) -> TaggedSelection:
+    """Split the jobs with `tag` into deletable ones and active ones."""
+    deletable: list[int] = []
+    runs: set[int] = set()
+    active = 0
+    for job_id, run_id, status in conn.execute(Q["job_tagged_for_clean"], (tag,)).fetchall():
+        if status in ACTIVE_JOB_STATES:
+            active += 1
+            continue
+        deletable.append(job_id)
+        if run_id is not None:
+            runs.add(run_id)
+    return TaggedSelection(deletable, sorted(runs), active)
+
+
+def _finalised(req: JobRequest) -> JobRequest:
+    if req.spec.command is None and req.spec.script is None:
+        raise InvalidParams("command", "one of command or script is required")
+    return req
+
+
 class JobsApi:
-    """Reads and writes of `jobs`, `job_tags` and `job_deps`."""
+    """The engine's and the RPC's door to jobs: reads on readers, writes as units."""
 
     def __init__(self, pool: Pool, actions: ActionsApi) -> None:
         self.pool = pool
         self.actions = actions
 
-    async def resolve(
-        self, conn: aiosqlite.Connection, requests: Sequence[JobRequest], field: str = "jobs"
-    ) -> list[JobRequest]:
-        """Fill each request's spec from its action (read in the same transaction)."""
-        names = [r.action for r in requests if r.action is not None]
-        if not names:
-            return [_finalised(r) for r in requests]
-        found = await self.actions.get_many(conn, names)
-        out: list[JobRequest] = []
-        for i, req in enumerate(requests):
-            if req.action is None:
-                out.append(_finalised(req))
-                continue
-            action = found.get(req.action)
-            if action is None:
-                where = f"{field}[{i}].action" if field else "action"
-                raise NotFound("action not found", {"field": where, "name": req.action})
-            merged = req.spec.merged_over(action.spec)
-            tags = list(dict.fromkeys([*action.tags, *req.tags]))
-            out.append(_finalised(replace(req, spec=merged, tags=tags)))
-        return out
-
-    async def insert_many(
-        self, conn: aiosqlite.Connection, requests: Sequence[JobRequest], run_id: int | None = None
-    ) -> list[int]:
-        """Insert resolved jobs with one executemany per table; their new ids, in order."""
-        if not requests:
-            return []
-        ids = await allocate_ids(conn, "jobs", len(requests))
-        ts = now()
-        rows: list[tuple[Any, ...]] = []
-        tag_rows: list[tuple[str, int]] = []
-        for job_id, req in zip(ids, requests, strict=True):
-            spec = req.spec
-            rows.append(
-                (
-                    job_id,
-                    run_id,
-                    req.key,
-                    req.action,
-                    orjson.dumps(spec.to_dict()).decode(),
-                    orjson.dumps(req.tags).decode(),
-                    req.priority,
-                    req.group,
-                    req.dedup_key,
-                    (spec.retries or 0) + 1,
-                    len(set(req.depends_on)),
-                    ts,
-                )
-            )
-            tag_rows.extend((tag, job_id) for tag in req.tags)
-        cur = await conn.executemany(Q["job_insert"], rows)
-        assert cur.rowcount == len(rows), "every job row must be written"
-        if tag_rows:
-            await conn.executemany(Q["job_tag_insert"], tag_rows)
-        return ids
-
-    async def insert_edges(
-        self, conn: aiosqlite.Connection, edges: Sequence[tuple[int, int]]
-    ) -> int:
-        """Insert dependency edges (job_id, depends_on); the rows written."""
-        if not edges:
-            return 0
-        cur = await conn.executemany(Q["job_dep_insert"], edges)
-        return cur.rowcount
-
     async def submit(self, request: JobRequest) -> int:
-        """Queue one job in its own transaction; its id."""
-        async with self.pool.transaction() as conn:
-            resolved = await self.resolve(conn, [request], field="")
-            (job_id,) = await self.insert_many(conn, resolved)
-        return job_id
+        """Queue one job (group-committed with concurrent submits); its id."""
+
+        def unit(conn: Conn) -> int:
+            (job_id,) = insert_many(conn, resolve(conn, [request], field=""))
+            return job_id
+
+        return await self.pool.write(unit)
+
+    async def claim(self, n: int, token: str, groups: GroupRoom, at: float) -> list[ClaimedJob]:
+        """Claim up to n ready jobs."""
+        return await self.pool.write(lambda conn: claim(conn, n, token, groups, at))
+
+    async def set_pid(self, job_id: int, token: str, pid: int, start_time: float | None) -> bool:
+        """Record the process of a claimed attempt; False if the claim no longer holds."""
+        params = (pid, start_time, job_id, token)
+        return await self.pool.write(lambda c: c.execute(Q["job_set_pid"], params).rowcount == 1)
+
+    async def finish(self, job_id: int, token: str, end: AttemptEnd) -> Finished | None:
+        """End an attempt; None if another outcome won."""
+        return await self.pool.write(lambda c: finish_attempt(c, job_id, token, end))
+
+    async def cancel(self, job_id: int) -> CancelOutcome:
+        """Cancel a job: committed before this returns."""
+        return await self.pool.write(lambda c: request_cancel(c, job_id))
+
+    async def cancel_run(self, run_id: int) -> tuple[Settled, list[int]]:
+        """Cancel a run's queued jobs now and record the intent on its running ones."""
+
+        def unit(conn: Conn) -> tuple[Settled, list[int]]:
+            at = now()
+            rows = conn.execute(
+                Q["job_cancel_queued_of_run"], (at, "run cancelled", run_id)
+            ).fetchall()
+            running = [r[0] for r in conn.execute(Q["job_running_ids_of_run"], (run_id,))]
+            for job_id in running:
+                conn.execute(Q["job_request_cancel"], (job_id,))
+            finished = [(r[0], str(JobStatus.CANCELLED), r[1]) for r in rows]
+            settled = settle(conn, finished, at)
+            if not finished:
+                refresh_status(conn, [run_id])
+            return settled, running
+
+        return await self.pool.write(unit)
+
+    async def recover(self, rows: Sequence[sqlite3.Row]) -> tuple[Settled, int]:
+        """Settle jobs a previous daemon left running."""
+        return await self.pool.write(lambda c: recover(c, rows))
+
+    async def running_rows(self) -> list[sqlite3.Row]:
+        """Jobs the database says are running."""
+        return await self.pool.fetch_all(Q["job_running_all"])
+
+    async def next_ready_at(self, at: float) -> float | None:
+        """When the earliest job in backoff becomes ready, if any."""
+        row = await self.pool.fetch_one(Q["job_next_ready_at"], (at,))
+        return None if row is None or row[0] is None else float(row[0])
 
     async def get(self, job_id: int) -> Job:
         """The job `job_id`, or NotFound."""
@@ -155,161 +571,6 @@ class JobsApi:
         rows = await self.pool.fetch_all(sql, params)
         return [Job.from_row(r) for r in rows]
 
-    async def select_tagged(self, conn: aiosqlite.Connection, tag: str) -> TaggedSelection:
-        """Split the jobs with `tag` into deletable ones and active ones."""
-        deletable: builtins.list[int] = []
-        runs: set[int] = set()
-        active = 0
-        async with conn.execute(Q["job_tagged_for_clean"], (tag,)) as cur:
-            for job_id, run_id, status in await cur.fetchall():
-                if status in ACTIVE_JOB_STATES:
-                    active += 1
-                    continue
-                deletable.append(job_id)
-                if run_id is not None:
-                    runs.add(run_id)
-        return TaggedSelection(deletable, sorted(runs), active)
-
-    async def delete_many(
-        self, ids: Sequence[int], conn: aiosqlite.Connection | None = None
-    ) -> int:
-        """Delete jobs by id, one statement per chunk of at most 999, all in one transaction."""
-        if conn is None:
-            async with self.pool.transaction() as tx:
-                return await self.delete_many(ids, tx)
-        deleted = 0
-        for chunk in chunks(ids):
-            n = len(chunk)
-            for name in ("job_tag_delete_ids", "job_dep_delete_ids", "job_dep_delete_targets"):
-                await (await conn.execute(with_marks(name, n), chunk)).close()
-            cur = await conn.execute(with_marks("job_delete_ids", n), chunk)
-            deleted += cur.rowcount
-            await cur.close()
-        return deleted
-
-
-def _finalised(req: JobRequest) -> JobRequest:
-    if req.spec.command is None and req.spec.script is None:
-        raise InvalidParams("command", "one of command or script is required")
-    return req
-
-
-@dataclass(frozen=True)
-class ClaimedJob:
-    """A job this executor now owns for one attempt."""
-
-    id: int
-    run_id: int | None
-    spec: CommandSpec
-    group: str | None
-    attempt: int
-    max_attempts: int
-    token: str
-    last_seq: int = 0  # the last log line of earlier attempts: this one continues after it
-
-
-@dataclass
-class GroupRoom:
-    """Free slots per concurrency group at the time of a claim."""
-
-    full: set[str]
-    room: dict[str, int]
-
-
-async def claim(
-    conn: aiosqlite.Connection, n: int, token: str, groups: GroupRoom, at: float
-) -> list[ClaimedJob]:
-    """Claim up to n ready jobs (priority, then age) within group limits, on a write transaction."""
-    full = sorted(groups.full)
-    scan = n * 2 + 16
-    if full:
-        sql = with_marks("job_claim_candidates_excluding", len(full))
-        params: tuple[Any, ...] = (at, *full, scan)
-    else:
-        sql = Q["job_claim_candidates"]
-        params = (at, scan)
-    async with conn.execute(sql, params) as cur:
-        candidates = await cur.fetchall()
-    room = dict(groups.room)
-    chosen: list[int] = []
-    for job_id, grp in candidates:
-        if grp is not None and grp in room:
-            if room[grp] <= 0:
-                continue
-            room[grp] -= 1
-        chosen.append(job_id)
-        if len(chosen) == n:
-            break
-    if not chosen:
-        return []
-    async with conn.execute(with_marks("job_claim", len(chosen)), (token, at, *chosen)) as cur:
-        rows = await cur.fetchall()
-    out = [
-        ClaimedJob(
-            id=r["id"],
-            run_id=r["run_id"],
-            # Defaults are filled in when the job runs, not stored in every row.
-            spec=CommandSpec.from_dict(orjson.loads(r["spec"])).with_defaults(),
-            group=r["grp"],
-            attempt=r["attempt"],
-            max_attempts=r["max_attempts"],
-            token=r["claim_token"],
-            last_seq=r["last_seq"] or 0,
-        )
-        for r in rows
-    ]
-    out.sort(key=lambda c: chosen.index(c.id) if len(chosen) < 64 else c.id)
-    return out
-
-
-async def apply_outcomes(
-    conn: aiosqlite.Connection, finished: Sequence[tuple[int, str]], at: float
-) -> list[tuple[int, int | None]]:
-    """Release dependents of succeeded jobs and skip (transitively) those of failed ones.
-
-    Returns the (id, run_id) of every job skipped.
-    """
-    succeeded = [(job_id,) for job_id, status in finished if status == JobStatus.SUCCEEDED]
-    if succeeded:
-        await conn.executemany(Q["job_release_dependents"], succeeded)
-    frontier = [
-        job_id
-        for job_id, status in finished
-        if status in TERMINAL_JOB_STATES and status != JobStatus.SUCCEEDED
-    ]
-    skipped: list[tuple[int, int | None]] = []
-    while frontier:
-        nxt: list[int] = []
-        for chunk in chunks(frontier, 998):
-            sql = with_marks("job_skip_dependents", len(chunk))
-            async with conn.execute(sql, (at, *chunk)) as cur:
-                for row in await cur.fetchall():
-                    skipped.append((row[0], row[1]))
-                    nxt.append(row[0])
-        frontier = nxt
-    return skipped
-
-
-async def cancel_queued(
-    conn: aiosqlite.Connection, job_id: int, at: float, reason: str
-) -> tuple[int, int | None] | None:
-    """Cancel a queued job; its (id, run_id), or None if it was not queued."""
-    async with conn.execute(Q["job_cancel_queued"], (at, reason, job_id)) as cur:
-        row = await cur.fetchone()
-    return None if row is None else (row[0], row[1])
-
-
-async def next_ready_at(pool: Pool, at: float) -> float | None:
-    """When the earliest job in backoff becomes ready, if any."""
-    row = await pool.fetch_one(Q["job_next_ready_at"], (at,))
-    return None if row is None or row[0] is None else float(row[0])
-
-
-async def job_statuses(conn: aiosqlite.Connection, ids: Sequence[int]) -> dict[int, str]:
-    """The current status of some jobs, read on `conn`."""
-    out: dict[int, str] = {}
-    for chunk in chunks(ids):
-        async with conn.execute(with_marks("job_status_of", len(chunk)), chunk) as cur:
-            for row in await cur.fetchall():
-                out[row["id"]] = row["status"]
-    return out
+    async def delete_many(self, ids: Sequence[int]) -> int:
+        """Delete jobs by id in one transaction; the rows deleted."""
+        return await self.pool.write(lambda c: delete_many(c, ids))

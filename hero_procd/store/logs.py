@@ -1,13 +1,17 @@
-"""LogsApi: lines of output of jobs and services."""
+"""LogsApi: lines of output of jobs and services, and each owner's counters.
+
+Every owner (a job, a service) has one sequence counter that is never reused:
+not across attempts, restarts, nor a service deleted and defined again
+(`log_owners.last_seq` outlives the lines). Lines that could not be stored
+are counted per owner (`log_owners.dropped`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aiosqlite
-
-from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 
 
@@ -36,37 +40,61 @@ def to_wire(lines: Sequence[LogLine]) -> list[dict[str, object]]:
     return [{"seq": ln.seq, "stream": ln.stream, "ts": ln.ts, "text": ln.text} for ln in lines]
 
 
+def append(conn: Conn, rows: Sequence[LogRow]) -> int:
+    """Append rows (see `as_row`) with one executemany inside a unit; the rows written."""
+    return conn.executemany(Q["log_insert"], rows).rowcount
+
+
+def bump_owners(conn: Conn, counters: Sequence[tuple[str, str, int, int]]) -> None:
+    """Advance owners' (kind, id, last seq, newly dropped) counters inside a unit."""
+    if counters:
+        conn.executemany(Q["log_owner_bump"], counters)
+
+
+def trim(conn: Conn, owner_kind: str, owner_id: str, upto: int) -> int:
+    """Delete an owner's lines with seq <= `upto` (its oldest); the rows deleted."""
+    return conn.execute(Q["retention_trim_logs"], (owner_kind, owner_id, upto)).rowcount
+
+
+def delete_owners(conn: Conn, owner_kind: str, owner_ids: Sequence[str]) -> int:
+    """Delete every line and the counters of owners gone for good; the lines deleted."""
+    deleted = 0
+    for chunk in chunks(owner_ids, 998):  # one parameter is the owner kind
+        deleted += conn.execute(
+            with_marks("log_delete_owners", len(chunk)), (owner_kind, *chunk)
+        ).rowcount
+        conn.execute(with_marks("log_owner_delete_many", len(chunk)), (owner_kind, *chunk))
+    return deleted
+
+
+def delete_owner_lines(conn: Conn, owner_kind: str, owner_id: str) -> int:
+    """Delete an owner's lines but keep its sequence (a name that may come back)."""
+    deleted = conn.execute(with_marks("log_delete_owners", 1), (owner_kind, owner_id)).rowcount
+    conn.execute(Q["log_owner_reset_dropped"], (owner_kind, owner_id))
+    return deleted
+
+
 class LogsApi:
-    """Reads and writes of the `log_lines` table."""
+    """Reads and writes of `log_lines` and `log_owners`."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
     async def insert_many(self, lines: Sequence[LogLine]) -> int:
-        """Append lines in their own transaction; the rows written."""
+        """Append lines in their own unit; the rows written."""
         if not lines:
             return 0
-        async with self.pool.transaction() as conn:
-            return await self.append(conn, [as_row(ln) for ln in lines])
-
-    async def append(self, conn: aiosqlite.Connection, rows: Sequence[LogRow]) -> int:
-        """Append rows (see `as_row`) with one executemany on a transaction in progress."""
-        cur = await conn.executemany(Q["log_insert"], rows)
-        return cur.rowcount
-
-    async def trim(
-        self, conn: aiosqlite.Connection, owner_kind: str, owner_id: str, upto: int
-    ) -> int:
-        """Delete an owner's lines with seq <= `upto` (its oldest); the rows deleted."""
-        cur = await conn.execute(Q["retention_trim_logs"], (owner_kind, owner_id, upto))
-        deleted = cur.rowcount
-        await cur.close()
-        return deleted
+        rows = [as_row(ln) for ln in lines]
+        return await self.pool.write(lambda c: append(c, rows))
 
     async def owners_over(self, cap: int) -> list[tuple[str, str, int, int]]:
         """(kind, owner id, stored lines, last seq) of every owner holding more than `cap` lines."""
         rows = await self.pool.fetch_all(Q["retention_log_owners_over"], (cap,))
         return [(r["owner_kind"], r["owner_id"], int(r["n"]), int(r["last"])) for r in rows]
+
+    async def trim(self, owner_kind: str, owner_id: str, upto: int) -> int:
+        """Delete an owner's oldest lines (seq <= upto) in one unit; the rows deleted."""
+        return await self.pool.write(lambda c: trim(c, owner_kind, owner_id, upto))
 
     async def read(
         self, owner_kind: str, owner_id: str, after_seq: int = 0, limit: int = 1000
@@ -78,19 +106,19 @@ class LogsApi:
         ]
 
     async def last_seq(self, owner_kind: str, owner_id: str) -> int:
-        """The last sequence number written for an owner (0 if none)."""
+        """The owner's sequence high-water mark: the counter, or its stored lines (0 if none)."""
+        row = await self.pool.fetch_one(Q["log_owner_get"], (owner_kind, owner_id))
+        counted = int(row[0]) if row is not None else 0
         row = await self.pool.fetch_one(Q["log_last_seq"], (owner_kind, owner_id))
-        return int(row[0]) if row is not None and row[0] is not None else 0
+        stored = int(row[0]) if row is not None and row[0] is not None else 0
+        return max(counted, stored)
 
-    async def delete_owners(
-        self, conn: aiosqlite.Connection, owner_kind: str, owner_ids: Sequence[str]
-    ) -> int:
-        """Delete every line of these owners, one statement per chunk; the rows deleted."""
-        deleted = 0
-        for chunk in chunks(owner_ids, 998):  # one parameter is the owner kind
-            cur = await conn.execute(
-                with_marks("log_delete_owners", len(chunk)), (owner_kind, *chunk)
-            )
-            deleted += cur.rowcount
-            await cur.close()
-        return deleted
+    async def dropped(self, owner_kind: str, owner_id: str) -> int:
+        """Lines of an owner that could not be stored."""
+        row = await self.pool.fetch_one(Q["log_owner_get"], (owner_kind, owner_id))
+        return int(row[1]) if row is not None else 0
+
+    async def dropped_total(self) -> int:
+        """Lines dropped over all owners."""
+        row = await self.pool.fetch_one(Q["dropped_total"])
+        return int(row[0]) if row is not None else 0

@@ -1,8 +1,18 @@
-"""One writer and N reader aiosqlite connections on a WAL database.
+"""The daemon's connections to one SQLite database in WAL mode.
 
-Readers never wait behind the writer (WAL); all writes are serialised on the
-single writer connection through `transaction()`. Driver errors are
-translated here, so nothing above the store imports sqlite3.
+Writes: one thread owns the only writing connection. A caller hands it a
+*unit* — a plain function of a `sqlite3.Connection` — and awaits its
+result. Units queued while a transaction is being written share the next
+one (group commit): one `BEGIN IMMEDIATE … COMMIT` and one thread hop for
+the whole group, each unit inside a savepoint of its own so one unit's
+error undoes only that unit. A unit runs on the database thread from BEGIN
+to COMMIT, so nothing a caller does — being cancelled included — can leave
+the connection inside a transaction, and its result is committed before
+the caller sees it (read-your-writes).
+
+Reads: several aiosqlite reader connections (WAL: readers never wait
+behind the writer). Driver errors are translated here, so nothing above the
+store imports sqlite3 for its errors.
 """
 
 from __future__ import annotations
@@ -12,13 +22,15 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
-from hero_procd.errors import Conflict, StorageError
+from hero_procd.errors import Conflict, HeroError, StorageError
 from hero_procd.store.schema import MIGRATIONS
 
 log = logging.getLogger(__name__)
@@ -26,8 +38,14 @@ log = logging.getLogger(__name__)
 # SQLite's historic bound on host parameters per statement.
 CHUNK = 999
 BUSY_TIMEOUT_MS = 5000
+# Units per group transaction: bounds how long one commit holds the writer.
+MAX_GROUP = 512
+# A file that is not ours, or not a database, must be told within this time.
+OPEN_TIMEOUT_S = 5.0
 
 Row = sqlite3.Row
+Conn = sqlite3.Connection
+T = TypeVar("T")
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -41,7 +59,7 @@ def placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-def translate(exc: sqlite3.Error) -> Exception:
+def translate(exc: sqlite3.Error) -> HeroError:
     """Map a driver error onto the domain's exceptions."""
     if isinstance(exc, sqlite3.IntegrityError):
         return Conflict("constraint violated", {"detail": str(exc)})
@@ -51,17 +69,27 @@ def translate(exc: sqlite3.Error) -> Exception:
     return StorageError("database error", {"detail": text})
 
 
-async def _connect(path: Path, *, reader: bool) -> aiosqlite.Connection:
+def _pragmas(conn: sqlite3.Connection, *, reader: bool) -> None:
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA temp_store=MEMORY")
+    # After a checkpoint the WAL is cut back to this size instead of staying at its peak.
+    conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+    if reader:
+        conn.execute("PRAGMA query_only=ON")
+
+
+async def _connect_reader(path: Path) -> aiosqlite.Connection:
     conn = await aiosqlite.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.execute("PRAGMA temp_store=MEMORY")
-    # After a checkpoint the WAL is cut back to this size instead of staying at its peak.
-    await conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-    if reader:
-        await conn.execute("PRAGMA query_only=ON")
+    for sql in (
+        f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+        "PRAGMA foreign_keys=ON",
+        "PRAGMA temp_store=MEMORY",
+        "PRAGMA query_only=ON",
+    ):
+        await conn.execute(sql)
     return conn
 
 
@@ -69,22 +97,183 @@ def _create_private(path: Path) -> bool:
     """Create the database file 0600 (and its folder 0700); True if it is new."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
         return False
     os.close(fd)
     return True
 
 
+@dataclass
+class _Unit:
+    fn: Callable[[Conn], Any]
+    future: asyncio.Future[Any]
+    in_transaction: bool = True
+
+
+class Writer:
+    """The thread that owns the writing connection, and its queue of units."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._queue: list[_Unit] = []
+        self._kick = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.groups = 0
+        self.units = 0
+
+    async def open(self) -> None:
+        """Connect (on the writer thread), set WAL, migrate; start the group loop."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._open_sync)
+        self._task = loop.create_task(self._loop(), name="db-writer")
+
+    def _open_sync(self) -> None:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            _pragmas(conn, reader=False)
+            # auto_vacuum only takes effect before the first table exists.
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            if mode is None or str(mode[0]).lower() != "wal":
+                raise StorageError("could not switch the database to WAL", {"mode": str(mode)})
+            _migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise StorageError(
+                    "not a hero-procd database: the file is not SQLite", {"path": str(self.path)}
+                ) from exc
+            raise translate(exc) from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    async def run(self, fn: Callable[[Conn], T], *, in_transaction: bool = True) -> T:
+        """Run `fn(conn)` in the next group transaction; its result once committed."""
+        if self._closed:
+            raise StorageError("the database is closed")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Unit(fn, fut, in_transaction))
+        self._kick.set()
+        # A caller cancelled here does not cancel the unit: it runs and commits as queued.
+        return await fut
+
+    def pending(self) -> int:
+        """Units waiting for the next group."""
+        return len(self._queue)
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            while self._queue:
+                group: list[_Unit] = []
+                while self._queue and len(group) < MAX_GROUP:
+                    unit = self._queue[0]
+                    if not unit.in_transaction and group:
+                        break
+                    group.append(self._queue.pop(0))
+                    if not unit.in_transaction:
+                        break
+                results = await asyncio.shield(
+                    loop.run_in_executor(self._thread, self._run_group, group)
+                )
+                self.groups += 1
+                self.units += len(group)
+                for unit, (ok, value) in zip(group, results, strict=True):
+                    if unit.future.done():
+                        continue
+                    if ok:
+                        unit.future.set_result(value)
+                    else:
+                        unit.future.set_exception(value)
+
+    def _run_group(self, group: list[_Unit]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        assert conn is not None
+        if not group[0].in_transaction:
+            try:
+                return [(True, group[0].fn(conn))]
+            except sqlite3.Error as exc:
+                return [(False, translate(exc))]
+            except Exception as exc:
+                return [(False, exc)]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            err = translate(exc)
+            return [(False, err) for _ in group]
+        out: list[tuple[bool, Any]] = []
+        try:
+            if len(group) == 1:
+                try:
+                    out.append((True, group[0].fn(conn)))
+                except Exception as exc:
+                    conn.execute("ROLLBACK")
+                    return [(False, translate(exc) if isinstance(exc, sqlite3.Error) else exc)]
+            else:
+                for unit in group:
+                    conn.execute("SAVEPOINT unit")
+                    try:
+                        value = unit.fn(conn)
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO unit")
+                        conn.execute("RELEASE unit")
+                        out.append(
+                            (False, translate(exc) if isinstance(exc, sqlite3.Error) else exc)
+                        )
+                    else:
+                        conn.execute("RELEASE unit")
+                        out.append((True, value))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            # COMMIT (or a savepoint statement) failed: nothing of the group is written.
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            err = translate(exc)
+            return [(False, err) for _ in group]
+        return out
+
+    async def close(self) -> None:
+        """Write what is queued, checkpoint the WAL, close the connection and the thread."""
+        self._closed = True
+        while self._queue:
+            self._kick.set()
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close_sync)
+        self._thread.shutdown(wait=True)
+
+    def _close_sync(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            log.exception("checkpoint on close failed")
+        self._conn.close()
+        self._conn = None
+
+
 class Pool:
     """The daemon's connections to one SQLite database."""
 
-    def __init__(
-        self, path: Path, writer: aiosqlite.Connection, readers: list[aiosqlite.Connection]
-    ):
+    def __init__(self, path: Path, writer: Writer, readers: list[aiosqlite.Connection]):
         self.path = path
-        self._writer = writer
-        self._write_lock = asyncio.Lock()
+        self.writer = writer
         self._readers: asyncio.Queue[aiosqlite.Connection] = asyncio.Queue()
         self._all_readers = readers
         for conn in readers:
@@ -94,70 +283,38 @@ class Pool:
     async def open(cls, path: Path, readers: int = 4) -> Pool:
         """Open (creating and migrating if needed) the database at `path`."""
         await asyncio.to_thread(_create_private, path)
-        writer = await _connect(path, reader=False)
+        writer = Writer(path)
         try:
-            # auto_vacuum only takes effect before the first table exists.
-            async with writer.execute("PRAGMA page_count") as cur:
-                row = await cur.fetchone()
-            if row is not None and row[0] == 0:
-                await writer.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            async with writer.execute("PRAGMA journal_mode=WAL") as cur:
-                mode = await cur.fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise StorageError("could not switch the database to WAL", {"mode": str(mode)})
-            await _migrate(writer)
-            conns = [await _connect(path, reader=True) for _ in range(max(1, readers))]
+            await asyncio.wait_for(writer.open(), OPEN_TIMEOUT_S)
+        except TimeoutError as exc:
+            writer._thread.shutdown(wait=False)
+            raise StorageError(
+                "the database did not open within 5 s (locked by another program?)",
+                {"path": str(path)},
+            ) from exc
+        except BaseException:
+            writer._thread.shutdown(wait=False)
+            raise
+        try:
+            conns = [await _connect_reader(path) for _ in range(max(1, readers))]
         except BaseException:
             await writer.close()
             raise
         return cls(path, writer, conns)
 
     async def close(self) -> None:
-        """Checkpoint the WAL into the database file and close every connection."""
-        async with self._write_lock:
-            for conn in self._all_readers:
-                await conn.close()
-            try:
-                await self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                log.exception("checkpoint on close failed")
-            await self._writer.close()
+        """Close the readers; write what is queued; checkpoint the WAL and close the writer."""
+        for conn in self._all_readers:
+            await conn.close()
+        await self.writer.close()
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer inside `BEGIN IMMEDIATE`: committed on success, rolled back on error."""
-        async with self._write_lock:
-            conn = self._writer
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise translate(exc) from exc
-            try:
-                yield conn
-            except BaseException as exc:
-                try:
-                    await conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback failed")
-                if isinstance(exc, sqlite3.Error):
-                    raise translate(exc) from exc
-                raise
-            else:
-                try:
-                    await conn.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    with contextlib.suppress(sqlite3.Error):
-                        await conn.execute("ROLLBACK")
-                    raise translate(exc) from exc
+    async def write(self, fn: Callable[[Conn], T]) -> T:
+        """Run `fn(conn)` as one unit of the next group transaction; its result, committed."""
+        return await self.writer.run(fn)
 
-    @contextlib.asynccontextmanager
-    async def writer_outside_transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The writer, held, with no transaction open: for PRAGMAs that must run outside one."""
-        async with self._write_lock:
-            try:
-                yield self._writer
-            except sqlite3.Error as exc:
-                raise translate(exc) from exc
+    async def maintenance(self, fn: Callable[[Conn], T]) -> T:
+        """Run `fn(conn)` on the writer outside any transaction (PRAGMAs that need it)."""
+        return await self.writer.run(fn, in_transaction=False)
 
     @contextlib.asynccontextmanager
     async def reader(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -171,9 +328,14 @@ class Pool:
             self._readers.put_nowait(conn)
 
     async def fetch_all(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[Row]:
-        """All rows of one read."""
+        """All rows of one read (fetched in slices, so the loop serves others meanwhile)."""
         async with self.reader() as conn, conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+            out: list[Row] = []
+            while True:
+                rows = await cur.fetchmany(500)
+                if not rows:
+                    return out
+                out.extend(rows)
 
     async def fetch_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Row | None:
         """The first row of one read, or None."""
@@ -182,19 +344,38 @@ class Pool:
             return row
 
 
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    async with conn.execute("PRAGMA user_version") as cur:
-        row = await cur.fetchone()
-    current = int(row[0]) if row else 0
+def user_version(conn: sqlite3.Connection) -> int:
+    """The schema version stored in the file."""
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    current = user_version(conn)
+    latest = MIGRATIONS[-1][0]
+    if current > latest:
+        raise StorageError(
+            f"the database has schema version {current}, newer than this hero-procd knows "
+            f"({latest}): upgrade hero-procd",
+            {"version": current, "supported": latest},
+        )
+    if current == 0:
+        tables = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name != 'sqlite_sequence'"
+        ).fetchone()[0]
+        if tables:
+            raise StorageError(
+                "not a hero-procd database: the file holds other tables", {"tables": tables}
+            )
     for version, script in MIGRATIONS:
         if version <= current:
             continue
         log.info("migrating database", extra={"to_version": version})
         try:
-            await conn.executescript(
+            conn.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={version};\nCOMMIT;"
             )
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
-                await conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
             raise translate(exc) from exc

@@ -62,8 +62,10 @@ INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?, ?)
 INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)
 
 -- job_get --
--- One job by id.
-SELECT * FROM jobs WHERE id = ?
+-- One job by id, with the count of its log lines dropped.
+SELECT jobs.*, coalesce(o.dropped, 0) AS dropped_log_lines FROM jobs
+LEFT JOIN log_owners o ON o.owner_kind = 'job' AND o.owner_id = CAST(jobs.id AS TEXT)
+WHERE jobs.id = ?
 
 -- job_deps_of --
 -- The ids a job depends on.
@@ -168,9 +170,8 @@ SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_a
 FROM services WHERE name = ?
 
 -- log_insert --
--- One log line.
-INSERT OR IGNORE INTO log_lines (owner_kind, owner_id, seq, stream, ts, text)
-VALUES (?, ?, ?, ?, ?, ?)
+-- One log line (each owner's sequence numbers are never reused: a collision is an error).
+INSERT INTO log_lines (owner_kind, owner_id, seq, stream, ts, text) VALUES (?, ?, ?, ?, ?, ?)
 
 -- log_read --
 -- A page of an owner's log lines after a sequence number.
@@ -205,9 +206,7 @@ UPDATE jobs SET status = 'running', claim_token = ?, attempt = attempt + 1, star
                 finished_at = NULL, pid = NULL, pid_start_time = NULL, exit_code = NULL,
                 signal = NULL, error = NULL
 WHERE id IN ({marks}) AND status = 'queued'
-RETURNING id, run_id, spec, grp, attempt, max_attempts, claim_token,
-          (SELECT max(seq) FROM log_lines
-           WHERE owner_kind = 'job' AND owner_id = CAST(jobs.id AS TEXT)) AS last_seq
+RETURNING id, run_id, spec, grp, attempt, max_attempts, claim_token
 
 -- job_next_ready_at --
 -- When the earliest job in backoff becomes ready.
@@ -218,29 +217,21 @@ SELECT min(not_before) FROM jobs WHERE status = 'queued' AND deps_pending = 0 AN
 UPDATE jobs SET pid = ?, pid_start_time = ? WHERE id = ? AND claim_token = ? AND status = 'running'
 
 -- job_finish --
--- Finalize one attempt of a claimed job: a terminal status, or queued again for a retry.
--- A job going back to the queue whose dedup_key a newer queued job holds is cancelled instead.
-UPDATE jobs SET
-    status = CASE WHEN ?1 = 'queued' AND dedup_key IS NOT NULL AND EXISTS (
-                 SELECT 1 FROM jobs AS o
-                 WHERE o.dedup_key = jobs.dedup_key AND o.status = 'queued' AND o.id != jobs.id)
-             THEN 'cancelled' ELSE ?1 END,
-    error = CASE WHEN ?1 = 'queued' AND dedup_key IS NOT NULL AND EXISTS (
-                 SELECT 1 FROM jobs AS o
-                 WHERE o.dedup_key = jobs.dedup_key AND o.status = 'queued' AND o.id != jobs.id)
-             THEN 'superseded: a newer queued job holds its dedup_key' ELSE ?4 END,
-    exit_code = ?2, signal = ?3, finished_at = ?5, not_before = ?6, attempt = attempt + ?7
-WHERE id = ?8 AND claim_token = ?9 AND status = 'running'
+-- End one attempt of a claimed job (only while this claim owns it and it is running).
+UPDATE jobs SET status = :status, error = :error, exit_code = :exit_code, signal = :signal,
+                finished_at = :finished_at, not_before = :not_before,
+                attempt = attempt + :attempt_delta
+WHERE id = :id AND claim_token = :token AND status = 'running'
 
 -- job_cancel_queued --
--- Cancel a queued job at once.
-UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
+-- Cancel a queued job at once (its intent recorded too).
+UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ?, error = ?
 WHERE id = ? AND status = 'queued'
 RETURNING id, run_id
 
 -- job_cancel_queued_of_run --
 -- Cancel every queued job of a run.
-UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
+UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ?, error = ?
 WHERE run_id = ? AND status = 'queued'
 RETURNING id, run_id
 
@@ -268,16 +259,10 @@ UPDATE jobs SET deps_pending = ? WHERE id = ?
 SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs WHERE status = 'running'
 
 -- job_recover --
--- Settle a job found running at start-up: lost, or queued again if retries remain
--- (cancelled instead if a newer queued job holds its dedup_key).
-UPDATE jobs SET
-    status = CASE WHEN ?1 = 'queued' AND dedup_key IS NOT NULL AND EXISTS (
-                 SELECT 1 FROM jobs AS o
-                 WHERE o.dedup_key = jobs.dedup_key AND o.status = 'queued' AND o.id != jobs.id)
-             THEN 'cancelled' ELSE ?1 END,
-    error = ?2, finished_at = ?3, not_before = ?4
-WHERE id = ?5 AND status = 'running'
-RETURNING id, run_id, status
+-- Settle a job found running at start-up (only if it still is).
+UPDATE jobs SET status = :status, error = :error, finished_at = :finished_at,
+                not_before = :not_before, attempt = attempt + :attempt_delta
+WHERE id = :id AND status = 'running'
 
 -- job_dedup_held --
 -- Queued jobs holding some dedup keys.
@@ -287,6 +272,7 @@ SELECT id, dedup_key FROM jobs WHERE status = 'queued' AND dedup_key IN ({marks}
 -- A queued job replaced by a newer one with the same dedup key.
 UPDATE jobs SET status = 'cancelled', finished_at = ?, error = ?
 WHERE id = ? AND status = 'queued'
+RETURNING id, run_id
 
 -- job_status_of --
 -- Status and run of some jobs.
@@ -397,11 +383,11 @@ SELECT min(next_fire_at) FROM schedules WHERE paused = 0
 -- schedule_fired --
 -- Record a fire (or a skipped one) and the next fire, only if nobody fired that slot meanwhile;
 -- a forced fire (schedule.trigger) leaves the next fire as it is.
-UPDATE schedules SET last_fire_at = ?1,
-    next_fire_at = CASE WHEN ?9 = 1 THEN next_fire_at ELSE ?2 END,
-    last_job_id = coalesce(?3, last_job_id), last_run_id = coalesce(?4, last_run_id),
-    fires = fires + ?5, skipped = skipped + ?6
-WHERE name = ?7 AND (?9 = 1 OR next_fire_at IS ?8)
+UPDATE schedules SET last_fire_at = :at,
+    next_fire_at = CASE WHEN :forced = 1 THEN next_fire_at ELSE :next_fire_at END,
+    last_job_id = coalesce(:job_id, last_job_id), last_run_id = coalesce(:run_id, last_run_id),
+    fires = fires + :fired, skipped = skipped + :skipped
+WHERE name = :name AND (:forced = 1 OR next_fire_at IS :expected)
 
 -- job_active --
 -- Whether a job is still queued or running.
@@ -427,3 +413,62 @@ GROUP BY owner_kind, owner_id HAVING count(*) > ?
 -- retention_trim_logs --
 -- Drop an owner's oldest lines, keeping the last ones.
 DELETE FROM log_lines WHERE owner_kind = ? AND owner_id = ? AND seq <= ?
+
+-- job_end_state --
+-- What a finalize needs to decide an attempt's outcome, read in its own transaction.
+SELECT id, run_id, status, cancel_requested, attempt, max_attempts, dedup_key, claim_token
+FROM jobs WHERE id = ?
+
+-- job_dedup_taken --
+-- Whether another queued job holds a dedup key.
+SELECT 1 FROM jobs WHERE dedup_key = ? AND status = 'queued' AND id != ? LIMIT 1
+
+-- job_request_cancel --
+-- Record the intent to cancel a running job; its process is stopped by whoever runs it.
+UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'
+
+-- job_transition --
+-- A guarded transition of one job (the state machine's generic step).
+UPDATE jobs SET status = :to_status, finished_at = :finished_at, error = :error
+WHERE id = :id AND status = :from_status
+
+-- log_owner_bump --
+-- Advance an owner's sequence high-water mark and add lines dropped, as lines are written.
+INSERT INTO log_owners (owner_kind, owner_id, last_seq, dropped) VALUES (?, ?, ?, ?)
+ON CONFLICT (owner_kind, owner_id) DO UPDATE
+SET last_seq = max(last_seq, excluded.last_seq), dropped = dropped + excluded.dropped
+
+-- log_owner_get --
+-- An owner's sequence high-water mark and dropped count.
+SELECT last_seq, dropped FROM log_owners WHERE owner_kind = ? AND owner_id = ?
+
+-- log_owner_delete_many --
+-- Forget the counters of a chunk of owners of one kind (their owner is gone for good).
+DELETE FROM log_owners WHERE owner_kind = ? AND owner_id IN ({marks})
+
+-- log_owner_reset_dropped --
+-- A deleted service keeps its sequence (never reused) but not its dropped count.
+UPDATE log_owners SET dropped = 0 WHERE owner_kind = ? AND owner_id = ?
+
+-- dropped_total --
+-- Log lines dropped over all owners.
+SELECT coalesce(sum(dropped), 0) FROM log_owners
+
+-- service_event_insert --
+-- One exit of a service's process.
+INSERT INTO service_events (service, at, started_at, exit_code, signal, ran_s, expected,
+                            restarted, reason)
+VALUES (:service, :at, :started_at, :exit_code, :signal, :ran_s, :expected, :restarted, :reason)
+
+-- service_event_trim --
+-- Keep the last 100 exits of a service.
+DELETE FROM service_events WHERE service = ? AND id <= (
+    SELECT id FROM service_events WHERE service = ? ORDER BY id DESC LIMIT 1 OFFSET 100)
+
+-- service_event_list --
+-- A service's exits, newest first.
+SELECT * FROM service_events WHERE service = ? ORDER BY id DESC LIMIT ?
+
+-- service_event_delete --
+-- Forget a deleted service's exit history.
+DELETE FROM service_events WHERE service = ?

@@ -69,6 +69,8 @@ class Job:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    cancel_requested: bool = False
+    dropped_log_lines: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -96,6 +98,8 @@ class Job:
             created_at=row["created_at"],
             started_at=row["started_at"],
             finished_at=row["finished_at"],
+            cancel_requested=bool(row["cancel_requested"]),
+            dropped_log_lines=row["dropped_log_lines"] if "dropped_log_lines" in row.keys() else 0,  # noqa: SIM118
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +125,8 @@ class Job:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "cancel_requested": self.cancel_requested,
+            "dropped_log_lines": self.dropped_log_lines,
         }
 
 

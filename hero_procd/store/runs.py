@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from hero_procd.errors import NotFound
 from hero_procd.model import RunStatus, now
-from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job, Run
 
@@ -20,13 +19,6 @@ class RunsApi:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-
-    async def insert(self, conn: aiosqlite.Connection, name: str | None, tags: list[str]) -> int:
-        """Insert a run inside a transaction in progress; its id."""
-        async with conn.execute(Q["run_insert"], (name, orjson.dumps(tags).decode(), now())) as cur:
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row[0])
 
     async def get(self, run_id: int) -> tuple[Run, list[Job], list[tuple[int, int]]]:
         """The run, its jobs and its dependency edges, read on one connection."""
@@ -53,14 +45,20 @@ class RunsApi:
         params = {"status": status, "tag": tag, "limit": limit, "after_id": after_id}
         return [Run.from_row(r) for r in await self.pool.fetch_all(Q["run_list"], params)]
 
-    async def delete_empty(self, conn: aiosqlite.Connection, run_ids: Sequence[int]) -> int:
-        """Delete those of `run_ids` left with no job, one statement per chunk; the rows deleted."""
-        deleted = 0
-        for chunk in chunks(run_ids):
-            cur = await conn.execute(with_marks("run_delete_empty", len(chunk)), chunk)
-            deleted += cur.rowcount
-            await cur.close()
-        return deleted
+
+def insert_run(conn: Conn, name: str | None, tags: list[str]) -> int:
+    """Insert a run inside a unit; its id."""
+    row = conn.execute(Q["run_insert"], (name, orjson.dumps(tags).decode(), now())).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def delete_empty(conn: Conn, run_ids: Sequence[int]) -> int:
+    """Delete those of `run_ids` left with no job, one statement per chunk; the rows deleted."""
+    deleted = 0
+    for chunk in chunks(run_ids):
+        deleted += conn.execute(with_marks("run_delete_empty", len(chunk)), chunk).rowcount
+    return deleted
 
 
 def derive_status(
@@ -78,23 +76,22 @@ def derive_status(
     return RunStatus.FAILED
 
 
-async def refresh_status(conn: aiosqlite.Connection, run_ids: Iterable[int]) -> None:
-    """Recompute and store the status of these runs, inside a write transaction."""
+def refresh_status(conn: Conn, run_ids: Iterable[int]) -> None:
+    """Recompute and store the status of these runs, inside a unit."""
     ids = sorted(set(run_ids))
     updates: list[tuple[Any, ...]] = []
     for chunk in chunks(ids):
-        async with conn.execute(with_marks("run_status_counts", len(chunk)), chunk) as cur:
-            for r in await cur.fetchall():
-                status = derive_status(
-                    r["total"],
-                    r["queued"],
-                    r["running"],
-                    r["succeeded"],
-                    r["cancelled"],
-                    r["started"],
-                )
-                done = status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-                finished = r["last_finished"] if done else None
-                updates.append((str(status), finished, r["run_id"], str(status), finished))
+        for r in conn.execute(with_marks("run_status_counts", len(chunk)), chunk).fetchall():
+            status = derive_status(
+                r["total"],
+                r["queued"],
+                r["running"],
+                r["succeeded"],
+                r["cancelled"],
+                r["started"],
+            )
+            done = status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+            finished = r["last_finished"] if done else None
+            updates.append((str(status), finished, r["run_id"], str(status), finished))
     if updates:
-        await conn.executemany(Q["run_set_status"], updates)
+        conn.executemany(Q["run_set_status"], updates)

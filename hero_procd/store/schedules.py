@@ -6,12 +6,11 @@ import builtins
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import orjson
 
 from hero_procd.errors import NotFound
 from hero_procd.model import now
-from hero_procd.store.pool import Pool, Row
+from hero_procd.store.pool import Conn, Pool, Row
 from hero_procd.store.queries import Q
 
 
@@ -101,11 +100,7 @@ class SchedulesApi:
             "next_fire_at": next_fire_at,
             "now": now(),
         }
-        async with (
-            self.pool.transaction() as conn,
-            conn.execute(Q["schedule_upsert"], params) as cur,
-        ):
-            row = await cur.fetchone()
+        row = await self.pool.write(lambda c: c.execute(Q["schedule_upsert"], params).fetchone())
         assert row is not None
         return Schedule.from_row(row)
 
@@ -122,16 +117,12 @@ class SchedulesApi:
 
     async def delete(self, name: str) -> int:
         """Delete a schedule; the rows deleted."""
-        async with (
-            self.pool.transaction() as conn,
-            conn.execute(Q["schedule_delete"], (name,)) as cur,
-        ):
-            return cur.rowcount
+        return await self.pool.write(lambda c: c.execute(Q["schedule_delete"], (name,)).rowcount)
 
     async def set_paused(self, name: str, paused: bool, next_fire_at: float | None) -> None:
         """Pause or resume."""
-        async with self.pool.transaction() as conn:
-            await conn.execute(Q["schedule_set_paused"], (int(paused), next_fire_at, now(), name))
+        params = (int(paused), next_fire_at, now(), name)
+        await self.pool.write(lambda c: c.execute(Q["schedule_set_paused"], params))
 
     async def due(self, at: float) -> builtins.list[Schedule]:
         """Schedules whose next fire has come."""
@@ -142,45 +133,41 @@ class SchedulesApi:
         row = await self.pool.fetch_one(Q["schedule_next_due"])
         return None if row is None or row[0] is None else float(row[0])
 
-    async def is_active(
-        self, conn: aiosqlite.Connection, job_id: int | None, run_id: int | None
-    ) -> bool:
-        """Whether the last fire's job or run is still queued or running."""
-        if job_id is not None:
-            async with conn.execute(Q["job_active"], (job_id,)) as cur:
-                row = await cur.fetchone()
-            if row is not None and row[0]:
-                return True
-        if run_id is not None:
-            async with conn.execute(Q["run_active"], (run_id,)) as cur:
-                row = await cur.fetchone()
-            if row is not None and row[0]:
-                return True
-        return False
 
-    async def record_fire(
-        self,
-        conn: aiosqlite.Connection,
-        schedule: Schedule,
-        at: float,
-        next_fire_at: float | None,
-        job_id: int | None,
-        run_id: int | None,
-        *,
-        skipped: bool,
-        forced: bool,
-    ) -> bool:
-        """Record a fire and the next one; False if someone else fired this slot meanwhile."""
-        params = (
-            at,
-            next_fire_at,
-            job_id,
-            run_id,
-            0 if skipped else 1,
-            1 if skipped else 0,
-            schedule.name,
-            schedule.next_fire_at,
-            int(forced),
-        )
-        async with conn.execute(Q["schedule_fired"], params) as cur:
-            return cur.rowcount == 1
+def is_active(conn: Conn, job_id: int | None, run_id: int | None) -> bool:
+    """Whether the last fire's job or run is still queued or running (inside a unit)."""
+    if job_id is not None:
+        row = conn.execute(Q["job_active"], (job_id,)).fetchone()
+        if row is not None and row[0]:
+            return True
+    if run_id is not None:
+        row = conn.execute(Q["run_active"], (run_id,)).fetchone()
+        if row is not None and row[0]:
+            return True
+    return False
+
+
+def record_fire(
+    conn: Conn,
+    schedule: Schedule,
+    at: float,
+    next_fire_at: float | None,
+    job_id: int | None,
+    run_id: int | None,
+    *,
+    skipped: bool,
+    forced: bool,
+) -> bool:
+    """Record a fire and the next one; False if someone else fired this slot meanwhile."""
+    params = {
+        "at": at,
+        "next_fire_at": next_fire_at,
+        "job_id": job_id,
+        "run_id": run_id,
+        "fired": 0 if skipped else 1,
+        "skipped": 1 if skipped else 0,
+        "name": schedule.name,
+        "expected": schedule.next_fire_at,
+        "forced": int(forced),
+    }
+    return conn.execute(Q["schedule_fired"], params).rowcount == 1

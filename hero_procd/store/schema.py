@@ -128,13 +128,47 @@ CREATE TABLE secrets (
 );
 """
 
+# Engine truth: a persisted cancel intent on jobs; one log sequence counter (and a
+# count of dropped lines) per owner that outlives attempts, restarts and deletes;
+# the exit history of services.
+V2 = """
+ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE log_owners (
+    owner_kind  TEXT NOT NULL,
+    owner_id    TEXT NOT NULL,
+    last_seq    INTEGER NOT NULL DEFAULT 0,
+    dropped     INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (owner_kind, owner_id)
+) WITHOUT ROWID;
+INSERT INTO log_owners (owner_kind, owner_id, last_seq)
+    SELECT owner_kind, owner_id, max(seq) FROM log_lines GROUP BY owner_kind, owner_id;
+
+CREATE TABLE service_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    service     TEXT NOT NULL,
+    at          REAL NOT NULL,
+    started_at  REAL,
+    exit_code   INTEGER,
+    signal      INTEGER,
+    ran_s       REAL,
+    expected    INTEGER NOT NULL DEFAULT 0,
+    restarted   INTEGER NOT NULL DEFAULT 0,
+    reason      TEXT
+);
+CREATE INDEX service_events_service ON service_events (service, id);
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, V1),
+    (2, V2),
 ]
 
 # Every table a wipe empties, children before parents.
 WIPE_ORDER = (
     "log_lines",
+    "log_owners",
+    "service_events",
     "job_deps",
     "job_tags",
     "jobs",

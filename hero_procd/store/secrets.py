@@ -18,8 +18,8 @@ class SecretsApi:
 
     async def set(self, name: str, value: str) -> None:
         """Create or replace a secret."""
-        async with self.pool.transaction() as conn:
-            await conn.execute(Q["secret_set"], (name, value, now()))
+        params = (name, value, now())
+        await self.pool.write(lambda c: c.execute(Q["secret_set"], params))
 
     async def get(self, name: str) -> str:
         """A secret's value, or NotFound (naming the secret, never a value)."""
@@ -47,8 +47,4 @@ class SecretsApi:
 
     async def delete(self, name: str) -> int:
         """Delete a secret; the rows deleted."""
-        async with (
-            self.pool.transaction() as conn,
-            conn.execute(Q["secret_delete"], (name,)) as cur,
-        ):
-            return cur.rowcount
+        return await self.pool.write(lambda c: c.execute(Q["secret_delete"], (name,)).rowcount)

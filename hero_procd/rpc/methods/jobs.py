@@ -92,6 +92,8 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
             result.failed.append((i, {"code": exc.code, "message": str(exc)}))
     if requests:
         await app.store.submit_batch(requests, on_duplicate, result)
+        if result.settled is not None and app.executor is not None:
+            app.executor.notify(result.settled.done)  # waiters of the replaced jobs
         app.wake_jobs()
     return {
         "submitted": result.submitted,

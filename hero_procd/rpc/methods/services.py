@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.errors import InvalidParams
 from hero_procd.model import find_cycle, parse_service_spec
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
@@ -20,15 +19,8 @@ async def service_define(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name", name_like=True)
     spec = parse_service_spec(p)
     p.finish()
-    graph = {
-        s.name: [*s.spec.get("requires", []), *s.spec.get("after", [])]
-        for s in await app.store.services.list()
-    }
-    graph[name] = [*spec["requires"], *spec["after"]]
-    cycle = find_cycle(graph)
-    if cycle is not None:
-        raise InvalidParams("requires", f"dependency cycle: {' -> '.join(cycle)}")
-    service = await app.store.services.define(name, spec)
+    # The cycle check reads the other definitions in the same unit as the write.
+    service = await app.store.services.define(name, spec, find_cycle)
     if app.supervisor is not None:
         app.supervisor.defined(name, service.spec)
     return service.to_dict()
@@ -56,14 +48,14 @@ async def service_delete(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if app.supervisor is not None:
         await app.supervisor.delete_service(name)
+    deleted = await app.store.services.delete(name)
     if app.executor is not None:
-        await app.executor.flusher.wait_idle()  # no state write lands after the delete
-    return {"deleted": await app.store.services.delete(name)}
+        app.executor.flusher.forget_owner("service", name)
+    return {"deleted": deleted["services"]}
 
 
 async def _status_after(app: App, name: str) -> dict[str, Any]:
-    if app.executor is not None:
-        await app.executor.flusher.wait_idle()  # the answer shows the state just reached
+    # Every state change is committed before the supervisor moves on: no barrier needed.
     return await app.store.services.status(name)
 
 
