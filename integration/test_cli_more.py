@@ -67,7 +67,7 @@ def test_job_wait_logs_cancel_batch(daemon: DaemonProcess, workdir: Path) -> Non
     assert cancelled.returncode == 1 and f"job {sleeper} cancelled" in cancelled.stdout
     with daemon.client() as c:
         assert c.call("job.get", id=sleeper)["status"] == "cancelled"
-    one_line_error(hero_proc(sock, "job", "cancel", str(sleeper)), "not queued or running")
+    one_line_error(hero_proc(sock, "job", "cancel", str(sleeper)), "already finished")
 
     batch = {
         "defaults": {"tags": ["b"]},
