@@ -216,17 +216,23 @@ class Dispatcher:
             for item, raw in zip(doc, source, strict=True):
                 if _has_float_id(item):
                     item["id"] = raw.get("id")
-        started = False
+        # Each window's answers are held until the next window has run, so the
+        # last piece can carry the closing bracket: a batch of one window is one piece.
+        held: bytes | None = None
         for start in range(0, len(doc), self.max_inflight):
             window = doc[start : start + self.max_inflight]
             answers = await asyncio.gather(*(self._one(item) for item in window))
             out = b",".join(orjson.dumps(a) for a in answers if a is not None)
             del window, answers  # this window's objects can go before the next one runs
-            if out:
-                yield (b"," if started else b"[") + out
-                started = True
-        if started:
-            yield b"]"
+            if not out:
+                continue
+            if held is None:
+                held = b"[" + out
+            else:
+                yield held
+                held = b"," + out
+        if held is not None:
+            yield held + b"]"
 
     async def _one(self, req: Any) -> dict[str, Any] | None:
         problem = _structure_problem(req)
