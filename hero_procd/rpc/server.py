@@ -465,6 +465,7 @@ class Connection(asyncio.Protocol):
         assert self.http is not None
         leftover, closed = self.http.trailing_data
         self.http = _new_h11()
+        self.http_method = None
         leftover = leftover.lstrip(b"\r\n")
         if leftover:
             self.http.receive_data(leftover)
