@@ -9,6 +9,12 @@ from typing import TypeVar
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_READERS = 4
+# Front-door bounds (README "Limits"); each has a HERO_PROC_* environment override.
+DEFAULT_MAX_BATCH = 1000
+DEFAULT_MAX_INFLIGHT = 64
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_FRAME_TIMEOUT_S = 30.0
 
 
 def default_socket_path() -> Path:
@@ -44,6 +50,14 @@ def _env_number(name: str, default: _Number, kind: type[_Number]) -> _Number:
         raise ValueError(f"{name} must be {what}, got {raw!r}") from exc
 
 
+def _env_positive(name: str, default: _Number, kind: type[_Number]) -> _Number:
+    # A bound of 0 or less would refuse everything (or, for a timeout, close at once).
+    value = _env_number(name, default, kind)
+    if not value > 0:
+        raise ValueError(f"{name} must be greater than 0, got {value!r}")
+    return value
+
+
 def _env_int(name: str, default: int) -> int:
     return _env_number(name, default, int)
 
@@ -73,6 +87,11 @@ class Config:
     max_log_lines_per_owner: int = 100_000
     janitor_interval_s: float = 300.0
     vacuum_step_pages: int = 1000
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
 
     @classmethod
     def from_env(
@@ -104,4 +123,13 @@ class Config:
             job_retention_days=_env_float("HERO_PROC_JOB_RETENTION_DAYS", 7.0),
             max_log_lines_per_owner=_env_int("HERO_PROC_MAX_LOG_LINES", 100_000),
             janitor_interval_s=_env_float("HERO_PROC_JANITOR_INTERVAL_S", 300.0),
+            max_batch=_env_positive("HERO_PROC_MAX_BATCH", DEFAULT_MAX_BATCH, int),
+            max_inflight=_env_positive("HERO_PROC_MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT, int),
+            max_connections=_env_positive(
+                "HERO_PROC_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, int
+            ),
+            idle_timeout_s=_env_positive("HERO_PROC_IDLE_TIMEOUT_S", DEFAULT_IDLE_TIMEOUT_S, float),
+            frame_timeout_s=_env_positive(
+                "HERO_PROC_FRAME_TIMEOUT_S", DEFAULT_FRAME_TIMEOUT_S, float
+            ),
         )

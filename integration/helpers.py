@@ -296,3 +296,20 @@ def start_running(c: Client, name: str) -> dict[str, Any]:
     st = wait_state(c, name, "running")
     assert isinstance(st["pid"], int), st
     return st
+
+
+# -- a daemon's resources ------------------------------------------------------------------
+
+
+def open_fds(pid: int) -> int:
+    """How many file descriptors process `pid` holds (/proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process `pid` (VmRSS of /proc/PID/status)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")

@@ -6,25 +6,43 @@
 Each connection is served by one task that answers its frames in order;
 parallelism comes from connections. Reading pauses while a connection has
 more than a few frames waiting, so a flooding peer cannot grow the daemon.
+
+Bounds (README "Limits"): at most `max_connections` connections (one more is
+told it is refused, in its own framing, and closed); a connection with no call
+in flight and nothing received for `idle_timeout_s` is closed, and so is one
+whose frame (an NDJSON line, an HTTP request with its body) is not complete
+`frame_timeout_s` after its first byte. Batches are bounded in the dispatcher.
+
+HTTP follows RFC 9110/9112 where it concerns a JSON-RPC endpoint: h11 does the
+parsing; we add what h11 leaves to the application (routing, 405 with Allow,
+501 for unknown methods, HEAD, Date, Host syntax, absolute-form targets,
+refusing Content-Length with Transfer-Encoding, ignoring a leading empty line).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import grp
 import logging
 import os
+import re
+import resource
 import socket
 import struct
+import time
 from collections import deque
+from collections.abc import AsyncIterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import h11
 import orjson
 
-from hero_procd.errors import INVALID_REQUEST
+from hero_procd.errors import BUSY, INVALID_REQUEST
 from hero_procd.rpc.dispatch import Dispatcher, error_response
 
 log = logging.getLogger(__name__)
@@ -32,6 +50,34 @@ log = logging.getLogger(__name__)
 _CRED = struct.Struct("3i")
 _MAX_QUEUED_FRAMES = 32
 _HTTP_METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_MAX_INCOMPLETE_HEAD = 64 * 1024
+# After a frame or answer this large, glibc is asked to give freed heap back to
+# the OS (malloc_trim), at most once per _TRIM_DELAY_S: without it RSS stayed
+# ~35 MB above rest after large batches (freed, but kept in malloc's arenas).
+_TRIM_AFTER_BYTES = 1 << 20
+_TRIM_DELAY_S = 1.0
+_TRIM_AFTER_CONNECTIONS = 64
+# Connections over the bound wait this long at most for their first bytes (to be
+# told why, in their framing); past this many of them at once, they are just closed.
+_REFUSE_WAIT_S = 5.0
+_MAX_REFUSING = 64
+# Methods RFC 9110 (and RFC 5789, PATCH) define: others are 501, these 405 where not allowed.
+_KNOWN_METHODS = frozenset(
+    (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS", b"TRACE", b"PATCH")
+)
+_ROUTES: dict[bytes, tuple[bytes, ...]] = {
+    b"/rpc": (b"POST", b"OPTIONS"),
+    b"/": (b"POST", b"OPTIONS"),
+    b"/openrpc.json": (b"GET", b"HEAD", b"OPTIONS"),
+    b"/health": (b"GET", b"HEAD", b"OPTIONS"),
+}
+_PATHS = ["/rpc", "/openrpc.json", "/health"]
+# Host = uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2): a reg-name or IPv4
+# address, or an IP literal in brackets; empty is allowed (RFC 9112 3.2).
+_HOST_RE = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[A-Za-z0-9._~!$&'()*+,;=:-]+\]"
+    rb"|(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?"
+)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -52,6 +98,10 @@ def _supplementary_groups(pid: int) -> set[int]:
     return set()
 
 
+def _new_h11() -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_INCOMPLETE_HEAD)
+
+
 class RpcServer:
     """Listens on the socket and serves connections until closed."""
 
@@ -64,7 +114,26 @@ class RpcServer:
         self.group_gid = grp.getgrnam(group).gr_gid if group else None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[Connection] = set()
+        self._refusing: set[Connection] = set()
         self._uid = os.getuid()
+        config = dispatcher.app.config
+        self.max_connections = config.max_connections
+        self.idle_timeout_s = config.idle_timeout_s
+        self.frame_timeout_s = config.frame_timeout_s
+        self._sweeper: asyncio.Task[None] | None = None
+        self._trim: asyncio.TimerHandle | None = None
+        self._peak_connections = 0  # since memory was last given back
+
+    def give_back_memory(self) -> None:
+        """Give freed memory back to the OS soon (once for a burst of large frames or closes)."""
+        if _MALLOC_TRIM is None or self._trim is not None:
+            return
+
+        def trim() -> None:
+            self._trim = None
+            _MALLOC_TRIM(0)
+
+        self._trim = asyncio.get_running_loop().call_later(_TRIM_DELAY_S, trim)
 
     async def start(self) -> None:
         """Bind the socket with mode 0600 (0660 and the group, if one is configured)."""
@@ -81,6 +150,17 @@ class RpcServer:
         if self.group_gid is not None:
             os.chown(self.socket_path, -1, self.group_gid)
             os.chmod(self.socket_path, 0o660)
+        _raise_fd_limit(self.max_connections + _MAX_REFUSING + 256)
+        self._sweeper = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Close idle connections and frames that take too long, a few times per timeout."""
+        tick = min(max(min(self.idle_timeout_s, self.frame_timeout_s) / 4, 0.05), 1.0)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self._connections) + list(self._refusing):
+                conn.check_deadlines(now)
 
     async def authorize(self, pid: int, uid: int, gid: int) -> bool:
         """True if the peer may talk to the daemon: our uid, root, or (if set) the socket group."""
@@ -96,6 +176,12 @@ class RpcServer:
         """Stop accepting, let in-flight requests finish (up to `grace_s`), close connections."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._trim is not None:
+            self._trim.cancel()
+        for conn in list(self._refusing):
+            conn.close()
         conns = list(self._connections)
         for conn in conns:
             conn.stop_reading()
@@ -110,6 +196,33 @@ class RpcServer:
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    """Lift the soft RLIMIT_NOFILE towards `wanted` (the hard limit caps it).
+
+    The usual soft limit of 1024 would make the connection bound unreachable:
+    accept() would fail with EMFILE before `max_connections` is hit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _find_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc; absent on musl and elsewhere
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+def _http_date() -> str:
+    return formatdate(usegmt=True)
 
 
 class Connection(asyncio.Protocol):
@@ -131,16 +244,36 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
+        self.refused = False  # over max_connections: told so, then closed
+        self.opened = time.monotonic()
+        self.last_active = self.opened
+        self.frame_started: float | None = None  # first byte of a frame not yet complete
+        self.http_method: bytes | None = None  # of the request being answered
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
-        self.server._connections.add(self)
+        server = self.server
+        if len(server._connections) >= server.max_connections:
+            if len(server._refusing) >= _MAX_REFUSING:
+                transport.close()  # a flood: no word, just the close
+                return
+            self.refused = True
+            server._refusing.add(self)
+        else:
+            server._connections.add(self)
+            server._peak_connections = max(server._peak_connections, len(server._connections))
         self.task = asyncio.get_running_loop().create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.server._connections.discard(self)
+        server = self.server
+        server._connections.discard(self)
+        server._refusing.discard(self)
+        if server._peak_connections >= _TRIM_AFTER_CONNECTIONS:
+            # A burst of connections is ending: what they held is worth giving back.
+            server._peak_connections = len(server._connections)
+            server.give_back_memory()
         self.writable.set()
         self.wakeup.set()
 
@@ -148,23 +281,77 @@ class Connection(asyncio.Protocol):
         self.writable.clear()
 
     def resume_writing(self) -> None:
+        self.last_active = time.monotonic()  # the peer reads: it is not idle
         self.writable.set()
 
     def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
         if self.mode is None:
             first = data.lstrip()[:1]
             if not first and not self.buffer:
                 return
             self.mode = "http" if first and first[0] in _HTTP_METHOD_START else "json"
             if self.mode == "http":
-                self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+                self.http = _new_h11()
         if self.mode == "http":
             assert self.http is not None
+            if self.frame_started is None:
+                self.frame_started = self.last_active
+            if self.http.their_state is h11.IDLE and not self.http.trailing_data[0]:
+                # RFC 9112 2.2: empty lines before a request line are ignored.
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    return
             self.http.receive_data(data)
             self._pause_reading()  # the serving task resumes reading when it needs more
             self.wakeup.set()
             return
         self._split_lines(data)
+
+    def check_deadlines(self, now: float) -> None:
+        """Close the connection if it idled, or a frame dragged, past its timeout (sweeper)."""
+        if self.closed:
+            return
+        server = self.server
+        if self.refused:
+            if now - self.opened > min(_REFUSE_WAIT_S, server.frame_timeout_s):
+                self.abort()
+            return
+        if not self.writable.is_set() and now - self.last_active > server.idle_timeout_s:
+            self.abort()  # the peer stopped reading our answers
+            return
+        if not self.idle.is_set():
+            return  # a call is in flight: its own timeouts apply
+        if self.frame_started is not None and now - self.frame_started > server.frame_timeout_s:
+            log.info("closing a connection whose frame is incomplete after its timeout")
+            self._timed_out_answer()
+            self.abort()
+        elif now - self.last_active > server.idle_timeout_s:
+            self.abort()
+
+    def _timed_out_answer(self) -> None:
+        limit = self.server.frame_timeout_s
+        if self.mode == "http" and self.http is not None:
+            if self.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                with contextlib.suppress(h11.LocalProtocolError):
+                    self._http_send(
+                        self.http,
+                        408,
+                        {"error": "request not complete in time", "limit_s": limit},
+                        close=True,
+                    )
+        elif self.mode == "json":
+            problem = f"frame not complete {limit:g} s after its first byte (frame_timeout_s)"
+            self._write(
+                orjson.dumps(
+                    error_response(
+                        INVALID_REQUEST,
+                        "Invalid Request",
+                        {"problem": problem, "bound": "frame_timeout_s", "limit": limit},
+                    )
+                )
+                + b"\n"
+            )
 
     def eof_received(self) -> bool | None:
         if self.mode == "http" and self.http is not None:
@@ -193,6 +380,10 @@ class Connection(asyncio.Protocol):
             newline = self.buffer.find(b"\n", last)
         if last:
             del self.buffer[:last]
+        if not self.buffer.strip():
+            self.frame_started = None
+        elif last or self.frame_started is None:
+            self.frame_started = self.last_active  # a new frame began in this chunk
         if len(self.buffer) > self.server.max_frame:
             self._refuse_oversized()
             return
@@ -230,21 +421,32 @@ class Connection(asyncio.Protocol):
                 )
                 return
             self.idle.clear()
+            size = len(frame)
             try:
-                answer = await self.server.dispatcher.handle(frame)
+                wrote = False
+                async for piece in self.server.dispatcher.stream(frame):
+                    self._write(piece)
+                    wrote = True
+                    size += len(piece)
+                    if not self.writable.is_set():
+                        await self.writable.wait()  # the peer reads slower than we answer
+                if wrote:
+                    self._write(b"\n")
             finally:
                 self.idle.set()
-            if answer is not None:
-                self._write(answer + b"\n")
-                if not self.writable.is_set():
-                    await self.writable.wait()
+                self.last_active = time.monotonic()
+            del frame
+            if size > _TRIM_AFTER_BYTES:
+                self.server.give_back_memory()
+            if not self.writable.is_set():
+                await self.writable.wait()
             if len(self.frames) < _MAX_QUEUED_FRAMES // 2 and not self.stopping:
                 self._resume_reading()
 
     # -- HTTP/1.1 -----------------------------------------------------------
     async def _next_http_event(self) -> Any:
-        assert self.http is not None
         while True:
+            assert self.http is not None
             event = self.http.next_event()
             if event is not h11.NEED_DATA:
                 return event
@@ -253,6 +455,24 @@ class Connection(asyncio.Protocol):
             self.wakeup.clear()
             self._resume_reading()
             await self.wakeup.wait()
+
+    def _next_http_cycle(self) -> h11.Connection:
+        """A fresh parser for the next request, fed what the last one left unread.
+
+        Instead of h11's start_next_cycle, so that empty lines between two
+        requests are ignored too (RFC 9112 2.2), with no parsing of our own.
+        """
+        assert self.http is not None
+        leftover, closed = self.http.trailing_data
+        self.http = _new_h11()
+        self.http_method = None
+        leftover = leftover.lstrip(b"\r\n")
+        if leftover:
+            self.http.receive_data(leftover)
+        if closed:
+            self.http.receive_data(b"")
+        self.frame_started = self.last_active if leftover else None
+        return self.http
 
     async def _serve_http(self) -> None:
         http = self.http
@@ -267,21 +487,48 @@ class Connection(asyncio.Protocol):
                 await self._answer_http(http, event)
                 if http.our_state is not h11.DONE or http.their_state is not h11.DONE:
                     return  # closing, or the peer is still mid-body after an early answer
-                http.start_next_cycle()
+                http = self._next_http_cycle()
             except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                if status == 501:
+                    # h11 says 501 only for a Transfer-Encoding other than a lone
+                    # "chunked". RFC 9112 6.3: chunked not last is an unknowable
+                    # length, 400 and close; we treat every such framing alike.
+                    status = 400
                 if http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    self._http_send(http, exc.error_status_hint, {"error": str(exc)})
+                    self._http_send(http, status, {"error": str(exc)}, close=True)
                 return
 
+    def _refuse_http(self, http: h11.Connection, status: int, doc: Any) -> None:
+        """Answer before the body is read, and close: the body's bytes are never looked at."""
+        self._http_send(http, status, doc, close=True)
+
     async def _answer_http(self, http: h11.Connection, request: h11.Request) -> None:
-        headers = {k.lower(): v for k, v in request.headers}
+        # h11 gives header names lower-cased.
+        headers: dict[bytes, bytes] = {}
+        for name, value in request.headers:
+            headers.setdefault(name, value)
+        if b"transfer-encoding" in headers and b"content-length" in headers:
+            # RFC 9112 6.1: a request with both may be an attempt at request smuggling.
+            self._refuse_http(
+                http, 400, {"error": "both Content-Length and Transfer-Encoding: ambiguous framing"}
+            )
+            return
+        method = self.http_method = request.method
+        if method not in _KNOWN_METHODS:
+            self._refuse_http(http, 501, {"error": "method not implemented"})
+            return
+        path = self._http_path(http, request, headers.get(b"host"))
+        if path is None:
+            return
         length = int(headers.get(b"content-length", b"0") or 0)
         if length > self.server.max_frame:
-            self._http_send(
+            self._refuse_http(
                 http, 413, {"error": "body too large", "limit_bytes": self.server.max_frame}
             )
             return
-        if headers.get(b"expect", b"").lower() == b"100-continue":
+        if http.they_are_waiting_for_100_continue:
+            # h11 says so only for HTTP/1.1 (RFC 9110 10.1.1: never a 1xx to HTTP/1.0).
             self._write(http.send(h11.InformationalResponse(status_code=100, headers=[])))
         body = bytearray()
         while True:
@@ -289,45 +536,120 @@ class Connection(asyncio.Protocol):
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > self.server.max_frame:
-                    self._http_send(http, 413, {"error": "body too large"})
+                    self._refuse_http(http, 413, {"error": "body too large"})
                     return
             elif isinstance(event, h11.EndOfMessage):
                 break
             else:
                 return  # the peer went away mid-body
-        target = request.target.split(b"?", 1)[0]
-        method = request.method
-        if target in (b"/rpc", b"/") and method == b"POST":
-            self.idle.clear()
-            try:
-                answer = await self.server.dispatcher.handle(bytes(body))
-            finally:
-                self.idle.set()
-            if answer is None:
-                self._http_send_raw(http, 204, b"")
-            else:
-                self._http_send_raw(http, 200, answer)
-        elif target == b"/openrpc.json" and method in (b"GET", b"HEAD"):
+        self.frame_started = None
+        allowed = _ROUTES.get(path)
+        if path == b"*" and method == b"OPTIONS":
+            allowed = tuple(sorted({m for ms in _ROUTES.values() for m in ms}))
+        if allowed is None:
+            self._http_send(http, 404, {"error": "not found", "paths": _PATHS})
+        elif method not in allowed:
+            self._http_send(
+                http, 405, {"error": "method not allowed"}, extra=[(b"allow", b", ".join(allowed))]
+            )
+        elif method == b"OPTIONS":
+            self._http_send_raw(http, 204, b"", extra=[(b"allow", b", ".join(allowed))])
+        elif method == b"POST":
+            await self._http_rpc(http, bytes(body))
+        elif path == b"/openrpc.json":
             self._http_send_raw(http, 200, orjson.dumps(self.server.dispatcher.app.openrpc))
-        elif target == b"/health" and method in (b"GET", b"HEAD"):
+        else:
             app = self.server.dispatcher.app
             self._http_send(http, 200, {"status": "ok", "version": app.version, "pid": app.pid})
-        elif target in (b"/rpc", b"/", b"/openrpc.json", b"/health"):
-            self._http_send(http, 405, {"error": "method not allowed"})
+
+    def _http_path(
+        self, http: h11.Connection, request: h11.Request, host: bytes | None
+    ) -> bytes | None:
+        """The request's path (query dropped), or None after answering 400."""
+        target = request.target
+        if target[:1] == b"/" or (target == b"*" and request.method == b"OPTIONS"):
+            authority = host
+            path = target.split(b"?", 1)[0]
         else:
-            self._http_send(
-                http, 404, {"error": "not found", "paths": ["/rpc", "/openrpc.json", "/health"]}
-            )
+            # RFC 9112 3.2.2: absolute-form; its authority stands in for Host.
+            try:
+                parts = urlsplit(target)
+            except ValueError:
+                parts = None
+            if parts is None or parts.scheme.lower() not in (b"http", b"https") or parts.fragment:
+                self._refuse_http(http, 400, {"error": "bad request target"})
+                return None
+            authority = parts.netloc
+            path = parts.path or b"/"
+        if authority is not None and (b"@" in authority or _HOST_RE.fullmatch(authority) is None):
+            self._refuse_http(http, 400, {"error": "invalid Host"})
+            return None
+        return path
 
-    def _http_send(self, http: h11.Connection, status: int, doc: Any) -> None:
-        self._http_send_raw(http, status, orjson.dumps(doc))
+    async def _http_rpc(self, http: h11.Connection, body: bytes) -> None:
+        """POST /rpc: one answer with Content-Length, or a large batch's answer streamed."""
+        self.idle.clear()
+        try:
+            pieces: AsyncIterator[bytes] = self.server.dispatcher.stream(body)
+            first = await anext(pieces, None)
+            if first is None:
+                self._http_send_raw(http, 204, b"")
+                return
+            second = await anext(pieces, None)
+            if second is None:
+                self._http_send_raw(http, 200, first)
+                if len(first) + len(body) > _TRIM_AFTER_BYTES:
+                    self.server.give_back_memory()
+                return
+            self.server.give_back_memory()  # a streamed answer: more than a window's worth
+            # No Content-Length: h11 frames it chunked (HTTP/1.1) or by close (1.0).
+            head = [(b"content-type", b"application/json"), (b"date", _http_date().encode())]
+            self._write(http.send(h11.Response(status_code=200, headers=head)))
+            self._write(http.send(h11.Data(data=first)) + http.send(h11.Data(data=second)))
+            async for piece in pieces:
+                if not self.writable.is_set():
+                    await self.writable.wait()
+                if self.closed:
+                    return
+                self._write(http.send(h11.Data(data=piece)))
+            self._write(http.send(h11.EndOfMessage()))
+        finally:
+            self.idle.set()
+            self.last_active = time.monotonic()
 
-    def _http_send_raw(self, http: h11.Connection, status: int, body: bytes) -> None:
-        headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
-        if status == 204:
-            headers = []
+    def _http_send(
+        self,
+        http: h11.Connection,
+        status: int,
+        doc: Any,
+        *,
+        close: bool = False,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self._http_send_raw(http, status, orjson.dumps(doc), close=close, extra=extra)
+
+    def _http_send_raw(
+        self,
+        http: h11.Connection,
+        status: int,
+        body: bytes,
+        *,
+        close: bool = False,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        headers: list[tuple[bytes, bytes]] = [(b"date", _http_date().encode())]
+        if status != 204:
+            headers += [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+        if close:
+            headers.append((b"connection", b"close"))
+        headers += extra or []
         out = http.send(h11.Response(status_code=status, headers=headers))
-        if body:
+        if body and self.http_method != b"HEAD":
+            # A response to HEAD has no body (RFC 9110 9.3.2); its headers,
+            # Content-Length included, are those a GET would get.
             out += http.send(h11.Data(data=body))
         out += http.send(h11.EndOfMessage())
         self._write(out)
@@ -345,6 +667,9 @@ class Connection(asyncio.Protocol):
             while self.mode is None and not self.closed and not self.stopping:
                 self.wakeup.clear()
                 await self.wakeup.wait()
+            if self.refused:
+                self._refuse_busy()
+                return
             if self.mode == "http":
                 await self._serve_http()
             elif self.mode == "json":
@@ -353,6 +678,22 @@ class Connection(asyncio.Protocol):
             log.exception("connection failed")
         finally:
             self.close()
+
+    def _refuse_busy(self) -> None:
+        """Tell a connection over `max_connections` so, in its framing (it is closed after)."""
+        limit = self.server.max_connections
+        problem = f"over the bound of {limit} open connections (max_connections)"
+        data = {"problem": problem, "bound": "max_connections", "limit": limit}
+        if self.mode == "http" and self.http is not None:
+            with contextlib.suppress(h11.ProtocolError):
+                self.http.next_event()  # lets h11 see the request line, to answer in its version
+            with contextlib.suppress(h11.ProtocolError):
+                self._http_send(
+                    self.http, 503, {"error": problem, **data}, close=True,
+                    extra=[(b"retry-after", b"1")],
+                )  # fmt: skip
+        elif self.mode == "json":
+            self._write(orjson.dumps(error_response(BUSY, "Busy", data)) + b"\n")
 
     def _write(self, data: bytes | None) -> None:
         if data and self.transport is not None and not self.closed:
@@ -383,3 +724,8 @@ class Connection(asyncio.Protocol):
         """Close the connection once what is written has been sent."""
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping what the peer has not read (a timeout: it may never read)."""
+        if self.transport is not None:
+            self.transport.abort()
