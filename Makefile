@@ -1,6 +1,15 @@
 # hero-procd — everything a newcomer needs: `make run`, `make test`.
 PYTHON ?= python3
-VENV   ?= .venv
+# One venv per interpreter: `make test PYTHON=python3.12` builds and uses .venv-3.12.x
+# (its exact version), so trying another Python never reuses a venv built by a
+# different one. `VENV=...` still picks a folder outright.
+ifeq ($(origin VENV),undefined)
+ifeq ($(PYTHON),python3)
+VENV := .venv
+else
+VENV := .venv-$(shell $(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+endif
+endif
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
