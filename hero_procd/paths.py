@@ -60,9 +60,9 @@ def _check_no_dangling(path: Path, what: str) -> None:
         if not os.path.lexists(part):
             return  # this level and those below are missing: created later, not followed
         if os.path.islink(part) and not os.path.exists(part):
-            target = os.readlink(part)
+            where = f"{what} {path}" if part == path else f"{what} {path}: {part}"
             raise StartupError(
-                f"{what} {path}: {part} is a symlink to {target}, which does not exist "
+                f"{where} is a symlink to {os.readlink(part)}, which does not exist "
                 "(or loops); create the target or give the real path"
             )
 
@@ -86,7 +86,7 @@ def resolve_db(path: Path) -> Path:
 def resolve_socket(path: Path) -> Path:
     """The socket's path with its folder resolved; refused if it cannot be bound safely."""
     path = Path(os.path.abspath(path))
-    _check_no_dangling(path.parent, "socket folder of")
+    _check_no_dangling(path.parent, "socket folder")
     if os.path.islink(path):
         # bind() never follows a symlink, and unlinking a stale socket through one
         # would delete whatever it points to: the socket path must be the real one.
