@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -31,6 +30,7 @@ from integration.helpers import (
     finish,
     gate_script,
     kill_leftovers,
+    refused,
     sh,
     submit,
     wait_for,
@@ -52,31 +52,6 @@ def started() -> Iterator[list[DaemonProcess]]:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
         kill_leftovers(proc.db_path)
-
-
-def refused(argv: list[str], timeout_s: float = 20.0) -> tuple[str, float]:
-    """Run a daemon that must refuse to start: (its one-line reason, seconds it took).
-
-    Asserts exit status 1, no traceback, and exactly one line of its own on
-    stderr (log records of other levels may precede it, each on its line).
-    """
-    began = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"the daemon did not exit within {timeout_s}s:\n{err}") from None
-    took = time.monotonic() - began
-    assert proc.returncode == 1, f"exit {proc.returncode}:\n{err}"
-    assert "Traceback" not in err, err
-    reasons = [line for line in err.splitlines() if line.startswith("hero-procd: ")]
-    assert len(reasons) == 1, f"want one line starting 'hero-procd: ', got:\n{err}"
-    assert out == "", out
-    return reasons[0], took
 
 
 def job_rows(db: Path) -> dict[int, str]:
