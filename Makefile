@@ -7,7 +7,11 @@ ifeq ($(origin VENV),undefined)
 ifeq ($(PYTHON),python3)
 VENV := .venv
 else
-VENV := .venv-$(shell $(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+ifeq ($(PY_VERSION),)
+$(error cannot run PYTHON=$(PYTHON); give its full path (or, under pyenv, set PYENV_VERSION))
+endif
+VENV := .venv-$(PY_VERSION)
 endif
 endif
 BIN    := $(VENV)/bin

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,8 @@ def describe(exc: BaseException) -> str:
     """One line saying what went wrong, for an operator (no traceback, no class path)."""
     if isinstance(exc, StartupError | HeroError):
         return str(exc)
+    if isinstance(exc, sqlite3.Error):
+        return " ".join(str(exc).split())  # SQLite's own words say it ("file is not a database")
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
@@ -123,7 +126,8 @@ class Teardown:
             try:
                 await stop()
             except Exception as exc:
-                log.error(f"stopping the {name} failed: {describe(exc)}", exc_info=exc)
+                log.error(f"stopping the {name} failed: {describe(exc)}")
+                log.debug("stop failure", exc_info=exc)  # the traceback only when asked for
 
 
 def _lock_release(lock: DatabaseLock) -> Callable[[], Awaitable[None]]:
@@ -168,8 +172,10 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
             config.max_frame,
             config.socket_group,
         )
-        teardown.push("server", lambda: server.close(config.shutdown_grace_s))
         await server.start()
+        # Pushed once bound: closing also unlinks the path, which, had the bind
+        # failed, could be another program's socket.
+        teardown.push("server", lambda: server.close(config.shutdown_grace_s))
 
         # Only now may children run: the daemon can be reached to see and stop them.
         stage = "starting the executor"
