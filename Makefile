@@ -1,6 +1,19 @@
 # hero-procd — everything a newcomer needs: `make run`, `make test`.
 PYTHON ?= python3
-VENV   ?= .venv
+# One venv per interpreter: `make test PYTHON=python3.12` builds and uses .venv-3.12.x
+# (its exact version), so trying another Python never reuses a venv built by a
+# different one. `VENV=...` still picks a folder outright.
+ifeq ($(origin VENV),undefined)
+ifeq ($(PYTHON),python3)
+VENV := .venv
+else
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)
+ifeq ($(PY_VERSION),)
+$(error cannot run PYTHON=$(PYTHON); give its full path (or, under pyenv, set PYENV_VERSION))
+endif
+VENV := .venv-$(PY_VERSION)
+endif
+endif
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hero_procd.config import default_socket_path
+from hero_procd.config import client_socket_path
 from hero_procd.errors import HeroError, from_wire
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class Client:
     def __init__(
         self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 60.0
     ):
-        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.socket_path = Path(socket_path) if socket_path else client_socket_path()
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buf = bytearray()
@@ -140,7 +140,7 @@ class AsyncClient:
     def __init__(
         self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 60.0
     ):
-        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
+        self.socket_path = Path(socket_path) if socket_path else client_socket_path()
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None

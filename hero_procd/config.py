@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -26,6 +27,42 @@ def default_socket_path() -> Path:
     if runtime:
         return Path(runtime) / "hero_proc.sock"
     return Path.home() / "hero" / "var" / "sockets" / "hero_proc.sock"
+
+
+# Where the shipped systemd unit (systemd/hero-procd.service) puts the socket of
+# the system-wide daemon. Clients look there last, so `hero-proc` finds a daemon
+# installed as a service without any flag.
+SYSTEM_SOCKET_PATH = Path("/run/hero-procd/hero_proc.sock")
+
+
+def client_socket_candidates() -> list[Path]:
+    """Where a client looks for the daemon, in order, when no socket is given.
+
+    `$HERO_PROC_SOCKET` alone when set (an explicit choice is never second-guessed);
+    else the user's own daemon (`$XDG_RUNTIME_DIR/hero_proc.sock`, then
+    `~/hero/var/sockets/hero_proc.sock`), then the system daemon's socket.
+    """
+    env = os.environ.get("HERO_PROC_SOCKET")
+    if env:
+        return [Path(env)]
+    candidates: list[Path] = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        candidates.append(Path(runtime) / "hero_proc.sock")
+    candidates.append(Path.home() / "hero" / "var" / "sockets" / "hero_proc.sock")
+    candidates.append(SYSTEM_SOCKET_PATH)
+    return candidates
+
+
+def client_socket_path() -> Path:
+    """The first candidate that is a socket; the daemon's own default if none is."""
+    for path in client_socket_candidates():
+        try:
+            if stat.S_ISSOCK(os.stat(path).st_mode):
+                return path
+        except OSError:
+            continue
+    return default_socket_path()
 
 
 def default_db_path() -> Path:

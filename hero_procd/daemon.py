@@ -1,19 +1,27 @@
-"""hero-procd: start-up, single-instance guard, signals, graceful shutdown, sd_notify."""
+"""hero-procd: start-up, single-instance guard, signals, graceful shutdown, sd_notify.
+
+Start-up is ordered so that a failure never leaves a child behind: the files
+are checked and the single-instance lock and the socket taken first, then the
+store is opened, then the socket bound, and only then do the engines start
+(the first of which may spawn). Whatever fails stops what was started, in
+reverse, and the daemon exits 1 with one line naming the cause.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import fcntl
 import logging
 import os
 import signal
 import socket
+import sqlite3
 import sys
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import orjson
@@ -25,17 +33,18 @@ from hero_procd.engine.executor import Executor
 from hero_procd.engine.janitor import Janitor
 from hero_procd.engine.scheduler import Scheduler
 from hero_procd.engine.supervisor import Supervisor
+from hero_procd.errors import HeroError
 from hero_procd.logs_setup import setup_logging
+from hero_procd.paths import DatabaseLock, StartupError, claim_socket
+from hero_procd.paths import resolve as resolve_paths
 from hero_procd.rpc.dispatch import Dispatcher
-from hero_procd.rpc.registry import load_methods
+from hero_procd.rpc.registry import Handler, load_methods
 from hero_procd.rpc.server import RpcServer
 from hero_procd.store import Store
 
 log = logging.getLogger("hero_procd")
 
-
-class StartupError(Exception):
-    """The daemon cannot start; the message says why."""
+__all__ = ["StartupError", "main", "serve"]
 
 
 def load_openrpc() -> dict[str, Any]:
@@ -44,23 +53,6 @@ def load_openrpc() -> dict[str, Any]:
         resources.files("hero_procd").joinpath("openrpc.json").read_bytes()
     )
     return doc
-
-
-def probe_socket(path: Path, timeout_s: float = 2.0) -> str:
-    """'absent', 'stale' (a file nobody listens on) or 'live' (something answers)."""
-    if not path.exists():
-        return "absent"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    try:
-        sock.connect(str(path))
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
-            return "stale"
-        return "live"  # refused for another reason (permission, say): do not remove it
-    finally:
-        sock.close()
-    return "live"
 
 
 def notify(state: str) -> None:
@@ -77,82 +69,198 @@ def notify(state: str) -> None:
             log.warning("sd_notify failed", extra={"notify_socket": addr})
 
 
-def take_lock(db_path: Path) -> int:
-    """Hold an exclusive flock beside the database, so two daemons never share one."""
-    db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock_path = db_path.with_name(db_path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+def describe(exc: BaseException) -> str:
+    """One line saying what went wrong, for an operator (no traceback, no class path)."""
+    if isinstance(exc, StartupError | HeroError):
+        return str(exc)
+    if isinstance(exc, sqlite3.Error):
+        return " ".join(str(exc).split())  # SQLite's own words say it ("file is not a database")
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    text = " ".join(str(exc).split())  # one line, whatever the exception put in it
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class GatedDispatcher(Dispatcher):
+    """A dispatcher that holds requests until the engines have started.
+
+    The socket is bound before the engines start, so that no child runs while
+    the daemon cannot be reached; a request arriving in between waits here
+    (rather than meeting an executor that is not there yet) and is answered
+    as soon as the daemon is ready.
+    """
+
+    def __init__(self, app: App, handlers: dict[str, Handler], ready: asyncio.Event) -> None:
+        super().__init__(app, handlers)
+        self._ready = ready
+
+    async def handle(self, payload: bytes | str) -> bytes | None:
+        """Answer one frame once the daemon is ready."""
+        if not self._ready.is_set():
+            await self._ready.wait()
+        return await super().handle(payload)
+
+
+class Teardown:
+    """What the daemon has started, stopped in reverse order.
+
+    Each step is stopped even if an earlier one failed: a failed stop is
+    logged and must not leave the rest (children, the store, the lock) behind.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+
+    def push(self, name: str, stop: Callable[[], Awaitable[None]]) -> None:
+        """Remember how to stop what was just started."""
+        self._steps.append((name, stop))
+
+    async def run(self, first: str | None = None) -> None:
+        """Stop everything, newest first; `first` (if given) before all the others."""
+        steps = list(reversed(self._steps))
+        self._steps.clear()
+        if first is not None:
+            steps.sort(key=lambda step: step[0] != first)  # stable: the rest keep their order
+        for name, stop in steps:
+            try:
+                await stop()
+            except Exception as exc:
+                log.error(f"stopping the {name} failed: {describe(exc)}")
+                log.debug("stop failure", exc_info=exc)  # the traceback only when asked for
+
+
+def _lock_release(lock: DatabaseLock) -> Callable[[], Awaitable[None]]:
+    async def release() -> None:
+        lock.release()
+
+    return release
+
+
+async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Config:
+    """Take the lock and the socket, open the store, start the engines: in that order.
+
+    Every stage that succeeds pushes its stop onto `teardown`; an exception
+    leaves the caller to unwind them. Stages are named in the error so that
+    one line says where start-up stopped. Returns the config with its paths
+    resolved.
+    """
+    stage = "checking the files"
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise StartupError(
-            f"another hero-procd holds the database {db_path} (lock {lock_path})"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+        paths = await asyncio.to_thread(
+            resolve_paths, config.db_path, config.socket_path, config.socket_group
+        )
+        # Resolved once: every later use (store, socket, recovery marks, system.info)
+        # sees the same real paths, whatever symlinks the flags went through.
+        config = replace(config, db_path=paths.db, socket_path=paths.socket)
+        stage = "locking the database"
+        lock = await asyncio.to_thread(DatabaseLock.acquire, paths.db)
+        teardown.push("lock", _lock_release(lock))
+        stage = f"claiming the socket {paths.socket}"
+        await asyncio.to_thread(claim_socket, paths.socket, paths.socket_gid)
+
+        stage = f"opening the database {paths.db}"
+        store = await Store.open(paths.db, config.readers)
+        teardown.push("store", store.close)
+        stage = "loading the OpenRPC document"
+        app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))
+
+        stage = f"binding the socket {paths.socket}"
+        server = RpcServer(
+            GatedDispatcher(app, load_methods(), ready),
+            paths.socket,
+            config.max_frame,
+            config.socket_group,
+        )
+        await server.start()
+        # Pushed once bound: closing also unlinks the path, which, had the bind
+        # failed, could be another program's socket.
+        teardown.push("server", lambda: server.close(config.shutdown_grace_s))
+
+        # Only now may children run: the daemon can be reached to see and stop them.
+        stage = "starting the executor"
+        app.executor = Executor(app)
+        teardown.push("executor", app.executor.stop)
+        await app.executor.start()  # recovery first: no process of a previous daemon survives
+        stage = "starting the supervisor"
+        app.supervisor = Supervisor(
+            app, app.executor.flusher, app.executor.spawner, app.executor.instance
+        )
+        teardown.push("supervisor", app.supervisor.stop)
+        await app.supervisor.start()
+        stage = "starting the scheduler"
+        app.scheduler = Scheduler(app)
+        teardown.push("scheduler", app.scheduler.stop)
+        app.scheduler.start()
+        stage = "starting the janitor"
+        app.janitor = Janitor(app)
+        teardown.push("janitor", app.janitor.stop)
+        app.janitor.start()
+    except StartupError:
+        raise
+    except Exception as exc:
+        log.debug("start-up failed", exc_info=exc)
+        raise StartupError(f"{stage}: {describe(exc)}") from exc
+    return config
+
+
+def _on_sighup() -> None:
+    # A closed terminal or a dropped SSH session must not take every supervised
+    # child down with the daemon. Reloading the configuration on SIGHUP comes later.
+    log.warning("SIGHUP received and ignored (the daemon keeps running)")
 
 
 async def serve(config: Config) -> None:
     """Run the daemon until SIGTERM or SIGINT, then shut down cleanly."""
-    state = await asyncio.to_thread(probe_socket, config.socket_path)
-    if state == "live":
-        raise StartupError(
-            f"a daemon already answers on {config.socket_path}; not starting a second one"
-        )
-    lock_fd = await asyncio.to_thread(take_lock, config.db_path)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # Installed before anything starts: a SIGTERM during a long recovery stops
+    # the daemon cleanly once it is up, instead of killing it mid-way.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_sighup)
+    ready = asyncio.Event()
+    teardown = Teardown()
     try:
-        if state == "stale":
-            log.info("removing stale socket", extra={"socket": str(config.socket_path)})
-            with contextlib.suppress(FileNotFoundError):
-                config.socket_path.unlink()
-        store = await Store.open(config.db_path, config.readers)
-        try:
-            app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))
-            app.executor = Executor(app)
-            await app.executor.start()  # recovery first: no process of a previous daemon survives
-            app.supervisor = Supervisor(
-                app, app.executor.flusher, app.executor.spawner, app.executor.instance
-            )
-            await app.supervisor.start()
-            app.scheduler = Scheduler(app)
-            app.scheduler.start()
-            app.janitor = Janitor(app)
-            app.janitor.start()
-            server = RpcServer(
-                Dispatcher(app, load_methods()),
-                config.socket_path,
-                config.max_frame,
-                config.socket_group,
-            )
-            await server.start()
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            log.info(
-                "hero-procd ready",
-                extra={
-                    "version": __version__,
-                    "socket": str(config.socket_path),
-                    "db": str(config.db_path),
-                },
-            )
-            notify("READY=1")
-            await stop.wait()
-            log.info("shutting down")
-            notify("STOPPING=1")
-            await server.close(config.shutdown_grace_s)
-            await app.scheduler.stop()
-            await app.janitor.stop()
-            await app.supervisor.stop()
-            await app.executor.stop()
-        finally:
-            await store.close()
-    finally:
-        os.close(lock_fd)
+        config = await _start(config, teardown, ready)
+    except BaseException:
+        await teardown.run()
+        raise
+    ready.set()
+    log.info(
+        "hero-procd ready",
+        extra={
+            "version": __version__,
+            "socket": str(config.socket_path),
+            "db": str(config.db_path),
+        },
+    )
+    notify("READY=1")
+    await stop.wait()
+    log.info("shutting down")
+    notify("STOPPING=1")
+    # The server goes first: no new request may start work the engines are stopping.
+    await teardown.run(first="server")
     log.info("stopped")
+
+
+def _exit_after_startup_failure(message: str) -> NoReturn:
+    """Print the one line and exit 1, even if a library left a thread behind."""
+    click.echo(f"hero-procd: {message}", err=True)
+    lingering = [
+        t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon
+    ]
+    if lingering:
+        # A non-daemon thread (an aiosqlite connection a failed open did not close,
+        # say) would keep the interpreter from exiting: a daemon that hangs instead
+        # of failing is worse. Everything of ours has been stopped already.
+        log.debug("exiting past lingering threads", extra={"threads": len(lingering)})
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    sys.exit(1)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -190,6 +298,10 @@ def main(
 ) -> None:
     """hero-procd: the process supervisor and job queue daemon."""
     setup_logging(log_level)
+    # Until the event loop takes SIGHUP over, a hang-up must not kill the daemon
+    # either. A handler rather than SIG_IGN: an ignored signal stays ignored in
+    # every child across exec, a handled one is reset to the default.
+    signal.signal(signal.SIGHUP, lambda signum, frame: _on_sighup())
     try:
         config = Config.from_env(
             socket_path,
@@ -206,11 +318,7 @@ def main(
     try:
         uvloop.run(serve(config))
     except StartupError as exc:
-        click.echo(f"hero-procd: {exc}", err=True)
-        sys.exit(1)
-    except KeyError as exc:  # an unknown --socket-group
-        click.echo(f"hero-procd: unknown group {exc}", err=True)
-        sys.exit(1)
+        _exit_after_startup_failure(str(exc))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import http.client
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -92,6 +93,31 @@ def kill_leftovers(db_path: Path) -> None:
     for pid in find_marked(instance_id(str(db_path))):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def refused(argv: list[str], timeout_s: float = 20.0) -> tuple[str, float]:
+    """Run a daemon that must refuse to start: (its one-line reason, seconds it took).
+
+    Asserts exit status 1, no traceback, and exactly one line of its own on
+    stderr (log records of other levels may precede it, each on its line).
+    """
+    began = time.monotonic()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"the daemon did not exit within {timeout_s}s:\n{err}") from None
+    took = time.monotonic() - began
+    assert proc.returncode == 1, f"exit {proc.returncode}:\n{err}"
+    assert "Traceback" not in err, err
+    reasons = [line for line in err.splitlines() if line.startswith("hero-procd: ")]
+    assert len(reasons) == 1, f"want one line starting 'hero-procd: ', got:\n{err}"
+    assert out == "", out
+    return reasons[0], took
 
 
 # -- jobs and runs -------------------------------------------------------------------------

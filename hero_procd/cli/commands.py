@@ -42,8 +42,9 @@ from hero_procd.cli.session import DEFAULT_TIMEOUT_S, CliError, Session
     "socket_path",
     envvar="HERO_PROC_SOCKET",
     metavar="PATH",
-    help="The daemon's socket (default: $HERO_PROC_SOCKET, else $XDG_RUNTIME_DIR/hero_proc.sock, "
-    "else ~/hero/var/sockets/hero_proc.sock).",
+    help="The daemon's socket (default: $HERO_PROC_SOCKET, else the first that exists of "
+    "$XDG_RUNTIME_DIR/hero_proc.sock, ~/hero/var/sockets/hero_proc.sock and the systemd "
+    "unit's /run/hero-procd/hero_proc.sock).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print raw results as JSON, for programs.")
 @click.option(

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import orjson
 
 from hero_procd.client import Client, DaemonUnavailable
-from hero_procd.config import default_socket_path
+from hero_procd.config import client_socket_path
 from hero_procd.errors import HeroError
 
 DEFAULT_TIMEOUT_S = 60.0
@@ -29,7 +29,7 @@ class Session:
     def __init__(
         self, socket_path: str | None, as_json: bool = False, timeout: float = DEFAULT_TIMEOUT_S
     ) -> None:
-        self.socket_path = socket_path or str(default_socket_path())
+        self.socket_path = socket_path or str(client_socket_path())
         self.as_json = as_json
         self.timeout = timeout
         self._clients: dict[float, Client] = {}
