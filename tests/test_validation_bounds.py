@@ -12,8 +12,8 @@ import pytest
 
 from hero_procd.engine.scheduler import check_timezone
 from hero_procd.errors import InvalidParams
-from hero_procd.model import Params, job_request_from, parse_service_spec
-from hero_procd.params import INT64_MAX, INT64_MIN, MAX_SECONDS, check_timezone_name
+from hero_procd.model import job_request_from, parse_service_spec
+from hero_procd.params import INT64_MAX, INT64_MIN, MAX_SECONDS, Params, check_timezone_name
 
 
 def invalid(fn: Any, *args: Any, **kwargs: Any) -> InvalidParams:
