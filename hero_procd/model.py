@@ -222,10 +222,10 @@ def _str_list(value: Any, path: str, name: str) -> list[str]:
 def _number(value: Any, path: str, name: str, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidParams(_where(path, name), "must be a number")
-    # NaN fails every comparison, hence `not value <= MAX_SECONDS`; huge ints are refused
-    # before float() could overflow, and timers past ~31 years overflow the loop's clock.
+    # NaN fails every comparison, hence `not value <= MAX_SECONDS`; infinities and ints
+    # past float range are refused before float() could overflow.
     if not value <= MAX_SECONDS:
-        raise InvalidParams(_where(path, name), f"must be <= {MAX_SECONDS:g}")
+        raise InvalidParams(_where(path, name), "must be a finite number")
     if value < 0 or (positive and value == 0):
         raise InvalidParams(
             _where(path, name), "must be a number > 0" if positive else "must be >= 0"

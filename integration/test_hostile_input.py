@@ -446,7 +446,7 @@ NAMED_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("job.submit", {"command": ["/bin/env"], "env": {"": "y"}}, "env.''"),
     ("job.submit", {"command": ["/bin/env"], "env": {"A": "x\0y"}}, "env.A"),
     ("job.submit", {"script": "echo a\0b"}, "script"),
-    ("job.submit", {"command": ["/bin/true"], "timeout_s": 1e300}, "timeout_s"),
+    ("job.submit", {"command": ["/bin/true"], "timeout_s": -1e300}, "timeout_s"),
     ("secret.set", {"name": "s", "value": "a\0b"}, "value"),
     (
         "service.define",
