@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from hero_procd.errors import InvalidParams
-from hero_procd.params import NAME_RE, Params
+from hero_procd.params import MAX_SECONDS, NAME_RE, NUL, Params, check_env_name
 
 DEFAULT_INTERPRETER = ["/bin/sh"]
 DEFAULT_KILL_TIMEOUT_S = 5.0
@@ -210,14 +210,22 @@ def _str_list(value: Any, path: str, name: str) -> list[str]:
     if not value:
         raise InvalidParams(_where(path, name), "must not be empty")
     for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise InvalidParams(f"{_where(path, name)}[{i}]", "must be a string")
+        # argv items are C strings: a NUL would cut "a\0b" to "a" at spawn.
+        if not isinstance(item, str) or NUL in item:
+            raise InvalidParams(
+                f"{_where(path, name)}[{i}]",
+                "must not contain a NUL character" if isinstance(item, str) else "must be a string",
+            )
     return value
 
 
 def _number(value: Any, path: str, name: str, *, positive: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidParams(_where(path, name), "must be a number")
+    # NaN fails every comparison, hence `not value <= MAX_SECONDS`; infinities and ints
+    # past float range are refused before float() could overflow.
+    if not value <= MAX_SECONDS:
+        raise InvalidParams(_where(path, name), "must be a finite number")
     if value < 0 or (positive and value == 0):
         raise InvalidParams(
             _where(path, name), "must be a number > 0" if positive else "must be >= 0"
@@ -239,13 +247,15 @@ def command_spec_from(raw: Mapping[str, Any], path: str, *, require_command: boo
     cwd = get("cwd")
     if command is not None:
         command = _str_list(command, path, "command")
-    if script is not None and not isinstance(script, str):
-        raise InvalidParams(_where(path, "script"), "must be a string")
+    if script is not None:
+        if not isinstance(script, str):
+            raise InvalidParams(_where(path, "script"), "must be a string")
+        if NUL in script:
+            raise InvalidParams(_where(path, "script"), "must not contain a NUL character")
     if interpreter is not None:
-        interpreter = (
-            [interpreter]
-            if isinstance(interpreter, str)
-            else _str_list(interpreter, path, "interpreter")
+        # A lone string is one argv item: checked as the list it becomes.
+        interpreter = _str_list(
+            [interpreter] if isinstance(interpreter, str) else interpreter, path, "interpreter"
         )
     if command is not None and script is not None:
         raise InvalidParams(_where(path, "script"), "give either command or script, not both")
@@ -257,19 +267,28 @@ def command_spec_from(raw: Mapping[str, Any], path: str, *, require_command: boo
         if not isinstance(env, dict):
             raise InvalidParams(_where(path, "env"), "must be an object of strings")
         for key, value in env.items():
+            check_env_name(key, f"{_where(path, 'env')}.{key!r}")
             if not isinstance(value, str):
                 raise InvalidParams(f"{_where(path, 'env')}.{key}", "must be a string")
+            if NUL in value:
+                raise InvalidParams(
+                    f"{_where(path, 'env')}.{key}", "must not contain a NUL character"
+                )
     env_from_secrets = get("env_from_secrets")
     if env_from_secrets is not None:
         if not isinstance(env_from_secrets, dict):
             raise InvalidParams(_where(path, "env_from_secrets"), "must be an object {VAR: secret}")
         for key, value in env_from_secrets.items():
+            check_env_name(key, f"{_where(path, 'env_from_secrets')}.{key!r}")
             if not isinstance(value, str) or not NAME_RE.fullmatch(value):
                 raise InvalidParams(
                     f"{_where(path, 'env_from_secrets')}.{key}", "must be a secret name"
                 )
-    if cwd is not None and (not isinstance(cwd, str) or not cwd.startswith("/")):
-        raise InvalidParams(_where(path, "cwd"), "must be an absolute path")
+    if cwd is not None:
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise InvalidParams(_where(path, "cwd"), "must be an absolute path")
+        if NUL in cwd:  # "/tmp\0/nope" would run in /tmp: chdir takes a C string
+            raise InvalidParams(_where(path, "cwd"), "must not contain a NUL character")
     timeout_s = get("timeout_s")
     kill_timeout_s = get("kill_timeout_s")
     retries = get("retries")

@@ -55,9 +55,9 @@ def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
     return orjson.loads(ok(result))
 
 
-def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    """Assert the command failed with exit 1 and exactly one `hero-proc: ...` line on stderr."""
-    assert result.returncode == 1, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+def one_line_error(result: subprocess.CompletedProcess[str], *fragments: str, code: int = 1) -> str:
+    """Assert the command failed with exit `code` and exactly one `hero-proc: ...` stderr line."""
+    assert result.returncode == code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr

@@ -54,11 +54,14 @@ def test_job_wait_logs_cancel_batch(daemon: DaemonProcess, workdir: Path) -> Non
     assert len(pages) == 1 and pages[0]["done"] and pages[0]["status"] == "succeeded"
     assert [ln["text"] for ln in pages[0]["lines"]][-1] == "gone"
 
-    # A wait that runs out is an error; cancel; then wait reports it, exit 1.
+    # A wait that runs out exits 124 (like timeout(1)), not 1 like a job that failed with 1;
+    # cancel; then wait reports it, exit 1.
     with daemon.client() as c:
         sleeper = c.call("job.submit", command=["sleep", "100"])["id"]
         wait_running(c, sleeper, timeout_s=15.0)
-    one_line_error(hero_proc(sock, "job", "wait", str(sleeper), "--timeout", "0.3"), "running")
+    one_line_error(
+        hero_proc(sock, "job", "wait", str(sleeper), "--timeout", "0.3"), "running", code=124
+    )
     assert ok(hero_proc(sock, "job", "cancel", str(sleeper))).strip() in (
         f"job {sleeper} cancelling",
         f"job {sleeper} cancelled",
@@ -79,7 +82,8 @@ def test_job_wait_logs_cancel_batch(daemon: DaemonProcess, workdir: Path) -> Non
     }
     (workdir / "batch.json").write_bytes(orjson.dumps(batch))
     counted = hero_proc(sock, "job", "batch", "-f", str(workdir / "batch.json"))
-    assert ok(counted).strip() == "submitted 1, deduplicated 1, superseded 0, failed 1"
+    assert counted.returncode == 1, counted.stderr  # one item failed: the batch did not all go
+    assert counted.stdout.strip() == "submitted 1, deduplicated 1, superseded 0, failed 1"
     assert counted.stderr.startswith("jobs[1]: ") and "command" in counted.stderr
     as_list = orjson.dumps([{"command": ["/bin/true"], "tags": ["b"]}]).decode()
     whole = ok_json(hero_proc(sock, "--json", "job", "batch", "-f", "-", stdin=as_list))

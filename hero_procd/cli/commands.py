@@ -7,7 +7,6 @@ this line. `hero_procd.cli.main` is the entry point.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import click
@@ -176,7 +175,7 @@ def action_delete(s: Session, name: str) -> None:
 @click.pass_obj
 def status(s: Session) -> None:
     """All services: state, health, pid, uptime, restarts, memory, cpu."""
-    colour = sys.stdout.isatty()
+    colour = output.use_colour()
     s.show(s.call("service.status_all"), lambda r: output.status_table(r, colour=colour))
 
 

@@ -31,7 +31,7 @@ from hero_procd.cli.options import (
     tag_option,
     timeout_option,
 )
-from hero_procd.cli.session import CliError, Session
+from hero_procd.cli.session import EXIT_ERROR, CliError, Session, WaitTimeout
 
 # One job.wait call waits at most this long; a longer wait is a loop of them.
 WAIT_STEP_S = 30.0
@@ -54,7 +54,7 @@ def job_exit_code(job: dict[str, Any]) -> int:
 
 
 def wait_for_job(s: Session, job_id: int, timeout_s: float | None) -> dict[str, Any]:
-    """The job once it is done (`job.wait` in bounded steps); CliError past `timeout_s`."""
+    """The job once it is done (`job.wait` in bounded steps); WaitTimeout past `timeout_s`."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         step = WAIT_STEP_S
@@ -64,7 +64,9 @@ def wait_for_job(s: Session, job_id: int, timeout_s: float | None) -> dict[str, 
         if job["done"]:
             return job
         if deadline is not None and time.monotonic() >= deadline:
-            raise CliError(f"job {job_id} is still {job['status']} after {timeout_s:g}s")
+            # Exit 124 (like timeout(1)), never 1: a job that failed with 1 must stay
+            # distinguishable from a wait that merely gave up.
+            raise WaitTimeout(f"job {job_id} is still {job['status']} after {timeout_s:g}s")
 
 
 def print_job_logs(
@@ -96,7 +98,7 @@ def print_job_logs(
         if full:
             continue
         if deadline is not None and time.monotonic() >= deadline:
-            raise CliError(f"job {job_id} is still {page['status']} after {timeout_s:g}s")
+            raise WaitTimeout(f"job {job_id} is still {page['status']} after {timeout_s:g}s")
         pause = FOLLOW_BUSY_S if page["lines"] else FOLLOW_IDLE_S
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - time.monotonic()))
@@ -131,7 +133,7 @@ def job() -> None:
     "--wait-timeout",
     type=POSITIVE_SECONDS,
     metavar="S",
-    help="With --wait: give up (exit 1) after S seconds; the job goes on.",
+    help="With --wait: give up (exit 124) after S seconds; the job goes on.",
 )
 @click.option(
     "--logs",
@@ -288,7 +290,7 @@ def job_cancel(s: Session, job_id: int) -> None:
     "timeout_s",
     type=POSITIVE_SECONDS,
     metavar="S",
-    help="Give up (exit 1) after S seconds (default: wait as long as it takes).",
+    help="Give up (exit 124) after S seconds; the job goes on (default: wait as long as it takes).",
 )
 @json_option
 @click.pass_obj
@@ -314,7 +316,8 @@ def job_wait(s: Session, job_id: int, timeout_s: float | None) -> None:
 def job_batch(s: Session, source: IO[bytes]) -> None:
     """Queue many jobs in one call; prints how many were submitted, deduplicated, failed.
 
-    Each job that failed is a line on stderr; the others are queued anyway.
+    Each job that failed is a line on stderr; the others are queued anyway, and
+    hero-proc exits 1 if any failed (0 only when every job was accepted).
     """
     params = load_json(source)
     if isinstance(params, list):
@@ -334,6 +337,9 @@ def job_batch(s: Session, source: IO[bytes]) -> None:
     if not s.as_json:
         for index, error in result["failed"]:
             click.echo(f"jobs[{index}]: {' '.join(str(error['message']).split())}", err=True)
+    if result["failed"]:
+        # A script must notice a partial batch; the summary (or --json result) says which.
+        sys.exit(EXIT_ERROR)
 
 
 # -- run ------------------------------------------------------------------------------

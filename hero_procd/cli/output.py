@@ -6,11 +6,12 @@ click is imported only to colour a terminal's output, so the fast path of
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -28,6 +29,13 @@ STATE_COLOURS: dict[str, str] = {
 }
 
 Painter = Callable[[str], str | None]
+
+
+def use_colour(stream: IO[str] | None = None) -> bool:
+    """Colour only a terminal, and never when NO_COLOR is set to anything (no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    return (stream or sys.stdout).isatty()
 
 
 def table(

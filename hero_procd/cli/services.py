@@ -37,8 +37,8 @@ LOG_PAGE = 2000
 
 
 def state_paint(column: int) -> dict[int, output.Painter] | None:
-    """Colour the state column, only when stdout is a terminal."""
-    if not sys.stdout.isatty():
+    """Colour the state column, only when stdout is a terminal and NO_COLOR is unset."""
+    if not output.use_colour():
         return None
     return {column: output.STATE_COLOURS.get}
 

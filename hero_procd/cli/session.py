@@ -18,9 +18,36 @@ from hero_procd.errors import HeroError
 
 DEFAULT_TIMEOUT_S = 60.0
 
+# Exit codes of hero-proc (README, "Exit codes"). A waited-for job's own exit code
+# (1-255) is passed through by `job wait` and `job submit --wait`.
+EXIT_OK = 0
+EXIT_ERROR = 1  # the daemon refused the call, could not be reached, or a command failed
+EXIT_USAGE = 2  # the command line is wrong (click's convention)
+EXIT_WAIT_TIMEOUT = 124  # a wait gave up; the job goes on (like timeout(1))
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
 
 class CliError(HeroError):
-    """hero-proc refused the command line before sending anything."""
+    """hero-proc refused the command line, or a command could not do what it was asked."""
+
+    exit_code = EXIT_ERROR
+
+
+class UsageError(CliError):
+    """The command line is wrong: an unknown option, a missing argument, a bad value."""
+
+    exit_code = EXIT_USAGE
+
+
+class WaitTimeout(CliError):
+    """A wait for a job gave up before the job was done (the job goes on)."""
+
+    exit_code = EXIT_WAIT_TIMEOUT
+
+
+# The session of this invocation, so that `main` can tell how to report an error
+# raised after the options were read (--json given to the group or to a command).
+_current: Session | None = None
 
 
 class Session:
@@ -33,6 +60,8 @@ class Session:
         self.as_json = as_json
         self.timeout = timeout
         self._clients: dict[float, Client] = {}
+        global _current
+        _current = self
 
     def call(
         self, method: str, params: dict[str, Any] | None = None, *, wait_s: float = 0.0
@@ -71,8 +100,46 @@ def error_line(exc: HeroError) -> str:
     return "hero-proc: " + " ".join(message.split())
 
 
-def fail(exc: HeroError) -> NoReturn:
-    """Report `exc` in one line on stderr and exit 1."""
-    sys.stderr.write(error_line(exc) + "\n")
+def exit_code_of(exc: HeroError) -> int:
+    """What hero-proc exits with for `exc`: the CLI error's own code, else 1."""
+    return exc.exit_code if isinstance(exc, CliError) else EXIT_ERROR
+
+
+def error_json(exc: HeroError, exit_code: int) -> str:
+    """The one line of JSON that reports `exc` on stderr with --json.
+
+    `code` is the daemon's JSON-RPC error code, or null when hero-proc itself
+    refused (usage, unreachable daemon, wait timeout); `kind` names the class.
+    """
+    from_daemon = not isinstance(exc, CliError | DaemonUnavailable) and exc.code != -32603
+    error: dict[str, Any] = {
+        "kind": type(exc).__name__,
+        "code": exc.code if from_daemon else None,
+        "message": error_line(exc).removeprefix("hero-proc: "),
+        "exit_code": exit_code,
+    }
+    if exc.data is not None:
+        error["data"] = exc.data
+    return orjson.dumps({"error": error}, default=str).decode()
+
+
+def wants_json(argv: list[str]) -> bool:
+    """True if this invocation asked for --json (an option read, or seen before `--`)."""
+    if _current is not None and _current.as_json:
+        return True
+    # A usage error can come before the session exists: look at the words themselves.
+    words = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in words
+
+
+def report(exc: HeroError, as_json: bool, exit_code: int) -> NoReturn:
+    """Report `exc` in one line on stderr (JSON with --json) and exit with `exit_code`."""
+    line = error_json(exc, exit_code) if as_json else error_line(exc)
+    sys.stderr.write(line + "\n")
     sys.stderr.flush()
-    sys.exit(1)
+    sys.exit(exit_code)
+
+
+def fail(exc: HeroError, as_json: bool = False) -> NoReturn:
+    """Report `exc` in one line on stderr and exit with its exit code (1 unless a CliError's)."""
+    report(exc, as_json, exit_code_of(exc))

@@ -13,13 +13,14 @@ import contextlib
 import logging
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
 from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams
 from hero_procd.model import check_run_graph, job_request_from, now
+from hero_procd.params import check_timezone_name
 from hero_procd.store import jobs as jobs_sql
 from hero_procd.store import write_run
 from hero_procd.store.pool import Conn
@@ -31,13 +32,11 @@ _MAX_SLEEP_S = 60.0  # re-read the table at least this often (clock changes, mis
 
 
 def check_timezone(tz: str | None) -> None:
-    """Reject an unknown IANA timezone name."""
+    """Reject an unknown IANA timezone name, by shape and the host's zone list first."""
     if tz is None:
         return
-    try:
-        ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise InvalidParams("timezone", f"unknown timezone {tz!r}") from exc
+    # Not ZoneInfo(tz) alone: a 300-byte name raised OSError with the install path in it.
+    check_timezone_name(tz, "timezone")
 
 
 def check_cron(expr: str) -> None:
