@@ -8,9 +8,11 @@ body to `run_store` and gets the body's result back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -54,3 +56,31 @@ def run_store(db_path: Path) -> StoreRunner:
         return run_with_store(db_path, body, readers)
 
     return run
+
+
+class Statements:
+    """Statements recorded by `write_tx`, run together as one unit of the writer."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    async def execute(self, sql: str, params: Any = ()) -> None:
+        """Record one statement (run when the block ends)."""
+        self.calls.append(("execute", sql, params))
+
+    async def executemany(self, sql: str, rows: Any) -> None:
+        """Record one executemany (run when the block ends)."""
+        self.calls.append(("executemany", sql, rows))
+
+
+@contextlib.asynccontextmanager
+async def write_tx(store: Store) -> AsyncIterator[Statements]:
+    """Test set-up writes: the block's statements run as ONE unit (one transaction) at its end."""
+    recorded = Statements()
+    yield recorded
+
+    def unit(conn: sqlite3.Connection) -> None:
+        for how, sql, params in recorded.calls:
+            getattr(conn, how)(sql, params)
+
+    await store.pool.write(unit)

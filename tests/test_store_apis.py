@@ -9,10 +9,11 @@ import pytest
 from hero_procd.errors import Conflict, InvalidParams, NotFound
 from hero_procd.model import CommandSpec, JobRequest
 from hero_procd.store import CleanResult, Store
-from hero_procd.store.logs import LogLine
+from hero_procd.store.logs import LogLine, delete_owners
 from hero_procd.store.pool import Pool
 from hero_procd.store.records import Job
-from tests.conftest import StoreRunner
+from hero_procd.store.runs import delete_empty, insert_run
+from tests.conftest import StoreRunner, write_tx
 
 STATUS_KEYS = {
     "name",
@@ -56,7 +57,7 @@ async def table_counts(store: Store) -> dict[str, int]:
 
 async def set_times(store: Store, table: str, key: str, value: str, ts: float) -> None:
     """Backdate a row's created_at and updated_at, so a later write must visibly change them."""
-    async with store.pool.transaction() as conn:
+    async with write_tx(store) as conn:
         await conn.execute(
             f"UPDATE {table} SET created_at = ?, updated_at = ? WHERE {key} = ?",  # test names
             (ts, ts, value),
@@ -242,7 +243,7 @@ def test_job_same_dedup_key_while_queued_conflicts(run_store: StoreRunner) -> No
         first = await store.jobs.submit(cmd("true", dedup_key="nightly"))
         with pytest.raises(Conflict):
             await store.jobs.submit(cmd("true", dedup_key="nightly"))
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             await conn.execute("UPDATE jobs SET status = 'succeeded' WHERE id = ?", (first,))
         again = await store.jobs.submit(cmd("true", dedup_key="nightly"))
         assert again > first
@@ -261,7 +262,7 @@ def test_job_list_filters_and_pagination(run_store: StoreRunner) -> None:
             "r", [], [keyed("a", tags=["red"]), keyed("b", "a")]
         )
         done = [tagged[0], plain[0], by_key["a"]]
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             await conn.execute(
                 "UPDATE jobs SET status = 'succeeded' WHERE id IN (?, ?, ?)", tuple(done)
             )
@@ -298,7 +299,7 @@ def test_job_delete_many_removes_tags_and_edges(run_store: StoreRunner) -> None:
             "small", [], [keyed("a", tags=["x"]), keyed("b", "a", tags=["x"])]
         )
         # An edge from a kept job to a deleted one must go too (job_dep_delete_targets).
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             await conn.execute(
                 "INSERT INTO job_deps (job_id, depends_on) VALUES (?, ?)",
                 (small["a"], big["j7"]),
@@ -436,11 +437,9 @@ def test_run_delete_empty_deletes_only_runs_without_jobs(run_store: StoreRunner)
         full, _ = await store.submit_run("full", [], [keyed("a")])
         emptied, emptied_jobs = await store.submit_run("emptied", [], [keyed("a"), keyed("b")])
         await store.jobs.delete_many(list(emptied_jobs.values()))
-        async with store.pool.transaction() as conn:
-            never = await store.runs.insert(conn, "never had jobs", [])
-            untouched = await store.runs.insert(conn, "not asked", [])
-        async with store.pool.transaction() as conn:
-            deleted = await store.runs.delete_empty(conn, [full, emptied, never, 999])
+        never = await store.pool.write(lambda c: insert_run(c, "never had jobs", []))
+        untouched = await store.pool.write(lambda c: insert_run(c, "not asked", []))
+        deleted = await store.pool.write(lambda c: delete_empty(c, [full, emptied, never, 999]))
         assert deleted == 2
         left = [r.id for r in await store.runs.list()]
         assert left == [full, untouched]
@@ -464,8 +463,9 @@ def test_logs_insert_and_read_pages(run_store: StoreRunner) -> None:
         assert await store.logs.insert_many(lines) == 25
         assert await store.logs.insert_many([line("2", s) for s in range(1, 4)]) == 3
         assert await store.logs.insert_many([line("1", s, kind="service") for s in (1, 2)]) == 2
-        # A line already stored (same owner and seq) is not written twice.
-        assert await store.logs.insert_many(lines[:3]) == 0
+        # A line already stored (same owner and seq) is refused, never silently ignored.
+        with pytest.raises(Conflict):
+            await store.logs.insert_many(lines[:3])
         assert await store.logs.insert_many([]) == 0
 
         pages: list[list[int]] = []
@@ -496,8 +496,7 @@ def test_logs_delete_owners_beyond_one_chunk(run_store: StoreRunner) -> None:
         owners = [str(i) for i in range(1, 1501)]
         await store.logs.insert_many([line(o, s) for o in owners for s in (1, 2)])
         await store.logs.insert_many([line("9999", 1), line("5", 1, kind="service")])
-        async with store.pool.transaction() as conn:
-            deleted = await store.logs.delete_owners(conn, "job", owners)
+        deleted = await store.pool.write(lambda c: delete_owners(c, "job", owners))
         assert deleted == 3000
         rows = await store.pool.fetch_all(
             "SELECT owner_kind, owner_id FROM log_lines ORDER BY owner_kind"
@@ -516,7 +515,7 @@ def test_service_define_twice_keeps_live_fields(run_store: StoreRunner) -> None:
     async def body(store: Store) -> None:
         first = await store.services.define("web", {"command": ["srv", "-p", "80"]})
         assert first.state == "stopped" and first.desired == "stopped" and first.pid is None
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             await conn.execute(
                 "UPDATE services SET state = 'running', desired = 'running', pid = 4321,"
                 " restarts = 2, started_at = 1500.0, created_at = 1000.0, updated_at = 1000.0"
@@ -545,7 +544,7 @@ def test_service_status_all_from_one_query(run_store: StoreRunner) -> None:
     async def body(store: Store) -> tuple[list[dict[str, Any]], list[str]]:
         for name in ("db", "web", "cache", "api", "queue"):
             await store.services.define(name, {"command": [name]})
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             await conn.execute(
                 "UPDATE services SET state = 'running', pid = 99, started_at = 1000.0"
                 " WHERE name = 'web'"
@@ -580,7 +579,8 @@ def test_service_unknown_is_not_found(run_store: StoreRunner) -> None:
         await store.services.define("real", {"command": ["x"]})
         one = await store.services.status("real")
         assert set(one) == STATUS_KEYS and one["name"] == "real"
-        return info.value, await store.services.delete("real"), await store.services.delete("real")
+        first = (await store.services.delete("real"))["services"]
+        return info.value, first, (await store.services.delete("real"))["services"]
 
     err, first, second = run_store(body)
     assert err.data == {"name": "ghost"}
@@ -606,7 +606,7 @@ def test_clean_by_tag_counts_are_the_rows_deleted(run_store: StoreRunner) -> Non
         shared, shared_jobs = await store.submit_run(
             "shared", [], [keyed("s0", tags=["batch"]), keyed("s1", tags=["other"])]
         )
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             await conn.execute(
                 "UPDATE jobs SET tags = '[\"batch\"]' WHERE id = ?", (mixed_jobs["mq"],)
             )
@@ -625,7 +625,7 @@ def test_clean_by_tag_counts_are_the_rows_deleted(run_store: StoreRunner) -> Non
         ]
         assert len(finished) == 2500
         others = [shared_jobs["s1"], *untagged]
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             ended = ("succeeded", "failed", "cancelled", "timed_out", "lost", "skipped")
             await conn.executemany(
                 "UPDATE jobs SET status = ? WHERE id = ?",
@@ -677,7 +677,7 @@ async def populate(store: Store) -> None:
     await store.services.define("db", {"command": ["db"]})
     await store.services.define("cache", {"command": ["cache"]})
     await store.logs.insert_many([line("1", s) for s in range(1, 6)] + [line("web", 1, "service")])
-    async with store.pool.transaction() as conn:
+    async with write_tx(store) as conn:
         await conn.execute(
             "INSERT INTO schedules (name, cron, target, created_at, updated_at)"
             " VALUES ('nightly', '0 3 * * *', '{}', 0, 0)"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosqlite
@@ -15,7 +19,7 @@ from hero_procd.store import Store
 from hero_procd.store.pool import CHUNK, Pool, chunks, placeholders
 from hero_procd.store.queries import with_marks
 from hero_procd.store.schema import MIGRATIONS
-from tests.conftest import StoreRunner
+from tests.conftest import StoreRunner, write_tx
 
 LAST_VERSION = MIGRATIONS[-1][0]
 
@@ -41,9 +45,12 @@ def test_new_database_pragmas(run_store: StoreRunner) -> None:
         async with store.pool.reader() as conn:
             for name in ("journal_mode", "auto_vacuum", "user_version", "foreign_keys"):
                 out[f"reader.{name}"] = await _pragma(conn, name)
-        async with store.pool.transaction() as conn:
-            out["writer.foreign_keys"] = await _pragma(conn, "foreign_keys")
-            out["writer.synchronous"] = await _pragma(conn, "synchronous")
+
+        def unit(conn: sqlite3.Connection) -> None:
+            for name in ("foreign_keys", "synchronous"):
+                out[f"writer.{name}"] = conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+        await store.pool.write(unit)
         return out
 
     got = run_store(body)
@@ -77,7 +84,7 @@ def test_reopen_applies_no_migration_twice(
     caplog.set_level(logging.INFO, logger="hero_procd.store.pool")
 
     async def create(store: Store) -> None:
-        async with store.pool.transaction() as conn:
+        async with write_tx(store) as conn:
             await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('g', 2)")
 
     run_store(create)
@@ -96,51 +103,94 @@ def test_reopen_applies_no_migration_twice(
     assert groups == 1
 
 
-def test_transaction_commits_on_success(run_store: StoreRunner) -> None:
-    """Rows written in a transaction are visible to readers after it ends."""
+def _insert(*names: str) -> Callable[[sqlite3.Connection], None]:
+    def unit(conn: sqlite3.Connection) -> None:
+        for name in names:
+            conn.execute("INSERT INTO groups (name, max_parallel) VALUES (?, 1)", (name,))
+
+    return unit
+
+
+def _boom(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('boom1', 1)")
+    conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('boom2', 1)")
+    raise RuntimeError("boom")
+
+
+def test_unit_commits_on_success(run_store: StoreRunner) -> None:
+    """Rows written by a unit are visible to readers once `write` returns."""
 
     async def body(store: Store) -> int:
-        async with store.pool.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO groups (name, max_parallel) VALUES (?, ?)", [("a", 1), ("b", 2)]
-            )
+        await store.pool.write(_insert("a", "b"))
         return await _count(store.pool, "groups")
 
     assert run_store(body) == 2
 
 
-def test_transaction_rolls_back_everything_and_reraises(run_store: StoreRunner) -> None:
-    """An exception in the block undoes every row written before it and propagates as is."""
+def test_unit_rolls_back_everything_and_reraises(run_store: StoreRunner) -> None:
+    """An exception in a unit undoes every row it wrote and propagates as is."""
 
     async def body(store: Store) -> tuple[int, int]:
         with pytest.raises(RuntimeError, match="boom"):
-            async with store.pool.transaction() as conn:
-                await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('a', 1)")
-                await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('b', 1)")
-                raise RuntimeError("boom")
+            await store.pool.write(_boom)
         lost = await _count(store.pool, "groups")
         # The writer is usable again: no transaction was left open.
-        async with store.pool.transaction() as conn:
-            await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('c', 1)")
+        await store.pool.write(_insert("c"))
         return lost, await _count(store.pool, "groups")
 
     assert run_store(body) == (0, 1)
 
 
+def test_group_commit_isolates_a_failing_unit(run_store: StoreRunner) -> None:
+    """Units queued together share one transaction; one that fails undoes only itself."""
+
+    async def body(store: Store) -> tuple[list[object], int, int]:
+        groups_before = store.pool.writer.groups
+        results: list[object] = await asyncio.gather(
+            store.pool.write(_insert("a")),
+            store.pool.write(_boom),
+            store.pool.write(_insert("c")),
+            *(store.pool.write(_insert(f"n{i}")) for i in range(50)),
+            return_exceptions=True,
+        )
+        names = [r[0] for r in await store.pool.fetch_all("SELECT name FROM groups")]
+        return results[:3], len(names), store.pool.writer.groups - groups_before
+
+    first, rows, transactions = run_store(body)
+    assert first[0] is None and isinstance(first[1], RuntimeError) and first[2] is None
+    assert rows == 52
+    assert transactions < 10  # 53 units, a few group commits
+
+
+def test_cancelled_caller_never_wedges_the_writer(run_store: StoreRunner) -> None:
+    """A caller cancelled at any point leaves no transaction open: later writes work (x60)."""
+
+    async def body(store: Store) -> int:
+        for i in range(60):
+            task = asyncio.create_task(store.pool.write(_insert(f"x{i}")))
+            for _ in range(random.randrange(4)):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await store.pool.write(_insert(f"y{i}"))  # would fail if a BEGIN were left open
+        return await _count(store.pool, "groups")
+
+    rows = run_store(body)
+    # Every y row is there; an x row is there if its unit ran (a cancelled caller's unit runs).
+    assert 60 <= rows <= 120
+
+
 def test_integrity_error_becomes_conflict(run_store: StoreRunner) -> None:
-    """A constraint violation comes out as Conflict (not sqlite3) and rolls back the rest."""
+    """A constraint violation comes out as Conflict (not sqlite3) and rolls back the unit."""
 
     async def body(store: Store) -> tuple[Conflict, int]:
         with pytest.raises(Conflict) as info:
-            async with store.pool.transaction() as conn:
-                await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('x', 1)")
-                await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('y', 1)")
-                await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('x', 2)")
+            await store.pool.write(_insert("x", "y", "x"))
         return info.value, await _count(store.pool, "groups")
 
     err, left = run_store(body)
     assert not isinstance(err, sqlite3.Error)
-    assert isinstance(err.__cause__, sqlite3.IntegrityError)
     assert err.data is not None and "UNIQUE" in err.data["detail"]
     assert left == 0
 
@@ -150,18 +200,16 @@ def test_readers_do_not_wait_for_the_writer(run_store: StoreRunner) -> None:
 
     async def body(store: Store) -> tuple[list[str], int, int]:
         events: list[str] = []
-        written = asyncio.Event()
-        release = asyncio.Event()
+        written = threading.Event()
+        release = threading.Event()
 
-        async def writer() -> None:
-            async with store.pool.transaction() as conn:
-                await conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('w', 1)")
-                written.set()
-                await release.wait()
-            events.append("commit")
+        def slow(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('w', 1)")
+            written.set()
+            release.wait(10)
 
-        task = asyncio.create_task(writer())
-        await written.wait()
+        task = asyncio.create_task(store.pool.write(slow))
+        await asyncio.to_thread(written.wait, 10)
         # Bounded by a generous timeout only so a regression fails instead of hanging;
         # the ordering of events is what the test checks.
         row = await asyncio.wait_for(store.pool.fetch_one("SELECT count(*) FROM groups"), 5)
@@ -169,12 +217,39 @@ def test_readers_do_not_wait_for_the_writer(run_store: StoreRunner) -> None:
         events.append("read")
         release.set()
         await task
+        events.append("commit")
         return events, int(row[0]), await _count(store.pool, "groups")
 
     events, during, after = run_store(body)
     assert events == ["read", "commit"]
     assert during == 0
     assert after == 1
+
+
+def test_unusable_files_are_refused(tmp_path: Path) -> None:
+    """A newer schema, another program's database, or a file that is not SQLite: StorageError."""
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version=99")
+    foreign = tmp_path / "foreign.db"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database, just some text " * 100)
+
+    async def open_(path: Path) -> str:
+        try:
+            pool = await Pool.open(path)
+        except StorageError as exc:
+            return str(exc)
+        await pool.close()
+        return "opened"
+
+    assert "newer" in asyncio.run(open_(newer))
+    assert "not a hero-procd database" in asyncio.run(open_(foreign))
+    assert "not SQLite" in asyncio.run(open_(junk))
+    with sqlite3.connect(foreign) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 1
 
 
 def test_reader_connections_are_query_only(run_store: StoreRunner) -> None:
@@ -233,11 +308,7 @@ def test_close_checkpoints_the_wal(db_path: Path) -> None:
 
     async def main() -> tuple[int, int, int]:
         store = await Store.open(db_path)
-        async with store.pool.transaction() as conn:
-            await conn.executemany(
-                "INSERT INTO groups (name, max_parallel) VALUES (?, 1)",
-                [(f"g{i}",) for i in range(50)],
-            )
+        await store.pool.write(_insert(*(f"g{i}" for i in range(50))))
         # Another connection keeps the WAL alive past close, so only an explicit
         # checkpoint (not SQLite's last-connection cleanup) can empty it.
         other = await aiosqlite.connect(db_path)
