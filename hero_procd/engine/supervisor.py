@@ -224,8 +224,7 @@ class Supervisor:
 
     async def _set_state(self, run: ServiceRun, state: ServiceState) -> None:
         run.state = state
-        run.changed.set()
-        run.changed = asyncio.Event()
+        changed, run.changed = run.changed, asyncio.Event()
         await self.store.services.set_state(
             run.name,
             state=str(state),
@@ -237,6 +236,7 @@ class Supervisor:
             health=run.health,
             started_at=run.started_at,
         )
+        changed.set()  # waiters read the database: wake them once the state is committed
 
     async def _wait_for(self, run: ServiceRun, states: set[ServiceState], timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
