@@ -116,12 +116,13 @@ class Teardown:
         """Remember how to stop what was just started."""
         self._steps.append((name, stop))
 
-    async def run(self, first: str | None = None) -> None:
-        """Stop everything, newest first; `first` (if given) before all the others."""
+    async def run(self, first: tuple[str, ...] = ()) -> None:
+        """Stop everything, newest first; the steps named in `first` before all the others."""
         steps = list(reversed(self._steps))
         self._steps.clear()
-        if first is not None:
-            steps.sort(key=lambda step: step[0] != first)  # stable: the rest keep their order
+        if first:
+            # Stable: the named steps in the order given, the rest keep their order.
+            steps.sort(key=lambda step: first.index(step[0]) if step[0] in first else len(first))
         for name, stop in steps:
             try:
                 await stop()
@@ -181,6 +182,7 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         stage = "starting the executor"
         app.executor = Executor(app)
         teardown.push("executor", app.executor.stop)
+        teardown.push("waits", app.executor.answer_waits)
         await app.executor.start()  # recovery first: no process of a previous daemon survives
         stage = "starting the supervisor"
         app.supervisor = Supervisor(
@@ -239,8 +241,9 @@ async def serve(config: Config) -> None:
     await stop.wait()
     log.info("shutting down")
     notify("STOPPING=1")
-    # The server goes first: no new request may start work the engines are stopping.
-    await teardown.run(first="server")
+    # Pending job.wait calls are answered with the job's state now; then the server goes:
+    # no new request may start work the engines are stopping.
+    await teardown.run(first=("waits", "server"))
     log.info("stopped")
 
 

@@ -132,6 +132,10 @@ class Executor:
         await self.flusher.drain()
         self.spawner.shutdown(wait=False)
 
+    async def answer_waits(self) -> None:
+        """A graceful stop begins: every pending `job.wait` answers with the job as it is."""
+        self._stopped.set()
+
     def wake(self) -> None:
         """Ask the dispatcher to look for ready jobs."""
         self._wake.set()
