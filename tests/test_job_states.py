@@ -1,0 +1,140 @@
+"""The job state machine as the store enforces it: every transition walked, allowed or refused.
+
+JOB_TRANSITIONS (model.py) is the table; `store.jobs.transition` and every
+other status write check it (`check_transition`). The walk runs on a real
+database: each allowed step changes the row, each refused one raises and
+changes nothing, and a step from a state the row is not in is a lost race
+(False), never a write.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from typing import Any
+
+import pytest
+
+from hero_procd.errors import InvalidState
+from hero_procd.model import JOB_TRANSITIONS, CommandSpec, JobRequest, JobStatus
+from hero_procd.store import Store
+from hero_procd.store.jobs import (
+    AttemptEnd,
+    GroupRoom,
+    IllegalTransition,
+    decide,
+    transition,
+)
+from tests.conftest import StoreRunner
+
+STATES = list(JobStatus)
+
+
+def _job(**fields: Any) -> JobRequest:
+    return JobRequest(spec=CommandSpec(command=["true"]), **fields)
+
+
+def test_every_transition_is_allowed_or_refused_as_the_table_says(run_store: StoreRunner) -> None:
+    """All 64 (from, to) pairs: allowed ones write, refused ones raise and leave the row."""
+
+    async def body(store: Store) -> list[tuple[str, str, str]]:
+        seen: list[tuple[str, str, str]] = []
+        for old in STATES:
+            for new in STATES:
+                job_id = await store.jobs.submit(_job())
+
+                def force(conn: sqlite3.Connection, job_id: int = job_id, s: str = old) -> None:
+                    conn.execute("UPDATE jobs SET status = ? WHERE id = ?", (s, job_id))
+
+                await store.pool.write(force)
+                step = functools.partial(transition, job_id=job_id, old=old, new=new)
+                try:
+                    ok = await store.pool.write(step)
+                    outcome = "written" if ok else "lost"
+                except IllegalTransition:
+                    outcome = "refused"
+                status = (await store.jobs.get(job_id)).status
+                assert status == (new if outcome == "written" else old), (old, new, outcome)
+                seen.append((old, new, outcome))
+        return seen
+
+    for old, new, outcome in run_store(body):
+        expected = "written" if JobStatus(new) in JOB_TRANSITIONS[JobStatus(old)] else "refused"
+        assert outcome == expected, (old, new)
+
+
+def test_a_step_from_a_state_the_job_left_is_a_lost_race(run_store: StoreRunner) -> None:
+    """queued → running guarded on 'queued' finds the job cancelled: False, nothing written."""
+
+    async def body(store: Store) -> tuple[bool, str]:
+        job_id = await store.jobs.submit(_job())
+        await store.jobs.cancel(job_id)
+        ok = await store.pool.write(lambda c: transition(c, job_id, "queued", "running"))
+        return ok, (await store.jobs.get(job_id)).status
+
+    assert run_store(body) == (False, "cancelled")
+
+
+def _row(attempt: int = 1, max_attempts: int = 1, cancel: bool = False) -> dict[str, Any]:
+    return {"attempt": attempt, "max_attempts": max_attempts, "cancel_requested": int(cancel)}
+
+
+@pytest.mark.parametrize(
+    ("end", "row", "status"),
+    [
+        # A process that ended by itself keeps its real outcome, whatever was asked.
+        (AttemptEnd("exited", exit_code=0), _row(cancel=True), "succeeded"),
+        (AttemptEnd("exited", exit_code=1), _row(cancel=True), "failed"),
+        (AttemptEnd("exited", exit_code=1), _row(1, 3, cancel=True), "failed"),  # no retry
+        (AttemptEnd("exited", exit_code=1), _row(1, 3), "queued"),  # a retry
+        (AttemptEnd("exited", exit_code=1), _row(3, 3), "failed"),
+        (AttemptEnd("exited", error="cannot start x"), _row(), "failed"),
+        # Terminated by this daemon, for a reason.
+        (AttemptEnd("cancelled", signal=15), _row(1, 3), "cancelled"),
+        (AttemptEnd("timed_out", signal=15), _row(1, 3), "queued"),
+        (AttemptEnd("timed_out", signal=15), _row(1, 3, cancel=True), "timed_out"),
+        (AttemptEnd("timed_out", signal=15), _row(), "timed_out"),
+        (AttemptEnd("interrupted", signal=15), _row(3, 3), "queued"),  # does not count
+        (AttemptEnd("interrupted", signal=15), _row(cancel=True), "cancelled"),
+    ],
+)
+def test_outcome_precedence(end: AttemptEnd, row: dict[str, Any], status: str) -> None:
+    """`decide`: the rules an attempt's end is written by."""
+    got, _, _, delta = decide(end, row, 1000.0)  # type: ignore[arg-type]  # a dict reads as a Row
+    assert got == status
+    assert delta == (-1 if status == "queued" and end.how == "interrupted" else 0)
+
+
+def test_finish_needs_the_claim_that_owns_the_attempt(run_store: StoreRunner) -> None:
+    """An end written with a stale token (or twice) changes nothing: one outcome per attempt."""
+
+    async def body(store: Store) -> tuple[Any, Any, Any, str]:
+        job_id = await store.jobs.submit(_job())
+        (claimed,) = await store.jobs.claim(1, "tok", GroupRoom(set(), {}), 0.0)
+        stale = await store.jobs.finish(job_id, "other", AttemptEnd("exited", exit_code=0))
+        first = await store.jobs.finish(job_id, claimed.token, AttemptEnd("exited", exit_code=1))
+        again = await store.jobs.finish(job_id, claimed.token, AttemptEnd("exited", exit_code=0))
+        return stale, first, again, (await store.jobs.get(job_id)).status
+
+    stale, first, again, status = run_store(body)
+    assert stale is None and again is None
+    assert first is not None and first.status == "failed"
+    assert status == "failed"
+
+
+def test_cancel_is_a_persisted_intent_on_a_running_job(run_store: StoreRunner) -> None:
+    """cancel of a running job records the intent (committed) and answers 'cancelling'; the
+    attempt's later failure is then not retried; a finished job is refused."""
+
+    async def body(store: Store) -> tuple[str, bool, str, str]:
+        job_id = await store.jobs.submit(JobRequest(spec=CommandSpec(command=["false"], retries=5)))
+        (claimed,) = await store.jobs.claim(1, "tok", GroupRoom(set(), {}), 0.0)
+        outcome = await store.jobs.cancel(job_id)
+        intent = (await store.jobs.get(job_id)).cancel_requested
+        end = await store.jobs.finish(job_id, claimed.token, AttemptEnd("exited", exit_code=1))
+        assert end is not None
+        with pytest.raises(InvalidState):
+            await store.jobs.cancel(job_id)
+        return outcome.result, intent, end.status, (await store.jobs.get(job_id)).status
+
+    assert run_store(body) == ("cancelling", True, "failed", "failed")
