@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +25,7 @@ from dataclasses import dataclass
 from hero_procd.app import Stats
 from hero_procd.errors import Conflict
 from hero_procd.store import Store
-from hero_procd.store import logs as logs_sql
 from hero_procd.store.logs import LogLine, LogRow, as_row
-from hero_procd.store.pool import Conn
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +47,6 @@ class OwnerLog:
         """The next sequence number of this owner (never handed out twice)."""
         self.seq += 1
         return self.seq
-
-
-@dataclass(frozen=True)
-class _Flushed:
-    written: int
-    trimmed: int
 
 
 class Flusher:
@@ -222,14 +213,15 @@ class Flusher:
         self._inflight = [self._queue.popleft() for _ in range(n)]
         rows = [as_row(line) for _, line in self._inflight]
         counters = self._counters(rows)
+        trims = self._trims(rows)
         try:
             try:
-                done = await self.store.pool.write(lambda c: self._write(c, rows, counters, False))
+                done = await self.store.logs.write_batch(rows, counters, trims)
             except Conflict:
                 # A line the table refuses (a sequence collision would be a bug): store the
                 # others one by one and count the refused ones as dropped.
                 log.error("log batch refused by a constraint; writing line by line")
-                done = await self.store.pool.write(lambda c: self._write(c, rows, counters, True))
+                done = await self.store.logs.write_batch(rows, counters, trims, one_by_one=True)
         except BaseException:
             # Not written: back to the front of the queue, in order (the bound may drop them,
             # counted).
@@ -239,12 +231,15 @@ class Flusher:
                 self._drop_oldest()
             raise
         self._inflight = []
+        for kind, owner_id, upto in trims:
+            self._trimmed_to[(kind, owner_id)] = upto
         for kind, owner_id, _, dropped in counters:
             owner = self._owners.get((kind, owner_id))
             if owner is not None and dropped:
                 owner.dropped_pending -= dropped
                 if owner.dropped_pending == 0:
                     self._dirty.discard((kind, owner_id))
+        self.stats.dropped_log_lines += sum(done.refused.values())
         self.stats.log_lines_trimmed += done.trimmed
         self.flushes += 1
         self._progress.set()
@@ -271,41 +266,12 @@ class Flusher:
             out.append((key[0], key[1], seq, dropped))
         return out
 
-    def _write(
-        self,
-        conn: Conn,
-        rows: list[LogRow],
-        counters: list[tuple[str, str, int, int]],
-        one_by_one: bool,
-    ) -> _Flushed:
-        """One flush, inside a unit on the writer thread."""
-        refused: dict[OwnerKey, int] = {}
-        if not one_by_one:
-            written = logs_sql.append(conn, rows)
-        else:
-            written = 0
-            for row in rows:
-                try:
-                    conn.execute("SAVEPOINT line")
-                    logs_sql.append(conn, [row])
-                    conn.execute("RELEASE line")
-                    written += 1
-                except sqlite3.IntegrityError:
-                    conn.execute("ROLLBACK TO line")
-                    conn.execute("RELEASE line")
-                    key = (row[0], row[1])
-                    refused[key] = refused.get(key, 0) + 1
-        bumps = [(k, o, s, d + refused.get((k, o), 0)) for k, o, s, d in counters]
-        logs_sql.bump_owners(conn, bumps)
-        if refused:
-            self.stats.dropped_log_lines += sum(refused.values())
-        return _Flushed(written, self._trim(conn, rows))
-
-    def _trim(self, conn: Conn, rows: list[LogRow]) -> int:
-        """Keep each owner's stored lines near its cap as they are written (every cap/10 lines)."""
+    def _trims(self, rows: list[LogRow]) -> list[tuple[str, str, int]]:
+        """Keep each owner's stored lines near its cap as they are written (every cap/10 lines):
+        (kind, owner, delete up to seq) for the owners due."""
         cap = self.max_lines_per_owner
         if cap <= 0:
-            return 0
+            return []
         last: dict[OwnerKey, int] = {}
         for kind, owner, seq, *_ in rows:
             key = (kind, owner)
@@ -314,13 +280,11 @@ class Flusher:
         step = max(1, cap // 10)
         if len(self._trimmed_to) > 10_000:
             self._trimmed_to.clear()
-        trimmed = 0
-        for key, seq in last.items():
-            upto = seq - cap
-            if upto >= self._trimmed_to.get(key, 0) + step:
-                trimmed += logs_sql.trim(conn, key[0], key[1], upto)
-                self._trimmed_to[key] = upto
-        return trimmed
+        return [
+            (key[0], key[1], seq - cap)
+            for key, seq in last.items()
+            if seq - cap >= self._trimmed_to.get(key, 0) + step
+        ]
 
     def _evict(self) -> None:
         """Forget counters of owners with no capture and nothing queued (reloaded on demand)."""

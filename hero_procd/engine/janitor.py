@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from hero_procd.app import App
 from hero_procd.model import now
-from hero_procd.store.pool import Conn
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +83,7 @@ class Janitor:
             await self._old_jobs(report)
             await self._cap_logs(report)
             await self._vacuum(report)
-            # Give the WAL back too (cut to journal_size_limit if readers hold it).
-            await self.store.pool.maintenance(
-                lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            )
+            await self.store.checkpoint()
             self.app.stats.log_lines_trimmed += report.log_lines_trimmed
             result = asdict(report)
             self.last = {"at": now(), **result}
@@ -119,30 +114,10 @@ class Janitor:
                 await asyncio.sleep(0)
 
     async def _vacuum(self, report: RetentionReport) -> None:
-        row = await self.store.pool.fetch_one("PRAGMA page_size")
-        page_size = int(row[0]) if row else 4096
         while True:
-            row = await self.store.pool.fetch_one("PRAGMA freelist_count")
-            before = int(row[0]) if row else 0
-            if before == 0:
+            freed, page_size = await self.store.reclaim_space(int(self.config.vacuum_step_pages))
+            if freed <= 0:
                 return
-            # Through executescript: sqlite3's execute steps a PRAGMA once, freeing one page.
-            step = int(self.config.vacuum_step_pages)
-            await self.store.pool.maintenance(_vacuum_step(step))
-            row = await self.store.pool.fetch_one("PRAGMA freelist_count")
-            after = int(row[0]) if row else 0
-            if after >= before:
-                return
-            report.pages_freed += before - after
-            report.bytes_freed += (before - after) * page_size
+            report.pages_freed += freed
+            report.bytes_freed += freed * page_size
             await asyncio.sleep(0)
-
-
-def _vacuum_step(pages: int) -> Callable[[Conn], object]:
-    """A unit freeing `pages` pages (through executescript: sqlite3's execute steps a
-    PRAGMA once, which frees one page)."""
-
-    def unit(conn: Conn) -> object:
-        return conn.executescript(f"PRAGMA incremental_vacuum({pages});")
-
-    return unit

@@ -142,6 +142,26 @@ class Store:
 
         return await self.pool.write(unit)
 
+    async def reclaim_space(self, pages: int) -> tuple[int, int]:
+        """Give up to `pages` free pages back to the file system; (pages freed, page size)."""
+
+        def unit(conn: Conn) -> tuple[int, int]:
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            if before:
+                # Through executescript: sqlite3's execute steps a PRAGMA once (one page).
+                conn.executescript(f"PRAGMA incremental_vacuum({int(pages)});")
+            after = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            return before - after, page_size
+
+        return await self.pool.maintenance(unit)
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL into the database and cut it back (to journal_size_limit)."""
+        await self.pool.maintenance(
+            lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        )
+
     async def counts(self) -> dict[str, int]:
         """Row counts of the main tables, from one read."""
         row = await self.pool.fetch_one(Q["counts_all"])

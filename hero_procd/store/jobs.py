@@ -10,6 +10,7 @@ status is written, so the table is the code's table.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import signal
 import sqlite3
@@ -569,6 +570,8 @@ class JobsApi:
         }
         sql = Q["job_list"] if tag is None else Q["job_list_by_tag"]
         rows = await self.pool.fetch_all(sql, params)
+        if len(rows) > 500:  # decoding thousands of specs: off the event loop
+            return await asyncio.to_thread(lambda: [Job.from_row(r) for r in rows])
         return [Job.from_row(r) for r in rows]
 
     async def delete_many(self, ids: Sequence[int]) -> int:

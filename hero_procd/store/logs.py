@@ -8,6 +8,7 @@ are counted per owner (`log_owners.dropped`).
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,6 +75,48 @@ def delete_owner_lines(conn: Conn, owner_kind: str, owner_id: str) -> int:
     return deleted
 
 
+@dataclass(frozen=True)
+class BatchWritten:
+    """What one flush stored: lines written, refused by a constraint (per owner), trimmed."""
+
+    written: int
+    refused: dict[tuple[str, str], int]
+    trimmed: int
+
+
+def write_batch(
+    conn: Conn,
+    rows: Sequence[LogRow],
+    counters: Sequence[tuple[str, str, int, int]],
+    trims: Sequence[tuple[str, str, int]],
+    one_by_one: bool,
+) -> BatchWritten:
+    """One flush inside a unit: the lines, the owners' counters, the per-owner trims.
+
+    `one_by_one` stores each line under its own savepoint, so a line the table
+    refuses is counted as dropped for its owner instead of failing the batch.
+    """
+    refused: dict[tuple[str, str], int] = {}
+    if not one_by_one:
+        written = append(conn, rows)
+    else:
+        written = 0
+        for row in rows:
+            conn.execute("SAVEPOINT line")
+            try:
+                append(conn, [row])
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO line")
+                key = (row[0], row[1])
+                refused[key] = refused.get(key, 0) + 1
+            else:
+                written += 1
+            conn.execute("RELEASE line")
+    bump_owners(conn, [(k, o, s, d + refused.get((k, o), 0)) for k, o, s, d in counters])
+    trimmed = sum(trim(conn, kind, owner, upto) for kind, owner, upto in trims)
+    return BatchWritten(written, refused, trimmed)
+
+
 class LogsApi:
     """Reads and writes of `log_lines` and `log_owners`."""
 
@@ -86,6 +129,16 @@ class LogsApi:
             return 0
         rows = [as_row(ln) for ln in lines]
         return await self.pool.write(lambda c: append(c, rows))
+
+    async def write_batch(
+        self,
+        rows: Sequence[LogRow],
+        counters: Sequence[tuple[str, str, int, int]],
+        trims: Sequence[tuple[str, str, int]],
+        one_by_one: bool = False,
+    ) -> BatchWritten:
+        """Store one flush of lines (see `write_batch`) as one unit."""
+        return await self.pool.write(lambda c: write_batch(c, rows, counters, trims, one_by_one))
 
     async def owners_over(self, cap: int) -> list[tuple[str, str, int, int]]:
         """(kind, owner id, stored lines, last seq) of every owner holding more than `cap` lines."""

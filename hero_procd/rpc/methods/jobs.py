@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.errors import HeroError
+from hero_procd.errors import HeroError, InvalidParams
 from hero_procd.model import (
     TERMINAL_JOB_STATES,
     JobRequest,
@@ -15,10 +16,12 @@ from hero_procd.model import (
 )
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
-from hero_procd.store import BatchResult
+from hero_procd.store import MAX_BATCH_ITEMS, BatchResult
 from hero_procd.store.logs import to_wire
 
 MAX_PAGE = 10_000
+# Above this many items, building or checking them runs on a thread, not the event loop.
+_OFF_LOOP_ITEMS = 500
 
 
 @rpc("job.submit")
@@ -52,8 +55,12 @@ async def job_list(app: App, p: Params) -> dict[str, Any]:
     jobs = await app.store.jobs.list(
         status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
     )
+    if len(jobs) > _OFF_LOOP_ITEMS:
+        rows = await asyncio.to_thread(lambda: [j.to_dict() for j in jobs])
+    else:
+        rows = [j.to_dict() for j in jobs]
     return {
-        "jobs": [j.to_dict() for j in jobs],
+        "jobs": rows,
         "next_after_id": jobs[-1].id if len(jobs) == limit else None,
     }
 
@@ -82,14 +89,14 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
         raw = p.raw("defaults")
         job_request_from(raw, "defaults", partial=True)  # checks the defaults
         base = dict(raw)
+    if len(items) > MAX_BATCH_ITEMS:
+        raise InvalidParams("jobs", f"at most {MAX_BATCH_ITEMS} items per batch")
     result = BatchResult()
-    requests: list[tuple[int, JobRequest]] = []
-    for i, item in enumerate(items):
-        try:
-            merged = _with_defaults(base, item) if base and isinstance(item, dict) else item
-            requests.append((i, job_request_from(merged, f"jobs[{i}]")))
-        except HeroError as exc:
-            result.failed.append((i, {"code": exc.code, "message": str(exc)}))
+    if len(items) > _OFF_LOOP_ITEMS:
+        # Validating 50,000 items takes a while: off the loop, so other calls go on.
+        requests = await asyncio.to_thread(_parse_items, items, base, result)
+    else:
+        requests = _parse_items(items, base, result)
     if requests:
         await app.store.submit_batch(requests, on_duplicate, result)
         if result.settled is not None and app.executor is not None:
@@ -139,6 +146,20 @@ async def job_logs(app: App, p: Params) -> dict[str, Any]:
         "done": job.status in TERMINAL_JOB_STATES and len(lines) < limit,
         "status": job.status,
     }
+
+
+def _parse_items(
+    items: list[Any], base: dict[str, Any], result: BatchResult
+) -> list[tuple[int, JobRequest]]:
+    """Each item as a request (over the defaults); invalid ones go to `result.failed`."""
+    requests: list[tuple[int, JobRequest]] = []
+    for i, item in enumerate(items):
+        try:
+            merged = _with_defaults(base, item) if base and isinstance(item, dict) else item
+            requests.append((i, job_request_from(merged, f"jobs[{i}]")))
+        except HeroError as exc:
+            result.failed.append((i, {"code": exc.code, "message": str(exc)}))
+    return requests
 
 
 def _with_defaults(base: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
