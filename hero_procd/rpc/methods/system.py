@@ -32,6 +32,7 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "counts": counts,
         "requests": app.stats.requests,
         "dropped_log_lines": app.stats.dropped_log_lines,
+        "dropped_log_lines_total": await app.store.logs.dropped_total(),
         "jobs_running": len(app.executor.running) if app.executor else 0,
         "max_parallel": app.config.max_parallel,
         "flusher_pending": app.executor.flusher.pending() if app.executor else 0,
