@@ -42,6 +42,7 @@ class OwnerLog:
     refs: int = 0
     queued_upto: int = 0  # stream position of its last queued line
     dropped_pending: int = 0  # dropped, not yet added to log_owners.dropped
+    retired: bool = False  # its owner was deleted: late lines of a draining capture are not kept
 
     def next_seq(self) -> int:
         """The next sequence number of this owner (never handed out twice)."""
@@ -115,12 +116,16 @@ class Flusher:
         """The owner's lines were deleted: drop its queued lines (not counted) and counter."""
         key = (kind, owner_id)
         self._queue = deque(item for item in self._queue if _key(item[1]) != key)
-        self._owners.pop(key, None)
+        owner = self._owners.pop(key, None)
+        if owner is not None:
+            owner.retired = True
         self._dirty.discard(key)
 
     # -- producers ---------------------------------------------------------------------
     def write_log(self, owner: OwnerLog, stream: str, ts: float, text: str) -> None:
         """Queue one line of `owner`; beyond the bound the oldest queued line is dropped."""
+        if owner.retired:
+            return
         if len(self._queue) >= self.max_log_lines:
             self._drop_oldest()
         self._pushed += 1

@@ -48,9 +48,12 @@ async def service_delete(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if app.supervisor is not None:
         await app.supervisor.delete_service(name)
-    deleted = await app.store.services.delete(name)
     if app.executor is not None:
+        # Before the delete: queued lines are dropped and a draining capture's late lines
+        # refused, so none lands after it (a batch already handed to the writer commits
+        # before the delete, which removes it).
         app.executor.flusher.forget_owner("service", name)
+    deleted = await app.store.services.delete(name)
     return {"deleted": deleted["services"]}
 
 
