@@ -32,6 +32,7 @@ from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
 from hero_procd.errors import NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
+from hero_procd.store.api import JobStore
 from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
 from hero_procd.store.records import Job
 
@@ -79,6 +80,7 @@ class Executor:
     def __init__(self, app: App) -> None:
         self.app = app
         self.store = app.store
+        self.jobs: JobStore = app.store.jobs
         self.config = app.config
         self.instance = instance_id(str(app.config.db_path))
         self.flusher = Flusher(
@@ -186,7 +188,7 @@ class Executor:
 
     async def _claim(self, n: int) -> list[ClaimedJob]:
         token = secrets.token_hex(8)
-        claimed = await self.store.jobs.claim(n, token, self._group_room(), now())
+        claimed = await self.jobs.claim(n, token, self._group_room(), now())
         # Registered in the same loop step as the commit is seen: a cancel answered
         # 'cancelling' after this finds the job here, or in _cancel_pending.
         for c in claimed:
@@ -198,7 +200,7 @@ class Executor:
         return claimed
 
     async def _schedule_backoff_wake(self) -> None:
-        at = await self.store.jobs.next_ready_at(now())
+        at = await self.jobs.next_ready_at(now())
         if self._backoff_handle is not None:
             self._backoff_handle.cancel()
             self._backoff_handle = None
@@ -258,7 +260,7 @@ class Executor:
             reason, rj.terminated_for = rj.terminated_for, None
             self._terminate(rj, reason)
         try:
-            await self.store.jobs.set_pid(job.id, job.token, child.pid, child.start_time)
+            await self.jobs.set_pid(job.id, job.token, child.pid, child.start_time)
         except Exception:
             log.exception("could not record a job's pid", extra={"job_id": job.id})
 
@@ -357,7 +359,7 @@ class Executor:
         delay = 0.05
         while True:
             try:
-                finished = await self.store.jobs.finish(job.id, job.token, end)
+                finished = await self.jobs.finish(job.id, job.token, end)
             except StorageError:
                 # The outcome must not be lost: keep trying (the database may be full or busy).
                 log.exception("could not write a job's end; retrying", extra={"job_id": job.id})
@@ -376,14 +378,14 @@ class Executor:
     # -- verbs ---------------------------------------------------------------------
     async def wait(self, job_id: int, timeout_s: float) -> Job:
         """The job once it is terminal, or as it is when `timeout_s` has passed or we stop."""
-        job = await self.store.jobs.get(job_id)
+        job = await self.jobs.get(job_id)
         if job.status in TERMINAL_JOB_STATES or timeout_s <= 0 or self._stopped.is_set():
             return job
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
         try:
-            job = await self.store.jobs.get(job_id)  # it may have finished meanwhile
+            job = await self.jobs.get(job_id)  # it may have finished meanwhile
             if job.status in TERMINAL_JOB_STATES:
                 return job
             await asyncio.wait(
@@ -396,11 +398,11 @@ class Executor:
                 waiters.remove(fut)
                 if not waiters:
                     del self._waiters[job_id]
-        return await self.store.jobs.get(job_id)
+        return await self.jobs.get(job_id)
 
     async def cancel(self, job_id: int) -> str:
         """Cancel any job not yet finished: 'cancelled' at once, or 'cancelling' (a process)."""
-        outcome = await self.store.jobs.cancel(job_id)
+        outcome = await self.jobs.cancel(job_id)
         if outcome.result == "cancelled":
             self.notify(outcome.settled.done)
             self.wake()
@@ -417,7 +419,7 @@ class Executor:
 
     async def cancel_run(self, run_id: int) -> dict[str, int]:
         """Cancel a run's queued jobs at once and stop its running ones (a persisted intent)."""
-        settled, running = await self.store.jobs.cancel_run(run_id)
+        settled, running = await self.jobs.cancel_run(run_id)
         self.notify(settled.done)
         for job_id in running:
             self._stop_attempt(job_id)
@@ -428,7 +430,7 @@ class Executor:
         self._paused += 1
         victims = [rj for rj in self.running.values() if not rj.finalizing]
         for rj in victims:
-            await self.store.jobs.cancel(rj.claim.id)
+            await self.jobs.cancel(rj.claim.id)
             self._terminate(rj, "cancelled")
         await self._wait_no_running(timeout_s=self._max_kill_timeout() + 10.0)
         await self.flusher.wait_idle()
@@ -456,7 +458,7 @@ class Executor:
     # -- crash recovery ------------------------------------------------------------
     async def recover(self) -> None:
         """Settle jobs a previous daemon left running; no process of theirs survives."""
-        rows = await self.store.jobs.running_rows()
+        rows = await self.jobs.running_rows()
         groups: set[int] = set()
         for r in rows:
             pid, started = r["pid"], r["pid_start_time"]
@@ -475,7 +477,7 @@ class Executor:
             await self._terminate_groups(groups)
         if not rows:
             return
-        settled, lost = await self.store.jobs.recover(rows)
+        settled, lost = await self.jobs.recover(rows)
         self.notify(settled.done)
         log.warning("recovered jobs left running", extra={"jobs": len(rows), "lost": lost})
 

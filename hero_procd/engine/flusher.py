@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from hero_procd.app import Stats
 from hero_procd.errors import Conflict
 from hero_procd.store import Store
+from hero_procd.store.api import LogStore
 from hero_procd.store.logs import LogLine, LogRow, as_row
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Flusher:
         max_lines_per_owner: int = 0,
     ) -> None:
         self.store = store
+        self.logs: LogStore = store.logs
         self.stats = stats
         self.batch_size = batch_size
         self.interval_s = interval_s
@@ -100,7 +102,7 @@ class Flusher:
         key = (kind, owner_id)
         owner = self._owners.get(key)
         if owner is None:
-            seq = await self.store.logs.last_seq(kind, owner_id)
+            seq = await self.logs.last_seq(kind, owner_id)
             owner = self._owners.get(key)  # someone may have loaded it meanwhile
             if owner is None:
                 owner = OwnerLog(kind, owner_id, seq)
@@ -221,12 +223,12 @@ class Flusher:
         trims = self._trims(rows)
         try:
             try:
-                done = await self.store.logs.write_batch(rows, counters, trims)
+                done = await self.logs.write_batch(rows, counters, trims)
             except Conflict:
                 # A line the table refuses (a sequence collision would be a bug): store the
                 # others one by one and count the refused ones as dropped.
                 log.error("log batch refused by a constraint; writing line by line")
-                done = await self.store.logs.write_batch(rows, counters, trims, one_by_one=True)
+                done = await self.logs.write_batch(rows, counters, trims, one_by_one=True)
         except BaseException:
             # Not written: back to the front of the queue, in order (the bound may drop them,
             # counted).
