@@ -136,6 +136,7 @@ class Writer:
         try:
             conn.row_factory = sqlite3.Row
             _pragmas(conn, reader=False)
+            _check_ours(conn)  # before anything writes to a file that may not be ours
             # auto_vacuum only takes effect before the first table exists.
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -350,7 +351,8 @@ def user_version(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
+def _check_ours(conn: sqlite3.Connection) -> None:
+    """Refuse a database of a newer hero-procd, or another program's; write nothing."""
     current = user_version(conn)
     latest = MIGRATIONS[-1][0]
     if current > latest:
@@ -367,6 +369,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
             raise StorageError(
                 "not a hero-procd database: the file holds other tables", {"tables": tables}
             )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    current = user_version(conn)
     for version, script in MIGRATIONS:
         if version <= current:
             continue
