@@ -714,3 +714,18 @@ def test_wipe_all_counts_what_existed(run_store: StoreRunner) -> None:
     assert report == EXPECTED_COUNTS
     assert after == dict.fromkeys(EXPECTED_COUNTS, 0)
     assert second == dict.fromkeys(EXPECTED_COUNTS, 0)
+
+
+def test_job_wire_is_the_record_as_shown(run_store: StoreRunner) -> None:
+    """job.list's fast path gives exactly what Job.from_row(...).to_dict() gives."""
+
+    async def body(store: Store) -> None:
+        await store.actions.upsert("act", CommandSpec(command=["x"], env={"A": "1"}), ["t"])
+        await store.jobs.submit(cmd("plain"))
+        await store.jobs.submit(cmd("tagged", tags=["a", "b"], priority=3, group="g"))
+        await store.submit_run("r", [], [keyed("a"), keyed("b", "a")])
+        slow = [j.to_dict() for j in await store.jobs.list(limit=50)]
+        fast = await store.jobs.list_wire(limit=50)
+        assert fast == slow and len(fast) == 4
+
+    run_store(body)

@@ -232,7 +232,7 @@ class Executor:
                 return
         loop = asyncio.get_running_loop()
         try:
-            rj.owner = await self.flusher.open_owner("job", str(job.id))
+            rj.owner = await self.flusher.open_owner("job", str(job.id), job.last_seq)
             # fork/exec blocks for about a millisecond and releases the GIL:
             # it runs on a small pool, so the loop keeps serving meanwhile.
             child = await loop.run_in_executor(self.spawner, procs.spawn, argv, env, job.spec.cwd)

@@ -97,12 +97,16 @@ class Flusher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="flusher")
 
     # -- owners ------------------------------------------------------------------------
-    async def open_owner(self, kind: str, owner_id: str) -> OwnerLog:
-        """The owner's log, counter loaded from the database if it is not in memory; +1 ref."""
+    async def open_owner(self, kind: str, owner_id: str, known_seq: int | None = None) -> OwnerLog:
+        """The owner's log, counter loaded from the database if it is not in memory; +1 ref.
+
+        `known_seq`: the owner's stored high-water mark, when the caller read it already
+        (a claim returns it), saving a read per launch.
+        """
         key = (kind, owner_id)
         owner = self._owners.get(key)
         if owner is None:
-            seq = await self.logs.last_seq(kind, owner_id)
+            seq = known_seq if known_seq is not None else await self.logs.last_seq(kind, owner_id)
             owner = self._owners.get(key)  # someone may have loaded it meanwhile
             if owner is None:
                 owner = OwnerLog(kind, owner_id, seq)

@@ -33,7 +33,7 @@ from hero_procd.model import (
 from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
-from hero_procd.store.records import Job
+from hero_procd.store.records import Job, job_wire
 from hero_procd.store.runs import refresh_status
 
 _SUPERSEDED = "superseded: a newer queued job holds its dedup_key"
@@ -331,6 +331,7 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     token: str
+    last_seq: int = 0  # the job's log sequence so far: this attempt's lines continue after it
 
 
 @dataclass
@@ -375,6 +376,7 @@ def claim(conn: Conn, n: int, token: str, groups: GroupRoom, at: float) -> list[
             attempt=r["attempt"],
             max_attempts=r["max_attempts"],
             token=r["claim_token"],
+            last_seq=r["last_seq"] or 0,
         )
         for r in rows
     ]
@@ -573,6 +575,16 @@ class JobsApi:
         if len(rows) > 500:  # decoding thousands of specs: off the event loop
             return await asyncio.to_thread(lambda: [Job.from_row(r) for r in rows])
         return [Job.from_row(r) for r in rows]
+
+    async def list_wire(self, **filters: Any) -> builtins.list[dict[str, Any]]:
+        """A page of jobs as the RPC shows them (built off the event loop when large)."""
+        sql = Q["job_list"] if filters.get("tag") is None else Q["job_list_by_tag"]
+        params = {"status": None, "tag": None, "run_id": None, "limit": 100, "after_id": 0}
+        params.update(filters)
+        rows = await self.pool.fetch_all(sql, params)
+        if len(rows) > 500:
+            return await asyncio.to_thread(lambda: [job_wire(r) for r in rows])
+        return [job_wire(r) for r in rows]
 
     async def delete_many(self, ids: Sequence[int]) -> int:
         """Delete jobs by id in one transaction; the rows deleted."""

@@ -188,14 +188,16 @@ SELECT max(seq) FROM log_lines WHERE owner_kind = ? AND owner_id = ?
 DELETE FROM log_lines WHERE owner_kind = ? AND owner_id IN ({marks})
 
 -- job_claim_candidates --
--- Queued jobs ready to run (dependencies met, backoff over), best first.
-SELECT id, grp FROM jobs
+-- Queued jobs ready to run (dependencies met, backoff over), best first. The partial index
+-- is named: without statistics SQLite picked jobs_status and sorted every queued row
+-- (3 ms a claim with 10,000 queued, against 0.03 ms).
+SELECT id, grp FROM jobs INDEXED BY jobs_claim
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
 ORDER BY priority DESC, id LIMIT ?
 
 -- job_claim_candidates_excluding --
 -- The same, leaving out the groups that are at their limit (the first parameter is the time).
-SELECT id, grp FROM jobs
+SELECT id, grp FROM jobs INDEXED BY jobs_claim
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
   AND (grp IS NULL OR grp NOT IN ({marks}))
 ORDER BY priority DESC, id LIMIT ?
@@ -206,7 +208,9 @@ UPDATE jobs SET status = 'running', claim_token = ?, attempt = attempt + 1, star
                 finished_at = NULL, pid = NULL, pid_start_time = NULL, exit_code = NULL,
                 signal = NULL, error = NULL
 WHERE id IN ({marks}) AND status = 'queued'
-RETURNING id, run_id, spec, grp, attempt, max_attempts, claim_token
+RETURNING id, run_id, spec, grp, attempt, max_attempts, claim_token,
+          (SELECT last_seq FROM log_owners
+           WHERE owner_kind = 'job' AND owner_id = CAST(jobs.id AS TEXT)) AS last_seq
 
 -- job_next_ready_at --
 -- When the earliest job in backoff becomes ready.

@@ -52,16 +52,12 @@ async def job_list(app: App, p: Params) -> dict[str, Any]:
     limit = p.integer("limit", default=100, minimum=1, maximum=MAX_PAGE) or 100
     after_id = p.integer("after_id", default=0, minimum=0) or 0
     p.finish()
-    jobs = await app.store.jobs.list(
+    rows = await app.store.jobs.list_wire(
         status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
     )
-    if len(jobs) > _OFF_LOOP_ITEMS:
-        rows = await asyncio.to_thread(lambda: [j.to_dict() for j in jobs])
-    else:
-        rows = [j.to_dict() for j in jobs]
     return {
         "jobs": rows,
-        "next_after_id": jobs[-1].id if len(jobs) == limit else None,
+        "next_after_id": rows[-1]["id"] if len(rows) == limit else None,
     }
 
 
