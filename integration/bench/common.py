@@ -7,6 +7,8 @@ import math
 import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +25,8 @@ from hero_procd.store.schema import MIGRATIONS
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 
 TRUE = "/bin/true"
+SLEEPER = ["sleep", "3600"]  # a job that holds the only slot of a --max-parallel 1 daemon
+DAEMON_ENV = "HERO_PROC_BENCH_DAEMON"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Sizes:
     cli_runs: int
     idle_s: float
     repeats: int
+    concurrent_clients: int
+    ping_batch_jobs: int
+    list_seed_jobs: int
+    list_rows: int
+    list_parallel: int
 
 
 FULL = Sizes(
@@ -60,6 +69,11 @@ FULL = Sizes(
     cli_runs=10,
     idle_s=10.0,
     repeats=3,
+    concurrent_clients=1_000,
+    ping_batch_jobs=50_000,
+    list_seed_jobs=50_000,
+    list_rows=10_000,
+    list_parallel=5,
 )
 
 QUICK = Sizes(
@@ -77,6 +91,11 @@ QUICK = Sizes(
     cli_runs=3,
     idle_s=4.0,
     repeats=1,
+    concurrent_clients=200,
+    ping_batch_jobs=5_000,
+    list_seed_jobs=5_000,
+    list_rows=1_000,
+    list_parallel=5,
 )
 
 
@@ -85,7 +104,9 @@ class Target:
     """A goal for one figure: `<=` or `>=` a value in the row's unit, or `±` a fraction.
 
     `±` compares the figure with its baseline: met when ours / baseline is within
-    1 ± value (`Target("±", 0.25)`: within 25% of the baseline).
+    1 ± value (`Target("±", 0.25)`: within 25% of the baseline). `x<=` and `x>=`
+    bound the ratio ours / baseline itself (`Target("x<=", 2.0)`: at most twice
+    the baseline).
     """
 
     op: str
@@ -94,10 +115,13 @@ class Target:
 
     def met(self, figure: float, baseline: float | None = None) -> bool | None:
         """True if the figure reaches the goal (None for `±` without a baseline)."""
-        if self.op == "±":
+        if self.op in ("±", "x<=", "x>="):
             if baseline is None or baseline == 0:
                 return None
-            return abs(figure / baseline - 1.0) <= self.value
+            ratio = figure / baseline
+            if self.op == "±":
+                return abs(ratio - 1.0) <= self.value
+            return ratio <= self.value if self.op == "x<=" else ratio >= self.value
         return figure <= self.value if self.op == "<=" else figure >= self.value
 
     def scale(self, factor: float) -> Target:
@@ -205,13 +229,60 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - t0, result
 
 
+def daemon_command() -> list[str]:
+    """The command that starts hero-procd: this checkout's, or $HERO_PROC_BENCH_DAEMON.
+
+    $HERO_PROC_BENCH_DAEMON is a hero-procd executable, or a checkout whose
+    `.venv/bin/hero-procd` is used (e.g. a worktree of an older commit, to measure
+    before and after with the same benchmark scripts).
+    """
+    chosen = os.environ.get(DAEMON_ENV, "").strip()
+    if not chosen:
+        return [sys.executable, "-m", "hero_procd.daemon"]
+    path = Path(chosen).expanduser().resolve()
+    if path.is_dir():
+        path = path / ".venv" / "bin" / "hero-procd"
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise RuntimeError(f"${DAEMON_ENV}={chosen}: {path} is not an executable hero-procd")
+    return [str(path)]
+
+
+def daemon_identity() -> dict[str, str]:
+    """Which daemon the run measured: its command and, from its checkout, the git commit."""
+    command = daemon_command()
+    exe = Path(command[0]) if len(command) == 1 else Path(__file__)
+    commit = ""
+    for folder in exe.resolve().parents:
+        if (folder / ".git").exists():
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                commit = subprocess.run(
+                    ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
+                    capture_output=True, text=True, timeout=10, check=True,
+                ).stdout.strip()  # fmt: skip
+            break
+    return {"command": " ".join(command), "commit": commit}
+
+
+class BenchDaemon(DaemonProcess):
+    """A DaemonProcess started by `daemon_command()`."""
+
+    @property
+    def argv(self) -> list[str]:
+        """The command line that starts this daemon."""
+        return [
+            *daemon_command(),
+            "--socket", str(self.socket_path), "--db", str(self.db_path),
+            *self.extra_args,
+        ]  # fmt: skip
+
+
 @contextlib.contextmanager
 def bench_daemon(
     extra_args: Sequence[str] = (), env: dict[str, str] | None = None
 ) -> Iterator[DaemonProcess]:
     """A fresh daemon on its own socket and database, stopped and removed afterwards."""
     workdir = short_tmpdir("hpb")
-    daemon = DaemonProcess(workdir, extra_args=["--log-level", "warning", *extra_args], env=env)
+    daemon = BenchDaemon(workdir, extra_args=["--log-level", "warning", *extra_args], env=env)
     try:
         daemon.start()
         yield daemon
@@ -370,6 +441,17 @@ def job_rows(
         rows.append((job_id, run_id, key, None, spec, tags_json, 0, None, None, 1, 0, ts))
         tag_rows.extend((tag, job_id) for tag in tags)
     return rows, tag_rows
+
+
+def hold_slot(client: Client) -> int:
+    """Submit SLEEPER: on a --max-parallel 1 daemon it takes the only slot, so later jobs wait."""
+    job_id = int(client.call("job.submit", {"command": SLEEPER})["id"])
+    deadline = time.monotonic() + 10.0
+    while client.call("job.get", id=job_id)["status"] != "running":
+        if time.monotonic() > deadline:
+            raise TimeoutError("the slot-holding job did not start within 10 s")
+        time.sleep(0.01)
+    return job_id
 
 
 def insert_jobs(

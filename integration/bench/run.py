@@ -1,6 +1,6 @@
 """`make bench`: run the benchmarks, print the table, write results/latest.json.
 
-    python -m integration.bench.run [--quick] [--only NAME ...] [--soak] [--readme]
+    python -m integration.bench.run [--quick] [--only NAME ...] [--soak] [--readme] [--daemon PATH]
 
 Every figure stands beside a baseline measured in the same run (the machine
 is shared and noisy), and the ratio is ours / baseline. Benchmarks print and
@@ -9,6 +9,12 @@ record; they never fail on speed.
 The soak (integration/bench/soak.py: 120 s, 30 s with --quick) runs only when
 asked for, with --soak or --only soak. --readme rewrites README.md between
 `<!-- bench:begin -->` and `<!-- bench:end -->` with the table.
+
+--daemon PATH (or $HERO_PROC_BENCH_DAEMON) measures another hero-procd with
+these same benchmark scripts: a hero-procd executable, or a checkout whose
+.venv/bin/hero-procd is used (`git worktree add ../wt-before c7554d1`,
+`make install` there, then `--daemon ../wt-before`). The client, the baselines
+and this table stay this checkout's.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ import orjson
 
 from integration.bench.bench_cli import bench_cli
 from integration.bench.bench_jobs import bench_logs, bench_throughput
+from integration.bench.bench_latency import bench_clients, bench_ping
 from integration.bench.bench_services import bench_idle, bench_service_start, bench_status_all
 from integration.bench.bench_store import bench_batch, bench_clean, bench_submit
 from integration.bench.common import (
+    DAEMON_ENV,
     FULL,
     QUICK,
     BenchResult,
@@ -42,6 +50,8 @@ from integration.bench.common import (
     Sizes,
     Skipped,
     Target,
+    daemon_command,
+    daemon_identity,
     fmt,
 )
 
@@ -122,6 +132,8 @@ BENCHMARKS: dict[str, Callable[[Sizes], BenchResult]] = {
     "submit": bench_submit,
     "clean": bench_clean,
     "batch": bench_batch,
+    "clients": bench_clients,
+    "ping": bench_ping,
     "throughput": bench_throughput,
     "logs": bench_logs,
     "service_start": bench_service_start,
@@ -139,7 +151,7 @@ README_END = "<!-- bench:end -->"
 HEADER = ("benchmark", "ours", "baseline", "ratio", "target", "met?")
 
 
-def machine() -> dict[str, object]:
+def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     cpu = ""
     try:
@@ -156,6 +168,7 @@ def machine() -> dict[str, object]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "loadavg_at_start": list(os.getloadavg()),
+        "daemon": daemon_identity(),
     }
 
 
@@ -180,6 +193,9 @@ def _cells(row: Row) -> tuple[str, ...]:
     target = ""
     if row.target is not None and row.target.op == "±":
         target = f"± {row.target.value * 100:g}% of baseline"
+    elif row.target is not None and row.target.op in ("x<=", "x>="):
+        sign = "≤" if row.target.op == "x<=" else "≥"
+        target = f"ratio {sign} {row.target.value:.2f}x"
     elif row.target is not None:
         sign = "≤" if row.target.op == "<=" else "≥"
         target = f"{sign} {fmt(row.target.value, row.unit)}"
@@ -254,10 +270,12 @@ def readme_section(
     when = datetime.datetime.fromisoformat(record["timestamp"]).strftime("%Y-%m-%d %H:%M UTC")
     command = " ".join(["python -m integration.bench.run", *record["argv"]])
     cpu = f" ({info['cpu']})" if info.get("cpu") else ""
+    commit = info["daemon"]["commit"]
     return "\n".join(
         [
             f"Last run {when}: `{command}`, "
-            f"{record['total_s']:.0f} s. Machine: nproc {info['nproc']}{cpu}, "
+            f"{record['total_s']:.0f} s, daemon at {commit or 'this checkout'}. "
+            f"Machine: nproc {info['nproc']}{cpu}, "
             f"{info['implementation']} {info['python']}, load average at start {load}.",
             "",
             f"Figures are from a shared, noisy {info['nproc']}-core machine: the absolute "
@@ -301,7 +319,14 @@ def main(argv: list[str] | None = None) -> int:
         help=f"rewrite README.md between {README_BEGIN} and {README_END} with the table",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument(
+        "--daemon", metavar="PATH",
+        help=f"the hero-procd to measure: an executable or a checkout with .venv [${DAEMON_ENV}]",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.daemon:
+        os.environ[DAEMON_ENV] = args.daemon
+    daemon_command()  # a bad --daemon fails here, before any benchmark
     sizes = QUICK if args.quick else FULL
     if args.only:
         names = [n for n in BENCHMARKS if n in args.only]
@@ -318,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         footer.append(SOAK_HOW if not why else f"soak: not run ({why})")
     print(table(results, footer))
     print(f"\n{len(results)} benchmarks in {total:.1f} s ({'quick' if sizes.quick else 'full'})")
+    print(f"daemon: {info['daemon']['command']} (commit {info['daemon']['commit'] or '?'})")
     record: dict[str, Any] = {
         "timestamp": started.isoformat(timespec="seconds"),
         "quick": sizes.quick,
