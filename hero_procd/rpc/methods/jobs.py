@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams
 from hero_procd.model import (
@@ -55,10 +57,12 @@ async def job_list(app: App, p: Params) -> dict[str, Any]:
     rows = await app.store.jobs.list_wire(
         status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
     )
-    return {
-        "jobs": rows,
-        "next_after_id": rows[-1]["id"] if len(rows) == limit else None,
-    }
+    next_after_id = rows[-1]["id"] if len(rows) == limit else None
+    if len(rows) > _OFF_LOOP_ITEMS:
+        # Serialising thousands of rows takes milliseconds: off the loop, handed over as is.
+        return {"jobs": orjson.Fragment(await asyncio.to_thread(orjson.dumps, rows)),
+                "next_after_id": next_after_id}  # fmt: skip
+    return {"jobs": rows, "next_after_id": next_after_id}
 
 
 @rpc("job.clean_by_tag")
