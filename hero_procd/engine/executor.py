@@ -30,7 +30,7 @@ from hero_procd.app import App
 from hero_procd.engine import procs
 from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import NotFound, StorageError
+from hero_procd.errors import InvalidState, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
 from hero_procd.store.api import JobStore
 from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
@@ -430,7 +430,10 @@ class Executor:
         self._paused += 1
         victims = [rj for rj in self.running.values() if not rj.finalizing]
         for rj in victims:
-            await self.jobs.cancel(rj.claim.id)
+            if rj.finalizing:
+                continue  # it ended while an earlier victim's cancel was being written
+            with contextlib.suppress(InvalidState):  # ended meanwhile: nothing to cancel
+                await self.jobs.cancel(rj.claim.id)
             self._terminate(rj, "cancelled")
         await self._wait_no_running(timeout_s=self._max_kill_timeout() + 10.0)
         await self.flusher.wait_idle()

@@ -69,6 +69,18 @@ def translate(exc: sqlite3.Error) -> HeroError:
     return StorageError("database error", {"detail": text})
 
 
+def _failure(exc: BaseException) -> BaseException:
+    """What the caller of a unit that raised `exc` is told (never a BaseException the
+    event loop would re-raise: KeyboardInterrupt, SystemExit, a cancellation)."""
+    if isinstance(exc, sqlite3.Error):
+        return translate(exc)
+    if isinstance(exc, Exception):
+        return exc
+    err = StorageError("the write was interrupted", {"detail": f"{type(exc).__name__}: {exc}"})
+    err.__cause__ = exc
+    return err
+
+
 def _pragmas(conn: sqlite3.Connection, *, reader: bool) -> None:
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -121,6 +133,7 @@ class Writer:
         self._queue: list[_Unit] = []
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: list[_Unit] = []
         self._closed = False
         self.groups = 0
         self.units = 0
@@ -184,9 +197,19 @@ class Writer:
                     group.append(self._queue.pop(0))
                     if not unit.in_transaction:
                         break
-                results = await asyncio.shield(
-                    loop.run_in_executor(self._thread, self._run_group, group)
-                )
+                self._inflight = group
+                try:
+                    results = await asyncio.shield(
+                        loop.run_in_executor(self._thread, self._run_group, group)
+                    )
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    log.exception("a write group failed outside its units")
+                    err = _failure(exc)
+                    results = [(False, err) for _ in group]
+                finally:
+                    self._inflight = []
                 self.groups += 1
                 self.units += len(group)
                 for unit, (ok, value) in zip(group, results, strict=True):
@@ -203,10 +226,8 @@ class Writer:
         if not group[0].in_transaction:
             try:
                 return [(True, group[0].fn(conn))]
-            except sqlite3.Error as exc:
-                return [(False, translate(exc))]
-            except Exception as exc:
-                return [(False, exc)]
+            except BaseException as exc:
+                return [(False, _failure(exc))]
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -217,20 +238,24 @@ class Writer:
             if len(group) == 1:
                 try:
                     out.append((True, group[0].fn(conn)))
-                except Exception as exc:
-                    conn.execute("ROLLBACK")
-                    return [(False, translate(exc) if isinstance(exc, sqlite3.Error) else exc)]
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    return [(False, _failure(exc))]
             else:
                 for unit in group:
                     conn.execute("SAVEPOINT unit")
                     try:
                         value = unit.fn(conn)
-                    except Exception as exc:
+                    except BaseException as exc:
+                        if not conn.in_transaction:
+                            # SQLite rolled the whole transaction back (disk full, I/O
+                            # error): nothing of the group is written; say why.
+                            undone = _failure(exc)
+                            return [(False, undone) for _ in group]
                         conn.execute("ROLLBACK TO unit")
                         conn.execute("RELEASE unit")
-                        out.append(
-                            (False, translate(exc) if isinstance(exc, sqlite3.Error) else exc)
-                        )
+                        out.append((False, _failure(exc)))
                     else:
                         conn.execute("RELEASE unit")
                         out.append((True, value))
@@ -247,7 +272,8 @@ class Writer:
     async def close(self) -> None:
         """Write what is queued, checkpoint the WAL, close the connection and the thread."""
         self._closed = True
-        while self._queue:
+        # Everything handed over is answered: the queued units and the group being written.
+        while self._queue or self._inflight:
             self._kick.set()
             await asyncio.sleep(0.01)
         if self._task is not None:

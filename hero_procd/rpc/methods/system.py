@@ -63,8 +63,9 @@ async def wipe_all(app: App, p: Params) -> dict[str, Any]:
         app.supervisor.services.clear()
     if app.executor is None:
         return {"deleted": await app.store.wipe_all(), "stopped_jobs": 0}
-    stopped = await app.executor.stop_all_jobs()
     try:
+        # Inside the try: whatever stop_all_jobs raises, its pause on claiming is undone.
+        stopped = await app.executor.stop_all_jobs()
         deleted = await app.store.wipe_all()
     finally:
         app.executor.resume()
