@@ -96,6 +96,10 @@ def _row(attempt: int = 1, max_attempts: int = 1, cancel: bool = False) -> dict[
         (AttemptEnd("timed_out", signal=15), _row(), "timed_out"),
         (AttemptEnd("interrupted", signal=15), _row(3, 3), "queued"),  # does not count
         (AttemptEnd("interrupted", signal=15), _row(cancel=True), "cancelled"),
+        # It ignored (or handled) the stop's SIGTERM and succeeded: never run again.
+        (AttemptEnd("interrupted", exit_code=0), _row(), "succeeded"),
+        (AttemptEnd("interrupted", exit_code=0), _row(cancel=True), "succeeded"),
+        (AttemptEnd("interrupted", exit_code=143), _row(), "queued"),
     ],
 )
 def test_outcome_precedence(end: AttemptEnd, row: dict[str, Any], status: str) -> None:

@@ -77,6 +77,7 @@ class Flusher:
         self._pushed = 0  # positions handed out so far
         self._owners: dict[OwnerKey, OwnerLog] = {}
         self._dirty: set[OwnerKey] = set()
+        self._retired: set[OwnerKey] = set()
         self._kick = asyncio.Event()
         self._full = asyncio.Event()
         self._progress = asyncio.Event()
@@ -104,6 +105,7 @@ class Flusher:
         (a claim returns it), saving a read per launch.
         """
         key = (kind, owner_id)
+        self._retired.discard(key)  # the name is in use again (a service defined anew)
         owner = self._owners.get(key)
         if owner is None:
             seq = known_seq if known_seq is not None else await self.logs.last_seq(kind, owner_id)
@@ -125,6 +127,7 @@ class Flusher:
         owner = self._owners.pop(key, None)
         if owner is not None:
             owner.retired = True
+        self._retired.add(key)
         self._dirty.discard(key)
 
     # -- producers ---------------------------------------------------------------------
@@ -236,7 +239,9 @@ class Flusher:
         except BaseException:
             # Not written: back to the front of the queue, in order (the bound may drop them,
             # counted).
-            self._queue.extendleft(reversed(self._inflight))
+            # Lines of an owner deleted meanwhile are not put back.
+            back = [item for item in self._inflight if _key(item[1]) not in self._retired]
+            self._queue.extendleft(reversed(back))
             self._inflight = []
             while len(self._queue) > self.max_log_lines:
                 self._drop_oldest()

@@ -223,6 +223,10 @@ def decide(end: AttemptEnd, row: sqlite3.Row, at: float) -> tuple[str, str | Non
     cancel = bool(row["cancel_requested"])
     retries_left = row["attempt"] < row["max_attempts"]
     if end.how == "interrupted":
+        if end.exit_code == 0 and end.error is None:
+            # It ended with success (it ignored or handled the stop's SIGTERM): a job that
+            # succeeded never runs again.
+            return JobStatus.SUCCEEDED, None, 0.0, 0
         if cancel:
             return JobStatus.CANCELLED, "cancelled", 0.0, 0
         # Terminated by a graceful stop of the daemon: the attempt does not count.

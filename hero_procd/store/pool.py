@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +41,8 @@ CHUNK = 999
 BUSY_TIMEOUT_MS = 5000
 # Units per group transaction: bounds how long one commit holds the writer.
 MAX_GROUP = 512
+# How long a closing writer waits for the units handed to it (above the busy timeout).
+CLOSE_TIMEOUT_S = 10.0
 # A file that is not ours, or not a database, must be told within this time.
 OPEN_TIMEOUT_S = 5.0
 
@@ -272,14 +275,28 @@ class Writer:
     async def close(self) -> None:
         """Write what is queued, checkpoint the WAL, close the connection and the thread."""
         self._closed = True
-        # Everything handed over is answered: the queued units and the group being written.
-        while self._queue or self._inflight:
+        # Everything handed over is answered: the queued units and the group being written,
+        # within a bound (a unit that never returns must not hold the stop forever).
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        while (self._queue or self._inflight) and time.monotonic() < deadline:
             self._kick.set()
             await asyncio.sleep(0.01)
+        stuck = self._queue + self._inflight  # before the cancel, which forgets the group
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if stuck:
+            log.error(
+                "database writer did not finish; closing without it", extra={"units": len(stuck)}
+            )
+            for unit in stuck:
+                if not unit.future.done():
+                    unit.future.set_exception(StorageError("the database is closing"))
+            self._queue = []
+            # Committed data is durable in the WAL already; the checkpoint is skipped.
+            self._thread.shutdown(wait=False)
+            return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._thread, self._close_sync)
         self._thread.shutdown(wait=True)
