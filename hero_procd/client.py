@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import select
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,19 @@ def _result(line: bytes, req_id: int) -> Any:
     return answer.get("result")
 
 
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether the other end has closed an idle connection (EOF waiting), without blocking."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
 def _unavailable(path: Path, exc: OSError) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"cannot reach hero-procd at {path}: {exc.strerror or exc}", {"socket": str(path)}
@@ -85,6 +99,10 @@ class Client:
 
     def call(self, method: str, params: dict[str, Any] | None = None, **kw: Any) -> Any:
         """Call `method` with `params` (or keywords); the result, or the daemon's error raised."""
+        if self._sock is not None and _peer_closed(self._sock):
+            # The daemon closed this connection while it was idle (its idle timeout, a
+            # restart): open a new one. Checked before sending, so no call is ever sent twice.
+            self.close()
         if self._sock is None:
             self.connect()
         assert self._sock is not None
@@ -163,6 +181,8 @@ class AsyncClient:
         """Call `method`; the result, or the daemon's error raised."""
         import asyncio
 
+        if self._reader is not None and self._reader.at_eof():
+            await self.close()  # closed by the daemon while idle: reconnect, nothing was sent
         if self._writer is None:
             await self.connect()
         assert self._reader is not None and self._writer is not None and self._lock is not None

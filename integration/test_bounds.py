@@ -3,6 +3,7 @@ connections, idle and partial-frame timeouts, and resources given back after loa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import socket
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from hero_procd.client import AsyncClient, _peer_closed
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import daemon_running, gate_script, open_fds, rss_bytes, sh, wait_for
 
@@ -374,3 +376,27 @@ def test_a_thousand_connections_give_back_fds_and_memory(roomy: DaemonProcess) -
             conn.close()
     _settles(lambda: open_fds(pid), base_fds + 5, "the daemon's fds back to baseline")
     _settles(lambda: rss_bytes(pid), base_rss + 30 * MB, "the daemon's RSS back near baseline")
+
+
+def test_clients_reconnect_after_an_idle_close(workdir: Path) -> None:
+    """The daemon closes idle connections; the client opens a new one before its next call
+    (checked before sending, so no call is sent twice)."""
+    env = {"HERO_PROC_IDLE_TIMEOUT_S": "0.3"}
+    with daemon_running(workdir, env=env) as proc, proc.client() as c:
+        assert c.call("system.ping") is not None
+        sock = c._sock
+        assert sock is not None
+        wait_for(lambda: True if _peer_closed(sock) else None, "the idle connection to close")
+        assert c.call("system.ping") is not None
+
+        async def twice() -> None:
+            async with AsyncClient(proc.socket_path) as ac:
+                await ac.call("system.ping")
+                reader = ac._reader
+                assert reader is not None
+                # The daemon closes it: EOF is all that can arrive (the read ends at once).
+                assert await asyncio.wait_for(reader.read(1), 10) == b""
+                assert reader.at_eof()
+                await ac.call("system.ping")
+
+        asyncio.run(twice())
