@@ -320,9 +320,9 @@ def test_job_delete_many_removes_tags_and_edges(run_store: StoreRunner) -> None:
         assert (
             await count(
                 store.pool,
-                "SELECT count(*) FROM job_deps WHERE job_id BETWEEN ?1 AND ?2"
-                " OR depends_on BETWEEN ?1 AND ?2",
-                (lo, hi),
+                "SELECT count(*) FROM job_deps WHERE job_id BETWEEN ? AND ?"
+                " OR depends_on BETWEEN ? AND ?",
+                (lo, hi, lo, hi),
             )
             == 0
         )
