@@ -4,6 +4,10 @@ The fire, its job or run, and the next fire time are written in ONE
 transaction, guarded by the fire time it replaces: a restart neither loses
 nor repeats a fire. After downtime a schedule fires once (catch-up), then
 its next time is computed from now, not once per missed slot.
+
+Slots are wall-clock times, each fired once across daylight-saving changes
+(`next_fire_in`, rules below); overlap "queue" holds fires on the schedule
+until the previous fire's job or run has ended (`Scheduler`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from hero_procd.app import App
-from hero_procd.errors import HeroError, InvalidParams, NotFound
+from hero_procd.errors import HeroError, InvalidParams, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, check_run_graph, job_request_from, now
 from hero_procd.params import check_timezone_name
 from hero_procd.store import jobs as jobs_sql
@@ -275,6 +279,8 @@ class Scheduler:
             job_id, run_id, held = await self.store.pool.write(unit)
         except _AlreadyFired:
             return {"fired": False}
+        except StorageError:
+            raise  # the database, not the target: the slot stays due, the pass is retried
         except HeroError as exc:
             # The target was valid at set time but is not now (its action was deleted, say):
             # record the slot as skipped, so it is not evaluated again and again.
@@ -321,6 +327,8 @@ class Scheduler:
 
             try:
                 submitted, waiting_for = await self.store.pool.write(unit)
+            except StorageError:
+                raise  # the database, not the target: the fire stays queued, the pass is retried
             except HeroError as exc:
                 log.warning(
                     "queued schedule fire failed", extra={"schedule": name, "error": str(exc)}
