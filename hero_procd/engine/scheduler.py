@@ -4,6 +4,10 @@ The fire, its job or run, and the next fire time are written in ONE
 transaction, guarded by the fire time it replaces: a restart neither loses
 nor repeats a fire. After downtime a schedule fires once (catch-up), then
 its next time is computed from now, not once per missed slot.
+
+Slots are wall-clock times, each fired once across daylight-saving changes
+(`next_fire_in`, rules below); overlap "queue" holds fires on the schedule
+until the previous fire's job or run has ended (`Scheduler`).
 """
 
 from __future__ import annotations
@@ -11,24 +15,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
+import math
+from collections.abc import Callable
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
 from hero_procd.app import App
-from hero_procd.errors import HeroError, InvalidParams
-from hero_procd.model import check_run_graph, job_request_from, now
+from hero_procd.errors import HeroError, InvalidParams, NotFound, StorageError
+from hero_procd.model import TERMINAL_JOB_STATES, check_run_graph, job_request_from, now
 from hero_procd.params import check_timezone_name
 from hero_procd.store import jobs as jobs_sql
 from hero_procd.store import write_run
 from hero_procd.store.pool import Conn
-from hero_procd.store.schedules import Schedule, is_active, record_fire
+from hero_procd.store.schedules import (
+    Schedule,
+    active_job_ids,
+    current,
+    is_active,
+    record_fire,
+    record_release,
+)
 
 log = logging.getLogger(__name__)
 
 _MAX_SLEEP_S = 60.0  # re-read the table at least this often (clock changes, missed wakes)
+_WATCH_RETRY_S = 1.0  # a watcher that could not wait for a job's end looks again after this
 
 
 def check_timezone(tz: str | None) -> None:
@@ -49,13 +63,81 @@ def check_cron(expr: str) -> None:
         raise InvalidParams("cron", f"cron expression {expr!r} never fires: {exc}") from exc
 
 
+# Daylight saving, the rules (README "Schedules"): a schedule's slots are wall-clock times
+# (`30 1 * * *` is 01:30 on the clock), and each slot fires once, at the first moment the
+# clock reads it or later:
+# - fall back (01:00-01:59 happens twice): a slot of the repeated hour fires on its first
+#   pass only; in the second pass no slot fires, the next is 02:00 (new offset);
+# - spring forward (02:00-02:59 never happens): a skipped slot fires at the jump (03:00
+#   new time); all the slots skipped, and a 03:00 slot, make that one fire.
+# Fire times strictly increase: the next fire is always after `after`, so a loop that
+# fires and asks again never fires a slot twice nor spins.
+
+
 def next_fire(expr: str, tz: str | None, after: float) -> float:
     """The first fire time of `expr` strictly after `after` (host's local time unless `tz`)."""
-    # A naive local datetime (not .astimezone(), whose offset is fixed) keeps a schedule
-    # at its wall-clock time across daylight-saving changes.
-    start = datetime.fromtimestamp(after, ZoneInfo(tz)) if tz else datetime.fromtimestamp(after)
-    nxt: datetime = croniter(expr, start).get_next(datetime)
-    return nxt.timestamp()
+    return next_fire_in(expr, ZoneInfo(tz) if tz else None, after)
+
+
+def next_fire_in(expr: str, zone: tzinfo | None, after: float) -> float:
+    """The first fire time of `expr` strictly after `after` in `zone` (None: local time).
+
+    Pure: no clock is read. See the rules above.
+    """
+    start = _wall(after, zone)
+    if start.fold:
+        # The second pass of a repeated hour: its slots fired on the first pass. Go on from
+        # the end of the repetition, the first instant whose clock reading is not repeated.
+        rerun = _instant(start, zone, 1) - _instant(start, zone, 0)
+        end = _first_true(
+            math.floor(after), math.ceil(after + rerun), lambda s: not _wall(s, zone).fold
+        )
+        start = _wall(end, zone)
+    # A second early: the slot of the current second is a candidate too (it is kept only if
+    # it fires after `after`), whatever the rounding of `after` to microseconds.
+    slots = croniter(expr, start.replace(fold=0) - timedelta(seconds=1))
+    for _ in range(_MAX_STEPS):
+        fire_at = _slot_instant(slots.get_next(datetime), zone)
+        if fire_at > after:
+            return fire_at
+    raise RuntimeError(f"no fire of {expr!r} found after {after}")  # pragma: no cover
+
+
+_MAX_STEPS = 16  # candidates from a second before `after`: two suffice, a few are spare
+
+
+def _wall(t: float, zone: tzinfo | None) -> datetime:
+    """The clock reading at instant `t`, naive; fold=1 in the second pass of a repeated hour."""
+    if zone is None:
+        return datetime.fromtimestamp(t)
+    return datetime.fromtimestamp(t, zone).replace(tzinfo=None)
+
+
+def _instant(wall: datetime, zone: tzinfo | None, fold: int) -> float:
+    """The instant of a clock reading; a repeated one by `fold`; a skipped one as PEP 495 says."""
+    return wall.replace(tzinfo=zone, fold=fold).timestamp()
+
+
+def _slot_instant(slot: datetime, zone: tzinfo | None) -> float:
+    """When a wall-clock slot fires: the first instant the clock reads `slot` or later."""
+    first, second = _instant(slot, zone, 0), _instant(slot, zone, 1)
+    if first <= second:  # an ordinary time (equal), or a repeated one: its first pass
+        return first
+    # Skipped by a jump forward (PEP 495 reads it with the offset before the jump, `first`,
+    # or after it, `second`): the jump is between, the first second whose clock is past it.
+    jump = _first_true(math.floor(second), math.ceil(first), lambda s: _wall(s, zone) >= slot)
+    return float(jump)
+
+
+def _first_true(lo: int, hi: int, pred: Callable[[int], bool]) -> int:
+    """The least integer in (lo, hi] where `pred` holds; `pred` is monotone and holds at hi."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if pred(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def check_target(target: dict[str, Any]) -> None:
@@ -83,14 +165,24 @@ def check_target(target: dict[str, Any]) -> None:
 
 
 class Scheduler:
-    """Fires due schedules; sleeps until the next one (no polling in between)."""
+    """Fires due schedules; sleeps until the next one (no polling in between).
 
-    def __init__(self, app: App) -> None:
+    overlap "queue": a fire that comes while the previous fire's job or run is still
+    queued or running (or while older fires wait) is not submitted but counted on the
+    schedule (`queued`, in the fire's own transaction). Each pass submits the next queued
+    fire of every schedule whose last fire is over, in its own guarded transaction; while
+    one waits, a watcher awaits the end of the jobs it waits for and wakes the loop. So a
+    schedule's runs never overlap, whatever their jobs, and every fire runs, in order.
+    """
+
+    def __init__(self, app: App, clock: Callable[[], float] = now) -> None:
         self.app = app
         self.store = app.store
+        self.clock = clock  # the wall clock; tests give a fixed one
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._watchers: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         """Start firing."""
@@ -107,6 +199,10 @@ class Scheduler:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        watchers = list(self._watchers.values())
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
 
     def wake(self) -> None:
         """Schedules changed: look again."""
@@ -117,54 +213,74 @@ class Scheduler:
         # finished can swallow the cancellation, and the loop would go on.
         while not self._stopping:
             try:
-                for schedule in await self.store.schedules.due(now()):
-                    await self.fire(schedule)
+                await self.run_pass()
                 nxt = await self.store.schedules.next_due()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("scheduler pass failed")
-                nxt = now() + 5.0
-            timeout = _MAX_SLEEP_S if nxt is None else min(_MAX_SLEEP_S, max(0.0, nxt - now()))
+                nxt = self.clock() + 5.0
+            # Every fire moved its schedule's next fire past the clock (see `fire`): a due
+            # time in the past here is one that came during the pass, not a spin.
+            timeout = (
+                _MAX_SLEEP_S if nxt is None else min(_MAX_SLEEP_S, max(0.0, nxt - self.clock()))
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
 
-    async def fire(self, schedule: Schedule, *, forced: bool = False) -> dict[str, Any]:
-        """Submit the schedule's job or run (unless overlap says skip) and record the fire."""
-        at = now()
-        next_at = schedule.next_fire_at if forced else next_fire(schedule.cron, schedule.tz, at)
+    async def run_pass(self) -> None:
+        """One pass: fire every due schedule, then release the queued fires that may run."""
+        for schedule in await self.store.schedules.due(self.clock()):
+            await self.fire(schedule)
+        for schedule in await self.store.schedules.with_queued():
+            await self.release_queued(schedule.name)
 
-        def unit(conn: Conn) -> tuple[int | None, int | None, bool]:
+    async def fire(self, schedule: Schedule, *, forced: bool = False) -> dict[str, Any]:
+        """Submit the schedule's job or run (unless overlap says skip or queue); record the fire."""
+        at = self.clock()
+        if forced or schedule.next_fire_at is None:
+            next_at = schedule.next_fire_at
+        else:
+            # From the slot being fired at the earliest: a clock read before it (stepped back)
+            # must not give this slot again. So fire times strictly increase.
+            next_at = next_fire(schedule.cron, schedule.tz, max(at, schedule.next_fire_at))
+
+        def unit(conn: Conn) -> tuple[int | None, int | None, str | None]:
+            fresh = current(conn, schedule.name)
+            if fresh is None:
+                raise _AlreadyFired  # deleted meanwhile
             job_id: int | None = None
             run_id: int | None = None
-            skipped = False
-            if schedule.overlap == "skip" and is_active(
-                conn, schedule.last_job_id, schedule.last_run_id
-            ):
-                skipped = True
-            elif "job" in schedule.target:
-                req = job_request_from(schedule.target["job"], "job")
-                if schedule.overlap == "queue" and req.group is None:
-                    req.group = f"schedule:{schedule.name}"
-                (job_id,) = jobs_sql.insert_many(conn, jobs_sql.resolve(conn, [req], field=""))
+            held: str | None = None
+            busy = is_active(conn, fresh.last_job_id, fresh.last_run_id)
+            if fresh.overlap == "skip" and busy:
+                held = "skipped"
+            elif fresh.overlap == "queue" and (busy or fresh.queued > 0):
+                held = "queued"
             else:
-                run = schedule.target["run"]
-                jobs = [job_request_from(j, "", in_run=True) for j in run["jobs"]]
-                run_id, _ = write_run(
-                    conn, run.get("name") or schedule.name, list(run.get("tags") or []), jobs
-                )
+                job_id, run_id = _submit(conn, fresh)
             won = record_fire(
-                conn, schedule, at, next_at, job_id, run_id, skipped=skipped, forced=forced
+                conn,
+                schedule,
+                at,
+                next_at,
+                job_id,
+                run_id,
+                skipped=held == "skipped",
+                queued=held == "queued",
+                forced=forced,
             )
             if not won:
                 raise _AlreadyFired
-            return job_id, run_id, skipped
+            return job_id, run_id, held
 
         try:
-            job_id, run_id, skipped = await self.store.pool.write(unit)
+            job_id, run_id, held = await self.store.pool.write(unit)
         except _AlreadyFired:
             return {"fired": False}
+        except StorageError:
+            raise  # the database, not the target: the slot stays due, the pass is retried
         except HeroError as exc:
             # The target was valid at set time but is not now (its action was deleted, say):
             # record the slot as skipped, so it is not evaluated again and again.
@@ -179,7 +295,100 @@ class Scheduler:
             return {"fired": False, "error": str(exc)}
         if job_id is not None or run_id is not None:
             self.app.wake_jobs()
-        return {"fired": not skipped, "skipped": skipped, "job_id": job_id, "run_id": run_id}
+        if held == "queued":
+            self.wake()  # the loop's pass watches the previous fire's jobs
+        return {
+            "fired": held is None,
+            "skipped": held == "skipped",
+            "queued": held == "queued",
+            "job_id": job_id,
+            "run_id": run_id,
+        }
+
+    async def release_queued(self, name: str) -> int:
+        """Submit the queued fires of schedule `name` that may run now; how many were submitted.
+
+        One at a time, each in its own transaction, and only while the last fire's jobs are
+        all over: the one just submitted is active, so that is at most one per previous end.
+        While fires wait, a watcher wakes the loop when the jobs they wait for end.
+        """
+        released = 0
+        while True:
+
+            def unit(conn: Conn) -> tuple[bool, list[int]]:
+                fresh = current(conn, name)
+                if fresh is None or fresh.paused or fresh.queued <= 0:
+                    return False, []
+                active = active_job_ids(conn, fresh)
+                if active:
+                    return False, active
+                job_id, run_id = _submit(conn, fresh)
+                return record_release(conn, name, job_id, run_id, skipped=False), []
+
+            try:
+                submitted, waiting_for = await self.store.pool.write(unit)
+            except StorageError:
+                raise  # the database, not the target: the fire stays queued, the pass is retried
+            except HeroError as exc:
+                log.warning(
+                    "queued schedule fire failed", extra={"schedule": name, "error": str(exc)}
+                )
+                dropped = await self.store.pool.write(
+                    lambda conn: record_release(conn, name, None, None, skipped=True)
+                )
+                if dropped:
+                    continue
+                return released
+            if not submitted:
+                if waiting_for:
+                    self._watch(name, waiting_for)
+                return released
+            released += 1
+            self.app.wake_jobs()
+
+    def _watch(self, name: str, job_ids: list[int]) -> None:
+        """Wake the loop when these jobs (a queued fire's predecessor) have all ended."""
+        if name in self._watchers or self._stopping:
+            return
+        self._watchers[name] = asyncio.get_running_loop().create_task(
+            self._wait_then_wake(name, job_ids), name=f"scheduler-watch-{name}"
+        )
+
+    async def _wait_then_wake(self, name: str, job_ids: list[int]) -> None:
+        try:
+            for job_id in job_ids:
+                if not await self._wait_job(job_id):
+                    # No executor, or it is stopping, or a long job: look again later.
+                    await asyncio.sleep(_WATCH_RETRY_S)
+                    break
+        except Exception:
+            log.exception("watching a schedule's jobs failed", extra={"schedule": name})
+            await asyncio.sleep(_WATCH_RETRY_S)
+        finally:
+            self._watchers.pop(name, None)
+            self.wake()
+
+    async def _wait_job(self, job_id: int) -> bool:
+        """Wait (bounded) until job `job_id` is terminal; whether it is."""
+        if self.app.executor is None:
+            return False
+        try:
+            job = await self.app.executor.wait(job_id, _MAX_SLEEP_S)
+        except NotFound:
+            return True  # deleted (wipe, clean): over
+        return job.status in TERMINAL_JOB_STATES
+
+
+def _submit(conn: Conn, schedule: Schedule) -> tuple[int | None, int | None]:
+    """Insert the schedule's job or run (inside a unit); (job id, run id)."""
+    if "job" in schedule.target:
+        req = job_request_from(schedule.target["job"], "job")
+        (job_id,) = jobs_sql.insert_many(conn, jobs_sql.resolve(conn, [req], field=""))
+        return job_id, None
+    run = schedule.target["run"]
+    jobs = [job_request_from(j, "", in_run=True) for j in run["jobs"]]
+    run_id, _ = write_run(conn, run.get("name") or schedule.name, list(run.get("tags") or []), jobs)
+    return None, run_id
 
 
 class _AlreadyFired(Exception):

@@ -352,11 +352,13 @@ SELECT name, updated_at FROM secrets ORDER BY name
 DELETE FROM secrets WHERE name = ?
 
 -- schedule_upsert --
--- Create or replace a schedule; a replaced one keeps its history.
+-- Create or replace a schedule; a replaced one keeps its history (and its queued fires while
+-- its overlap stays 'queue').
 INSERT INTO schedules (name, cron, tz, target, overlap, paused, next_fire_at, created_at, updated_at)
 VALUES (:name, :cron, :tz, :target, :overlap, :paused, :next_fire_at, :now, :now)
 ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz, target = excluded.target,
     overlap = excluded.overlap, paused = excluded.paused, next_fire_at = excluded.next_fire_at,
+    queued = CASE WHEN excluded.overlap = 'queue' THEN queued ELSE 0 END,
     updated_at = excluded.updated_at
 RETURNING *
 
@@ -385,12 +387,12 @@ SELECT * FROM schedules WHERE paused = 0 AND next_fire_at <= ? ORDER BY next_fir
 SELECT min(next_fire_at) FROM schedules WHERE paused = 0
 
 -- schedule_fired --
--- Record a fire (or a skipped one) and the next fire, only if nobody fired that slot meanwhile;
--- a forced fire (schedule.trigger) leaves the next fire as it is.
+-- Record a fire (submitted, skipped or queued) and the next fire, only if nobody fired that slot
+-- meanwhile; a forced fire (schedule.trigger) leaves the next fire as it is.
 UPDATE schedules SET last_fire_at = :at,
     next_fire_at = CASE WHEN :forced = 1 THEN next_fire_at ELSE :next_fire_at END,
     last_job_id = coalesce(:job_id, last_job_id), last_run_id = coalesce(:run_id, last_run_id),
-    fires = fires + :fired, skipped = skipped + :skipped
+    fires = fires + :fired, skipped = skipped + :skipped, queued = queued + :queued
 WHERE name = :name AND (:forced = 1 OR next_fire_at IS :expected)
 
 -- job_active --
@@ -476,3 +478,24 @@ SELECT * FROM service_events WHERE service = ? ORDER BY id DESC LIMIT ?
 -- service_event_delete --
 -- Forget a deleted service's exit history.
 DELETE FROM service_events WHERE service = ?
+
+-- schedule_get_for_write --
+-- A schedule as a fire's or a release's unit sees it (on the writer, inside the transaction).
+SELECT * FROM schedules WHERE name = ?
+
+-- schedule_with_queued --
+-- Schedules holding queued fires (overlap queue) that may be released: not paused.
+SELECT * FROM schedules WHERE queued > 0 AND paused = 0 ORDER BY name
+
+-- schedule_released --
+-- Take one queued fire of a schedule: submitted (fired) or dropped (skipped, its target invalid).
+UPDATE schedules SET queued = queued - 1, fires = fires + :fired, skipped = skipped + :skipped,
+    last_job_id = coalesce(:job_id, last_job_id), last_run_id = coalesce(:run_id, last_run_id)
+WHERE name = :name AND queued > 0
+
+-- schedule_active_jobs --
+-- The jobs of a schedule's last fire (its job, or its run's jobs) still queued or running.
+SELECT id FROM jobs WHERE id = :job_id AND status IN ('queued', 'running')
+UNION
+SELECT id FROM jobs WHERE run_id = :run_id AND status IN ('queued', 'running')
+ORDER BY id

@@ -30,6 +30,7 @@ class Schedule:
     last_run_id: int | None
     fires: int
     skipped: int
+    queued: int
     created_at: float
     updated_at: float
 
@@ -49,6 +50,7 @@ class Schedule:
             last_run_id=row["last_run_id"],
             fires=row["fires"],
             skipped=row["skipped"],
+            queued=row["queued"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
         )
@@ -68,6 +70,7 @@ class Schedule:
             "last_run_id": self.last_run_id,
             "fires": self.fires,
             "skipped": self.skipped,
+            "queued": self.queued,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -133,6 +136,22 @@ class SchedulesApi:
         row = await self.pool.fetch_one(Q["schedule_next_due"])
         return None if row is None or row[0] is None else float(row[0])
 
+    async def with_queued(self) -> builtins.list[Schedule]:
+        """Unpaused schedules holding queued fires (overlap queue)."""
+        return [Schedule.from_row(r) for r in await self.pool.fetch_all(Q["schedule_with_queued"])]
+
+
+def current(conn: Conn, name: str) -> Schedule | None:
+    """The schedule as stored now (inside a unit), or None once deleted."""
+    row = conn.execute(Q["schedule_get_for_write"], (name,)).fetchone()
+    return None if row is None else Schedule.from_row(row)
+
+
+def active_job_ids(conn: Conn, schedule: Schedule) -> list[int]:
+    """Ids of the jobs of the schedule's last fire still queued or running (inside a unit)."""
+    params = {"job_id": schedule.last_job_id, "run_id": schedule.last_run_id}
+    return [int(r[0]) for r in conn.execute(Q["schedule_active_jobs"], params)]
+
 
 def is_active(conn: Conn, job_id: int | None, run_id: int | None) -> bool:
     """Whether the last fire's job or run is still queued or running (inside a unit)."""
@@ -157,17 +176,37 @@ def record_fire(
     *,
     skipped: bool,
     forced: bool,
+    queued: bool = False,
 ) -> bool:
-    """Record a fire and the next one; False if someone else fired this slot meanwhile."""
+    """Record a fire and the next one; False if someone else fired this slot meanwhile.
+
+    A fire submits its job or run (counted in `fires`), is skipped (`skipped`) or is
+    queued behind the previous one (`queued`; counted in `fires` once released).
+    """
     params = {
         "at": at,
         "next_fire_at": next_fire_at,
         "job_id": job_id,
         "run_id": run_id,
-        "fired": 0 if skipped else 1,
+        "fired": 0 if skipped or queued else 1,
         "skipped": 1 if skipped else 0,
+        "queued": 1 if queued else 0,
         "name": schedule.name,
         "expected": schedule.next_fire_at,
         "forced": int(forced),
     }
     return conn.execute(Q["schedule_fired"], params).rowcount == 1
+
+
+def record_release(
+    conn: Conn, name: str, job_id: int | None, run_id: int | None, *, skipped: bool
+) -> bool:
+    """Take one queued fire: submitted as `job_id`/`run_id`, or dropped; False if none was left."""
+    params = {
+        "name": name,
+        "job_id": job_id,
+        "run_id": run_id,
+        "fired": 0 if skipped else 1,
+        "skipped": 1 if skipped else 0,
+    }
+    return conn.execute(Q["schedule_released"], params).rowcount == 1

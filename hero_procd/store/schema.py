@@ -159,9 +159,16 @@ CREATE TABLE service_events (
 CREATE INDEX service_events_service ON service_events (service, id);
 """
 
+# overlap "queue": fires that came while the previous fire's job or run was active wait
+# here, counted, and are submitted one by one as each previous one ends.
+V3 = """
+ALTER TABLE schedules ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, V1),
     (2, V2),
+    (3, V3),
 ]
 
 # Every table a wipe empties, children before parents.

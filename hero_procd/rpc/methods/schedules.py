@@ -32,13 +32,6 @@ async def schedule_set(app: App, p: Params) -> dict[str, Any]:
     target = {"job": job} if job is not None else {"run": run}
     check_target(target)
     next_at = None if paused else next_fire(cron, tz, now())
-    if overlap == "queue" and isinstance(job, dict) and job.get("group") is not None:
-        raise InvalidParams("job.group", "overlap queue runs the jobs in their own group")
-    if overlap == "queue" and job is not None:
-        group = f"schedule:{name}"
-        await app.store.groups.set(group, 1)
-        if app.executor is not None:
-            app.executor.group_limits[group] = 1
     schedule = await app.store.schedules.upsert(name, cron, tz, target, overlap, paused, next_at)
     if app.scheduler is not None:
         app.scheduler.wake()
@@ -66,6 +59,7 @@ async def schedule_delete(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     p.finish()
     deleted = await app.store.schedules.delete(name)
+    # Earlier versions ran an overlap-queue schedule's jobs in group `schedule:<name>`.
     group = f"schedule:{name}"
     if deleted and await app.store.groups.delete(group) and app.executor is not None:
         app.executor.group_limits.pop(group, None)
@@ -90,7 +84,7 @@ async def schedule_resume(app: App, p: Params) -> dict[str, Any]:
     schedule = await app.store.schedules.get(name)
     await app.store.schedules.set_paused(name, False, next_fire(schedule.cron, schedule.tz, now()))
     if app.scheduler is not None:
-        app.scheduler.wake()
+        app.scheduler.wake()  # its fires, and those queued while it was paused
     return (await app.store.schedules.get(name)).to_dict()
 
 
