@@ -27,17 +27,7 @@ from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, check_run_graph, job_request_from, now
 from hero_procd.params import check_timezone_name
-from hero_procd.store import jobs as jobs_sql
-from hero_procd.store import write_run
-from hero_procd.store.pool import Conn
-from hero_procd.store.schedules import (
-    Schedule,
-    active_job_ids,
-    current,
-    is_active,
-    record_fire,
-    record_release,
-)
+from hero_procd.store.schedules import Schedule
 
 log = logging.getLogger(__name__)
 
@@ -246,53 +236,21 @@ class Scheduler:
             # must not give this slot again. So fire times strictly increase.
             next_at = next_fire(schedule.cron, schedule.tz, max(at, schedule.next_fire_at))
 
-        def unit(conn: Conn) -> tuple[int | None, int | None, str | None]:
-            fresh = current(conn, schedule.name)
-            if fresh is None:
-                raise _AlreadyFired  # deleted meanwhile
-            job_id: int | None = None
-            run_id: int | None = None
-            held: str | None = None
-            busy = is_active(conn, fresh.last_job_id, fresh.last_run_id)
-            if fresh.overlap == "skip" and busy:
-                held = "skipped"
-            elif fresh.overlap == "queue" and (busy or fresh.queued > 0):
-                held = "queued"
-            else:
-                job_id, run_id = _submit(conn, fresh)
-            won = record_fire(
-                conn,
-                schedule,
-                at,
-                next_at,
-                job_id,
-                run_id,
-                skipped=held == "skipped",
-                queued=held == "queued",
-                forced=forced,
-            )
-            if not won:
-                raise _AlreadyFired
-            return job_id, run_id, held
-
         try:
-            job_id, run_id, held = await self.store.pool.write(unit)
-        except _AlreadyFired:
-            return {"fired": False}
-        except StorageError:
-            raise  # the database, not the target: the slot stays due, the pass is retried
+            fired = await self.store.schedules.fire(schedule, at, next_at, forced=forced)
         except HeroError as exc:
+            if isinstance(exc, StorageError):
+                raise  # the database, not the target: the slot stays due, the pass is retried
             # The target was valid at set time but is not now (its action was deleted, say):
             # record the slot as skipped, so it is not evaluated again and again.
             log.warning(
                 "schedule fire failed", extra={"schedule": schedule.name, "error": str(exc)}
             )
-            await self.store.pool.write(
-                lambda conn: record_fire(
-                    conn, schedule, at, next_at, None, None, skipped=True, forced=forced
-                )
-            )
+            await self.store.schedules.record_skipped(schedule, at, next_at, forced=forced)
             return {"fired": False, "error": str(exc)}
+        if fired is None:
+            return {"fired": False}  # another fire of the slot won, or the schedule is gone
+        job_id, run_id, held = fired
         if job_id is not None or run_id is not None:
             self.app.wake_jobs()
         if held == "queued":
@@ -314,28 +272,15 @@ class Scheduler:
         """
         released = 0
         while True:
-
-            def unit(conn: Conn) -> tuple[bool, list[int]]:
-                fresh = current(conn, name)
-                if fresh is None or fresh.paused or fresh.queued <= 0:
-                    return False, []
-                active = active_job_ids(conn, fresh)
-                if active:
-                    return False, active
-                job_id, run_id = _submit(conn, fresh)
-                return record_release(conn, name, job_id, run_id, skipped=False), []
-
             try:
-                submitted, waiting_for = await self.store.pool.write(unit)
+                submitted, waiting_for = await self.store.schedules.release_one(name)
             except StorageError:
                 raise  # the database, not the target: the fire stays queued, the pass is retried
             except HeroError as exc:
                 log.warning(
                     "queued schedule fire failed", extra={"schedule": name, "error": str(exc)}
                 )
-                dropped = await self.store.pool.write(
-                    lambda conn: record_release(conn, name, None, None, skipped=True)
-                )
+                dropped = await self.store.schedules.drop_queued(name)
                 if dropped:
                     continue
                 return released
@@ -377,19 +322,3 @@ class Scheduler:
         except NotFound:
             return True  # deleted (wipe, clean): over
         return job.status in TERMINAL_JOB_STATES
-
-
-def _submit(conn: Conn, schedule: Schedule) -> tuple[int | None, int | None]:
-    """Insert the schedule's job or run (inside a unit); (job id, run id)."""
-    if "job" in schedule.target:
-        req = job_request_from(schedule.target["job"], "job")
-        (job_id,) = jobs_sql.insert_many(conn, jobs_sql.resolve(conn, [req], field=""))
-        return job_id, None
-    run = schedule.target["run"]
-    jobs = [job_request_from(j, "", in_run=True) for j in run["jobs"]]
-    run_id, _ = write_run(conn, run.get("name") or schedule.name, list(run.get("tags") or []), jobs)
-    return None, run_id
-
-
-class _AlreadyFired(Exception):
-    """Another fire of the same slot won the race."""

@@ -16,11 +16,11 @@ from hero_procd.model import JobRequest, check_run_graph
 from hero_procd.store import jobs as jobs_sql
 from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.groups import GroupsApi
-from hero_procd.store.jobs import JobsApi, Settled
+from hero_procd.store.jobs import JobsApi, Settled, write_run
 from hero_procd.store.logs import LogsApi, delete_owners
 from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
-from hero_procd.store.runs import RunsApi, delete_empty, insert_run
+from hero_procd.store.runs import RunsApi, delete_empty
 from hero_procd.store.schedules import SchedulesApi
 from hero_procd.store.schema import WIPE_ORDER
 from hero_procd.store.secrets import SecretsApi
@@ -167,19 +167,6 @@ class Store:
         row = await self.pool.fetch_one(Q["counts_all"])
         assert row is not None
         return {k: int(row[k]) for k in row.keys()}  # noqa: SIM118 (sqlite3.Row)
-
-
-def write_run(
-    conn: Conn, name: str | None, tags: list[str], jobs: list[JobRequest]
-) -> tuple[int, dict[str, int]]:
-    """Write a run, its jobs and edges inside a unit (graph already checked)."""
-    resolved = jobs_sql.resolve(conn, jobs)
-    run_id = insert_run(conn, name, tags)
-    ids = jobs_sql.insert_many(conn, resolved, run_id)
-    by_key = {job.key: job_id for job, job_id in zip(jobs, ids, strict=True) if job.key}
-    edges = [(by_key[j.key], by_key[d]) for j in jobs if j.key for d in j.depends_on]
-    jobs_sql.insert_edges(conn, edges)
-    return run_id, by_key
 
 
 def write_batch(

@@ -34,7 +34,7 @@ from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job, job_wire
-from hero_procd.store.runs import refresh_status
+from hero_procd.store.runs import insert_run, refresh_status
 
 _SUPERSEDED = "superseded: a newer queued job holds its dedup_key"
 
@@ -472,6 +472,19 @@ def select_tagged(conn: Conn, tag: str) -> TaggedSelection:
         if run_id is not None:
             runs.add(run_id)
     return TaggedSelection(deletable, sorted(runs), active)
+
+
+def write_run(
+    conn: Conn, name: str | None, tags: list[str], jobs: list[JobRequest]
+) -> tuple[int, dict[str, int]]:
+    """Write a run, its jobs and edges inside a unit (graph already checked)."""
+    resolved = resolve(conn, jobs)
+    run_id = insert_run(conn, name, tags)
+    ids = insert_many(conn, resolved, run_id)
+    by_key = {job.key: job_id for job, job_id in zip(jobs, ids, strict=True) if job.key}
+    edges = [(by_key[j.key], by_key[d]) for j in jobs if j.key for d in j.depends_on]
+    insert_edges(conn, edges)
+    return run_id, by_key
 
 
 def _finalised(req: JobRequest) -> JobRequest:

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 
 from hero_procd.errors import NotFound
-from hero_procd.model import now
+from hero_procd.model import job_request_from, now
+from hero_procd.store.jobs import insert_many, resolve, write_run
 from hero_procd.store.pool import Conn, Pool, Row
 from hero_procd.store.queries import Q
 
@@ -77,6 +78,8 @@ class Schedule:
 
 
 class SchedulesApi:
+    # Fires are units: the job or run, the fire record and the next fire time are one
+    # transaction, guarded by the slot they replace.
     """Reads and writes of the `schedules` table."""
 
     def __init__(self, pool: Pool) -> None:
@@ -139,6 +142,94 @@ class SchedulesApi:
     async def with_queued(self) -> builtins.list[Schedule]:
         """Unpaused schedules holding queued fires (overlap queue)."""
         return [Schedule.from_row(r) for r in await self.pool.fetch_all(Q["schedule_with_queued"])]
+
+    async def fire(
+        self, schedule: Schedule, at: float, next_at: float | None, *, forced: bool
+    ) -> tuple[int | None, int | None, str | None] | None:
+        """Fire the schedule (see `fire_unit`); (job id, run id, 'skipped'|'queued'|None)."""
+        try:
+            return await self.pool.write(lambda c: fire_unit(c, schedule, at, next_at, forced))
+        except _AlreadyFired:
+            return None
+
+    async def record_skipped(
+        self, schedule: Schedule, at: float, next_at: float | None, *, forced: bool
+    ) -> None:
+        """Record the slot as skipped (its target cannot be submitted now)."""
+        await self.pool.write(
+            lambda c: record_fire(c, schedule, at, next_at, None, None, skipped=True, forced=forced)
+        )
+
+    async def release_one(self, name: str) -> tuple[bool, builtins.list[int]]:
+        """Submit the next queued fire if it may run (see `release_unit`)."""
+        return await self.pool.write(lambda c: release_unit(c, name))
+
+    async def drop_queued(self, name: str) -> bool:
+        """Drop the next queued fire (its target cannot be submitted); whether one was."""
+        return await self.pool.write(lambda c: record_release(c, name, None, None, skipped=True))
+
+
+def submit_target(conn: Conn, schedule: Schedule) -> tuple[int | None, int | None]:
+    """Insert the schedule's job or run (inside a unit); (job id, run id)."""
+    if "job" in schedule.target:
+        req = job_request_from(schedule.target["job"], "job")
+        (job_id,) = insert_many(conn, resolve(conn, [req], field=""))
+        return job_id, None
+    run = schedule.target["run"]
+    jobs = [job_request_from(j, "", in_run=True) for j in run["jobs"]]
+    run_id, _ = write_run(conn, run.get("name") or schedule.name, list(run.get("tags") or []), jobs)
+    return None, run_id
+
+
+def fire_unit(
+    conn: Conn, schedule: Schedule, at: float, next_at: float | None, forced: bool
+) -> tuple[int | None, int | None, str | None] | None:
+    """One fire (a unit): submit, skip or queue by the overlap rule, and record it guarded by
+    the slot it replaces; None if another fire of the slot won or the schedule is gone."""
+    fresh = current(conn, schedule.name)
+    if fresh is None:
+        return None
+    job_id: int | None = None
+    run_id: int | None = None
+    held: str | None = None
+    busy = is_active(conn, fresh.last_job_id, fresh.last_run_id)
+    if fresh.overlap == "skip" and busy:
+        held = "skipped"
+    elif fresh.overlap == "queue" and (busy or fresh.queued > 0):
+        held = "queued"
+    else:
+        job_id, run_id = submit_target(conn, fresh)
+    won = record_fire(
+        conn,
+        schedule,
+        at,
+        next_at,
+        job_id,
+        run_id,
+        skipped=held == "skipped",
+        queued=held == "queued",
+        forced=forced,
+    )
+    if not won:
+        raise _AlreadyFired  # undo the submit with the unit
+    return job_id, run_id, held
+
+
+def release_unit(conn: Conn, name: str) -> tuple[bool, list[int]]:
+    """Submit one queued fire if the previous fire's jobs are all over (a unit);
+    (submitted, the active job ids it waits for)."""
+    fresh = current(conn, name)
+    if fresh is None or fresh.paused or fresh.queued <= 0:
+        return False, []
+    active = active_job_ids(conn, fresh)
+    if active:
+        return False, active
+    job_id, run_id = submit_target(conn, fresh)
+    return record_release(conn, name, job_id, run_id, skipped=False), []
+
+
+class _AlreadyFired(Exception):
+    """Another fire of the same slot won the race: the unit is undone."""
 
 
 def current(conn: Conn, name: str) -> Schedule | None:
