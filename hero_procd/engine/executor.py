@@ -188,7 +188,7 @@ class Executor:
 
     async def _claim(self, n: int) -> list[ClaimedJob]:
         token = secrets.token_hex(8)
-        claimed = await self.jobs.claim(n, token, self._group_room(), now())
+        claimed = await self.jobs.claim(n, token, self._group_room())
         # Registered in the same loop step as the commit is seen: a cancel answered
         # 'cancelling' after this finds the job here, or in _cancel_pending.
         for c in claimed:

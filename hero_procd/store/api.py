@@ -28,7 +28,9 @@ from hero_procd.store.records import Job
 class JobStore(Protocol):
     """Jobs: every status change is one guarded transition, committed when the call returns."""
 
-    async def claim(self, n: int, token: str, groups: GroupRoom, at: float) -> list[ClaimedJob]:
+    async def claim(
+        self, n: int, token: str, groups: GroupRoom, at: float | None = None
+    ) -> list[ClaimedJob]:
         """Claim up to n ready jobs (queued → running) within group limits."""
         ...
 

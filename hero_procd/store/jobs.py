@@ -509,9 +509,14 @@ class JobsApi:
 
         return await self.pool.write(unit)
 
-    async def claim(self, n: int, token: str, groups: GroupRoom, at: float) -> list[ClaimedJob]:
-        """Claim up to n ready jobs."""
-        return await self.pool.write(lambda conn: claim(conn, n, token, groups, at))
+    async def claim(
+        self, n: int, token: str, groups: GroupRoom, at: float | None = None
+    ) -> list[ClaimedJob]:
+        """Claim up to n ready jobs, as of `at` (default: when the unit runs, so a job
+        committed just before in the same group is never started before it was created)."""
+        return await self.pool.write(
+            lambda conn: claim(conn, n, token, groups, now() if at is None else at)
+        )
 
     async def set_pid(self, job_id: int, token: str, pid: int, start_time: float | None) -> bool:
         """Record the process of a claimed attempt; False if the claim no longer holds."""
