@@ -17,7 +17,7 @@ import socket
 import sqlite3
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -95,11 +95,12 @@ class GatedDispatcher(Dispatcher):
         super().__init__(app, handlers)
         self._ready = ready
 
-    async def handle(self, payload: bytes | str) -> bytes | None:
-        """Answer one frame once the daemon is ready."""
+    async def stream(self, payload: bytes | str) -> AsyncIterator[bytes]:
+        """Answer one frame once the daemon is ready (the server calls `stream`, not `handle`)."""
         if not self._ready.is_set():
             await self._ready.wait()
-        return await super().handle(payload)
+        async for piece in super().stream(payload):
+            yield piece
 
 
 class Teardown:
