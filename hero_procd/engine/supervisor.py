@@ -165,8 +165,7 @@ class Supervisor:
 
     async def start_service(self, name: str, wait_s: float = 0.0) -> None:
         """Start a service, what it requires first; with `wait_s`, wait until it is running."""
-        for req in await self._requirements(name):
-            await self.owner(req).call("start")
+        await self._start_requirements(name)
         await self.owner(name).call("start")
         if wait_s > 0:
             await self._wait_started(name, wait_s)
@@ -184,8 +183,7 @@ class Supervisor:
 
     async def restart_service(self, name: str, wait_s: float = 0.0) -> None:
         """Stop the service's process (not its dependents) and start it again."""
-        for req in await self._requirements(name):
-            await self.owner(req).call("start")
+        await self._start_requirements(name)
         await self.owner(name).call("restart")
         if wait_s > 0:
             await self._wait_started(name, wait_s)
@@ -196,6 +194,20 @@ class Supervisor:
             await self.stop_service(name)
         deleted: dict[str, int] = await self.owner(name).call("delete")
         return deleted["services"]
+
+    async def _start_requirements(self, name: str) -> None:
+        """Start what `name` requires and wait until it runs (here, not in any owner's queue,
+        so a stop or delete of `name` meanwhile is served at once)."""
+        for req in await self._requirements(name):
+            owner = self.owner(req)
+            await owner.call("start")
+            spec = (await self.store.services.get(req)).spec
+            timeout = max(30.0, float(spec.get("start_secs", 1.0)) * 3)
+            if not await self.wait_running(req, timeout):
+                raise InvalidState(
+                    "a required service did not reach running",
+                    {"name": req, "state": str(owner.state), "required_by": name},
+                )
 
     async def _wait_started(self, name: str, wait_s: float) -> None:
         if await self.wait_running(name, wait_s):
