@@ -202,7 +202,7 @@ def test_verbs_never_recurse_on_a_cycle_already_stored(workdir: Path) -> None:
 
 
 def test_service_calls_answer_while_another_service_prints(daemon: DaemonProcess) -> None:
-    """Define, start, restart, stop and delete each answer in < 2 s while `yes` floods its log."""
+    """Define, start, restart, stop and delete each answer in < 3 s while `yes` floods its log."""
     with daemon.client(timeout=30) as c:
         define(c, "noisy", sh("yes 'a line of output from a busy neighbour' | cat"))
         start_running(c, "noisy")
@@ -222,7 +222,9 @@ def test_service_calls_answer_while_another_service_prints(daemon: DaemonProcess
                 began = time.monotonic()
                 c.call(method, name="quiet", **params)
                 took = time.monotonic() - began
-                assert took < 2.0, f"{method} took {took:.2f}s while another service printed"
+                # The old supervisor waited for the flusher's whole queue: 7.5 s, or never.
+                # 3 s leaves room for a loaded 2-core CI host (alone it is ~0.2 s).
+                assert took < 3.0, f"{method} took {took:.2f}s while another service printed"
         c.call("service.stop", name="noisy")
 
 
