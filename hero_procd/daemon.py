@@ -96,7 +96,7 @@ class GatedDispatcher(Dispatcher):
         self._ready = ready
 
     async def stream(self, payload: bytes | str) -> AsyncIterator[bytes]:
-        """Answer one frame once the daemon is ready (`handle` answers through here too)."""
+        """Answer one frame once the daemon is ready (the server calls `stream`, not `handle`)."""
         if not self._ready.is_set():
             await self._ready.wait()
         async for piece in super().stream(payload):

@@ -118,6 +118,7 @@ TRIGGERS: dict[str, dict[str, list[Call]]] = {
         "service.stop": [("service.stop", {"name": "missing"})],
         "service.restart": [("service.restart", {"name": "missing"})],
         "service.logs": [("service.logs", {"name": "missing"})],
+        "service.events": [("service.events", {"name": "missing"})],
         "schedule.get": [("schedule.get", {"name": "missing"})],
         "schedule.pause": [("schedule.pause", {"name": "missing"})],
         "schedule.resume": [("schedule.resume", {"name": "missing"})],

@@ -5,6 +5,7 @@ Import-light on purpose: click, orjson and hero_procd.client/errors/config only.
 
 from __future__ import annotations
 
+import signal as signal_module
 import sys
 import time
 from typing import Any
@@ -345,6 +346,45 @@ def service_delete(s: Session, name: str) -> None:
         result,
         lambda r: f"service {name} deleted" if r["deleted"] else f"no service named {name}",
     )
+
+
+def _exit_text(event: dict[str, Any]) -> str:
+    """`exit 7` or `SIGKILL` (or `-` for neither)."""
+    if event.get("signal") is not None:
+        sig = int(event["signal"])
+        names = {getattr(signal_module, f"SIG{n}"): f"SIG{n}" for n in (*SIGNALS, "SEGV", "ABRT")}
+        return names.get(sig, f"signal {sig}")
+    if event.get("exit_code") is not None:
+        return f"exit {event['exit_code']}"
+    return "-"
+
+
+@service.command("events")
+@click.argument("name")
+@click.option(
+    "--limit", type=click.IntRange(1, 100), default=100, show_default=True, help="At most N exits."
+)
+@json_option
+@click.pass_obj
+def service_events(s: Session, name: str, limit: int) -> None:
+    """The exit history of the service NAME, newest first (the last 100 are kept)."""
+
+    def human(r: dict[str, Any]) -> str:
+        rows = [
+            [
+                output.timestamp(e["at"]),
+                _exit_text(e),
+                output.duration(e["ran_s"]),
+                "yes" if e["expected"] else "NO",
+                "yes" if e["restarted"] else "no",
+                e.get("reason") or "",
+            ]
+            for e in r["events"]
+        ]
+        headers = ["AT", "EXIT", "RAN", "EXPECTED", "RESTARTED", "REASON"]
+        return output.table(headers, rows)
+
+    s.show(s.call("service.events", {"name": name, "limit": limit}), human)
 
 
 @service.command("logs")

@@ -1,10 +1,18 @@
-"""Health checks of services: exec, tcp, http and unix, each bounded by its timeout."""
+"""Health checks of services: exec, tcp, http and unix, each bounded by its timeout.
+
+An exec check runs as the leader of a new session, so it and everything it
+starts share one process group; that whole group is killed when the check
+ends — passed, failed, timed out, or cancelled because its service stops —
+so a check never leaves a process behind.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import urllib.parse
 from typing import Any
 
@@ -22,20 +30,7 @@ async def run_check(check: dict[str, Any]) -> bool:
 
 async def _run(check: dict[str, Any]) -> bool:
     if "exec" in check:
-        proc = await asyncio.create_subprocess_exec(
-            *check["exec"],
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            return await proc.wait() == 0
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        return await _exec_ok(list(check["exec"]))
     if "tcp" in check:
         host, _, port = str(check["tcp"]).rpartition(":")
         _, writer = await asyncio.open_connection(host or "127.0.0.1", int(port))
@@ -48,6 +43,26 @@ async def _run(check: dict[str, Any]) -> bool:
     if "http" in check:
         return await _http_ok(str(check["http"]))
     return False
+
+
+async def _exec_ok(argv: list[str]) -> bool:
+    """Run argv in a session of its own; exit 0 passes. Its group never outlives the check."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        return await proc.wait() == 0
+    finally:
+        # The leader is the group: kill the group (a `sleep &` it left, a timed-out
+        # leader) even when the leader has exited, and even on cancellation.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.returncode is None:
+            await proc.wait()  # killed just now: immediate
 
 
 async def _http_ok(url: str) -> bool:

@@ -1,12 +1,14 @@
-"""The service supervisor: keep long-running processes in their desired state.
+"""The service supervisor: the registry of service owners, dependencies, figures.
 
-Each service has a control task that spawns it (the executor's spawner),
-waits `start_secs` (and its first passing health check) before calling it
-running, restarts it by policy with exponential backoff, and goes `fatal`
-when it restarts more than `start_limit` times within `start_window_s`.
-Stopping sends `stop_signal` to the whole process group, then SIGKILL after
-`stop_timeout_s`. State changes go through the flusher; statistics are
-sampled in the background so `service.status_all` is one read.
+Every verb of a service is a command to that service's owner task
+(engine/services/owner.py), which alone spawns, signals and writes its
+service. What spans several services lives here and only sends commands:
+a start starts what the service requires first, a stop stops what requires
+it first, the daemon's stop halts dependents before what they require. No
+owner ever waits for another owner's queue, so verbs on services that
+depend on each other cannot deadlock, and every walk of the dependency
+graph is bounded (a cycle stored by an older version cannot recurse).
+Statistics are sampled in the background so `service.status_all` is one read.
 """
 
 from __future__ import annotations
@@ -15,19 +17,15 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.engine import procs
 from hero_procd.engine.flusher import Flusher
-from hero_procd.engine.health import run_check
-from hero_procd.engine.output import OutputCapture
+from hero_procd.engine.services.owner import FINAL_STATES, ServiceOwner
 from hero_procd.errors import InvalidState, NotFound
-from hero_procd.model import CommandSpec, ServiceState, dependency_order, now
+from hero_procd.model import ServiceState, dependency_order
+from hero_procd.store.records import Service
 
 log = logging.getLogger(__name__)
 
@@ -35,31 +33,8 @@ log = logging.getLogger(__name__)
 _SAMPLE_EVERY_S = 3.0
 
 
-@dataclass(eq=False)
-class ServiceRun:
-    """The supervisor's live view of one service."""
-
-    name: str
-    spec: dict[str, Any]
-    desired: str = "stopped"
-    state: ServiceState = ServiceState.STOPPED
-    pid: int | None = None
-    pid_start_time: float | None = None
-    restarts: int = 0
-    exit_code: int | None = None
-    signal: int | None = None
-    health: str | None = None
-    started_at: float | None = None
-    task: asyncio.Task[None] | None = None
-    exit_future: asyncio.Future[None] | None = None
-    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    restart_times: deque[float] = field(default_factory=deque)
-    unhealthy_restart: bool = False
-
-
 class Supervisor:
-    """Owns every service process of the daemon."""
+    """Owns every service process of the daemon, through one owner per service."""
 
     def __init__(self, app: App, flusher: Flusher, spawner: Any, instance: str) -> None:
         self.app = app
@@ -67,12 +42,13 @@ class Supervisor:
         self.flusher = flusher
         self.spawner = spawner
         self.instance = instance
-        self.services: dict[str, ServiceRun] = {}
-        self._base_env = {
+        self.owners: dict[str, ServiceOwner] = {}
+        self.base_env = {
             k: v
             for k, v in os.environ.items()
             if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
         }
+        self._any_change = asyncio.Event()
         self._sampler: asyncio.Task[None] | None = None
         self._autostart: asyncio.Task[None] | None = None
         self._sample_soon = asyncio.Event()
@@ -84,13 +60,9 @@ class Supervisor:
     async def start(self) -> None:
         """Reset live states (no process of ours survived recovery) and start what should run."""
         await self.store.services.reset_all()
-        for svc in await self.store.services.list():
-            run = ServiceRun(svc.name, svc.spec, desired=svc.desired, restarts=svc.restarts)
-            self.services[svc.name] = run
-        wanted = [
-            n for n, s in self.services.items() if s.desired == "running" or s.spec.get("autostart")
-        ]
-        order = dependency_order({n: self._deps(n) for n in self.services}, wanted)
+        services = await self.store.services.list()
+        wanted = [s.name for s in services if s.desired == "running" or s.spec.get("autostart")]
+        order = dependency_order(_graph(services, with_after=True), wanted)
         loop = asyncio.get_running_loop()
         # In the background: start-up (and the socket) does not wait for slow services.
         self._autostart = loop.create_task(self._start_in_order(order), name="autostart")
@@ -99,7 +71,7 @@ class Supervisor:
     async def _start_in_order(self, names: list[str]) -> None:
         for name in names:
             try:
-                await self.start_service(name, wait_s=0)
+                await self.owner(name).call("start")
             except Exception:
                 log.exception("autostart failed", extra={"service": name})
 
@@ -110,331 +82,183 @@ class Supervisor:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        await self.halt_all()
+        await self.halt_all(forget=True)
 
-    async def halt_all(self) -> None:
-        """Stop every running service process, dependents first, without changing desired states."""
-        alive = {n for n, s in self.services.items() if s.task is not None and not s.task.done()}
-        order = dependency_order({n: self._deps(n) for n in self.services}, alive)
+    async def halt_all(self, *, forget: bool = False) -> None:
+        """Stop every service process, dependents first, keeping desired states.
+
+        With `forget`, the owners are closed too (daemon stop, system.wipe_all).
+        """
+        alive = {n for n, o in self.owners.items() if o.live}
+        graph = _graph(await self.store.services.list(), with_after=True)
+        order = dependency_order(graph, alive)
         # Waves in reverse dependency order; the services of one wave stop in parallel.
         while alive:
-            wave = [n for n in reversed(order) if n in alive and not self._dependents(n) & alive]
+            wave = [
+                n
+                for n in reversed(order)
+                if n in alive and not any(n in graph.get(m, []) for m in alive)
+            ]
             if not wave:
-                wave = list(alive)
-            await asyncio.gather(*(self._halt(self.services[n]) for n in wave))
+                wave = list(alive)  # a stored cycle: stop the rest together
+            await asyncio.gather(*(self.owners[n].call("halt") for n in wave))
             alive -= set(wave)
+        if forget:
+            owners, self.owners = list(self.owners.values()), {}
+            for owner in owners:
+                await owner.close()
 
-    def _deps(self, name: str) -> list[str]:
-        spec = self.services[name].spec
-        return [
-            d for d in [*spec.get("requires", []), *spec.get("after", [])] if d in self.services
-        ]
+    # -- owners ----------------------------------------------------------------
+    def owner(self, name: str) -> ServiceOwner:
+        """The owner of `name`, created on first use."""
+        owner = self.owners.get(name)
+        if owner is None:
+            owner = self.owners[name] = ServiceOwner(self, name)
+        return owner
 
-    def _dependents(self, name: str) -> set[str]:
-        return {n for n, s in self.services.items() if name in s.spec.get("requires", [])}
+    def forget(self, owner: ServiceOwner) -> None:
+        """A deleted service's owner went idle: drop it from the registry."""
+        if self.owners.get(owner.name) is owner:
+            del self.owners[owner.name]
+
+    def is_live(self, name: str) -> bool:
+        """True while `name` has a life in progress."""
+        owner = self.owners.get(name)
+        return owner is not None and owner.live
+
+    def state_changed(self) -> None:
+        """Some owner committed a state: wake whoever waits on another service."""
+        self._any_change.set()
+        self._any_change = asyncio.Event()
+
+    async def wait_running(
+        self, name: str, timeout_s: float, give_up: asyncio.Event | None = None
+    ) -> bool:
+        """Wait until `name` runs; False on timeout, `give_up`, or a life that ended short."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            owner = self.owners.get(name)
+            if owner is not None and owner.state == ServiceState.RUNNING:
+                return True
+            if give_up is not None and give_up.is_set():
+                return False
+            # Not starting and not going to: its start was sent before anyone waits on it.
+            if owner is None or (not owner.live and owner.state in FINAL_STATES):
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            waits = [asyncio.ensure_future(self._any_change.wait())]
+            if give_up is not None:
+                waits.append(asyncio.ensure_future(give_up.wait()))
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     # -- verbs -----------------------------------------------------------------
-    def defined(self, name: str, spec: dict[str, Any]) -> None:
-        """A service was defined or redefined: the new spec applies from its next start."""
-        run = self.services.get(name)
-        if run is None:
-            self.services[name] = ServiceRun(name, spec)
-        else:
-            run.spec = spec
+    async def define(self, name: str, spec: dict[str, Any]) -> Service:
+        """Create or redefine a service (checked for cycles in the same unit as the write)."""
+        service: Service = await self.owner(name).call("define", spec=spec)
+        return service
 
-    def _get(self, name: str) -> ServiceRun:
-        run = self.services.get(name)
-        if run is None:
-            raise NotFound("service not found", {"name": name})
-        return run
-
-    async def start_service(
-        self, name: str, wait_s: float = 0.0, _chain: tuple[str, ...] = ()
-    ) -> None:
-        """Start a service once what it requires is running (and healthy); maybe wait for it."""
-        run = self._get(name)
-        for req in run.spec.get("requires", []):
-            if req in _chain:
-                continue
-            if req not in self.services:
-                raise NotFound("required service not found", {"name": req, "required_by": name})
-            required = self.services[req]
-            await self.start_service(req, wait_s=0, _chain=(*_chain, name))
-            timeout = max(30.0, float(required.spec.get("start_secs", 1.0)) * 3)
-            if not await self._wait_for(required, {ServiceState.RUNNING}, timeout):
-                raise InvalidState(
-                    "a required service did not reach running",
-                    {"name": req, "state": str(required.state), "required_by": name},
-                )
-        for dep in run.spec.get("after", []):
-            # `after` orders starts (as systemd's After=): wait for it if it is starting too.
-            other = self.services.get(dep)
-            if other is not None and other.task is not None and not other.task.done():
-                timeout = max(30.0, float(other.spec.get("start_secs", 1.0)) * 3)
-                await self._wait_for(other, {ServiceState.RUNNING}, timeout)
-        await self._set_desired(run, "running")
-        if run.task is None or run.task.done():
-            run.stop_requested = asyncio.Event()
-            run.restart_times.clear()
-            run.task = asyncio.get_running_loop().create_task(
-                self._control(run), name=f"svc:{name}"
-            )
+    async def start_service(self, name: str, wait_s: float = 0.0) -> None:
+        """Start a service, what it requires first; with `wait_s`, wait until it is running."""
+        await self._start_requirements(name)
+        await self.owner(name).call("start")
         if wait_s > 0:
-            await self._wait_for(run, {ServiceState.RUNNING}, wait_s)
+            await self._wait_started(name, wait_s)
 
     async def stop_service(self, name: str) -> None:
         """Stop a service, after the services that require it."""
-        run = self._get(name)
-        for dep in sorted(self._dependents(name)):
-            other = self.services[dep]
-            if other.desired == "running" or (other.task is not None and not other.task.done()):
-                await self.stop_service(dep)
-        await self._set_desired(run, "stopped")
-        await self._halt(run)
+        await self.store.services.get(name)
+        for dep in await self._dependents(name):
+            owner = self.owners.get(dep)
+            if owner is not None and owner.live:
+                await owner.call("stop")
+            else:
+                await self.store.services.set_desired(dep, "stopped")
+        await self.owner(name).call("stop")
 
     async def restart_service(self, name: str, wait_s: float = 0.0) -> None:
         """Stop the service's process (not its dependents) and start it again."""
-        run = self._get(name)
-        await self._halt(run)
-        await self.start_service(name, wait_s=wait_s)
+        await self._start_requirements(name)
+        await self.owner(name).call("restart")
+        if wait_s > 0:
+            await self._wait_started(name, wait_s)
 
-    async def delete_service(self, name: str) -> None:
-        """Stop a service (and its dependents) and forget it."""
-        if name in self.services:
+    async def delete_service(self, name: str) -> int:
+        """Stop a service (and what requires it), delete it with its lines; rows deleted."""
+        with contextlib.suppress(NotFound):
             await self.stop_service(name)
-            del self.services[name]
+        deleted: dict[str, int] = await self.owner(name).call("delete")
+        return deleted["services"]
+
+    async def _start_requirements(self, name: str) -> None:
+        """Start what `name` requires and wait until it runs (here, not in any owner's queue,
+        so a stop or delete of `name` meanwhile is served at once)."""
+        for req in await self._requirements(name):
+            owner = self.owner(req)
+            await owner.call("start")
+            spec = (await self.store.services.get(req)).spec
+            timeout = max(30.0, float(spec.get("start_secs", 1.0)) * 3)
+            if not await self.wait_running(req, timeout):
+                raise InvalidState(
+                    "a required service did not reach running",
+                    {"name": req, "state": str(owner.state), "required_by": name},
+                )
+
+    async def _wait_started(self, name: str, wait_s: float) -> None:
+        if await self.wait_running(name, wait_s):
+            return
+        owner = self.owners.get(name)
+        if owner is not None and owner.failure is not None:
+            raise InvalidState(owner.failure, {"name": name, "state": str(owner.state)})
+
+    async def _requirements(self, name: str) -> list[str]:
+        """What `name` requires, transitively, dependencies first (not `name` itself)."""
+        services = {s.name: s for s in await self.store.services.list()}
+        if name not in services:
+            raise NotFound("service not found", {"name": name})
+        graph = {n: list(s.spec.get("requires", [])) for n, s in services.items()}
+        order = dependency_order(graph, [name])
+        for n in order:
+            for req in graph.get(n, []):
+                if req not in services:
+                    raise NotFound("required service not found", {"name": req, "required_by": n})
+        return [n for n in order if n != name]
+
+    async def _dependents(self, name: str) -> list[str]:
+        """What requires `name`, transitively, the furthest first (not `name` itself)."""
+        services = await self.store.services.list()
+        required_by: dict[str, list[str]] = {}
+        for s in services:
+            for req in s.spec.get("requires", []):
+                required_by.setdefault(req, []).append(s.name)
+        seen: set[str] = set()
+        todo = [name]
+        while todo:  # a walk with a visited set: bounded whatever the graph
+            for dep in required_by.get(todo.pop(), []):
+                if dep not in seen and dep != name:
+                    seen.add(dep)
+                    todo.append(dep)
+        graph = {s.name: list(s.spec.get("requires", [])) for s in services}
+        return [n for n in reversed(dependency_order(graph, seen)) if n in seen]
 
     def watched(self) -> None:
         """Someone read service status: refresh the figures in the background if they are old."""
         if time.monotonic() - self._sampled_at >= _SAMPLE_EVERY_S:
             self._sample_soon.set()
 
-    # -- the control loop ------------------------------------------------------
-    async def _halt(self, run: ServiceRun) -> None:
-        run.stop_requested.set()
-        if run.task is not None and not run.task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await run.task
+    def sample_soon(self) -> None:
+        """A service just started: sample its figures without waiting a period."""
+        self._sample_soon.set()
 
-    async def _set_desired(self, run: ServiceRun, desired: str) -> None:
-        if run.desired == desired:
-            return
-        run.desired = desired
-        await self.store.services.set_desired(run.name, desired)
-
-    async def _set_state(self, run: ServiceRun, state: ServiceState) -> None:
-        run.state = state
-        changed, run.changed = run.changed, asyncio.Event()
-        await self.store.services.set_state(
-            run.name,
-            state=str(state),
-            pid=run.pid,
-            pid_start_time=run.pid_start_time,
-            restarts=run.restarts,
-            exit_code=run.exit_code,
-            signal=run.signal,
-            health=run.health,
-            started_at=run.started_at,
-        )
-        changed.set()  # waiters read the database: wake them once the state is committed
-
-    async def _wait_for(self, run: ServiceRun, states: set[ServiceState], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        final = {ServiceState.FATAL, ServiceState.EXITED, ServiceState.STOPPED}
-        while run.state not in states:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            if run.state in final and (run.task is None or run.task.done()):
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.changed.wait(), left)
-        return True
-
-    def _env(self, run: ServiceRun) -> dict[str, str]:
-        env = dict(self._base_env)
-        env.update(run.spec.get("env") or {})
-        env["HERO_PROC_SERVICE"] = run.name
-        env[procs.INSTANCE_ENV] = self.instance
-        return env
-
-    async def _control(self, run: ServiceRun) -> None:
-        fast_failures = 0
-        final_state = ServiceState.STOPPED
-        try:
-            while not run.stop_requested.is_set():
-                reached_running = await self._run_once(run)
-                if run.stop_requested.is_set():
-                    break
-                spec = run.spec
-                clean = run.exit_code == 0 and not run.unhealthy_restart
-                if spec.get("oneshot") and clean:
-                    final_state = ServiceState.EXITED
-                    break
-                policy = spec.get("restart", "on-failure")
-                if policy == "never" or (policy == "on-failure" and clean):
-                    final_state = ServiceState.EXITED
-                    break
-                fast_failures = 0 if reached_running else fast_failures + 1
-                t = time.monotonic()
-                run.restart_times.append(t)
-                window = float(spec.get("start_window_s", 60.0))
-                while run.restart_times and run.restart_times[0] < t - window:
-                    run.restart_times.popleft()
-                limit = int(spec.get("start_limit", 5))
-                if limit and len(run.restart_times) > limit:
-                    log.warning("service hit its start limit", extra={"service": run.name})
-                    final_state = ServiceState.FATAL
-                    break
-                run.restarts += 1
-                base = float(spec.get("restart_delay_s", 1.0))
-                cap = float(spec.get("restart_delay_max_s", 60.0))
-                delay = min(cap, base * 2.0 ** max(0, fast_failures - 1)) if fast_failures else base
-                await self._set_state(run, ServiceState.BACKOFF)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.stop_requested.wait(), delay)
-        except Exception:
-            log.exception("service control failed", extra={"service": run.name})
-            final_state = ServiceState.FATAL
-        run.pid = None
-        run.pid_start_time = None
-        run.started_at = None
-        self._cpu_prev.pop(run.name, None)
-        self._written.pop(run.name, None)
-        await self._set_state(run, final_state)
-
-    async def _run_once(self, run: ServiceRun) -> bool:
-        """One life of the process; True if it reached running."""
-        spec = run.spec
-        command = CommandSpec.from_dict(spec)
-        run.exit_code = run.signal = None
-        run.health = None
-        run.unhealthy_restart = False
-        await self._set_state(run, ServiceState.STARTING)
-        loop = asyncio.get_running_loop()
-        env = self._env(run)
-        try:
-            if command.env_from_secrets:
-                env.update(await self.store.secrets.resolve(command.env_from_secrets))
-            child = await loop.run_in_executor(
-                self.spawner, procs.spawn, command.argv(), env, command.cwd
-            )
-        except NotFound as exc:
-            log.warning("service cannot start", extra={"service": run.name, "error": str(exc)})
-            run.exit_code = 127
-            return False
-        except OSError as exc:
-            what = exc.filename if exc.filename is not None else command.argv()[0]
-            log.warning(
-                "service cannot start",
-                extra={"service": run.name, "error": f"{what}: {exc.strerror}"},
-            )
-            run.exit_code = 127
-            return False
-        run.pid, run.pid_start_time, run.started_at = child.pid, child.start_time, now()
-        exited: asyncio.Future[Any] = loop.create_future()
-        run.exit_future = exited
-        owner = await self.flusher.open_owner("service", run.name)
-        output = OutputCapture(
-            self.flusher,
-            owner,
-            max_line=self.app.config.max_line_bytes,
-            on_closed=lambda: None,
-        )
-        output.attach(child.stdout_fd, child.stderr_fd)
-
-        def on_exit() -> None:
-            loop.remove_reader(child.pidfd)
-            procs.signal_group(child.pid, signal.SIGKILL)  # what it left in its group
-            run.exit_code, run.signal = procs.reap(child.pid)
-            os.close(child.pidfd)
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(child.pidfd, on_exit)
-        await self._set_state(run, ServiceState.STARTING)
-        health_task: asyncio.Task[None] | None = None
-        reached = False
-        try:
-            reached = await self._await_started(run, exited)
-            if reached:
-                await self._set_state(run, ServiceState.RUNNING)
-                self._sample_soon.set()  # show its memory and CPU without waiting a period
-                if spec.get("health"):
-                    health_task = loop.create_task(self._health_loop(run, exited))
-                stop: asyncio.Future[Any] = loop.create_task(run.stop_requested.wait())
-                await asyncio.wait({exited, stop}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-            if not exited.done():
-                await self._terminate(run, child.pid, exited)
-        finally:
-            if health_task is not None:
-                health_task.cancel()
-            if not exited.done():
-                await self._terminate(run, child.pid, exited)
-            loop.call_later(2.0, output.close_all)
-        return reached
-
-    async def _await_started(self, run: ServiceRun, exited: asyncio.Future[Any]) -> bool:
-        """Running once up for `start_secs` and (if it has one) past its first health check."""
-        stop: asyncio.Future[Any] = asyncio.ensure_future(run.stop_requested.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {exited, stop},
-                return_when=asyncio.FIRST_COMPLETED,
-                timeout=float(run.spec.get("start_secs", 1.0)),
-            )
-            if done:
-                return False
-            check = run.spec.get("health")
-            if not check:
-                return True
-            while not exited.done() and not run.stop_requested.is_set():
-                if await run_check(check):
-                    run.health = "healthy"
-                    return True
-                done, _ = await asyncio.wait(
-                    {exited, stop},
-                    return_when=asyncio.FIRST_COMPLETED,
-                    timeout=min(float(check["interval_s"]), 1.0),
-                )
-            return False
-        finally:
-            stop.cancel()
-
-    async def _health_loop(self, run: ServiceRun, exited: asyncio.Future[None]) -> None:
-        check = run.spec["health"]
-        failures = 0
-        while not exited.done():
-            await asyncio.sleep(float(check["interval_s"]))
-            ok = await run_check(check)
-            failures = 0 if ok else failures + 1
-            health = "healthy" if failures < int(check["retries"]) else "degraded"
-            if health != run.health:
-                run.health = health
-                await self._set_state(run, run.state)
-            if health == "degraded" and run.spec.get("restart_on_unhealthy") and run.pid:
-                log.warning("restarting unhealthy service", extra={"service": run.name})
-                run.unhealthy_restart = True
-                await self._terminate(run, run.pid, exited)
-                return
-
-    async def _terminate(self, run: ServiceRun, pid: int, exited: asyncio.Future[None]) -> None:
-        """stop_signal to the process group, SIGKILL after stop_timeout_s."""
-        if exited.done():
-            return
-        if run.state != ServiceState.STOPPING:
-            await self._set_state(run, ServiceState.STOPPING)
-        sig = procs.SIGNALS.get(str(run.spec.get("stop_signal", "TERM")), signal.SIGTERM)
-        procs.signal_group(pid, sig)
-        try:
-            await asyncio.wait_for(
-                asyncio.shield(exited), float(run.spec.get("stop_timeout_s", 10.0))
-            )
-        except TimeoutError:
-            log.warning("service ignored its stop signal; killing", extra={"service": run.name})
-            procs.signal_group(pid, signal.SIGKILL)
-            await exited
+    def forget_figures(self, name: str) -> None:
+        """A service's process is gone: its CPU baseline and last figures no longer apply."""
+        self._cpu_prev.pop(name, None)
+        self._written.pop(name, None)
 
     # -- statistics ----------------------------------------------------------------
     async def _sample_loop(self) -> None:
@@ -446,7 +270,7 @@ class Supervisor:
             await self._sample_soon.wait()
             self._sample_soon.clear()
             self._sampled_at = time.monotonic()
-            live = {n: s.pid for n, s in self.services.items() if s.pid is not None}
+            live = {n: o.pid for n, o in self.owners.items() if o.pid is not None}
             if not live:
                 continue
             try:
@@ -468,6 +292,16 @@ class Supervisor:
                     continue
                 self._written[name] = figures
                 await self.store.services.set_stats([(*figures, name)])
+
+
+def _graph(services: list[Service], *, with_after: bool) -> dict[str, list[str]]:
+    """name -> what it depends on (requires, and `after` if asked), only defined names."""
+    names = {s.name for s in services}
+    graph: dict[str, list[str]] = {}
+    for s in services:
+        deps = [*s.spec.get("requires", []), *(s.spec.get("after", []) if with_after else [])]
+        graph[s.name] = [d for d in deps if d in names]
+    return graph
 
 
 def sample_groups(groups: dict[str, int]) -> dict[str, tuple[int, float]]:

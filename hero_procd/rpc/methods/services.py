@@ -9,6 +9,7 @@ from hero_procd.model import find_cycle, parse_service_spec
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store.logs import to_wire
+from hero_procd.store.services import EVENTS_KEPT
 
 MAX_PAGE = 10_000
 
@@ -19,19 +20,25 @@ async def service_define(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name", name_like=True)
     spec = parse_service_spec(p)
     p.finish()
-    # The cycle check reads the other definitions in the same unit as the write.
-    service = await app.store.services.define(name, spec, find_cycle)
+    # Through the service's owner (serialised with its other verbs); the cycle check
+    # reads the other definitions in the same unit as the write.
     if app.supervisor is not None:
-        app.supervisor.defined(name, service.spec)
+        service = await app.supervisor.define(name, spec)
+    else:
+        service = await app.store.services.define(name, spec, find_cycle)
     return service.to_dict()
 
 
 @rpc("service.get")
 async def service_get(app: App, p: Params) -> dict[str, Any]:
-    """One service: its definition and live state."""
+    """One service: its definition, live state, last exit and dropped log lines."""
     name = p.req_text("name")
     p.finish()
-    return (await app.store.services.get(name)).to_dict()
+    service = (await app.store.services.get(name)).to_dict()
+    last = await app.store.services.events(name, 1)
+    service["last_exit"] = last[0] if last else None
+    service["dropped_log_lines"] = await app.store.logs.dropped("service", name)
+    return service
 
 
 @rpc("service.list")
@@ -47,12 +54,8 @@ async def service_delete(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     p.finish()
     if app.supervisor is not None:
-        await app.supervisor.delete_service(name)
-    if app.executor is not None:
-        # Before the delete: queued lines are dropped and a draining capture's late lines
-        # refused, so none lands after it (a batch already handed to the writer commits
-        # before the delete, which removes it).
-        app.executor.flusher.forget_owner("service", name)
+        # The owner stops it, writes out its last lines, then deletes row, lines, history.
+        return {"deleted": await app.supervisor.delete_service(name)}
     deleted = await app.store.services.delete(name)
     return {"deleted": deleted["services"]}
 
@@ -89,6 +92,16 @@ async def service_restart(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     await app.services.restart_service(name, wait_s=min(wait_s, 600.0))
     return await _status_after(app, name)
+
+
+@rpc("service.events")
+async def service_events(app: App, p: Params) -> dict[str, Any]:
+    """The service's exit history (last 100 kept), newest first."""
+    name = p.req_text("name")
+    limit = p.integer("limit", default=EVENTS_KEPT, minimum=1, maximum=EVENTS_KEPT) or EVENTS_KEPT
+    p.finish()
+    await app.store.services.get(name)  # NotFound for an unknown name
+    return {"events": await app.store.services.events(name, limit)}
 
 
 @rpc("service.logs")

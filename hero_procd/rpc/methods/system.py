@@ -59,8 +59,7 @@ async def wipe_all(app: App, p: Params) -> dict[str, Any]:
     if confirm is not True:
         raise InvalidParams("confirm", "must be true to wipe everything")
     if app.supervisor is not None:
-        await app.supervisor.halt_all()
-        app.supervisor.services.clear()
+        await app.supervisor.halt_all(forget=True)
     if app.executor is None:
         return {"deleted": await app.store.wipe_all(), "stopped_jobs": 0}
     try:

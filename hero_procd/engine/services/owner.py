@@ -1,0 +1,494 @@
+"""One owner task per service: its verbs are commands, served one at a time.
+
+`ServiceOwner.call(verb)` queues a command and awaits the future the owner
+resolves. Only the owner (and the life task it starts and ends) spawns,
+signals or writes the live state of its service, so two verbs can never
+interleave: a start queued behind a stop runs once the stop is done (and so
+ends running), a delete ends any life first, including one still waiting
+for what it requires, and leaves no process.
+
+A *life* is the background task that keeps the process in its desired
+state: wait for required services, spawn, wait `start_secs` and the first
+passing health check, watch, restart by policy with backoff, go `fatal` at
+the start limit. Every exit of a process is recorded in the service's
+history (`service_events`); an unexpected one is logged.
+
+The fields below mirror what this owner last committed (it is their only
+writer) and are set only after the store returned: the database stays the
+truth, the mirror saves a read when the owner writes a whole state row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hero_procd.engine import procs
+from hero_procd.engine.health import run_check
+from hero_procd.engine.output import OutputCapture
+from hero_procd.errors import NotFound
+from hero_procd.model import CommandSpec, ServiceState, find_cycle, now
+
+if TYPE_CHECKING:
+    from hero_procd.engine.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+FINAL_STATES = frozenset({ServiceState.STOPPED, ServiceState.EXITED, ServiceState.FATAL})
+
+
+@dataclass
+class Command:
+    """One verb for the owner, answered through `future`."""
+
+    verb: str
+    future: asyncio.Future[Any]
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Exit:
+    """How one process of the service ended."""
+
+    started_at: float | None
+    exit_code: int | None
+    signal: int | None
+    ran_s: float | None
+    reason: str
+
+
+class ServiceOwner:
+    """The only task that acts on one service: serves its verbs, runs its life."""
+
+    def __init__(self, supervisor: Supervisor, name: str) -> None:
+        self.sup = supervisor
+        self.store = supervisor.store
+        self.name = name
+        self.state = ServiceState.STOPPED
+        self.pid: int | None = None
+        self.pid_start_time: float | None = None
+        self.started_at: float | None = None
+        self.restarts = 0
+        self.exit_code: int | None = None
+        self.signal: int | None = None
+        self.health: str | None = None
+        # Why the last life gave up before spawning (a required service never ran).
+        self.failure: str | None = None
+        self.changed = asyncio.Event()
+        self._queue: asyncio.Queue[Command] = asyncio.Queue()
+        self._life: asyncio.Task[None] | None = None
+        self._stop_life = asyncio.Event()
+        self._stop_reason = "stop"
+        self._captures: set[OutputCapture] = set()
+        self._loaded = False
+        self.retired = False
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"svc:{name}")
+
+    # -- the command queue -------------------------------------------------------------
+    async def call(self, verb: str, **args: Any) -> Any:
+        """Queue a verb and wait for its answer (a cancelled caller does not undo it)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(Command(verb, future, args))
+        return await future
+
+    @property
+    def live(self) -> bool:
+        """True while a life (starting, running, backing off or stopping) is in progress."""
+        return self._life is not None and not self._life.done()
+
+    async def _serve(self) -> None:
+        while True:
+            cmd = await self._queue.get()
+            try:
+                if not self._loaded:
+                    await self._load()
+                result = await getattr(self, f"_do_{cmd.verb}")(**cmd.args)
+            except Exception as exc:
+                if not isinstance(exc, NotFound) and type(exc).__module__ != "hero_procd.errors":
+                    log.exception("service command failed", extra={"service": self.name})
+                if not cmd.future.done():
+                    cmd.future.set_exception(exc)
+            else:
+                if not cmd.future.done():
+                    cmd.future.set_result(result)
+            if self._queue.empty() and self.retired and not self.live:
+                # Deleted and idle: the next verb for this name gets a new owner.
+                self.sup.forget(self)
+                return
+
+    async def _load(self) -> None:
+        """Take the counters of the stored row (a fresh daemon, a redefined name)."""
+        with contextlib.suppress(NotFound):
+            row = await self.store.services.get(self.name)
+            self.restarts, self.exit_code, self.signal = row.restarts, row.exit_code, row.signal
+        self._loaded = True
+
+    async def close(self) -> None:
+        """Daemon shutdown, after `halt`: stop serving (pending callers get CancelledError)."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        while not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+
+    # -- verbs -------------------------------------------------------------------------
+    async def _do_define(self, spec: dict[str, Any]) -> Any:
+        # The cycle check reads the other definitions in the same unit as the write.
+        service = await self.store.services.define(self.name, spec, find_cycle)
+        self.retired = False
+        return service
+
+    async def _do_start(self) -> None:
+        service = await self.store.services.get(self.name)
+        self.retired = False
+        await self.store.services.set_desired(self.name, "running")
+        if not self.live:
+            self._begin_life(service.spec)
+
+    async def _do_stop(self) -> None:
+        await self.store.services.get(self.name)
+        await self.store.services.set_desired(self.name, "stopped")
+        await self._end_life("stop")
+
+    async def _do_restart(self) -> None:
+        service = await self.store.services.get(self.name)
+        await self.store.services.set_desired(self.name, "running")
+        await self._end_life("restart")
+        self._begin_life(service.spec)
+
+    async def _do_halt(self) -> None:
+        """Daemon shutdown: end the life, keep the desired state for the next daemon."""
+        await self._end_life("daemon stop")
+
+    async def _do_delete(self) -> dict[str, int]:
+        await self._end_life("delete")
+        # Read what the pipes still hold now, so that every line of the service is
+        # written before the delete below, and none after it.
+        for capture in list(self._captures):
+            capture.close_all()
+        owner = await self.sup.flusher.open_owner("service", self.name)
+        try:
+            await self.sup.flusher.flush_owner(owner)
+        finally:
+            self.sup.flusher.release_owner(owner)
+        deleted = await self.store.services.delete(self.name)
+        # The counter stays in log_owners: a service of this name goes on from it.
+        self.sup.flusher.forget_owner("service", self.name)
+        self.retired = True
+        self.restarts, self.exit_code, self.signal = 0, None, None
+        self.state, self.health, self.failure = ServiceState.STOPPED, None, None
+        return deleted
+
+    # -- life --------------------------------------------------------------------------
+    def _begin_life(self, spec: dict[str, Any]) -> None:
+        self._stop_life = asyncio.Event()
+        self._stop_reason = "stop"
+        self.failure = None
+        loop = asyncio.get_running_loop()
+        self._life = loop.create_task(self._live(spec), name=f"svc-life:{self.name}")
+
+    async def _end_life(self, reason: str) -> None:
+        if self._life is None:
+            return
+        self._stop_reason = reason
+        self._stop_life.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._life)
+
+    async def _set_state(self, state: ServiceState) -> None:
+        """Commit the live state, then mirror it and wake whoever waits on it."""
+        await self.store.services.set_state(
+            self.name,
+            state=str(state),
+            pid=self.pid,
+            pid_start_time=self.pid_start_time,
+            restarts=self.restarts,
+            exit_code=self.exit_code,
+            signal=self.signal,
+            health=self.health,
+            started_at=self.started_at,
+        )
+        self.state = state
+        self.changed.set()
+        self.changed = asyncio.Event()
+        self.sup.state_changed()
+
+    async def _wait_stop(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for a stop of this life; True if one came."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_life.wait(), timeout_s)
+        return self._stop_life.is_set()
+
+    async def _live(self, spec: dict[str, Any]) -> None:
+        final = ServiceState.STOPPED
+        restart_times: deque[float] = deque()
+        fast_failures = 0
+        try:
+            await self._set_state(ServiceState.STARTING)
+            problem = await self._await_requirements(spec)
+            if problem is not None:
+                if not self._stop_life.is_set():
+                    self.failure = problem
+                    log.warning(
+                        "service cannot start", extra={"service": self.name, "error": problem}
+                    )
+                    final = ServiceState.FATAL
+                return
+            while not self._stop_life.is_set():
+                reached, ended = await self._run_once(spec)
+                if self._stop_life.is_set():
+                    if ended is not None:
+                        await self._record(
+                            ended, True, self._stop_reason == "restart", self._stop_reason
+                        )
+                    break
+                assert ended is not None
+                clean = ended.exit_code == 0 and ended.reason != "unhealthy"
+                policy = spec.get("restart", "on-failure")
+                restart = not (
+                    (spec.get("oneshot") and clean)
+                    or policy == "never"
+                    or (policy == "on-failure" and clean)
+                )
+                fast_failures = 0 if reached else fast_failures + 1
+                if restart:
+                    t = time.monotonic()
+                    restart_times.append(t)
+                    window = float(spec.get("start_window_s", 60.0))
+                    while restart_times and restart_times[0] < t - window:
+                        restart_times.popleft()
+                    limit = int(spec.get("start_limit", 5))
+                    if limit and len(restart_times) > limit:
+                        restart = False
+                        ended.reason += "; start limit reached"
+                        final = ServiceState.FATAL
+                else:
+                    final = ServiceState.EXITED
+                await self._record(ended, clean and policy != "always", restart, ended.reason)
+                if not restart:
+                    if final == ServiceState.FATAL:
+                        log.warning("service hit its start limit", extra={"service": self.name})
+                    break
+                self.restarts += 1
+                base = float(spec.get("restart_delay_s", 1.0))
+                cap = float(spec.get("restart_delay_max_s", 60.0))
+                delay = min(cap, base * 2.0 ** max(0, fast_failures - 1)) if fast_failures else base
+                await self._set_state(ServiceState.BACKOFF)
+                if await self._wait_stop(delay):
+                    break
+        except Exception:
+            log.exception("service life failed", extra={"service": self.name})
+            final = ServiceState.FATAL
+        finally:
+            self.pid = self.pid_start_time = self.started_at = None
+            self.sup.forget_figures(self.name)
+            await self._set_state(final)
+
+    async def _await_requirements(self, spec: dict[str, Any]) -> str | None:
+        """Wait until what it requires runs (and what it comes after has started); why not."""
+        for req in spec.get("requires", []):
+            timeout = max(30.0, float(spec.get("start_secs", 1.0)) * 3)
+            if not await self.sup.wait_running(req, timeout, self._stop_life):
+                return f"required service {req} did not reach running"
+        for dep in spec.get("after", []):
+            # `after` orders starts (as systemd's After=): wait only if it is starting too.
+            if self.sup.is_live(dep):
+                await self.sup.wait_running(dep, max(30.0, 3.0), self._stop_life)
+        if self._stop_life.is_set():
+            return "stopped while waiting for what it requires"
+        return None
+
+    async def _record(self, ended: Exit, expected: bool, restarted: bool, reason: str) -> None:
+        """One exit into the history; an unexpected one is logged too."""
+        await self.store.services.record_exit(
+            self.name,
+            started_at=ended.started_at,
+            exit_code=ended.exit_code,
+            signal=ended.signal,
+            ran_s=ended.ran_s,
+            expected=expected,
+            restarted=restarted,
+            reason=reason,
+        )
+        if not expected:
+            log.warning(
+                "service exited unexpectedly",
+                extra={
+                    "service": self.name,
+                    "exit_code": ended.exit_code,
+                    "signal": ended.signal,
+                    "ran_s": ended.ran_s,
+                    "restarting": restarted,
+                    "reason": reason,
+                },
+            )
+
+    def _env(self, spec: dict[str, Any]) -> dict[str, str]:
+        env = dict(self.sup.base_env)
+        env.update(spec.get("env") or {})
+        env["HERO_PROC_SERVICE"] = self.name
+        env[procs.INSTANCE_ENV] = self.sup.instance
+        return env
+
+    async def _run_once(self, spec: dict[str, Any]) -> tuple[bool, Exit | None]:
+        """One process: (whether it reached running, how it ended or None if not spawned)."""
+        command = CommandSpec.from_dict(spec)
+        self.exit_code = self.signal = None
+        self.health = None
+        await self._set_state(ServiceState.STARTING)
+        if self._stop_life.is_set():
+            return False, None
+        loop = asyncio.get_running_loop()
+        env = self._env(spec)
+        try:
+            if command.env_from_secrets:
+                env.update(await self.store.secrets.resolve(command.env_from_secrets))
+            child = await loop.run_in_executor(
+                self.sup.spawner, procs.spawn, command.argv(), env, command.cwd
+            )
+        except (NotFound, OSError) as exc:
+            if isinstance(exc, OSError):
+                what = exc.filename if exc.filename is not None else command.argv()[0]
+                error = f"{what}: {exc.strerror}"
+            else:
+                error = str(exc)
+            log.warning("service cannot start", extra={"service": self.name, "error": error})
+            self.exit_code = 127
+            return False, Exit(None, 127, None, 0.0, f"cannot start: {error}")
+        self.pid, self.pid_start_time, self.started_at = child.pid, child.start_time, now()
+        began = time.monotonic()
+        exited: asyncio.Future[None] = loop.create_future()
+        owner = await self.sup.flusher.open_owner("service", self.name)
+        output = OutputCapture(
+            self.sup.flusher,
+            owner,
+            max_line=self.sup.app.config.max_line_bytes,
+            on_closed=lambda: self._captures.discard(output),
+        )
+        self._captures.add(output)
+        output.attach(child.stdout_fd, child.stderr_fd)
+
+        def on_exit() -> None:
+            loop.remove_reader(child.pidfd)
+            procs.signal_group(child.pid, signal.SIGKILL)  # what it left in its group
+            self.exit_code, self.signal = procs.reap(child.pid)
+            os.close(child.pidfd)
+            if not exited.done():
+                exited.set_result(None)
+
+        loop.add_reader(child.pidfd, on_exit)
+        await self._set_state(ServiceState.STARTING)  # now with its pid
+        health_task: asyncio.Task[bool] | None = None
+        reached = False
+        reason = "exited"
+        try:
+            reached = await self._await_started(spec, exited)
+            if reached:
+                await self._set_state(ServiceState.RUNNING)
+                self.sup.sample_soon()  # show its memory and CPU without waiting a period
+                if spec.get("health"):
+                    health_task = loop.create_task(self._health_loop(spec, exited))
+                stop = loop.create_task(self._stop_life.wait())
+                waits: set[asyncio.Future[Any]] = {exited, stop}
+                if health_task is not None:
+                    waits.add(health_task)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if health_task is not None and health_task.done() and health_task.result():
+                    reason = "unhealthy"
+            if not exited.done():
+                await self._terminate(spec, child.pid, exited)
+        finally:
+            if health_task is not None and not health_task.done():
+                health_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await health_task
+            if not exited.done():
+                await self._terminate(spec, child.pid, exited)
+            # A grandchild that left the group may hold the pipes: read what they hold later.
+            loop.call_later(2.0, output.close_all)
+        if self._stop_life.is_set() and reason == "exited":
+            reason = self._stop_reason
+        elif self.signal is not None and reason == "exited":
+            reason = f"killed by signal {self.signal}"
+        ran = round(time.monotonic() - began, 3)
+        return reached, Exit(self.started_at, self.exit_code, self.signal, ran, reason)
+
+    async def _await_started(self, spec: dict[str, Any], exited: asyncio.Future[None]) -> bool:
+        """Running once up for `start_secs` and (if it has one) past its first health check."""
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stop_life.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {exited, stop},
+                return_when=asyncio.FIRST_COMPLETED,
+                timeout=float(spec.get("start_secs", 1.0)),
+            )
+            if done:
+                return False
+            check = spec.get("health")
+            if not check:
+                return True
+            while not exited.done() and not self._stop_life.is_set():
+                # The check is cancelled (its process group killed) if the process exits
+                # or a stop comes first.
+                probe = asyncio.ensure_future(run_check(check))
+                done, _ = await asyncio.wait(
+                    {exited, stop, probe}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if probe not in done:
+                    probe.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await probe
+                    return False
+                if probe.result():
+                    self.health = "healthy"
+                    return True
+                await asyncio.wait(
+                    {exited, stop},
+                    return_when=asyncio.FIRST_COMPLETED,
+                    timeout=min(float(check["interval_s"]), 1.0),
+                )
+            return False
+        finally:
+            stop.cancel()
+
+    async def _health_loop(self, spec: dict[str, Any], exited: asyncio.Future[None]) -> bool:
+        """Check while it runs; True when it should be restarted as unhealthy."""
+        check = spec["health"]
+        failures = 0
+        while not exited.done():
+            await asyncio.sleep(float(check["interval_s"]))
+            ok = await run_check(check)
+            failures = 0 if ok else failures + 1
+            health = "healthy" if failures < int(check["retries"]) else "degraded"
+            if health != self.health:
+                self.health = health
+                await self._set_state(self.state)
+            if health == "degraded" and spec.get("restart_on_unhealthy"):
+                log.warning("restarting unhealthy service", extra={"service": self.name})
+                return True
+        return False
+
+    async def _terminate(
+        self, spec: dict[str, Any], pid: int, exited: asyncio.Future[None]
+    ) -> None:
+        """stop_signal to the process group, SIGKILL after stop_timeout_s."""
+        if exited.done():
+            return
+        if self.state != ServiceState.STOPPING:
+            await self._set_state(ServiceState.STOPPING)
+        sig = procs.SIGNALS.get(str(spec.get("stop_signal", "TERM")), signal.SIGTERM)
+        procs.signal_group(pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(exited), float(spec.get("stop_timeout_s", 10.0)))
+        except TimeoutError:
+            log.warning("service ignored its stop signal; killing", extra={"service": self.name})
+            procs.signal_group(pid, signal.SIGKILL)
+            await exited
