@@ -98,6 +98,7 @@ class Executor:
         self._stopped = asyncio.Event()
         self._claimed_recently = False
         self._cancel_pending: set[int] = set()
+        self._finishing: set[int] = set()  # ended, their end not yet committed
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -340,6 +341,11 @@ class Executor:
             error=error,
             retry_delay_s=self._backoff(job),
         )
+        # Its process is gone: the slot is free now, while the end is being written (the
+        # row stays `running` until then, so nothing can claim the job meanwhile).
+        self.running.pop(job.id, None)
+        self._finishing.add(job.id)
+        self.wake()
         try:
             if rj.owner is not None:
                 # Whoever sees the job finished sees all its lines.
@@ -348,12 +354,12 @@ class Executor:
         finally:
             if rj.owner is not None and rj.output is None:
                 self.flusher.release_owner(rj.owner)
-            self.running.pop(job.id, None)
-            if not self.running:
+            self._finishing.discard(job.id)
+            if not self.running and not self._finishing:
                 self._none_running.set()
         if finished is not None:
             self.notify(finished.done)
-        self.wake()
+        self.wake()  # again once committed: a retry queued, dependents released
 
     async def _write_end(self, job: ClaimedJob, end: AttemptEnd) -> Settled | None:
         delay = 0.05
@@ -411,6 +417,8 @@ class Executor:
         return outcome.result
 
     def _stop_attempt(self, job_id: int) -> None:
+        if job_id in self._finishing:
+            return  # its process is gone; the end being written reads the intent
         rj = self.running.get(job_id)
         if rj is None:
             self._cancel_pending.add(job_id)  # claimed, about to be registered
@@ -449,13 +457,15 @@ class Executor:
         return max(values, default=5.0)
 
     async def _wait_no_running(self, timeout_s: float) -> None:
-        if self.running:
+        """Until no attempt runs and every end is committed (or `timeout_s`)."""
+        if self.running or self._finishing:
             self._none_running.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._none_running.wait(), timeout_s)
-        if self.running:
+        if self.running or self._finishing:
             log.error(
-                "jobs still running after their kill timeout", extra={"count": len(self.running)}
+                "jobs still running after their kill timeout",
+                extra={"count": len(self.running), "finishing": len(self._finishing)},
             )
 
     # -- crash recovery ------------------------------------------------------------
