@@ -10,7 +10,6 @@ status is written, so the table is the code's table.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import signal
 import sqlite3
@@ -30,6 +29,7 @@ from hero_procd.model import (
     JobStatus,
     now,
 )
+from hero_procd.offload import offload
 from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
@@ -595,18 +595,32 @@ class JobsApi:
         sql = Q["job_list"] if tag is None else Q["job_list_by_tag"]
         rows = await self.pool.fetch_all(sql, params)
         if len(rows) > 500:  # decoding thousands of specs: off the event loop
-            return await asyncio.to_thread(lambda: [Job.from_row(r) for r in rows])
+            return await offload(lambda: [Job.from_row(r) for r in rows])
         return [Job.from_row(r) for r in rows]
 
     async def list_wire(self, **filters: Any) -> builtins.list[dict[str, Any]]:
         """A page of jobs as the RPC shows them (built off the event loop when large)."""
+        rows = await self._list_rows(filters)
+        if len(rows) > 500:
+            return await offload(lambda: [job_wire(r) for r in rows])
+        return [job_wire(r) for r in rows]
+
+    async def list_json(self, **filters: Any) -> tuple[bytes, int, int | None]:
+        """A page of jobs serialised as a JSON array, off the event loop; (json, count,
+        last id)."""
+        rows = await self._list_rows(filters)
+
+        def build() -> bytes:
+            return orjson.dumps([job_wire(r) for r in rows])
+
+        blob = await offload(build) if len(rows) > 500 else build()
+        return blob, len(rows), rows[-1]["id"] if rows else None
+
+    async def _list_rows(self, filters: dict[str, Any]) -> builtins.list[sqlite3.Row]:
         sql = Q["job_list"] if filters.get("tag") is None else Q["job_list_by_tag"]
         params = {"status": None, "tag": None, "run_id": None, "limit": 100, "after_id": 0}
         params.update(filters)
-        rows = await self.pool.fetch_all(sql, params)
-        if len(rows) > 500:
-            return await asyncio.to_thread(lambda: [job_wire(r) for r in rows])
-        return [job_wire(r) for r in rows]
+        return await self.pool.fetch_all(sql, params)
 
     async def delete_many(self, ids: Sequence[int]) -> int:
         """Delete jobs by id in one transaction; the rows deleted."""

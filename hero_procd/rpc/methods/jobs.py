@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
@@ -16,6 +15,7 @@ from hero_procd.model import (
     job_request_from,
     parse_job_request,
 )
+from hero_procd.offload import offload
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store import MAX_BATCH_ITEMS, BatchResult
@@ -54,15 +54,11 @@ async def job_list(app: App, p: Params) -> dict[str, Any]:
     limit = p.integer("limit", default=100, minimum=1, maximum=MAX_PAGE) or 100
     after_id = p.integer("after_id", default=0, minimum=0) or 0
     p.finish()
-    rows = await app.store.jobs.list_wire(
+    # Built and serialised off the loop in one go, handed to the answer as it is.
+    blob, count, last_id = await app.store.jobs.list_json(
         status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
     )
-    next_after_id = rows[-1]["id"] if len(rows) == limit else None
-    if len(rows) > _OFF_LOOP_ITEMS:
-        # Serialising thousands of rows takes milliseconds: off the loop, handed over as is.
-        return {"jobs": orjson.Fragment(await asyncio.to_thread(orjson.dumps, rows)),
-                "next_after_id": next_after_id}  # fmt: skip
-    return {"jobs": rows, "next_after_id": next_after_id}
+    return {"jobs": orjson.Fragment(blob), "next_after_id": last_id if count == limit else None}
 
 
 @rpc("job.clean_by_tag")
@@ -94,7 +90,7 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
     result = BatchResult()
     if len(items) > _OFF_LOOP_ITEMS:
         # Validating 50,000 items takes a while: off the loop, so other calls go on.
-        requests = await asyncio.to_thread(_parse_items, items, base, result)
+        requests = await offload(lambda: _parse_items(items, base, result))
     else:
         requests = _parse_items(items, base, result)
     if requests:
