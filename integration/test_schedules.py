@@ -175,7 +175,10 @@ def test_catch_up_after_downtime_fires_once(workdir: Path) -> None:
                 job={"command": ["true"], "tags": ["m"]},
             )
         daemon.stop()
-        with sqlite3.connect(daemon.db_path) as db:  # the daemon is down: no other writer
+        with (
+            contextlib.closing(sqlite3.connect(daemon.db_path)) as db,
+            db,
+        ):  # the daemon is down: no other writer
             (fires_before,) = db.execute("SELECT fires FROM schedules").fetchone()
             (jobs_before,) = db.execute("SELECT count(*) FROM jobs").fetchone()
             changed = db.execute(

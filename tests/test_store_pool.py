@@ -229,10 +229,10 @@ def test_readers_do_not_wait_for_the_writer(run_store: StoreRunner) -> None:
 def test_unusable_files_are_refused(tmp_path: Path) -> None:
     """A newer schema, another program's database, or a file that is not SQLite: StorageError."""
     newer = tmp_path / "newer.db"
-    with sqlite3.connect(newer) as conn:
+    with contextlib.closing(sqlite3.connect(newer)) as conn, conn:
         conn.execute("PRAGMA user_version=99")
     foreign = tmp_path / "foreign.db"
-    with sqlite3.connect(foreign) as conn:
+    with contextlib.closing(sqlite3.connect(foreign)) as conn, conn:
         conn.execute("CREATE TABLE customers (id INTEGER)")
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database, just some text " * 100)
@@ -248,7 +248,7 @@ def test_unusable_files_are_refused(tmp_path: Path) -> None:
     assert "newer" in asyncio.run(open_(newer))
     assert "not a hero-procd database" in asyncio.run(open_(foreign))
     assert "not SQLite" in asyncio.run(open_(junk))
-    with sqlite3.connect(foreign) as conn:
+    with contextlib.closing(sqlite3.connect(foreign)) as conn, conn:
         assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 1
 
 

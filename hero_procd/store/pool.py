@@ -294,7 +294,9 @@ class Writer:
                 if not unit.future.done():
                     unit.future.set_exception(StorageError("the database is closing"))
             self._queue = []
-            # Committed data is durable in the WAL already; the checkpoint is skipped.
+            # Committed data is durable in the WAL already. The connection is closed on its
+            # thread behind the stuck unit, if that ever returns.
+            self._thread.submit(self._close_sync)
             self._thread.shutdown(wait=False)
             return
         loop = asyncio.get_running_loop()
