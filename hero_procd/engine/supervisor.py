@@ -43,6 +43,9 @@ class Supervisor:
         self.spawner = spawner
         self.instance = instance
         self.owners: dict[str, ServiceOwner] = {}
+        # Set by halt_all(forget=True): no owner may be made (no process started) until
+        # reopen(), so nothing spawns between a wipe's halt and its delete of the rows.
+        self._closed = False
         self.base_env = {
             k: v
             for k, v in os.environ.items()
@@ -87,8 +90,11 @@ class Supervisor:
     async def halt_all(self, *, forget: bool = False) -> None:
         """Stop every service process, dependents first, keeping desired states.
 
-        With `forget`, the owners are closed too (daemon stop, system.wipe_all).
+        With `forget`, the owners are closed too (daemon stop, system.wipe_all), each
+        ending any life begun meanwhile, and no new owner is made until `reopen`.
         """
+        if forget:
+            self._closed = True
         alive = {n for n, o in self.owners.items() if o.live}
         graph = _graph(await self.store.services.list(), with_after=True)
         order = dependency_order(graph, alive)
@@ -108,11 +114,19 @@ class Supervisor:
             for owner in owners:
                 await owner.close()
 
+    def reopen(self) -> None:
+        """After system.wipe_all: verbs are served again."""
+        self._closed = False
+
     # -- owners ----------------------------------------------------------------
     def owner(self, name: str) -> ServiceOwner:
-        """The owner of `name`, created on first use."""
+        """The owner of `name`, created on first use (refused while halted for good)."""
         owner = self.owners.get(name)
         if owner is None:
+            if self._closed:
+                raise InvalidState(
+                    "services are being stopped (daemon stop or system.wipe_all)", {"name": name}
+                )
             owner = self.owners[name] = ServiceOwner(self, name)
         return owner
 
