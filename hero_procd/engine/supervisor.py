@@ -187,13 +187,19 @@ class Supervisor:
     async def stop_service(self, name: str) -> None:
         """Stop a service, after the services that require it."""
         await self.store.services.get(name)
+        await self._stop_dependents(name, live_only=False)
+        await self.owner(name).call("stop")
+        # A dependent whose start was served after the pass above saw `name` still
+        # running and spawned: stop it now, or it runs without what it requires.
+        await self._stop_dependents(name, live_only=True)
+
+    async def _stop_dependents(self, name: str, *, live_only: bool) -> None:
         for dep in await self._dependents(name):
             owner = self.owners.get(dep)
             if owner is not None and owner.live:
                 await owner.call("stop")
-            else:
+            elif not live_only:
                 await self.store.services.set_desired(dep, "stopped")
-        await self.owner(name).call("stop")
 
     async def restart_service(self, name: str, wait_s: float = 0.0) -> None:
         """Stop the service's process (not its dependents) and start it again."""
