@@ -361,6 +361,11 @@ class ServiceOwner:
         env[procs.INSTANCE_ENV] = self.sup.instance
         return env
 
+    def _check_env(self) -> dict[str, str]:
+        # The daemon's environment with its instance mark (not the service's own mark:
+        # a check is not a process of the service), found by recovery after a kill -9.
+        return {**self.sup.base_env, procs.INSTANCE_ENV: self.sup.instance}
+
     async def _run_once(self, spec: dict[str, Any]) -> tuple[bool, Exit | None]:
         """One process: (whether it reached running, how it ended or None if not spawned)."""
         command = CommandSpec.from_dict(spec)
@@ -462,7 +467,7 @@ class ServiceOwner:
             while not exited.done() and not self._stop_life.is_set():
                 # The check is cancelled (its process group killed) if the process exits
                 # or a stop comes first.
-                probe = asyncio.ensure_future(run_check(check))
+                probe = asyncio.ensure_future(run_check(check, self._check_env()))
                 done, _ = await asyncio.wait(
                     {exited, stop, probe}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -489,7 +494,7 @@ class ServiceOwner:
         failures = 0
         while not exited.done():
             await asyncio.sleep(float(check["interval_s"]))
-            ok = await run_check(check)
+            ok = await run_check(check, self._check_env())
             failures = 0 if ok else failures + 1
             health = "healthy" if failures < int(check["retries"]) else "degraded"
             if health != self.health:
