@@ -295,7 +295,10 @@ class ServiceOwner:
                         final = ServiceState.FATAL
                 else:
                     final = ServiceState.EXITED
-                await self._record(ended, clean and policy != "always", restart, ended.reason)
+                # A clean exit is expected unless the policy says it must not end (a
+                # oneshot is meant to end, whatever the policy).
+                expected = clean and (policy != "always" or bool(spec.get("oneshot")))
+                await self._record(ended, expected, restart, ended.reason)
                 if not restart:
                     if final == ServiceState.FATAL:
                         log.warning("service hit its start limit", extra={"service": self.name})
