@@ -452,3 +452,40 @@ def test_restart_storm_keeps_each_lives_lines_in_order(daemon: DaemonProcess) ->
         for pid, ns in by_life.items():
             assert ns == list(range(1, len(ns) + 1)), f"life {pid} lost lines: {ns[:10]}..."
         assert c.call("service.get", name="chatty")["dropped_log_lines"] == 0
+
+
+# -- 11. a oneshot that succeeds is an expected exit -------------------------------------
+
+
+def test_oneshot_success_with_restart_always_is_expected(daemon: DaemonProcess) -> None:
+    """A oneshot exiting 0 ends `exited` and its exit is expected, whatever the policy."""
+    with daemon.client() as c:
+        define(c, "once", ["true"], oneshot=True, restart="always", start_secs=0)
+        c.call("service.start", name="once")
+        wait_state(c, "once", "exited")
+        events = c.call("service.events", name="once")["events"]
+        assert len(events) == 1, events
+        assert events[0]["exit_code"] == 0 and events[0]["restarted"] is False, events
+        assert events[0]["expected"] is True, events
+
+
+# -- 12. SIGTERM of the daemon during a start that waits for what it requires ---------
+
+
+def test_sigterm_during_a_start_waiting_for_a_requirement(workdir: Path) -> None:
+    """The daemon stops promptly and cleanly, the start answers, no process is left."""
+    rng = random.Random(22)
+    for i in range(6):
+        d = DaemonProcess(workdir).start()
+        with d.client() as c:
+            define(c, "slowbase", ["sleep", "1000"], start_secs=3)
+            define(c, "needy", ["sleep", "1000"], requires=["slowbase"], start_secs=0.05)
+            call = functools.partial(one_call, d, "service.start", name="needy")
+            starter = answers_within(call, 15.0)
+            wait_state(c, "slowbase", "starting")
+            time.sleep(rng.uniform(0.0, 0.3))
+            began = time.monotonic()
+            assert d.stop() == 0, d.log()
+            assert time.monotonic() - began < 10.0, "the daemon took too long to stop"
+            joined(starter, "service.start")
+            wait_no_process(d, None, f"iteration {i}: every process to go", 3.0)
