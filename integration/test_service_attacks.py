@@ -293,7 +293,12 @@ def test_every_process_has_one_exit_with_the_right_flags(
         events = c.call("service.events", name="hist")["events"]
         pids = spawned.read_text().split()
         assert len(pids) <= 100, "too many lives for this test"
-        assert len(events) == len(pids), f"{len(pids)} processes, {len(events)} exits"
+        # A process stopped before its shell ran `echo` has an exit but no line: only
+        # those (expected, short) may be extra; none may be missing or doubled.
+        short = [e for e in events if e["expected"] and e["ran_s"] < 0.2]
+        assert len(pids) <= len(events) <= len(pids) + len(short), (len(pids), events)
+        started = [e["started_at"] for e in events]
+        assert len(set(started)) == len(started), "one process recorded twice"
         for e in events:
             if e["reason"] in ("stop", "restart"):
                 assert e["expected"] is True, e
