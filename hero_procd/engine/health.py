@@ -19,18 +19,22 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-async def run_check(check: dict[str, Any]) -> bool:
-    """Run one health check; True if it passed within its timeout."""
+async def run_check(check: dict[str, Any], env: dict[str, str] | None = None) -> bool:
+    """Run one health check; True if it passed within its timeout.
+
+    `env` is an exec check's environment: it carries the daemon's instance mark,
+    so that the recovery of a daemon killed by -9 finds a check left running.
+    """
     timeout = float(check.get("timeout_s", 5.0))
     try:
-        return await asyncio.wait_for(_run(check), timeout)
+        return await asyncio.wait_for(_run(check, env), timeout)
     except (TimeoutError, OSError):
         return False
 
 
-async def _run(check: dict[str, Any]) -> bool:
+async def _run(check: dict[str, Any], env: dict[str, str] | None) -> bool:
     if "exec" in check:
-        return await _exec_ok(list(check["exec"]))
+        return await _exec_ok(list(check["exec"]), env)
     if "tcp" in check:
         host, _, port = str(check["tcp"]).rpartition(":")
         _, writer = await asyncio.open_connection(host or "127.0.0.1", int(port))
@@ -45,7 +49,7 @@ async def _run(check: dict[str, Any]) -> bool:
     return False
 
 
-async def _exec_ok(argv: list[str]) -> bool:
+async def _exec_ok(argv: list[str], env: dict[str, str] | None = None) -> bool:
     """Run argv in a session of its own; exit 0 passes. Its group never outlives the check."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -53,6 +57,7 @@ async def _exec_ok(argv: list[str]) -> bool:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
         start_new_session=True,
+        env=env,
     )
     try:
         return await proc.wait() == 0

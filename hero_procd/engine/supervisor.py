@@ -43,6 +43,9 @@ class Supervisor:
         self.spawner = spawner
         self.instance = instance
         self.owners: dict[str, ServiceOwner] = {}
+        # Set by halt_all(forget=True): no owner may be made (no process started) until
+        # reopen(), so nothing spawns between a wipe's halt and its delete of the rows.
+        self._closed = False
         self.base_env = {
             k: v
             for k, v in os.environ.items()
@@ -87,8 +90,11 @@ class Supervisor:
     async def halt_all(self, *, forget: bool = False) -> None:
         """Stop every service process, dependents first, keeping desired states.
 
-        With `forget`, the owners are closed too (daemon stop, system.wipe_all).
+        With `forget`, the owners are closed too (daemon stop, system.wipe_all), each
+        ending any life begun meanwhile, and no new owner is made until `reopen`.
         """
+        if forget:
+            self._closed = True
         alive = {n for n, o in self.owners.items() if o.live}
         graph = _graph(await self.store.services.list(), with_after=True)
         order = dependency_order(graph, alive)
@@ -108,11 +114,19 @@ class Supervisor:
             for owner in owners:
                 await owner.close()
 
+    def reopen(self) -> None:
+        """After system.wipe_all: verbs are served again."""
+        self._closed = False
+
     # -- owners ----------------------------------------------------------------
     def owner(self, name: str) -> ServiceOwner:
-        """The owner of `name`, created on first use."""
+        """The owner of `name`, created on first use (refused while halted for good)."""
         owner = self.owners.get(name)
         if owner is None:
+            if self._closed:
+                raise InvalidState(
+                    "services are being stopped (daemon stop or system.wipe_all)", {"name": name}
+                )
             owner = self.owners[name] = ServiceOwner(self, name)
         return owner
 
@@ -173,13 +187,19 @@ class Supervisor:
     async def stop_service(self, name: str) -> None:
         """Stop a service, after the services that require it."""
         await self.store.services.get(name)
+        await self._stop_dependents(name, live_only=False)
+        await self.owner(name).call("stop")
+        # A dependent whose start was served after the pass above saw `name` still
+        # running and spawned: stop it now, or it runs without what it requires.
+        await self._stop_dependents(name, live_only=True)
+
+    async def _stop_dependents(self, name: str, *, live_only: bool) -> None:
         for dep in await self._dependents(name):
             owner = self.owners.get(dep)
             if owner is not None and owner.live:
                 await owner.call("stop")
-            else:
+            elif not live_only:
                 await self.store.services.set_desired(dep, "stopped")
-        await self.owner(name).call("stop")
 
     async def restart_service(self, name: str, wait_s: float = 0.0) -> None:
         """Stop the service's process (not its dependents) and start it again."""

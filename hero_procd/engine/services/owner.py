@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from hero_procd.engine import procs
 from hero_procd.engine.health import run_check
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import NotFound
+from hero_procd.errors import InvalidState, NotFound
 from hero_procd.model import CommandSpec, ServiceState, find_cycle, now
 
 if TYPE_CHECKING:
@@ -42,6 +42,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL_STATES = frozenset({ServiceState.STOPPED, ServiceState.EXITED, ServiceState.FATAL})
+
+
+def _closing(name: str) -> InvalidState:
+    return InvalidState(
+        "services are being stopped (daemon stop or system.wipe_all)", {"name": name}
+    )
 
 
 @dataclass
@@ -89,11 +95,14 @@ class ServiceOwner:
         self._captures: set[OutputCapture] = set()
         self._loaded = False
         self.retired = False
+        self._closed = False
         self._task = asyncio.get_running_loop().create_task(self._serve(), name=f"svc:{name}")
 
     # -- the command queue -------------------------------------------------------------
     async def call(self, verb: str, **args: Any) -> Any:
         """Queue a verb and wait for its answer (a cancelled caller does not undo it)."""
+        if self._closed:
+            raise _closing(self.name)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Command(verb, future, args))
         return await future
@@ -131,12 +140,27 @@ class ServiceOwner:
         self._loaded = True
 
     async def close(self) -> None:
-        """Daemon shutdown, after `halt`: stop serving (pending callers get CancelledError)."""
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        """Daemon shutdown or wipe, after `halt`: refuse new verbs, answer the queued ones,
+        end any life begun since (a start queued before the halt), then stop serving.
+
+        The verb in progress is let finish (cancelling it would leave its caller
+        unanswered, or a life it began unstopped); every queued one is answered
+        with InvalidState.
+        """
+        self._closed = True
         while not self._queue.empty():
-            self._queue.get_nowait().future.cancel()
+            cmd = self._queue.get_nowait()
+            if not cmd.future.done():
+                cmd.future.set_exception(_closing(self.name))
+        if not self._task.done():
+            halted: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._queue.put_nowait(Command("halt", halted))
+            with contextlib.suppress(Exception):
+                await halted
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._end_life("daemon stop")
 
     # -- verbs -------------------------------------------------------------------------
     async def _do_define(self, spec: dict[str, Any]) -> Any:
@@ -271,7 +295,10 @@ class ServiceOwner:
                         final = ServiceState.FATAL
                 else:
                     final = ServiceState.EXITED
-                await self._record(ended, clean and policy != "always", restart, ended.reason)
+                # A clean exit is expected unless the policy says it must not end (a
+                # oneshot is meant to end, whatever the policy).
+                expected = clean and (policy != "always" or bool(spec.get("oneshot")))
+                await self._record(ended, expected, restart, ended.reason)
                 if not restart:
                     if final == ServiceState.FATAL:
                         log.warning("service hit its start limit", extra={"service": self.name})
@@ -336,6 +363,11 @@ class ServiceOwner:
         env["HERO_PROC_SERVICE"] = self.name
         env[procs.INSTANCE_ENV] = self.sup.instance
         return env
+
+    def _check_env(self) -> dict[str, str]:
+        # The daemon's environment with its instance mark (not the service's own mark:
+        # a check is not a process of the service), found by recovery after a kill -9.
+        return {**self.sup.base_env, procs.INSTANCE_ENV: self.sup.instance}
 
     async def _run_once(self, spec: dict[str, Any]) -> tuple[bool, Exit | None]:
         """One process: (whether it reached running, how it ended or None if not spawned)."""
@@ -438,7 +470,7 @@ class ServiceOwner:
             while not exited.done() and not self._stop_life.is_set():
                 # The check is cancelled (its process group killed) if the process exits
                 # or a stop comes first.
-                probe = asyncio.ensure_future(run_check(check))
+                probe = asyncio.ensure_future(run_check(check, self._check_env()))
                 done, _ = await asyncio.wait(
                     {exited, stop, probe}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -465,7 +497,7 @@ class ServiceOwner:
         failures = 0
         while not exited.done():
             await asyncio.sleep(float(check["interval_s"]))
-            ok = await run_check(check)
+            ok = await run_check(check, self._check_env())
             failures = 0 if ok else failures + 1
             health = "healthy" if failures < int(check["retries"]) else "degraded"
             if health != self.health:

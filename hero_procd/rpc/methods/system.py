@@ -58,17 +58,22 @@ async def wipe_all(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if confirm is not True:
         raise InvalidParams("confirm", "must be true to wipe everything")
-    if app.supervisor is not None:
-        await app.supervisor.halt_all(forget=True)
-    if app.executor is None:
-        return {"deleted": await app.store.wipe_all(), "stopped_jobs": 0}
     try:
-        # Inside the try: whatever stop_all_jobs raises, its pause on claiming is undone.
-        stopped = await app.executor.stop_all_jobs()
-        deleted = await app.store.wipe_all()
+        if app.supervisor is not None:
+            # Refuses service verbs until reopen(): none may spawn before the rows go.
+            await app.supervisor.halt_all(forget=True)
+        if app.executor is None:
+            return {"deleted": await app.store.wipe_all(), "stopped_jobs": 0}
+        try:
+            # Inside the try: whatever stop_all_jobs raises, its pause on claiming is undone.
+            stopped = await app.executor.stop_all_jobs()
+            deleted = await app.store.wipe_all()
+        finally:
+            app.executor.resume()
+        return {"deleted": deleted, "stopped_jobs": stopped}
     finally:
-        app.executor.resume()
-    return {"deleted": deleted, "stopped_jobs": stopped}
+        if app.supervisor is not None:
+            app.supervisor.reopen()
 
 
 @rpc("rpc.discover")
