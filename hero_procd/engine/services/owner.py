@@ -281,7 +281,11 @@ class ServiceOwner:
                     or policy == "never"
                     or (policy == "on-failure" and clean)
                 )
-                fast_failures = 0 if reached else fast_failures + 1
+                # A life that reached running but lasted under a second (start_secs 0, say)
+                # is a fast failure too: an instant crash loop backs off whatever start_secs.
+                lived = ended.ran_s if ended.ran_s is not None else 0.0
+                stable = reached and lived >= max(1.0, float(spec.get("start_secs", 1.0)))
+                fast_failures = 0 if stable else fast_failures + 1
                 if restart:
                     t = time.monotonic()
                     restart_times.append(t)
