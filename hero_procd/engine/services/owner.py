@@ -174,6 +174,8 @@ class ServiceOwner:
         self.retired = False
         await self.store.services.set_desired(self.name, "running")
         if not self.live:
+            # Committed before the call answers: whoever reads next sees it starting.
+            await self._set_state(ServiceState.STARTING)
             self._begin_life(service.spec)
 
     async def _do_stop(self) -> None:
@@ -185,6 +187,7 @@ class ServiceOwner:
         service = await self.store.services.get(self.name)
         await self.store.services.set_desired(self.name, "running")
         await self._end_life("restart")
+        await self._set_state(ServiceState.STARTING)
         self._begin_life(service.spec)
 
     async def _do_halt(self) -> None:
