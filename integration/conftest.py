@@ -9,7 +9,7 @@ import pytest
 
 from hero_procd.client import Client
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
-from integration.helpers import daemon_running
+from integration.helpers import daemon_running, kill_leftovers
 
 
 @pytest.fixture
@@ -50,3 +50,14 @@ def serial(workdir: Path) -> Iterator[DaemonProcess]:
     """A daemon of its own that runs one job at a time."""
     with daemon_running(workdir, extra_args=["--max-parallel", "1"]) as proc:
         yield proc
+
+
+@pytest.fixture
+def started() -> Iterator[list[DaemonProcess]]:
+    """Daemons a test starts itself; any still running at the end are killed, with their jobs."""
+    procs: list[DaemonProcess] = []
+    yield procs
+    for proc in procs:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()
+        kill_leftovers(proc.db_path)

@@ -10,24 +10,12 @@ from __future__ import annotations
 import grp
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from integration.daemon_proc import DaemonProcess
-from integration.helpers import kill_leftovers, refused
-
-
-@pytest.fixture
-def started() -> Iterator[list[DaemonProcess]]:
-    """Daemons a test starts itself; any still running at the end are killed."""
-    procs: list[DaemonProcess] = []
-    yield procs
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
-        kill_leftovers(proc.db_path)
+from integration.helpers import refused
 
 
 def mode(path: Path) -> int:

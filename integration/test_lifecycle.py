@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,16 +53,6 @@ class EnvDaemon(DaemonProcess):
     def argv(self) -> list[str]:
         """The command line, with no path flags."""
         return [sys.executable, "-m", "hero_procd.daemon"]
-
-
-@pytest.fixture
-def started() -> Iterator[list[DaemonProcess]]:
-    """Daemons a test starts itself; any still running at the end are killed."""
-    procs: list[DaemonProcess] = []
-    yield procs
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
 
 
 # -- shutdown --------------------------------------------------------------------------

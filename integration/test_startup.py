@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from integration.daemon_proc import DaemonProcess
 from integration.helpers import (
     finish,
     gate_script,
-    kill_leftovers,
     refused,
     sh,
     submit,
@@ -41,17 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "systemd" / "hero-procd.service"
 # The issue's bound: a database the daemon cannot use ends the start within 5 s.
 REFUSE_WITHIN_S = 5.0
-
-
-@pytest.fixture
-def started() -> Iterator[list[DaemonProcess]]:
-    """Daemons a test starts itself; any still running at the end are killed, with their jobs."""
-    procs: list[DaemonProcess] = []
-    yield procs
-    for proc in procs:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
-        kill_leftovers(proc.db_path)
 
 
 def job_rows(db: Path) -> dict[int, str]:

@@ -59,17 +59,23 @@ class OutputCapture:
             self._close(fd, time.time())
 
     def _drain(self, fd: int) -> None:
-        while fd in self._streams:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            if not data:
-                self._close(fd, time.time())
-                return
-            self._take(fd, data, time.time())
+        while fd in self._streams and self._read_once(fd):
+            pass
+
+    def _read_once(self, fd: int) -> bool:
+        """Read one chunk of a pipe into lines; False when nothing more is there now."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        ts = time.time()
+        if not data:
+            self._close(fd, ts)
+            return False
+        self._take(fd, data, ts)
+        return True
 
     def _emit(self, stream: str, raw: bytes, ts: float) -> None:
         if raw.endswith(b"\r"):
@@ -91,17 +97,8 @@ class OutputCapture:
         self._partial[fd] = rest
 
     def _on_readable(self, fd: int) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        if not self._read_once(fd):
             return
-        except OSError:
-            data = b""
-        ts = time.time()
-        if not data:
-            self._close(fd, ts)
-            return
-        self._take(fd, data, ts)
         if not self._paused and self.flusher.log_pressure():
             self._paused = True
             loop = asyncio.get_running_loop()
