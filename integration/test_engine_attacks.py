@@ -7,11 +7,8 @@ happened" after a fixed sleep.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +30,7 @@ from integration.helpers import (
     wait_for,
     wait_running,
 )
+from tests.tmpfs import fill, tiny_tmpfs
 
 
 def test_graceful_stop_never_reruns_a_job_that_ignored_sigterm_and_succeeded(
@@ -171,33 +169,8 @@ def test_a_cancel_during_a_retry_backoff_never_lets_a_later_attempt_run_cancelle
 @pytest.fixture
 def tiny_dir() -> Iterator[Path]:
     """A 4 MiB tmpfs under /tmp (root only), for a database that runs out of space."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs")
-    where = Path(f"/tmp/hpfull{os.getpid()}")
-    where.mkdir(exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with tiny_tmpfs(Path(f"/tmp/hpfull{os.getpid()}"), "4m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-        with contextlib.suppress(OSError):
-            where.rmdir()
-
-
-def _fill(where: Path) -> Path:
-    filler = where / "filler"
-    fd = os.open(filler, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 4096)
-    finally:
-        os.close(fd)
-    return filler
 
 
 def test_a_full_disk_is_answered_precisely_and_nothing_is_lost_when_space_returns(
@@ -222,7 +195,7 @@ def test_a_full_disk_is_answered_precisely_and_nothing_is_lost_when_space_return
                 )
                 for _ in range(4)
             ]
-            filler = _fill(tiny_dir)
+            filler = fill(tiny_dir)
             errors: list[str] = []
             deadline = time.monotonic() + 10
             while not errors and time.monotonic() < deadline:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import sqlite3
-import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +22,7 @@ from hero_procd.errors import StorageError
 from hero_procd.store import Store
 from hero_procd.store.pool import Conn
 from tests.conftest import run_with_store
+from tests.tmpfs import fill, tiny_tmpfs
 
 T = TypeVar("T")
 
@@ -206,32 +204,8 @@ def test_close_with_a_unit_that_never_returns_is_bounded(db_path: Path) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs (root only), unmounted after the test."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs")
-    where = tmp_path / "tiny"
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with tiny_tmpfs(tmp_path / "tiny", "2m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def _fill(where: Path) -> Path:
-    """Fill the file system; the filler file (delete it to give the space back)."""
-    filler = where / "filler"
-    fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 4096)
-    finally:
-        os.close(fd)
-    return filler
 
 
 @pytest.mark.parametrize("group", [1, 3], ids=["alone", "in-a-group"])
@@ -244,7 +218,7 @@ def test_a_full_disk_is_told_precisely_and_the_writer_recovers(tiny_fs: Path, gr
         await store.pool.write(_make_table)
         await store.pool.write(_insert(1))
         await store.checkpoint()
-        filler = _fill(tiny_fs)
+        filler = fill(tiny_fs)
 
         def big(conn: Conn) -> None:
             # Several pages more than the page cache holds: spills to the WAL mid-unit.
