@@ -173,6 +173,7 @@ def test_lines_of_a_job_paused_by_backpressure_are_all_kept(workdir: Path) -> No
     # the bound: those lines are dropped, and counted).
     env = {"HERO_PROC_LOG_BUFFER_LINES": "20000"}
     with daemon_running(workdir, env=env) as proc, proc.client() as c:
+        dropped_total = 0
         for total in (3001, 90_001):  # under the per-owner cap (100,000): nothing trimmed
             job_id = submit(c, command=sh(f"seq 1 {total}"))
             job = finish(c, job_id)
@@ -186,6 +187,9 @@ def test_lines_of_a_job_paused_by_backpressure_are_all_kept(workdir: Path) -> No
             assert numbers[-1] == total  # the tail (a crash's last words) is never the loss
             if total == 3001:
                 assert job["dropped_log_lines"] == 0
+            dropped_total += job["dropped_log_lines"]
+        # The per-owner counts add up to what system.info reports (kept across restarts).
+        assert c.call("system.info")["dropped_log_lines_total"] == dropped_total
 
 
 def test_retries_never_reuse_a_sequence_number(c: Client) -> None:
