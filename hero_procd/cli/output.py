@@ -1,19 +1,23 @@
 """Plain text for people: aligned tables, key/value details, durations and sizes.
 
-click is imported only to colour a terminal's output, so the fast path of
-`hero-proc status` into a pipe never loads it.
+Imported by the fast path of `hero-proc status` (`hero_procd.cli.fast`), so it
+loads only what the interpreter has already loaded (os, sys, time): no click
+(colours are written as ANSI codes here), no typing, no orjson at import.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any
 
-import orjson
+# Not `from typing import TYPE_CHECKING`: importing typing costs the fast path ~3 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import IO, Any
+
+    Painter = Callable[[str], str | None]
 
 # Colour of a service state (or health) in a terminal: a click colour, or "dim".
 STATE_COLOURS: dict[str, str] = {
@@ -28,7 +32,9 @@ STATE_COLOURS: dict[str, str] = {
     "degraded": "red",
 }
 
-Painter = Callable[[str], str | None]
+# The SGR codes click.style writes for these colours (a test holds them equal), so
+# that a terminal's table needs no click.
+_SGR = {"dim": 2, "red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36}
 
 
 def use_colour(stream: IO[str] | None = None) -> bool:
@@ -71,11 +77,8 @@ def table(
 
 
 def _styled(text: str, colour: str) -> str:
-    from click import style  # only for a terminal: a pipe never pays for click
-
-    if colour == "dim":
-        return style(text, dim=True)
-    return style(text, fg=colour)
+    """`text` in a colour of `_SGR` (or `dim`), as click.style would write it."""
+    return f"\x1b[{_SGR[colour]}m{text}\x1b[0m"
 
 
 def details(obj: Mapping[str, Any], *, skip: frozenset[str] = frozenset()) -> str:
@@ -111,8 +114,12 @@ def value_text(key: str, value: Any) -> str:
         return str(value)
     if isinstance(value, list):
         if any(isinstance(v, dict | list) for v in value):
+            import orjson
+
             return orjson.dumps(value).decode()  # a run's jobs, say: JSON reads best
         if key in ("command", "interpreter", "exec"):
+            import shlex
+
             return shlex.join(str(v) for v in value)
         return ", ".join(str(v) for v in value) if value else "-"
     if isinstance(value, dict):
@@ -158,6 +165,8 @@ def percent(p: float | None) -> str:
 
 def command_text(obj: Mapping[str, Any], limit: int = 60) -> str:
     """What a job, action or service runs, in one short line."""
+    import shlex
+
     if obj.get("action"):
         text = f"action {obj['action']}"
     elif obj.get("command"):
