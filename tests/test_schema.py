@@ -111,6 +111,7 @@ TRIGGERS: dict[str, dict[str, list[Call]]] = {
         "job.logs": [("job.logs", {"id": 999})],
         "run.submit": [("run.submit", {"jobs": [{"key": "a", "action": "missing"}]})],
         "run.get": [("run.get", {"id": 999})],
+        "run.wait": [("run.wait", {"id": 999, "timeout_s": 0})],
         "run.cancel": [("run.cancel", {"id": 999})],
         "service.get": [("service.get", {"name": "missing"})],
         "service.status": [("service.status", {"name": "missing"})],

@@ -44,6 +44,8 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", 
 _DRAIN_AFTER_EXIT_S = 2.0
 # How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
 _CLAIM_COALESCE_S = 0.003
+# A run waiter reads its run again at least this often (a safety net: ends wake it).
+RUN_WAIT_RECHECK_S = 2.0
 
 
 def instance_id(db_path: str) -> str:
@@ -405,6 +407,44 @@ class Executor:
                 if not waiters:
                     del self._waiters[job_id]
         return await self.jobs.get(job_id)
+
+    async def wait_run(self, run_id: int, timeout_s: float) -> None:
+        """Until every job of the run is terminal, `timeout_s` has passed or we stop.
+
+        Woken by any of its jobs ending (the waiters of `wait`), then the run is read
+        again: the database says when it is done, never a count kept here.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not self._stopped.is_set():
+            _, jobs, _ = await self.store.runs.get(run_id)
+            pending = {j.id for j in jobs if j.status not in TERMINAL_JOB_STATES}
+            remaining = deadline - loop.time()
+            if not pending or remaining <= 0:
+                return
+            fut: asyncio.Future[None] = loop.create_future()
+            for job_id in pending:
+                self._waiters.setdefault(job_id, []).append(fut)
+            try:
+                _, jobs, _ = await self.store.runs.get(run_id)  # one may have ended meanwhile
+                if any(j.id in pending and j.status in TERMINAL_JOB_STATES for j in jobs):
+                    continue
+                stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
+                try:
+                    await asyncio.wait(
+                        [fut, stopped],
+                        timeout=min(remaining, RUN_WAIT_RECHECK_S),
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                finally:
+                    stopped.cancel()
+            finally:
+                for job_id in pending:
+                    waiters = self._waiters.get(job_id)
+                    if waiters is not None and fut in waiters:
+                        waiters.remove(fut)
+                        if not waiters:
+                            del self._waiters[job_id]
 
     async def cancel(self, job_id: int) -> str:
         """Cancel any job not yet finished: 'cancelled' at once, or 'cancelling' (a process)."""

@@ -79,6 +79,22 @@ WHERE id > :after_id
   AND (:run_id IS NULL OR run_id = :run_id)
 ORDER BY id LIMIT :limit
 
+-- job_list_desc --
+-- A page of jobs newest first (ids below :before_id), optionally by status and run.
+SELECT * FROM jobs
+WHERE id < :before_id
+  AND (:status IS NULL OR status = :status)
+  AND (:run_id IS NULL OR run_id = :run_id)
+ORDER BY id DESC LIMIT :limit
+
+-- job_list_by_tag_desc --
+-- A page of jobs carrying a tag, newest first (ids below :before_id).
+SELECT j.* FROM job_tags t JOIN jobs j ON j.id = t.job_id
+WHERE t.tag = :tag AND t.job_id < :before_id
+  AND (:status IS NULL OR j.status = :status)
+  AND (:run_id IS NULL OR j.run_id = :run_id)
+ORDER BY t.job_id DESC LIMIT :limit
+
 -- job_list_by_tag --
 -- A page of jobs carrying a tag, in id order, optionally by status and run.
 SELECT j.* FROM job_tags t JOIN jobs j ON j.id = t.job_id
@@ -134,6 +150,14 @@ WHERE id > :after_id
   AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = :tag))
 ORDER BY id LIMIT :limit
 
+-- run_list_desc --
+-- A page of runs newest first (ids below :before_id), optionally by status and tag.
+SELECT * FROM runs
+WHERE id < :before_id
+  AND (:status IS NULL OR status = :status)
+  AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = :tag))
+ORDER BY id DESC LIMIT :limit
+
 -- run_delete_empty --
 -- Delete those of a chunk of runs that have no job left.
 DELETE FROM runs
@@ -174,10 +198,18 @@ FROM services WHERE name = ?
 INSERT INTO log_lines (owner_kind, owner_id, seq, stream, ts, text) VALUES (?, ?, ?, ?, ?, ?)
 
 -- log_read --
--- A page of an owner's log lines after a sequence number.
+-- A page of an owner's log lines after a sequence number (and at or after a time).
 SELECT seq, stream, ts, text FROM log_lines
-WHERE owner_kind = ? AND owner_id = ? AND seq > ?
-ORDER BY seq LIMIT ?
+WHERE owner_kind = :kind AND owner_id = :owner AND seq > :after_seq
+  AND (:since IS NULL OR ts >= :since)
+ORDER BY seq LIMIT :limit
+
+-- log_tail_start --
+-- The seq just before an owner's last :tail lines after :after_seq (and at or after :since).
+SELECT seq FROM log_lines
+WHERE owner_kind = :kind AND owner_id = :owner AND seq > :after_seq
+  AND (:since IS NULL OR ts >= :since)
+ORDER BY seq DESC LIMIT 1 OFFSET :tail
 
 -- log_last_seq --
 -- The last sequence number of an owner's log lines.

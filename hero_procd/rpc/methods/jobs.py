@@ -16,7 +16,7 @@ from hero_procd.model import (
     parse_job_request,
 )
 from hero_procd.offload import offload
-from hero_procd.params import Params
+from hero_procd.params import INT64_MAX, Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store import MAX_BATCH_ITEMS, BatchResult
 from hero_procd.store.logs import to_wire
@@ -47,18 +47,46 @@ async def job_get(app: App, p: Params) -> dict[str, Any]:
 
 @rpc("job.list")
 async def job_list(app: App, p: Params) -> dict[str, Any]:
-    """A page of jobs in id order; pass `next_after_id` back as `after_id` for the next page."""
+    """A page of jobs in id order; pass `next_after_id` back as `after_id` for the next page.
+
+    `order: "desc"` gives the newest first; its next page is `before_id: next_before_id`.
+    """
     status = p.choice("status", tuple(s.value for s in JobStatus))
     tag = p.text("tag")
     run_id = p.integer("run_id", minimum=1)
     limit = p.integer("limit", default=100, minimum=1, maximum=MAX_PAGE) or 100
-    after_id = p.integer("after_id", default=0, minimum=0) or 0
+    order, after_id, before_id = page_order(p)
     p.finish()
     # Built and serialised off the loop in one go, handed to the answer as it is.
     blob, count, last_id = await app.store.jobs.list_json(
-        status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
+        status=status,
+        tag=tag,
+        run_id=run_id,
+        limit=limit,
+        after_id=after_id,
+        before_id=before_id,
+        newest_first=order == "desc",
     )
-    return {"jobs": orjson.Fragment(blob), "next_after_id": last_id if count == limit else None}
+    return {"jobs": orjson.Fragment(blob), **next_page(order, last_id if count == limit else None)}
+
+
+def page_order(p: Params) -> tuple[str, int, int]:
+    """(order, after_id, before_id) of a list call: `after_id` pages up, `before_id` down."""
+    order = p.choice("order", ("asc", "desc"), default="asc") or "asc"
+    after_id = p.integer("after_id", minimum=0)
+    before_id = p.integer("before_id", minimum=1)
+    if order == "asc" and before_id is not None:
+        raise InvalidParams("before_id", 'goes with order "desc" (use after_id)')
+    if order == "desc" and after_id is not None:
+        raise InvalidParams("after_id", 'goes with order "asc" (use before_id)')
+    return order, after_id or 0, before_id if before_id is not None else INT64_MAX
+
+
+def next_page(order: str, last_id: int | None) -> dict[str, int | None]:
+    """Where the next page starts: `next_after_id` (and `next_before_id` when newest first)."""
+    if order == "desc":
+        return {"next_after_id": None, "next_before_id": last_id}
+    return {"next_after_id": last_id}
 
 
 @rpc("job.clean_by_tag")
@@ -133,12 +161,16 @@ async def job_logs(app: App, p: Params) -> dict[str, Any]:
     job_id = p.req_integer("id", minimum=1)
     after_seq = p.integer("after_seq", default=0, minimum=0) or 0
     limit = p.integer("limit", default=1000, minimum=1, maximum=MAX_PAGE) or 1000
+    since = p.number("since", minimum=0)
+    tail = p.integer("tail", minimum=0)
     p.finish()
     job = await app.store.jobs.get(job_id)  # status first: a finished job's lines are all written
-    lines = await app.store.logs.read("job", str(job_id), after_seq, limit)
+    lines, start = await app.store.logs.page(
+        "job", str(job_id), after_seq, limit, since=since, tail=tail
+    )
     return {
         "lines": to_wire(lines),
-        "next_seq": lines[-1].seq if lines else after_seq,
+        "next_seq": lines[-1].seq if lines else start,
         "done": job.status in TERMINAL_JOB_STATES and len(lines) < limit,
         "status": job.status,
     }
