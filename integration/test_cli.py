@@ -151,10 +151,13 @@ def test_job_submit_get_list(daemon: DaemonProcess) -> None:
     assert (job["timeout_s"], job["retries"]) == (9.0, 1)
     assert "command" in ok(hero_proc(daemon.socket_path, "job", "get", str(job_id)))
 
+    # Newest first unless asked otherwise; --oldest-first and --after-id page up.
     tagged = ok_json(hero_proc(daemon.socket_path, "--json", "job", "list", "--tag", "cli"))
-    assert [j["id"] for j in tagged["jobs"]] == [job_id, job_id + 1]
-    assert tagged["jobs"][1]["action"] == "hello"
-    page = ok_json(hero_proc(daemon.socket_path, "--json", "job", "list", "--limit", "2"))
+    assert [j["id"] for j in tagged["jobs"]] == [job_id + 1, job_id]
+    assert tagged["jobs"][0]["action"] == "hello"
+    page = ok_json(
+        hero_proc(daemon.socket_path, "--json", "job", "list", "--oldest-first", "--limit", "2")
+    )
     assert [j["id"] for j in page["jobs"]] == [job_id, job_id + 1]
     assert page["next_after_id"] == job_id + 1
     rest = hero_proc(daemon.socket_path, "job", "list", "--after-id", str(job_id + 1))
@@ -204,7 +207,7 @@ def test_run_submit_from_file_and_stdin(daemon: DaemonProcess, workdir: Path) ->
         ["build", str(ids["build"]), status["build"], "fetch"],
         ["test", str(ids["test"]), status["test"], "build,", "fetch"],
     ]
-    listed = rows_of(ok(hero_proc(daemon.socket_path, "run", "list")))
+    listed = rows_of(ok(hero_proc(daemon.socket_path, "run", "list", "--oldest-first")))
     assert [row[0] for row in listed] == [str(from_file), str(from_file + 1)]
     assert listed[0][1] == "pipeline"
 

@@ -14,6 +14,7 @@ import click
 from hero_procd import __version__
 from hero_procd.cli import output
 from hero_procd.cli.jobs import group, job, run
+from hero_procd.cli.logs import logs
 from hero_procd.cli.options import (
     argv_argument,
     cwd_option,
@@ -179,7 +180,7 @@ def status(s: Session) -> None:
     s.show(s.call("service.status_all"), lambda r: output.status_table(r, colour=colour))
 
 
-for subgroup in (job, run, group, service, schedule, secret):
+for subgroup in (job, run, group, service, schedule, secret, logs):
     cli.add_command(subgroup)
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
 
 import click
 import orjson
 
 from hero_procd.cli import output
+from hero_procd.cli.logs import first_page_params, log_options
 from hero_procd.cli.options import (
     argv_argument,
     cwd_option,
@@ -41,6 +43,7 @@ FOLLOW_IDLE_S = 1.0
 FOLLOW_BUSY_S = 0.25
 LOG_PAGE = 2000
 POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def job_exit_code(job: dict[str, Any]) -> int:
@@ -76,21 +79,27 @@ def print_job_logs(
     *,
     follow: bool = False,
     timeout_s: float | None = None,
+    tail: int | None = None,
+    since: float | None = None,
+    timestamps: bool = False,
 ) -> dict[str, Any]:
     """Print the job's lines after `after_seq` (all of them, or until it is done); the last page.
 
     Lines go to stdout or stderr as they were written; with --json each page is one
-    line of JSON. A follower polls with `job.wait`, so it returns as soon as the job ends.
+    line of JSON. `tail` and `since` shape the first page (the daemon skips what comes
+    before). A follower polls with `job.wait`, so it returns as soon as the job ends.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    first = first_page_params(tail, since)
     while True:
-        params = {"id": job_id, "after_seq": after_seq, "limit": LOG_PAGE}
+        params = {"id": job_id, "after_seq": after_seq, "limit": LOG_PAGE, **first}
+        first = {}
         page: dict[str, Any] = s.call("job.logs", params)
         if s.as_json:
             sys.stdout.write(orjson.dumps(page).decode() + "\n")
             sys.stdout.flush()
         else:
-            output.write_log_lines(page["lines"])
+            output.write_log_lines(page["lines"], timestamps=timestamps)
         after_seq = page["next_seq"]
         full = len(page["lines"]) >= LOG_PAGE
         if page["done"] or (not follow and not full):
@@ -212,12 +221,73 @@ def _exit_text(j: dict[str, Any]) -> str:
     return "-" if j.get("exit_code") is None else str(j["exit_code"])
 
 
+def list_order_options(fn: F) -> F:
+    """--last, --limit, --after-id, --before-id and --oldest-first of `job list` and `run list`."""
+    for option in reversed(
+        (
+            click.option(
+                "--last",
+                type=click.IntRange(min=1),
+                metavar="N",
+                help="The newest N, newest first (the default order; N defaults to 100).",
+            ),
+            click.option(
+                "--limit", type=click.IntRange(min=1), help="At most this many (default 100)."
+            ),
+            click.option(
+                "--oldest-first", is_flag=True, help="Oldest first (paged with --after-id)."
+            ),
+            click.option(
+                "--after-id",
+                type=click.IntRange(min=0),
+                help="Oldest first, ids above this (paging).",
+            ),
+            click.option(
+                "--before-id",
+                type=click.IntRange(min=1),
+                help="Newest first, ids below this (paging).",
+            ),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+def list_order_params(
+    last: int | None,
+    limit: int | None,
+    oldest_first: bool,
+    after_id: int | None,
+    before_id: int | None,
+) -> dict[str, Any]:
+    """The paging params of a list: newest first unless --oldest-first or --after-id."""
+    ascending = oldest_first or after_id is not None
+    if ascending and (last is not None or before_id is not None):
+        raise click.UsageError(
+            "--last and --before-id list newest first; --oldest-first and "
+            "--after-id oldest first: give one order"
+        )
+    if last is not None and limit is not None and last != limit:
+        raise click.UsageError("give --last N or --limit N, not both")
+    count = last if last is not None else limit
+    if ascending:
+        return present(limit=count, after_id=after_id)
+    return {"order": "desc", **present(limit=count, before_id=before_id)}
+
+
+def more_hint(result: dict[str, Any]) -> None:
+    """On stderr, how to get the next page, if there is one (not with --json)."""
+    if result.get("next_before_id") is not None:
+        click.echo(f"(more: --before-id {result['next_before_id']})", err=True)
+    elif result.get("next_after_id") is not None:
+        click.echo(f"(more: --after-id {result['next_after_id']})", err=True)
+
+
 @job.command("list")
 @click.option("--status", help="Only jobs in this status (queued, running, succeeded, ...).")
 @click.option("--tag", help="Only jobs with this tag.")
 @click.option("--run-id", type=click.IntRange(min=1), help="Only the jobs of this run.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (default 100).")
-@click.option("--after-id", type=click.IntRange(min=0), help="Only ids above this (paging).")
+@list_order_options
 @json_option
 @click.pass_obj
 def job_list(
@@ -225,11 +295,17 @@ def job_list(
     status: str | None,
     tag: str | None,
     run_id: int | None,
+    last: int | None,
     limit: int | None,
+    oldest_first: bool,
     after_id: int | None,
+    before_id: int | None,
 ) -> None:
-    """List jobs in id order, a page at a time."""
-    params = present(status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id)
+    """List jobs, newest first (--oldest-first or --after-id: oldest first), a page at a time."""
+    params = {
+        **present(status=status, tag=tag, run_id=run_id),
+        **list_order_params(last, limit, oldest_first, after_id, before_id),
+    }
     result = s.call("job.list", params)
 
     def human(r: dict[str, Any]) -> str:
@@ -250,8 +326,8 @@ def job_list(
         return output.table(headers, rows, right=frozenset({0, 2, 3, 4}))
 
     s.show(result, human)
-    if not s.as_json and result.get("next_after_id") is not None:
-        click.echo(f"(more: --after-id {result['next_after_id']})", err=True)
+    if not s.as_json:
+        more_hint(result)
 
 
 @job.command("logs")
@@ -264,14 +340,25 @@ def job_list(
     metavar="N",
     help="Only the lines after line N.",
 )
+@log_options
 @json_option
 @click.pass_obj
-def job_logs(s: Session, job_id: int, follow: bool, after_seq: int) -> None:
+def job_logs(
+    s: Session,
+    job_id: int,
+    follow: bool,
+    after_seq: int,
+    tail: int | None,
+    since: float | None,
+    timestamps: bool,
+) -> None:
     """Print the job's output: stdout lines to stdout, stderr lines to stderr.
 
     With --json, each page of `job.logs` is one line of JSON.
     """
-    print_job_logs(s, job_id, after_seq, follow=follow)
+    print_job_logs(
+        s, job_id, after_seq, follow=follow, tail=tail, since=since, timestamps=timestamps
+    )
 
 
 @job.command("cancel")
@@ -393,15 +480,25 @@ def run_get(s: Session, run_id: int) -> None:
 @run.command("list")
 @click.option("--status", help="Only runs in this status.")
 @click.option("--tag", help="Only runs with this tag.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (default 100).")
-@click.option("--after-id", type=click.IntRange(min=0), help="Only ids above this (paging).")
+@list_order_options
 @json_option
 @click.pass_obj
 def run_list(
-    s: Session, status: str | None, tag: str | None, limit: int | None, after_id: int | None
+    s: Session,
+    status: str | None,
+    tag: str | None,
+    last: int | None,
+    limit: int | None,
+    oldest_first: bool,
+    after_id: int | None,
+    before_id: int | None,
 ) -> None:
-    """List runs in id order, a page at a time."""
-    result = s.call("run.list", present(status=status, tag=tag, limit=limit, after_id=after_id))
+    """List runs, newest first (--oldest-first or --after-id: oldest first), a page at a time."""
+    params = {
+        **present(status=status, tag=tag),
+        **list_order_params(last, limit, oldest_first, after_id, before_id),
+    }
+    result = s.call("run.list", params)
 
     def human(r: dict[str, Any]) -> str:
         rows = [
@@ -419,8 +516,8 @@ def run_list(
         return output.table(headers, rows, right=frozenset({0}))
 
     s.show(result, human)
-    if not s.as_json and result.get("next_after_id") is not None:
-        click.echo(f"(more: --after-id {result['next_after_id']})", err=True)
+    if not s.as_json:
+        more_hint(result)
 
 
 @run.command("cancel")

@@ -202,8 +202,29 @@ def status_table(result: Mapping[str, Any], *, colour: bool) -> str:
     )
 
 
-def write_log_lines(lines: Sequence[Mapping[str, Any]]) -> None:
-    """Each line's text alone: stdout lines to stdout, stderr lines to stderr, in order."""
+def rfc3339(ts: float) -> str:
+    """A Unix time as RFC 3339 local time with milliseconds: `2026-11-30T08:15:02.123+01:00`."""
+    from datetime import datetime
+
+    return datetime.fromtimestamp(ts).astimezone().isoformat(timespec="milliseconds")
+
+
+def paint(text: str, colour: str) -> str:
+    """`text` in a terminal colour (a key of the SGR table: green, dim, ...)."""
+    return _styled(text, colour)
+
+
+def write_log_lines(
+    lines: Sequence[Mapping[str, Any]],
+    *,
+    timestamps: bool = False,
+    prefix: Callable[[Mapping[str, Any]], str] | None = None,
+) -> None:
+    """Each line's text: stdout lines to stdout, stderr lines to stderr, in order.
+
+    `timestamps` puts the line's time first (`rfc3339`); `prefix(line)` goes before
+    all of it (the owner's label in a merged view).
+    """
     if not lines:
         return
     current = None
@@ -213,7 +234,12 @@ def write_log_lines(lines: Sequence[Mapping[str, Any]]) -> None:
             if current is not None:
                 current.flush()  # keep the order where both streams reach one terminal
             current = out
-        out.write(line["text"] + "\n")
+        text = line["text"]
+        if timestamps:
+            text = f"{rfc3339(line['ts'])} {text}"
+        if prefix is not None:
+            text = prefix(line) + text
+        out.write(text + "\n")
     assert current is not None
     current.flush()
 

@@ -14,6 +14,7 @@ import click
 import orjson
 
 from hero_procd.cli import output
+from hero_procd.cli.logs import first_page_params, log_options
 from hero_procd.cli.options import (
     argv_argument,
     cwd_option,
@@ -397,25 +398,35 @@ def service_events(s: Session, name: str, limit: int) -> None:
     metavar="N",
     help="Only the lines after line N.",
 )
+@log_options
 @click.option("--max-wait", type=POSITIVE_SECONDS, hidden=True, help="Stop following after S.")
 @json_option
 @click.pass_obj
 def service_logs(
-    s: Session, name: str, follow: bool, after_seq: int, max_wait: float | None
+    s: Session,
+    name: str,
+    follow: bool,
+    after_seq: int,
+    tail: int | None,
+    since: float | None,
+    timestamps: bool,
+    max_wait: float | None,
 ) -> None:
     """Print the service's output: stdout lines to stdout, stderr lines to stderr.
 
     With --json, each page of `service.logs` is one line of JSON.
     """
     deadline = None if max_wait is None else time.monotonic() + max_wait
+    first = first_page_params(tail, since)
     while True:
-        params = {"name": name, "after_seq": after_seq, "limit": LOG_PAGE}
+        params = {"name": name, "after_seq": after_seq, "limit": LOG_PAGE, **first}
+        first = {}
         page = s.call("service.logs", params)
         if s.as_json:
             sys.stdout.write(orjson.dumps(page).decode() + "\n")
             sys.stdout.flush()
         else:
-            output.write_log_lines(page["lines"])
+            output.write_log_lines(page["lines"], timestamps=timestamps)
         after_seq = page["next_seq"]
         if len(page["lines"]) >= LOG_PAGE:
             continue
