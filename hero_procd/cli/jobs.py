@@ -37,6 +37,8 @@ from hero_procd.cli.session import EXIT_ERROR, CliError, Session, WaitTimeout
 
 # One job.wait call waits at most this long; a longer wait is a loop of them.
 WAIT_STEP_S = 30.0
+# ...and this long when a progress line on a terminal is redrawn after each.
+PROGRESS_STEP_S = 0.5
 # A follower waits this long for the job's end when no new line has come...
 FOLLOW_IDLE_S = 1.0
 # ...and this long after a short page, so a chatty job costs a few calls a second.
@@ -56,20 +58,58 @@ def job_exit_code(job: dict[str, Any]) -> int:
     return 1
 
 
-def wait_for_job(s: Session, job_id: int, timeout_s: float | None) -> dict[str, Any]:
-    """The job once it is done (`job.wait` in bounded steps); WaitTimeout past `timeout_s`."""
+def wait_for_job(
+    s: Session, job_id: int, timeout_s: float | None, *, live: bool = False
+) -> dict[str, Any]:
+    """The job once it is done (`job.wait` in bounded steps); WaitTimeout past `timeout_s`.
+
+    With `live`, a progress line on stderr while waiting, when stderr is a terminal.
+    """
+    progress = output.Progress(f"job {job_id}") if live else None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        step = WAIT_STEP_S
-        if deadline is not None:
-            step = min(step, max(0.0, deadline - time.monotonic()))
-        job: dict[str, Any] = s.call("job.wait", {"id": job_id, "timeout_s": step}, wait_s=step)
-        if job["done"]:
-            return job
-        if deadline is not None and time.monotonic() >= deadline:
-            # Exit 124 (like timeout(1)), never 1: a job that failed with 1 must stay
-            # distinguishable from a wait that merely gave up.
-            raise WaitTimeout(f"job {job_id} is still {job['status']} after {timeout_s:g}s")
+    try:
+        while True:
+            step = PROGRESS_STEP_S if progress is not None and progress.enabled else WAIT_STEP_S
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            job: dict[str, Any] = s.call("job.wait", {"id": job_id, "timeout_s": step}, wait_s=step)
+            if job["done"]:
+                return job
+            if progress is not None:
+                progress.update(0, 1, job["status"])
+            if deadline is not None and time.monotonic() >= deadline:
+                # Exit 124 (like timeout(1)), never 1: a job that failed with 1 must stay
+                # distinguishable from a wait that merely gave up.
+                raise WaitTimeout(f"job {job_id} is still {job['status']} after {timeout_s:g}s")
+    finally:
+        if progress is not None:
+            progress.clear()
+
+
+def wait_for_run(s: Session, run_id: int, timeout_s: float | None) -> dict[str, Any]:
+    """The run once all its jobs ended (`run.wait` in steps), a progress line on a terminal."""
+    progress = output.Progress(f"run {run_id}")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while True:
+            step = PROGRESS_STEP_S if progress.enabled else WAIT_STEP_S
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            run: dict[str, Any] = s.call("run.wait", {"id": run_id, "timeout_s": step}, wait_s=step)
+            if run["done"]:
+                return run
+            counts = run["counts"]
+            done = sum(n for k, n in counts.items() if k not in ("queued", "running"))
+            progress.update(done, len(run["jobs"]), output.counts_text(counts))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"run {run_id} is still {run['status']} after {timeout_s:g}s")
+    finally:
+        progress.clear()
+
+
+def run_status_line(run: dict[str, Any]) -> str:
+    """`run 3 failed: 2 succeeded, 1 failed, 1 skipped`, a finished run in one line."""
+    return f"run {run['id']} {run['status']}: {output.counts_text(run['counts']) or 'no jobs'}"
 
 
 def print_job_logs(
@@ -201,7 +241,7 @@ def job_submit(
         final = wait_for_job(s, job_id, WAIT_STEP_S)  # the logs say done: it has finished
         click.echo(output.job_status_line(final), err=True)
     else:
-        final = wait_for_job(s, job_id, wait_timeout)
+        final = wait_for_job(s, job_id, wait_timeout, live=True)
         s.show(final, output.job_status_line)
     sys.exit(job_exit_code(final))
 
@@ -382,8 +422,11 @@ def job_cancel(s: Session, job_id: int) -> None:
 @json_option
 @click.pass_obj
 def job_wait(s: Session, job_id: int, timeout_s: float | None) -> None:
-    """Wait for the job ID to finish; print its status line, exit with its exit code."""
-    final = wait_for_job(s, job_id, timeout_s)
+    """Wait for the job ID to finish; print its status line, exit with its exit code.
+
+    On a terminal, a live line on stderr shows its status and the time waited.
+    """
+    final = wait_for_job(s, job_id, timeout_s, live=True)
     s.show(final, output.job_status_line)
     sys.exit(job_exit_code(final))
 
@@ -398,14 +441,29 @@ def job_wait(s: Session, job_id: int, timeout_s: float | None) -> None:
     help='A JSON file {"jobs": [...], "defaults"?, "on_duplicate"?} (or just the list of '
     "jobs); - reads stdin.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Then wait until every job of the batch has ended (a live line on a terminal).",
+)
+@click.option(
+    "--wait-timeout",
+    type=POSITIVE_SECONDS,
+    metavar="S",
+    help="With --wait: give up (exit 124) after S seconds; the jobs go on.",
+)
 @json_option
 @click.pass_obj
-def job_batch(s: Session, source: IO[bytes]) -> None:
+def job_batch(s: Session, source: IO[bytes], wait: bool, wait_timeout: float | None) -> None:
     """Queue many jobs in one call; prints how many were submitted, deduplicated, failed.
 
     Each job that failed is a line on stderr; the others are queued anyway, and
-    hero-proc exits 1 if any failed (0 only when every job was accepted).
+    hero-proc exits 1 if any failed (0 only when every job was accepted). With
+    --wait, it then waits for the jobs it submitted (done/total and elapsed on a
+    terminal), prints their outcome, and exits 1 unless every one succeeded.
     """
+    if wait_timeout is not None and not wait:
+        raise click.UsageError("--wait-timeout goes with --wait")
     params = load_json(source)
     if isinstance(params, list):
         params = {"jobs": params}
@@ -420,13 +478,46 @@ def job_batch(s: Session, source: IO[bytes]) -> None:
             f"superseded {len(r['superseded'])}, failed {len(r['failed'])}"
         )
 
+    ids: list[int] = result["submitted"]  # (deduplicated items name their dedup_key only)
+    finished = wait_for_jobs(s, ids, wait_timeout) if wait and ids else None
+    if finished is not None:
+        result = {**result, "finished": finished}
     s.show(result, human)
     if not s.as_json:
         for index, error in result["failed"]:
             click.echo(f"jobs[{index}]: {' '.join(str(error['message']).split())}", err=True)
+        if finished is not None:
+            click.echo(f"finished: {output.counts_text(finished['counts']) or 'none'}")
     if result["failed"]:
         # A script must notice a partial batch; the summary (or --json result) says which.
         sys.exit(EXIT_ERROR)
+    if finished is not None and finished["counts"].get("succeeded", 0) != finished["total"]:
+        sys.exit(EXIT_ERROR)
+
+
+def wait_for_jobs(s: Session, ids: list[int], timeout_s: float | None) -> dict[str, Any]:
+    """Until every one of `ids` has ended (`job.wait_all` in steps), a live line on a terminal."""
+    progress = output.Progress(f"{len(ids)} jobs")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while True:
+            step = PROGRESS_STEP_S if progress.enabled else WAIT_STEP_S
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            state: dict[str, Any] = s.call(
+                "job.wait_all", {"ids": ids, "timeout_s": step}, wait_s=step
+            )
+            if state["done"]:
+                return state
+            ended = state["ended"] + state["missing"]
+            progress.update(ended, state["total"], output.counts_text(state["counts"]))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"{state['total'] - ended} of {state['total']} jobs still going "
+                    f"after {timeout_s:g}s"
+                )
+    finally:
+        progress.clear()
 
 
 # -- run ------------------------------------------------------------------------------
@@ -518,6 +609,28 @@ def run_list(
     s.show(result, human)
     if not s.as_json:
         more_hint(result)
+
+
+@run.command("wait")
+@click.argument("run_id", metavar="ID", type=click.IntRange(min=1))
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=POSITIVE_SECONDS,
+    metavar="S",
+    help="Give up (exit 124) after S seconds; the run goes on (default: as long as it takes).",
+)
+@json_option
+@click.pass_obj
+def run_wait(s: Session, run_id: int, timeout_s: float | None) -> None:
+    """Wait until every job of the run ID has ended; exit 0 if the run succeeded, else 1.
+
+    On a terminal, a live line on stderr shows done/total, the jobs by status and the
+    time waited. Prints the run's status line (the run with --json).
+    """
+    final = wait_for_run(s, run_id, timeout_s)
+    s.show(final, run_status_line)
+    sys.exit(0 if final["status"] == "succeeded" else EXIT_ERROR)
 
 
 @run.command("cancel")

@@ -269,3 +269,55 @@ def service_status_line(st: Mapping[str, Any]) -> str:
     if st.get("health"):
         facts.append(str(st["health"]))
     return f"service {st['name']} {st['state']}" + (f" ({', '.join(facts)})" if facts else "")
+
+
+class Progress:
+    """A live line on stderr (`job 12: 0/1 done, running, 3.4s`), only when stderr is a terminal.
+
+    Redrawn in place with a carriage return; `clear()` removes it before the final
+    output, so a pipe or a log file never sees it.
+    """
+
+    def __init__(self, label: str, stream: IO[str] | None = None) -> None:
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.started = time.monotonic()
+        self.shown = False
+
+    def update(self, done: int, total: int, detail: str = "") -> None:
+        """Redraw the line: done/total, a detail (states), the time since the start."""
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.started
+        text = f"{self.label}: {done}/{total} done"
+        if detail:
+            text += f", {detail}"
+        text += f", {elapsed:.1f}s"
+        self.stream.write("\r\x1b[K" + text)
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        """Remove the line (the cursor goes back to the start of an empty line)."""
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """`3 running, 1 failed`: counts by status, in a stable order, zeros left out."""
+    order = (
+        "running",
+        "queued",
+        "succeeded",
+        "failed",
+        "timed_out",
+        "cancelled",
+        "lost",
+        "skipped",
+    )
+    known = [f"{counts[k]} {k}" for k in order if counts.get(k)]
+    others = [f"{n} {k}" for k, n in sorted(counts.items()) if k not in order and n]
+    return ", ".join(known + others)

@@ -22,6 +22,7 @@ import secrets
 import select
 import signal
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,8 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", 
 _DRAIN_AFTER_EXIT_S = 2.0
 # How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
 _CLAIM_COALESCE_S = 0.003
-# A run waiter reads its run again at least this often (a safety net: ends wake it).
+# A waiter of a run or of many jobs reads them again at least this often (a safety
+# net: their ends wake it).
 RUN_WAIT_RECHECK_S = 2.0
 
 
@@ -409,25 +411,47 @@ class Executor:
         return await self.jobs.get(job_id)
 
     async def wait_run(self, run_id: int, timeout_s: float) -> None:
-        """Until every job of the run is terminal, `timeout_s` has passed or we stop.
+        """Until every job of the run is terminal, `timeout_s` has passed or we stop."""
 
-        Woken by any of its jobs ending (the waiters of `wait`), then the run is read
-        again: the database says when it is done, never a count kept here.
+        async def pending() -> set[int]:
+            _, jobs, _ = await self.store.runs.get(run_id)
+            return {j.id for j in jobs if j.status not in TERMINAL_JOB_STATES}
+
+        await self._wait_ended(pending, timeout_s)
+
+    async def wait_jobs(self, ids: Sequence[int], timeout_s: float) -> dict[int, str]:
+        """Until each of `ids` is terminal (or gone), `timeout_s` has passed or we stop;
+        the statuses of those that exist."""
+        statuses: dict[int, str] = {}
+
+        async def pending() -> set[int]:
+            nonlocal statuses
+            statuses = await self.jobs.statuses(ids)
+            return {i for i, status in statuses.items() if status not in TERMINAL_JOB_STATES}
+
+        await self._wait_ended(pending, timeout_s)
+        return statuses
+
+    async def _wait_ended(
+        self, pending_jobs: Callable[[], Awaitable[set[int]]], timeout_s: float
+    ) -> None:
+        """Until `pending_jobs()` (read from the store) is empty, `timeout_s` passed or we stop.
+
+        Woken by any of those jobs ending (the waiters of `wait`), then the store is
+        read again: the database says when they are done, never a count kept here.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while not self._stopped.is_set():
-            _, jobs, _ = await self.store.runs.get(run_id)
-            pending = {j.id for j in jobs if j.status not in TERMINAL_JOB_STATES}
+        while True:
+            pending = await pending_jobs()
             remaining = deadline - loop.time()
-            if not pending or remaining <= 0:
+            if not pending or remaining <= 0 or self._stopped.is_set():
                 return
             fut: asyncio.Future[None] = loop.create_future()
             for job_id in pending:
                 self._waiters.setdefault(job_id, []).append(fut)
             try:
-                _, jobs, _ = await self.store.runs.get(run_id)  # one may have ended meanwhile
-                if any(j.id in pending and j.status in TERMINAL_JOB_STATES for j in jobs):
+                if not pending <= await pending_jobs():  # one ended meanwhile: read again
                     continue
                 stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
                 try:

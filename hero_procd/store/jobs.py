@@ -633,6 +633,15 @@ class JobsApi:
             params.setdefault("after_id", 0)
         return await self.pool.fetch_all(Q[name], params)
 
+    async def statuses(self, ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of `ids` that exists, read in chunks on one connection."""
+        out: dict[int, str] = {}
+        async with self.pool.reader() as conn:
+            for chunk in chunks(ids):
+                async with conn.execute(with_marks("job_statuses", len(chunk)), chunk) as cur:
+                    out.update((int(r[0]), str(r[1])) for r in await cur.fetchall())
+        return out
+
     async def delete_many(self, ids: Sequence[int]) -> int:
         """Delete jobs by id in one transaction; the rows deleted."""
         return await self.pool.write(lambda c: delete_many(c, ids))

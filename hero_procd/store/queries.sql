@@ -95,6 +95,10 @@ WHERE t.tag = :tag AND t.job_id < :before_id
   AND (:run_id IS NULL OR j.run_id = :run_id)
 ORDER BY t.job_id DESC LIMIT :limit
 
+-- job_statuses --
+-- The status of each of a chunk of jobs (those that exist).
+SELECT id, status FROM jobs WHERE id IN ({marks})
+
 -- job_list_by_tag --
 -- A page of jobs carrying a tag, in id order, optionally by status and run.
 SELECT j.* FROM job_tags t JOIN jobs j ON j.id = t.job_id

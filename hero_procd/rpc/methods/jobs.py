@@ -155,6 +155,45 @@ async def job_wait(app: App, p: Params) -> dict[str, Any]:
     return out
 
 
+@rpc("job.wait_all")
+async def job_wait_all(app: App, p: Params) -> dict[str, Any]:
+    """Until each job has ended (or `timeout_s`, default 30, passed): counts by status."""
+    ids = _id_list(p, "ids")
+    timeout_s = p.number("timeout_s", default=30.0, minimum=0) or 0.0
+    p.finish()
+    unique = list(dict.fromkeys(ids))
+    statuses = await app.jobs.wait_jobs(unique, min(timeout_s, 3600.0))
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    ended = sum(n for status, n in counts.items() if status in TERMINAL_JOB_STATES)
+    missing = len(unique) - len(statuses)
+    return {
+        "total": len(unique),
+        "ended": ended,
+        "missing": missing,
+        "counts": counts,
+        "done": ended + missing == len(unique),
+    }
+
+
+def _id_list(p: Params, name: str) -> list[int]:
+    """A required, non-empty list of job ids (at most MAX_BATCH_ITEMS)."""
+    value = p.raw(name)
+    if value is None:
+        raise InvalidParams(name, "is required")
+    if not isinstance(value, list):
+        raise InvalidParams(name, "must be a list of ids")
+    if not value:
+        raise InvalidParams(name, "must not be empty")
+    if len(value) > MAX_BATCH_ITEMS:
+        raise InvalidParams(name, f"at most {MAX_BATCH_ITEMS} ids")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= INT64_MAX:
+            raise InvalidParams(f"{name}[{i}]", f"must be an integer from 1 to {INT64_MAX}")
+    return value
+
+
 @rpc("job.logs")
 async def job_logs(app: App, p: Params) -> dict[str, Any]:
     """A page of a job's output after `after_seq`; `done` once it ended and all is read."""
