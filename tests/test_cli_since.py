@@ -24,10 +24,7 @@ def test_durations(text: str, ago: float) -> None:
 
 def test_times() -> None:
     """RFC 3339 with an offset or Z is exact; without an offset it is local time."""
-    assert (
-        parse_since("2027-01-15T08:00:00Z")
-        == datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
-    )
+    assert parse_since("2027-01-15T08:00:00Z") == datetime(2027, 1, 15, 8, tzinfo=UTC).timestamp()
     assert parse_since("2027-01-15T09:00:00.500+01:00") == pytest.approx(
         datetime(2027, 1, 15, 8, 0, 0, 500000, tzinfo=UTC).timestamp()
     )
