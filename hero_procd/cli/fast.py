@@ -3,7 +3,7 @@
 These two are what people and monitoring scripts run most, so they are served
 without click, the client class, orjson or typing: one JSON-RPC call over a
 raw Unix socket with the stdlib `json`, then the same text the full CLI
-prints (`hero_procd.cli.output.status_table`; a test compares the bytes).
+prints (`hero_procd.cli.text.status_table`; a test compares the bytes).
 A whole `hero-proc status` then costs little more than `python -c pass`.
 
 Anything else — another command, `--json`, `--timeout`, `--help`, a socket
@@ -144,11 +144,11 @@ def _no_answer(timeout_s: float) -> None:
 
 def text_of(command: str, result: Any, socket: str) -> str:
     """What the full CLI prints for `command`'s result (without the final newline)."""
-    from hero_procd.cli import output
+    from hero_procd.cli import text
 
     if command == "ping":
         return f"pong: hero-procd {result.get('version')} on {socket}"
-    return output.status_table(result, colour=output.use_colour())
+    return text.status_table(result, colour=text.use_colour())
 
 
 def run(args: list[str]) -> int | None:
