@@ -104,3 +104,37 @@ def test_colours_are_clicks(colour: str) -> None:
     """The ANSI codes written without click are the ones click.style writes."""
     expected = click.style("x", dim=True) if colour == "dim" else click.style("x", fg=colour)
     assert output._styled("x", colour) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"jsonrpc":"2.0","id":1,"result":{"services":[{"name":"w\\u00e9b","pid":12,'
+        '"uptime_s":1.5e3,"cpu_percent":0.1,"memory_bytes":123456789012,"health":null,'
+        '"ok":true,"no":false,"deep":[[[]],{}],"big":18446744073709551616}]}}',
+        "[]",
+        '"text"',
+        "-12.5e-3",
+        " \n {} \n",
+        '{"a":"\\"\\\\\\/\\b\\f\\n\\r\\t"}',
+        "{} extra",
+        "{",
+        "",
+        '{"a":1,}',
+        "[1 2]",
+        "nul",
+    ],
+)
+def test_loads_is_json_loads(text: str) -> None:
+    """The fast path's JSON reader takes and refuses what json.loads does, same values."""
+    import json
+
+    try:
+        expected = ("ok", json.loads(text))
+    except ValueError:
+        expected = ("error", None)
+    try:
+        got = ("ok", fast.loads(text))
+    except ValueError:
+        got = ("error", None)
+    assert got == expected

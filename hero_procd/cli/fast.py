@@ -1,8 +1,8 @@
 """The fast path of `hero-proc status` and `hero-proc ping`.
 
 These two are what people and monitoring scripts run most, so they are served
-without click, the client class, orjson or typing: one JSON-RPC call over a
-raw Unix socket with the stdlib `json`, then the same text the full CLI
+without click, the client class, orjson, typing or even `json` (its C scanner
+only): one JSON-RPC call over a raw Unix socket, then the same text the full CLI
 prints (`hero_procd.cli.text.status_table`; a test compares the bytes).
 A whole `hero-proc status` then costs little more than `python -c pass`.
 
@@ -102,7 +102,6 @@ def call(path: str, method: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
     would report it (retrying would double the wait).
     """
     import _socket  # socket.py's enums cost ~2 ms; the C module does all this needs
-    import json
 
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -127,12 +126,46 @@ def call(path: str, method: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
     finally:
         sock.close()
     try:
-        answer = json.loads(buf[: buf.index(b"\n")])
+        answer = loads(buf[: buf.index(b"\n")].decode())
     except ValueError:
         return None
     if not isinstance(answer, dict) or answer.get("id") != 1 or "result" not in answer:
         return None  # an error: the full CLI calls again and reports it
     return answer["result"]
+
+
+class _ScanContext:
+    """What `_json.make_scanner` reads off a JSONDecoder: the stdlib's own defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity (never sent by the daemon)
+
+
+def loads(text: str) -> Any:
+    """`json.loads` of one compact JSON text, by the C scanner `json` itself uses.
+
+    `import json` costs ~5 ms where nothing has loaded `re` and `enum` yet (its
+    decoder compiles regular expressions); its C scanner needs neither. A test holds
+    this equal to `json.loads`. ValueError for anything but exactly one JSON value.
+    """
+    try:
+        from _json import make_scanner
+    except ImportError:  # an interpreter without the C accelerator
+        import json
+
+        return json.loads(text)
+    start = len(text) - len(text.lstrip())
+    try:
+        value, end = make_scanner(_ScanContext())(text, start)  # type: ignore[arg-type]
+    except StopIteration as exc:
+        raise ValueError(f"not JSON at {exc.value}") from None
+    if text[end:].strip():
+        raise ValueError(f"extra data at {end}")
+    return value
 
 
 def _no_answer(timeout_s: float) -> None:
