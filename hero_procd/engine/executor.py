@@ -45,8 +45,8 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", 
 _DRAIN_AFTER_EXIT_S = 2.0
 # How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
 _CLAIM_COALESCE_S = 0.003
-# A waiter of a run or of many jobs reads them again at least this often (a safety
-# net: their ends wake it).
+# A waiter of a run or of many jobs reads them all again at least this often (it is
+# woken by the end of one of them only).
 RUN_WAIT_RECHECK_S = 2.0
 
 
@@ -437,8 +437,9 @@ class Executor:
     ) -> None:
         """Until `pending_jobs()` (read from the store) is empty, `timeout_s` passed or we stop.
 
-        Woken by any of those jobs ending (the waiters of `wait`), then the store is
-        read again: the database says when they are done, never a count kept here.
+        Waits for one job at a time, the highest pending id (mostly the last to end: a
+        run's sink, a batch's tail), then reads them all again: a few reads per wait
+        whatever the number of jobs, and the database says when they are done.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -447,28 +448,8 @@ class Executor:
             remaining = deadline - loop.time()
             if not pending or remaining <= 0 or self._stopped.is_set():
                 return
-            fut: asyncio.Future[None] = loop.create_future()
-            for job_id in pending:
-                self._waiters.setdefault(job_id, []).append(fut)
-            try:
-                if not pending <= await pending_jobs():  # one ended meanwhile: read again
-                    continue
-                stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
-                try:
-                    await asyncio.wait(
-                        [fut, stopped],
-                        timeout=min(remaining, RUN_WAIT_RECHECK_S),
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
-                finally:
-                    stopped.cancel()
-            finally:
-                for job_id in pending:
-                    waiters = self._waiters.get(job_id)
-                    if waiters is not None and fut in waiters:
-                        waiters.remove(fut)
-                        if not waiters:
-                            del self._waiters[job_id]
+            with contextlib.suppress(NotFound):  # cleaned meanwhile: it is no longer pending
+                await self.wait(max(pending), min(remaining, RUN_WAIT_RECHECK_S))
 
     async def cancel(self, job_id: int) -> str:
         """Cancel any job not yet finished: 'cancelled' at once, or 'cancelling' (a process)."""
