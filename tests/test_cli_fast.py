@@ -116,6 +116,7 @@ def test_colours_are_clicks(colour: str) -> None:
         '"text"',
         "-12.5e-3",
         " \n {} \n",
+        "\x0b{}",
         '{"a":"\\"\\\\\\/\\b\\f\\n\\r\\t"}',
         "{} extra",
         "{",

@@ -134,6 +134,9 @@ def call(path: str, method: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Any:
     return answer["result"]
 
 
+_JSON_SPACE = " \t\n\r"  # the whitespace JSON allows around a value (RFC 8259)
+
+
 class _ScanContext:
     """What `_json.make_scanner` reads off a JSONDecoder: the stdlib's own defaults."""
 
@@ -158,12 +161,12 @@ def loads(text: str) -> Any:
         import json
 
         return json.loads(text)
-    start = len(text) - len(text.lstrip())
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
     try:
         value, end = make_scanner(_ScanContext())(text, start)  # type: ignore[arg-type]
     except StopIteration as exc:
         raise ValueError(f"not JSON at {exc.value}") from None
-    if text[end:].strip():
+    if text[end:].strip(_JSON_SPACE):
         raise ValueError(f"extra data at {end}")
     return value
 
