@@ -12,6 +12,7 @@ import orjson
 
 from hero_procd.errors import NotFound
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import run_done
 
 # The CLI process must never load the daemon's machinery.
 HEAVY_MODULES = ("asyncio", "uvloop", "aiosqlite", "jsonrpcserver", "h11")
@@ -195,7 +196,7 @@ def test_run_submit_from_file_and_stdin(daemon: DaemonProcess, workdir: Path) ->
     assert list(from_stdin["jobs"]) == ["only"]
 
     with daemon.client() as c:
-        run = c.call("run.get", id=from_file)
+        run = run_done(c, from_file)  # finished: the CLI's read below sees the same statuses
     ids = {j["key"]: j["id"] for j in run["jobs"]}
     status = {j["key"]: j["status"] for j in run["jobs"]}
     shown = ok(hero_proc(daemon.socket_path, "run", "get", str(from_file)))
