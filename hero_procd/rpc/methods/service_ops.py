@@ -18,7 +18,7 @@ _COMMAND_FIELDS = ("command", "script", "interpreter")
 @rpc("service.update")
 async def service_update(app: App, p: Params) -> dict[str, Any]:
     """Change some fields of a service; restart it if it runs and its process changed."""
-    name = p.req_text("name")
+    name = p.req_text("name", name_like=True)
     fields = {k: v for k, v in p.take_all().items() if k != "name"}
     if not fields:
         raise InvalidParams(None, "give at least one field to change")
@@ -51,10 +51,14 @@ async def service_update(app: App, p: Params) -> dict[str, Any]:
 
 async def _selected(app: App, p: Params) -> tuple[list[str], dict[str, list[str]]]:
     """The services a bulk verb names (all, a tag or names), and the dependency graph."""
-    everything = p.boolean("all", default=False)
+    everything = p.boolean("all")
     tag = p.text("tag")
-    names = p.text_list("names", non_empty=True)
-    given = [k for k, v in (("all", everything), ("tag", tag), ("names", names)) if v]
+    names = p.text_list("names", non_empty=True, name_like=True)
+    if everything is False:
+        raise InvalidParams("all", "must be true (or left out)")
+    if tag == "":
+        raise InvalidParams("tag", "must not be empty")
+    given = [k for k, v in (("all", everything), ("tag", tag), ("names", names)) if v is not None]
     if len(given) != 1:
         raise InvalidParams("all", "give exactly one of all (true), tag or names")
     services = await app.store.services.list()
@@ -77,7 +81,8 @@ async def _selected(app: App, p: Params) -> tuple[list[str], dict[str, list[str]
 
 
 async def _bulk(app: App, p: Params, verb: str) -> dict[str, Any]:
-    wait_s = min(p.number("wait_s", default=0.0, minimum=0) or 0.0, 600.0)
+    wait_s = 0.0 if verb == "stop" else p.number("wait_s", default=0.0, minimum=0) or 0.0
+    wait_s = min(wait_s, 600.0)
     names, _ = await _selected(app, p)
     p.finish()
     if verb == "stop":
