@@ -394,3 +394,16 @@ def test_config_dir_at_start_and_on_sighup(workdir: Path) -> None:
             wait_for(lambda: _log_count(proc, "stacks applied") > applied or None, "the reload")
             groups = {g["name"]: g["max_parallel"] for g in c.call("group.list")["groups"]}
             assert groups["web-io"] == 5
+
+
+def test_the_systemd_unit_reloads_its_config_dir() -> None:
+    unit = Path(__file__).resolve().parents[1] / "systemd" / "hero-procd.service"
+    values: dict[str, list[str]] = {}
+    for line in unit.read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    (exec_start,) = values["ExecStart"]
+    assert "--config-dir /etc/hero-procd/stacks" in exec_start
+    assert values["ConfigurationDirectory"] == ["hero-procd/stacks"]
+    assert values["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
