@@ -447,11 +447,21 @@ def _service_defaults() -> dict[str, Any]:
     return defaults
 
 
+def _without_nulls(value: Any) -> Any:
+    """`value` with null members of objects left out (TOML has no null)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def export_doc(state: State, stack: str | None, name: str) -> dict[str, Any]:
     """The objects of `stack` (None: those made by hand) as a stack file's document.
 
     Fields at their defaults are left out: reading them back gives the same
-    definitions, so the file applies back to no change.
+    definitions, so the file applies back to no change. TOML has no null: a
+    null inside a schedule's job (sent by hand over RPC) is left out too.
     """
     defaults = {
         "services": _service_defaults(),
@@ -465,11 +475,13 @@ def export_doc(state: State, stack: str | None, name: str) -> dict[str, Any]:
         for obj, (definition, owner) in sorted(state[kind].items()):
             if owner != stack:
                 continue
-            table[obj] = {
-                k: v
-                for k, v in definition.items()
-                if v is not None and not (k in defaults[kind] and defaults[kind][k] == v)
-            }
+            table[obj] = _without_nulls(
+                {
+                    k: v
+                    for k, v in definition.items()
+                    if not (k in defaults[kind] and defaults[kind][k] == v)
+                }
+            )
         if table:
             doc[kind] = table
     return doc

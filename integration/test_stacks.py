@@ -203,10 +203,14 @@ def test_restart_only_when_a_process_field_changes(daemon: DaemonProcess) -> Non
         assert {f["field"] for f in change["fields"]} == {"tags", "restart", "stop_timeout_s"}
         assert c.call("service.status", name="web-app")["pid"] == pid
         assert c.call("service.status", name="web-app")["tags"] == ["web", "new"]
-        # The same through service.update.
+        # The same through service.update, and `hero-proc service set`.
         result = c.call("service.update", name="web-app", tags=["web"])
         assert result["restarted"] is False
         assert c.call("service.status", name="web-app")["pid"] == pid
+        out = ok(hero_proc(daemon.socket_path, "service", "set", "web-app", "--tag", "cli"))
+        assert out == "service web-app updated: tags\n"
+        assert c.call("service.status", name="web-app")["pid"] == pid
+        one_line_error(hero_proc(daemon.socket_path, "service", "set", "web-app"), code=2)
         # env is a process field: restarted, a new pid.
         app["env"] = {"MODE": "two"}
         plan = c.call("stack.apply", **doc)
