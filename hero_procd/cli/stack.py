@@ -1,7 +1,8 @@
 """hero-proc apply / export: stack files (README "Stack files").
 
-Import-light on purpose: click, orjson, tomllib (through hero_procd.stackfile)
-and hero_procd.client/errors only; tomli_w is imported by `export` alone.
+Import-light on purpose: click, orjson and hero_procd.client/errors at import;
+tomllib (hero_procd.stackfile) only when `apply` runs, tomli_w when `export`
+does, so no other command pays for them (~4 ms).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import orjson
 from hero_procd.cli.options import json_option
 from hero_procd.cli.session import CliError, Session
 from hero_procd.errors import HeroError
-from hero_procd.stackfile import StackFileError, locate, parse
 
 # Plan lines: one mark per action.
 MARKS = {"create": "+", "update": "~", "delete": "-", "orphan": "?", "unchanged": "="}
@@ -85,6 +85,8 @@ def _read(path: str) -> str:
 
 def placed(exc: HeroError, path: str, text: str) -> HeroError:
     """A daemon's error naming a field, as `file:line: field: problem` (others unchanged)."""
+    from hero_procd.stackfile import StackFileError, locate
+
     data = exc.data if isinstance(exc.data, dict) else {}
     field = data.get("field")
     if not isinstance(field, str):
@@ -106,6 +108,8 @@ def placed(exc: HeroError, path: str, text: str) -> HeroError:
 @click.pass_obj
 def apply(s: Session, path: str, dry_run: bool, prune: bool) -> None:
     """Apply the stack file FILE: show the plan (field by field) and carry it out."""
+    from hero_procd.stackfile import StackFileError, parse
+
     text = _read(path)
     try:
         doc = parse(text, path)
