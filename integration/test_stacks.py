@@ -411,3 +411,16 @@ def test_the_systemd_unit_reloads_its_config_dir() -> None:
     assert "--config-dir /etc/hero-procd/stacks" in exec_start
     assert values["ConfigurationDirectory"] == ["hero-procd/stacks"]
     assert values["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+
+
+def test_a_bad_config_dir_at_start_is_logged_and_the_daemon_serves(workdir: Path) -> None:
+    conf = workdir / "conf"
+    conf.mkdir()
+    _write(conf, "jobs.toml", JOBS)
+    _write(conf, "web.toml", WEB.replace('cron = "0 3 * * *"', 'cron = "0 3 * *"'))
+    with daemon_running(workdir, extra_args=["--config-dir", str(conf)]) as proc:
+        with proc.client() as c:
+            assert c.call("system.ping")["pong"] is True
+            assert _names(c)["actions"] == set()  # jobs.toml is good, but nothing is applied
+        line = WEB.splitlines().index('cron = "0 3 * * *"') + 1
+        assert f"web.toml:{line}: schedules.web-nightly.cron" in proc.log()

@@ -36,6 +36,8 @@ SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 # A follower of a service's output asks for new lines this often.
 FOLLOW_POLL_S = 0.5
 LOG_PAGE = 2000
+# How long a bulk verb (service start|stop|restart --all/--tag) may take, beyond --timeout.
+BULK_WAIT_S = 600.0
 
 
 def state_paint(column: int) -> dict[int, output.Painter] | None:
@@ -324,7 +326,8 @@ def _bulk(
     params: dict[str, Any] = {"all": True} if every else {"tag": tag}
     if wait_s is not None and verb != "stop":
         params["wait_s"] = wait_s
-    result = s.call(f"service.{verb}_many", params, wait_s=(wait_s or 0.0) * 100 + 60.0)
+    # One call does every service, each within its own stop and start times: allow long.
+    result = s.call(f"service.{verb}_many", params, wait_s=BULK_WAIT_S)
 
     def human(r: dict[str, Any]) -> str:
         if not r["services"]:
