@@ -424,3 +424,40 @@ def test_a_bad_config_dir_at_start_is_logged_and_the_daemon_serves(workdir: Path
             assert _names(c)["actions"] == set()  # jobs.toml is good, but nothing is applied
         line = WEB.splitlines().index('cron = "0 3 * * *"') + 1
         assert f"web.toml:{line}: schedules.web-nightly.cron" in proc.log()
+
+
+def test_a_created_autostart_service_is_started_and_a_pruned_one_stopped(
+    daemon: DaemonProcess,
+) -> None:
+    doc = {
+        "stack": "auto",
+        "services": {
+            "auto-up": {"command": ["sleep", "60"], "autostart": True, "start_secs": 0.2},
+            "auto-down": {"command": ["sleep", "60"]},
+        },
+    }
+    with daemon.client() as c:
+        plan = c.call("stack.apply", doc)
+        started = {ch["name"]: ch["started"] for ch in plan["changes"]}
+        assert started == {"auto-up": True, "auto-down": False}
+        pid = _running_pid(c, "auto-up")
+        assert c.call("service.status", name="auto-down")["state"] == "stopped"
+        # Re-applied, an autostart service that runs is left alone.
+        assert not c.call("stack.apply", doc)["changed"]
+        assert c.call("service.status", name="auto-up")["pid"] == pid
+        plan = c.call("stack.apply", {"stack": "auto", "prune": True})
+        assert {ch["name"]: ch["action"] for ch in plan["changes"]} == {
+            "auto-down": "delete",
+            "auto-up": "delete",
+        }
+        assert c.call("service.list")["services"] == []
+        wait_for(lambda: _gone(pid), f"pid {pid} to end")
+
+
+def _gone(pid: int) -> bool | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return True if state == "Z" else None
