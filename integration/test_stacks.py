@@ -99,6 +99,10 @@ def test_apply_reapply_prune_and_export_round_trip_with_two_stacks(
         assert "no change (5 unchanged)" in ok(again)
         service = c.call("service.get", name="web-app")
         assert service["stack"] == "web" and service["env"] == {"MODE": "one"}
+        assert c.call("action.get", name="jobs-report")["stack"] == "jobs"
+        assert c.call("schedule.get", name="web-nightly")["stack"] == "web"
+        stacks = {g["name"]: g["stack"] for g in c.call("group.list")["groups"]}
+        assert stacks == {"by-hand": None, "web-io": "web", "jobs-cpu": "jobs"}
         updated_at = service["updated_at"]
         assert c.call("service.get", name="web-app")["updated_at"] == updated_at
 

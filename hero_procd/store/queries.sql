@@ -23,23 +23,23 @@ INSERT INTO actions (name, spec, tags, created_at, updated_at)
 VALUES (:name, :spec, :tags, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tags = excluded.tags,
                                  updated_at = excluded.updated_at
-RETURNING name, spec, tags, created_at, updated_at
+RETURNING name, spec, tags, stack, created_at, updated_at
 
 -- action_get --
 -- One action by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions WHERE name = ?
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions WHERE name = ?
 
 -- action_get_many --
 -- Several actions by name (resolving the actions of a run in one read).
-SELECT name, spec, tags, created_at, updated_at FROM actions WHERE name IN ({marks})
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions WHERE name IN ({marks})
 
 -- action_list --
 -- Every action, by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions ORDER BY name
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions ORDER BY name
 
 -- action_list_by_tag --
 -- Actions carrying a tag, by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions
 WHERE EXISTS (SELECT 1 FROM json_each(actions.tags) WHERE value = ?)
 ORDER BY name
 
@@ -305,7 +305,7 @@ ON CONFLICT (name) DO UPDATE SET max_parallel = excluded.max_parallel
 
 -- group_list --
 -- Every concurrency group.
-SELECT name, max_parallel FROM groups ORDER BY name
+SELECT name, max_parallel, stack FROM groups ORDER BY name
 
 -- group_delete --
 -- Delete a concurrency group.

@@ -20,6 +20,7 @@ class Action:
     tags: list[str]
     created_at: float
     updated_at: float
+    stack: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Action:
@@ -30,6 +31,7 @@ class Action:
             tags=orjson.loads(row["tags"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            stack=row["stack"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -38,6 +40,7 @@ class Action:
             "name": self.name,
             **self.spec.to_dict(),
             "tags": self.tags,
+            "stack": self.stack,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
