@@ -129,6 +129,8 @@ class Config:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+    # Stack files applied at start and on SIGHUP (--config-dir, $HERO_PROC_CONFIG_DIR).
+    config_dir: Path | None = None
 
     @classmethod
     def from_env(
