@@ -154,6 +154,12 @@ def test_logs_of_several_owners_merged(daemon: DaemonProcess) -> None:
             for line in tails:
                 stamp, text = line.split(" | ")[1].split(" ", 1)
                 assert RFC3339_MS.match(stamp) and text in ("w3", "j2")
+            # No owner: every service.
+            every = hero_proc(sock, "logs")
+            assert every.returncode == 0, every.stderr
+            assert [ln.split(" | ")[1] for ln in every.stdout.splitlines()] == ["w1", "w2", "w3"]
+            assert [ln.split(" | ")[0] for ln in every.stdout.splitlines()] == ["web"] * 3
+            assert every.stderr.splitlines() == ["db  | d1", "db  | d2", "db  | d3"]
             # Unknown owners are errors naming them; nothing else is printed.
             one_line_error(hero_proc(sock, "logs", "web", "nope"), "not found", "nope")
             one_line_error(hero_proc(sock, "logs", "job:999999"), "not found", "999999")

@@ -22,7 +22,7 @@ import orjson
 
 from hero_procd.cli import output
 from hero_procd.cli.options import json_option
-from hero_procd.cli.session import Session
+from hero_procd.cli.session import CliError, Session
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -184,7 +184,7 @@ def show_merged(
 
 
 @click.command("logs")
-@click.argument("owners", nargs=-1, required=True, metavar="OWNER...")
+@click.argument("owners", nargs=-1, metavar="[OWNER...]")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines (Ctrl-C ends).")
 @log_options
 @click.option(
@@ -204,10 +204,16 @@ def logs(
     """Show the output of services and jobs together, each line prefixed with its owner.
 
     OWNER is svc:NAME (or service:NAME), job:ID, a number (a job id) or a name (a
-    service). Lines are merged in time order; -n is per owner. With -f, new lines
+    service); without any, every service. Lines are merged in time order; -n is per
+    owner. With -f, new lines
     follow until Ctrl-C, or until every owner is a job that has ended. With --json,
     each line is one JSON object with its owner.
     """
+    if not owners:  # every service, as `docker compose logs` shows every container
+        services = [x["name"] for x in s.call("service.list")["services"]]
+        if not services:
+            raise CliError("no services to show; name jobs as job:ID")
+        owners = tuple(f"svc:{name}" for name in services)
     readers: list[Owner] = []
     seen: set[tuple[str, int | str]] = set()
     for word in owners:
