@@ -121,8 +121,16 @@ def test_job_batch_wait(daemon: DaemonProcess) -> None:
     )
     seen = [m.groupdict() for m in PROGRESS.finditer(terminal)]
     assert seen and {x["label"] for x in seen} == {"25 jobs"}
+    assert seen[0]["rest"] == "submitting" and seen[0]["done"] == "0"  # the call itself
     done = [int(x["done"]) for x in seen]
     assert done == sorted(done) and done[0] >= 0 and done[-1] < 25
+    # Without --wait: only the submission's line, then the summary.
+    code, out, terminal = on_terminal(
+        sock, "job", "batch", "-f", "-", stdin=orjson.dumps([{"command": ["/bin/true"]}] * 3)
+    )
+    assert (code, out) == (0, "submitted 3, deduplicated 0, superseded 0, failed 0\n")
+    assert [m["rest"] for m in PROGRESS.finditer(terminal)][:1] == ["submitting"]
+    assert terminal.endswith("\r\x1b[K")
     ok_jobs = orjson.dumps([{"command": ["/bin/true"]} for _ in range(5)]).decode()
     piped = hero_proc(sock, "job", "batch", "-f", "-", "--wait", stdin=ok_jobs)
     assert (piped.returncode, piped.stderr) == (0, "")

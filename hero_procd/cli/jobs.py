@@ -39,6 +39,8 @@ from hero_procd.cli.session import EXIT_ERROR, CliError, Session, WaitTimeout
 WAIT_STEP_S = 30.0
 # ...and this long when a progress line on a terminal is redrawn after each.
 PROGRESS_STEP_S = 0.5
+# A progress line over one long call is redrawn this often.
+PROGRESS_REDRAW_S = 0.2
 # A follower waits this long for the job's end when no new line has come...
 FOLLOW_IDLE_S = 1.0
 # ...and this long after a short page, so a chatty job costs a few calls a second.
@@ -458,7 +460,8 @@ def job_batch(s: Session, source: IO[bytes], wait: bool, wait_timeout: float | N
     """Queue many jobs in one call; prints how many were submitted, deduplicated, failed.
 
     Each job that failed is a line on stderr; the others are queued anyway, and
-    hero-proc exits 1 if any failed (0 only when every job was accepted). With
+    hero-proc exits 1 if any failed (0 only when every job was accepted). On a
+    terminal, a live line shows the submission going on. With
     --wait, it then waits for the jobs it submitted (done/total and elapsed on a
     terminal), prints their outcome, and exits 1 unless every one succeeded.
     """
@@ -470,7 +473,9 @@ def job_batch(s: Session, source: IO[bytes], wait: bool, wait_timeout: float | N
     if not isinstance(params, dict):
         name = getattr(source, "name", "-")
         raise CliError(f'{name}: must be a JSON object like {{"jobs": [...]}} or a list of jobs')
-    result = s.call("job.submit_batch", params)
+    items = params.get("jobs")
+    total = len(items) if isinstance(items, list) else 0
+    result = call_with_progress(s, "job.submit_batch", params, f"{total} jobs", total)
 
     def human(r: dict[str, Any]) -> str:
         return (
@@ -493,6 +498,37 @@ def job_batch(s: Session, source: IO[bytes], wait: bool, wait_timeout: float | N
         sys.exit(EXIT_ERROR)
     if finished is not None and finished["counts"].get("succeeded", 0) != finished["total"]:
         sys.exit(EXIT_ERROR)
+
+
+def call_with_progress(
+    s: Session, method: str, params: dict[str, Any], label: str, total: int
+) -> Any:
+    """`s.call`, with a live line (`label: 0/total done, submitting, 1.2s`) while the daemon
+    works on a terminal: a 100,000-job batch is one call of a few seconds."""
+    progress = output.Progress(label)
+    if not progress.enabled:
+        return s.call(method, params)
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = s.call(method, params)
+        except BaseException as exc:  # handed to the main thread, raised there
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name="call", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            progress.update(0, total, "submitting")
+            worker.join(PROGRESS_REDRAW_S)
+    finally:
+        progress.clear()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def wait_for_jobs(s: Session, ids: list[int], timeout_s: float | None) -> dict[str, Any]:
