@@ -144,6 +144,8 @@ class Dashboard:
         how = self.guard.authenticate(req.headers)
         if how is None:
             return Response(401, b"401 Unauthorized\n", _TEXT, [(b"www-authenticate", b"Bearer")])
+        if req.path == "/favicon.ico":
+            return Response(204)  # none: and no 404 in every browser console
         if req.method not in ("GET", "HEAD"):
             origin = req.headers.get(b"origin")
             if origin is not None and origin.split(b"://", 1)[-1].lower() not in self.guard.names:
