@@ -21,12 +21,18 @@ import pytest
 from integration.helpers import define, finish, sh, submit, wait_for
 from integration.web_helpers import CHROMIUM, CHROMIUM_ARGS, Web, web_daemon
 
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 if not CHROMIUM.exists():
-    if os.environ.get("CI") == "true":
+    if IN_CI:
         pytest.fail(f"{CHROMIUM} is missing: .ci/run installs it with apt-get", pytrace=False)
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+try:
+    from playwright import sync_api
+except ImportError:
+    if IN_CI:
+        pytest.fail("playwright is missing: it is a dev dependency", pytrace=False)
+    pytest.skip("playwright is not installed", allow_module_level=True)
 
-sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 expect.set_options(timeout=30_000)
 TIMEOUT_MS = 30_000
