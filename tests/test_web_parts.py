@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import re
 import stat
 from pathlib import Path
 
@@ -304,3 +306,37 @@ def test_metrics_scrape_a_real_store(run_store: StoreRunner, db_path: Path) -> N
         assert await reads.jobs_by_status() == {"queued": 30}
 
     run_store(body)
+
+
+def test_the_grafana_dashboard_names_only_metrics_we_export(
+    run_store: StoreRunner, db_path: Path
+) -> None:
+    doc = json.loads((Path(__file__).parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    used = {
+        name
+        for panel in doc["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"hero_proc_[a-z_]+", target["expr"])
+    }
+
+    async def body(store: Store) -> set[str]:
+        app = App(config=Config(db_path=db_path), store=store, openrpc={})
+
+        async def ok(app: App, p: object) -> int:
+            return 1
+
+        await app.observed("system.ping", ok)(app, None)
+        from hero_procd.engine.executor import RunningJob
+        from hero_procd.store.jobs import ClaimedJob
+
+        claim = ClaimedJob(1, None, CommandSpec(command=["true"]), None, 1, 1, "t")
+        app.metrics.attempt_ended(RunningJob(claim))
+        text = (await app.metrics.render(app)).decode()
+        names: set[str] = set()
+        for family in text_string_to_metric_families(text):
+            # A family without samples yet (no service has a health check) is still declared.
+            names |= {family.name, f"{family.name}_total"} | {s.name for s in family.samples}
+        return names
+
+    exported = run_store(body)
+    assert used and used <= exported, used - exported
