@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hero_procd.web.auth import token_path
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import define, finish, refused, sh, submit, wait_for
+from integration.test_cli import hero_proc
 from integration.web_helpers import SseStream, Web, web_daemon
 
 PAGES = ["/", "/services", "/jobs", "/runs", "/schedules", "/secrets", "/metrics", "/events"]
@@ -326,5 +327,16 @@ def test_the_listener_is_off_by_default(workdir: Path, started: list[DaemonProce
     started.append(proc.start())
     with proc.client() as c:
         assert c.call("system.ui") == {"enabled": False, "url": None, "login_url": None}
+    off = hero_proc(proc.socket_path, "ui")
+    assert off.returncode == 1 and "--http" in off.stderr and off.stdout == ""
     assert proc.stop() == 0
     assert not token_path(proc.db_path).exists()
+
+
+def test_hero_proc_ui_prints_the_login_url(web: Web) -> None:
+    out = hero_proc(web.daemon.socket_path, "ui")
+    assert out.returncode == 0 and out.stdout.strip() == web.login_url
+    as_json = orjson.loads(hero_proc(web.daemon.socket_path, "ui", "--json").stdout)
+    assert as_json == {"enabled": True, "url": web.url, "login_url": web.login_url}
+    status, _, _ = web.request("GET", "/login?" + out.stdout.strip().split("?", 1)[1])
+    assert status == 200
