@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from hero_procd.errors import HeroError
@@ -63,13 +64,61 @@ class Scraped:
     uptime_s: float = 0.0
 
 
+class RpcTally:
+    """One method's calls: outcomes counted, durations in histogram buckets."""
+
+    __slots__ = ("buckets", "outcomes", "seconds")
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {"ok": 0}
+        self.buckets = [0] * (len(_RPC_BUCKETS) + 1)  # the last one is +Inf
+        self.seconds = 0.0
+
+    def end(self, seconds: float, error: str | None) -> None:
+        """One call ended: `error` is None, or its code (or "internal")."""
+        outcome = "ok" if error is None else error
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.buckets[bisect_left(_RPC_BUCKETS, seconds)] += 1
+        self.seconds += seconds
+
+
+def _tally(tallies: dict[str, RpcTally], method: str) -> RpcTally:
+    tally = tallies.get(method)
+    if tally is None:
+        tally = tallies[method] = RpcTally()  # a method never called adds no series
+    return tally
+
+
+def _rpc_families(tallies: dict[str, RpcTally]) -> Iterator[Metric]:
+    calls = CounterMetricFamily(
+        f"{PREFIX}_rpc_calls",
+        "RPC calls answered, by method and outcome (ok, or the error code)",
+        labels=["method", "outcome"],
+    )
+    seconds = HistogramMetricFamily(
+        f"{PREFIX}_rpc_duration_seconds", "Time to answer an RPC call, by method", labels=["method"]
+    )
+    for method, tally in sorted(tallies.items()):
+        for outcome, n in sorted(tally.outcomes.items()):
+            calls.add_metric([method, outcome], n)
+        cumulative, running = [], 0
+        for bound, n in zip([*map(str, _RPC_BUCKETS), "+Inf"], tally.buckets, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        seconds.add_metric([method], cumulative, tally.seconds)
+    yield calls
+    yield seconds
+
+
 class _ScrapedCollector(Collector):
     """Yields the gauges of the `Scraped` figures handed to it just before generation."""
 
-    def __init__(self) -> None:
+    def __init__(self, rpc: dict[str, RpcTally]) -> None:
         self.figures = Scraped()
+        self.rpc = rpc
 
     def collect(self) -> Iterator[Metric]:
+        yield from _rpc_families(self.rpc)
         f = self.figures
         jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs in the store by status", labels=["status"])
         for state in sorted(set(JOB_STATES) | set(f.jobs)):
@@ -141,19 +190,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
-        self.rpc_calls = Counter(
-            f"{PREFIX}_rpc_calls",
-            "RPC calls answered, by method and outcome (ok, or the error code)",
-            ["method", "outcome"],
-            registry=r,
-        )
-        self.rpc_seconds = Histogram(
-            f"{PREFIX}_rpc_duration_seconds",
-            "Time to answer an RPC call, by method",
-            ["method"],
-            buckets=_RPC_BUCKETS,
-            registry=r,
-        )
+        # RPC calls are tallied in plain lists (the hot path: ~0.5 us a call, against
+        # ~3.5 us through prometheus_client's locked Counter and Histogram) and turned
+        # into metric families at scrape time.
+        self.rpc: dict[str, RpcTally] = {}
         self.job_seconds = Histogram(
             f"{PREFIX}_job_duration_seconds",
             "Duration of job attempts, claim to end, by how the attempt ended",
@@ -171,7 +211,7 @@ class Metrics:
             "Log lines written to the store by the flusher",
             registry=r,
         )
-        self._scraped = _ScrapedCollector()
+        self._scraped = _ScrapedCollector(self.rpc)
         r.register(self._scraped)
 
     def timed(
@@ -184,26 +224,20 @@ class Metrics:
 
         `after(method)` is called when a call succeeded (the change feed's hook).
         """
-        calls = self.rpc_calls
-        # Label children made at the first call: a method never called adds no series.
-        children: list[Any] = []
+        tallies = self.rpc
+        perf = time.perf_counter
 
         async def handler(*args: Any, **kwargs: Any) -> Any:
-            if not children:
-                children[:] = [self.rpc_seconds.labels(method), calls.labels(method, "ok")]
-            seconds, ok = children
-            start = time.perf_counter()
+            start = perf()
             try:
                 result = await fn(*args, **kwargs)
             except HeroError as exc:
-                calls.labels(method, str(exc.code)).inc()
+                _tally(tallies, method).end(perf() - start, str(exc.code))
                 raise
             except Exception:
-                calls.labels(method, "internal").inc()
+                _tally(tallies, method).end(perf() - start, "internal")
                 raise
-            finally:
-                seconds.observe(time.perf_counter() - start)
-            ok.inc()
+            _tally(tallies, method).end(perf() - start, None)
             if after is not None:
                 after(method)
             return result

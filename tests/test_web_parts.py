@@ -340,3 +340,28 @@ def test_the_grafana_dashboard_names_only_metrics_we_export(
 
     exported = run_store(body)
     assert used and used <= exported, used - exported
+
+
+def test_rpc_latency_lands_in_the_right_buckets() -> None:
+    from hero_procd.metrics import Metrics
+
+    metrics = Metrics()
+
+    async def slow(app: object, p: object) -> int:
+        await asyncio.sleep(0.03)
+        return 1
+
+    async def body() -> None:
+        await metrics.timed("job.wait", slow)(None, None)
+
+    asyncio.run(body())
+    from prometheus_client import generate_latest
+
+    text = generate_latest(metrics.registry).decode()
+    buckets = {
+        s.labels["le"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "hero_proc_rpc_duration_seconds_bucket"
+    }
+    assert buckets["0.025"] == 0 and buckets["0.05"] == 1 and buckets["+Inf"] == 1
