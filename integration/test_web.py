@@ -267,6 +267,19 @@ def test_events_stream_state_changes_and_log_lines(web: Web) -> None:
             c.call("service.stop", name="ev-svc")
 
 
+def test_a_reconnecting_stream_resumes_after_its_last_event_id(web: Web) -> None:
+    with web.daemon.client() as c:
+        job_id = submit(c, command=sh("echo a; echo b; echo c"))
+        finish(c, job_id)
+    stream = SseStream(web, f"/events?log=job:{job_id}&after=0", headers={"Last-Event-ID": "1"})
+    try:
+        name, data = stream.next()
+    finally:
+        stream.close()
+    assert name == "log"
+    assert 'data-seq="1"' not in data and 'data-seq="2"' in data and 'data-seq="3"' in data
+
+
 def test_streams_closed_by_their_peer_do_not_disturb_a_new_one(web: Web) -> None:
     """Streams closed at once (the server sees their EOF) leave the feed working."""
     for _ in range(5):

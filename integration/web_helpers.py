@@ -80,10 +80,12 @@ def web_daemon(
 class SseStream:
     """An SSE stream opened with the token, read event by event."""
 
-    def __init__(self, web: Web, path: str, timeout: float = 30.0) -> None:
+    def __init__(
+        self, web: Web, path: str, timeout: float = 30.0, headers: dict[str, str] | None = None
+    ) -> None:
         parts = urlsplit(web.url)
         self.conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-        headers = {"Host": web.host, "Authorization": f"Bearer {web.token}"}
+        headers = {"Host": web.host, "Authorization": f"Bearer {web.token}", **(headers or {})}
         self.conn.request("GET", path, headers=headers)
         self.resp = self.conn.getresponse()
         assert self.resp.status == 200, self.resp.status

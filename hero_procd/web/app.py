@@ -89,8 +89,9 @@ def log_html(rows: Sequence[Sequence[Any]]) -> str:
     return "".join(out)
 
 
-def _sse(event: str, data: str) -> bytes:
-    return f"event: {event}\ndata: {data}\n\n".encode()
+def _sse(event: str, data: str, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {data}\n\n".encode()
 
 
 class Dashboard:
@@ -361,7 +362,10 @@ class Dashboard:
         if kind in ("job", "service") and ident:
             owner = (kind, ident)
         after = _int(req.query.get("after")) or 0
-        return Streamed(self._event_stream(topics, owner, after))
+        # A browser reconnecting by itself sends the id of the last event it had: the
+        # seq of its last line, so the backlog resumes after it (no line twice).
+        resumed = _int(req.headers.get(b"last-event-id", b"").decode("latin-1") or None)
+        return Streamed(self._event_stream(topics, owner, max(after, resumed or 0)))
 
     async def _event_stream(
         self, topics: list[str], owner: tuple[str, str] | None, after: int
@@ -377,8 +381,8 @@ class Dashboard:
                 backlog = await self.app.store.logs.read(owner[0], owner[1], after, LOG_TAIL)
                 if backlog:
                     rows = [(None, None, ln.seq, ln.stream, ln.ts, ln.text) for ln in backlog]
-                    yield _sse("log", log_html(rows))
                     last = backlog[-1].seq
+                    yield _sse("log", log_html(rows), last)
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(sub.wakeup.wait(), HEARTBEAT_S)
@@ -393,7 +397,7 @@ class Dashboard:
                 fresh = [row for row in lines if row[2] > last]
                 if fresh:
                     last = fresh[-1][2]
-                    yield _sse("log", log_html(fresh))
+                    yield _sse("log", log_html(fresh), last)
         finally:
             feed.unsubscribe(sub)
 
