@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import stat
 import time
@@ -333,6 +334,26 @@ def test_the_token_file_is_private_and_survives_restarts(
     os.chmod(path, 0o644)
     reason, _ = refused(proc.argv)
     assert "readable by others" in reason
+
+
+def test_open_streams_do_not_hold_up_a_stop(workdir: Path, started: list[DaemonProcess]) -> None:
+    proc = DaemonProcess(workdir, extra_args=["--http", "127.0.0.1:0"])
+    started.append(proc.start())
+    with proc.client() as c:
+        ui = c.call("system.ui")
+    web = Web(proc, ui["url"], ui["login_url"], ui["login_url"].split("token=")[1])
+    streams = [SseStream(web, "/events?topics=jobs,services") for _ in range(5)]
+    try:
+        began = time.monotonic()
+        assert proc.stop() == 0
+        assert time.monotonic() - began < 10  # well under the shutdown grace (10 s)
+        for stream in streams:
+            with pytest.raises((EOFError, ConnectionError, http.client.IncompleteRead)):
+                while True:
+                    stream.next()
+    finally:
+        for stream in streams:
+            stream.close()
 
 
 def test_the_listener_is_off_by_default(workdir: Path, started: list[DaemonProcess]) -> None:

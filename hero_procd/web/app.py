@@ -189,7 +189,7 @@ class Dashboard:
             if head == "static" and len(parts) == 2 and parts[1] in self.static:
                 body, ctype = self.static[parts[1]]
                 return Response(200, body, ctype, [(b"cache-control", b"private, max-age=3600")])
-            if head == "events" and len(parts) == 1:
+            if head == "events" and len(parts) == 1 and req.method == "GET":
                 return self.events(req)
             if head == "metrics" and len(parts) == 1:
                 return Response(200, await self.app.metrics.render(self.app), _METRICS_TYPE)
