@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -354,6 +355,23 @@ def test_open_streams_do_not_hold_up_a_stop(workdir: Path, started: list[DaemonP
     finally:
         for stream in streams:
             stream.close()
+
+
+def test_a_port_in_use_is_a_start_up_failure_and_the_env_var_works(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = DaemonProcess(workdir, extra_args=["--http", f"127.0.0.1:{port}"])
+        reason, _ = refused(proc.argv)
+        assert "browser listener" in reason and "in use" in reason
+    proc = DaemonProcess(workdir, env={"HERO_PROC_HTTP": "127.0.0.1:0"})
+    started.append(proc.start())
+    with proc.client() as c:
+        assert c.call("system.ui")["enabled"] is True
+    assert proc.stop() == 0
 
 
 def test_the_listener_is_off_by_default(workdir: Path, started: list[DaemonProcess]) -> None:
