@@ -228,3 +228,57 @@ def test_the_page_script_cannot_post_without_the_csrf_header(page: Any, web: Web
     assert status == 403
     with web.daemon.client() as c:
         assert c.call("service.status", name="alpha")["state"] == "running"
+
+
+HIDE = """() => {
+    Object.defineProperty(document, 'hidden', {value: %s, configurable: true});
+    document.dispatchEvent(new Event('visibilitychange'));
+}"""
+
+
+def test_a_hidden_page_lets_go_of_its_stream_and_catches_up_when_shown(
+    page: Any, web: Web
+) -> None:
+    gate = web.daemon.workdir / "hidden-gate"
+    with web.daemon.client() as c:
+        script = f"echo early; while [ ! -e {gate} ]; do sleep 0.05; done; echo late"
+        job_id = submit(c, command=sh(script))
+        wait_for(lambda: "early" in str(c.call("job.logs", id=job_id)) or None, "first line")
+    page.goto(web.url + f"jobs/{job_id}")
+    expect(page.locator("#log")).to_contain_text("early")
+    streams: list[Any] = []
+    page.on("request", lambda r: streams.append(r.url) if "/events" in r.url else None)
+    page.evaluate(HIDE % "true")
+    gate.touch()
+    with web.daemon.client() as c:
+        finish(c, job_id)
+    page.evaluate(HIDE % "false")
+    expect(page.locator("#log")).to_contain_text("late")
+    expect(page.locator("#job-status")).to_contain_text("succeeded")
+    assert page.locator("#log .line").count() == 2  # resumed after the last line shown
+    assert any("after=1" in url for url in streams), streams
+
+
+def test_more_tabs_than_the_browsers_six_connections_when_hidden(
+    page: Any, web: Web, tmp_path: Path
+) -> None:
+    """Each open page holds a connection for its stream; a hidden one gives it back."""
+    pages = [page]
+    try:
+        for n in range(8):
+            tab = page if n == 0 else page.context.new_page()
+            if n:
+                pages.append(tab)
+            tab.goto(web.url + "services")
+            expect(tab.locator("#services")).to_be_visible()
+            tab.evaluate(HIDE % "true")  # as a browser does for a tab in the background
+        shown = pages[0]
+        shown.evaluate(HIDE % "false")
+        with web.daemon.client() as c:
+            before = c.call("service.status", name="gamma")["pid"]
+            c.call("service.restart", name="gamma")
+        gamma = shown.locator('tr[data-service="gamma"] .pid')
+        expect(gamma).not_to_have_text(str(before))
+    finally:
+        for tab in pages[1:]:
+            tab.close()
