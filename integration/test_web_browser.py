@@ -236,9 +236,7 @@ HIDE = """() => {
 }"""
 
 
-def test_a_hidden_page_lets_go_of_its_stream_and_catches_up_when_shown(
-    page: Any, web: Web
-) -> None:
+def test_a_hidden_page_lets_go_of_its_stream_and_catches_up_when_shown(page: Any, web: Web) -> None:
     gate = web.daemon.workdir / "hidden-gate"
     with web.daemon.client() as c:
         script = f"echo early; while [ ! -e {gate} ]; do sleep 0.05; done; echo late"
