@@ -374,6 +374,21 @@ def test_a_port_in_use_is_a_start_up_failure_and_the_env_var_works(
     assert proc.stop() == 0
 
 
+def test_the_listener_bounds_bodies_and_slow_requests() -> None:
+    env = {"HERO_PROC_FRAME_TIMEOUT_S": "1", "HERO_PROC_MAX_FRAME": "4096"}
+    with web_daemon(env=env) as web:
+        status, _, _ = web.request("POST", "/rpc", body=b"x" * 5000, bearer=True)
+        assert status == 413
+        host, port = web.host.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=20) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: ")  # and then nothing more
+            began = time.monotonic()
+            assert slow.recv(100) == b""  # closed by the listener
+            assert time.monotonic() - began < 15
+        status, _, _ = web.request("GET", "/", bearer=True)
+        assert status == 200
+
+
 def test_the_listener_is_off_by_default(workdir: Path, started: list[DaemonProcess]) -> None:
     proc = DaemonProcess(workdir)
     started.append(proc.start())

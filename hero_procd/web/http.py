@@ -9,8 +9,9 @@ framework (and its second event-loop integration) would have added more
 code than it saved.
 
 Bounds: at most `max_connections` connections (more are closed at once),
-a request head of 64 KiB, a body of `max_body` bytes, and `idle_timeout_s`
-without a request on a kept-alive connection.
+a request head of 64 KiB, a body of `max_body` bytes, `idle_timeout_s`
+without a request on a kept-alive connection, and `frame_timeout_s` between
+two reads of a request once it has begun.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class HttpListener:
         max_body: int,
         max_connections: int = 256,
         idle_timeout_s: float = 300.0,
+        frame_timeout_s: float = 30.0,
     ) -> None:
         self.handler = handler
         self.host = host
@@ -83,6 +85,7 @@ class HttpListener:
         self.max_body = max_body
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
+        self.frame_timeout_s = frame_timeout_s
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -129,13 +132,15 @@ class HttpListener:
             self._writers.discard(writer)
             writer.close()
 
-    async def _next_event(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, timeout_s: float
-    ) -> object:
+    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+        """The next h11 event: between requests a connection may idle for `idle_timeout_s`;
+        once a request has begun, each read must come within `frame_timeout_s`."""
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
+            between = conn.their_state is h11.IDLE and not conn.trailing_data[0]
+            timeout_s = self.idle_timeout_s if between else self.frame_timeout_s
             data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout_s)
             conn.receive_data(data)
 
@@ -143,7 +148,7 @@ class HttpListener:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         while True:
             try:
-                event = await self._next_event(conn, reader, self.idle_timeout_s)
+                event = await self._next_event(conn, reader)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(
@@ -162,7 +167,7 @@ class HttpListener:
             body = bytearray()
             too_large = int(headers.get(b"content-length", b"0") or 0) > self.max_body
             while not too_large:
-                part = await self._next_event(conn, reader, self.idle_timeout_s)
+                part = await self._next_event(conn, reader)
                 if isinstance(part, h11.Data):
                     body += part.data
                     too_large = len(body) > self.max_body

@@ -51,6 +51,7 @@ async def start_web(app: App, dispatcher: Dispatcher, config: Config) -> HttpLis
         port,
         max_body=config.max_frame,
         idle_timeout_s=config.idle_timeout_s,
+        frame_timeout_s=config.frame_timeout_s,
     )
     await listener.start()
     guard.names = host_names(host, listener.port, config.http_hosts)
