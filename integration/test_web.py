@@ -163,9 +163,15 @@ def test_rpc_on_the_listener_is_the_same_json_rpc(web: Web) -> None:
 
 
 def test_bad_paths_and_ids_get_a_page_not_a_crash(web: Web) -> None:
-    for path in ("/jobs/0", "/jobs/abc", "/jobs/99999999", "/runs/x", "/services/none", "/a/b/c"):
+    for path in (
+        "/jobs/0", "/jobs/abc", "/jobs/99999999", "/jobs/-1", "/runs/x", "/services/none",
+        "/a/b/c", "/schedules/x", "/secrets/x", "/static/nope.js", "/static/../app.py",
+        "/jobs/" + "9" * 30,
+    ):  # fmt: skip
         status, _, _ = web.request("GET", path, bearer=True)
         assert status == 404, path
+    status, _, body = web.request("GET", "/services/%00", bearer=True)
+    assert status == 400 and b"invalid" in body.lower()  # the name's own check, as over RPC
     status, _, _ = web.request("DELETE", "/", bearer=True)
     assert status == 405
     status, _, _ = web.request("GET", "/", bearer=True)

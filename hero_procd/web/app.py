@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from html import escape
 from importlib import resources
 from typing import Any
@@ -193,16 +192,22 @@ class Dashboard:
                 return self.events(req)
             if head == "metrics" and len(parts) == 1:
                 return Response(200, await self.app.metrics.render(self.app), _METRICS_TYPE)
-            pages: dict[str, Callable[..., Any]] = {
-                "services": self.service_page if len(parts) == 2 else self.services_page,
-                "jobs": self.job_page if len(parts) == 2 else self.jobs_page,
-                "runs": self.run_page if len(parts) == 2 else self.runs_page,
+            lists: dict[str, Callable[[Request], Awaitable[Response]]] = {
+                "services": self.services_page,
+                "jobs": self.jobs_page,
+                "runs": self.runs_page,
                 "schedules": self.schedules_page,
                 "secrets": self.secrets_page,
             }
-            page = pages.get(head)
-            if page is not None and len(parts) <= 2:
-                return await (page(req, parts[1]) if len(parts) == 2 else page(req))  # type: ignore[no-any-return]
+            items: dict[str, Callable[[Request, str], Awaitable[Response]]] = {
+                "services": self.service_page,
+                "jobs": self.job_page,
+                "runs": self.run_page,
+            }
+            if len(parts) == 1 and head in lists:
+                return await lists[head](req)
+            if len(parts) == 2 and head in items:
+                return await items[head](req, parts[1])
         elif req.method == "POST":
             if parts == ["rpc"]:
                 answer = await self.dispatcher.handle(req.body)
@@ -409,4 +414,4 @@ def _int(value: str | None) -> int | None:
     if value is None or not value.isdigit() or len(value) > 18:
         return None
     number = int(value)
-    return number if 0 < number < math.inf else None
+    return number if number > 0 else None
