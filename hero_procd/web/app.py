@@ -237,7 +237,14 @@ class Dashboard:
             failing=failing,
             failed=failed,
             runs=await self.reads.runs_by_status(),
-            info=await self.call("system.info"),
+            # Not system.info: its row counts scan the log table, re-read at every change.
+            info={
+                "version": self.app.version,
+                "uptime_s": self.app.uptime_s(),
+                "jobs_running": len(self.app.executor.running) if self.app.executor else 0,
+                "max_parallel": self.app.config.max_parallel,
+                "dropped_log_lines_total": await self.app.store.logs.dropped_total(),
+            },
         )
 
     async def services_page(self, req: Request) -> Response:

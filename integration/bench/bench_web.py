@@ -113,7 +113,11 @@ def bench_web_pages(sizes: Sizes) -> BenchResult:
         run_id, job_id = _fill(c, services, jobs)
         url, token = _ui(c)
         pages: list[tuple[str, str, Callable[[], Any]]] = [
-            ("overview", "/", lambda: (c.call("system.info"), c.call("service.status_all"))),
+            (
+                "overview",
+                "/",
+                lambda: (c.call("service.status_all"), c.call("job.list", status="failed")),
+            ),
             ("services", "/services", lambda: c.call("service.status_all")),
             ("jobs", "/jobs", lambda: c.call("job.list", limit=50)),
             (
