@@ -133,6 +133,8 @@ class Config:
     http: str | None = None
     http_allow_remote: bool = False
     http_hosts: tuple[str, ...] = ()
+    # Stack files applied at start and on SIGHUP (--config-dir, $HERO_PROC_CONFIG_DIR).
+    config_dir: Path | None = None
 
     @classmethod
     def from_env(

@@ -31,6 +31,7 @@ from hero_procd.cli.options import (
 from hero_procd.cli.schedules import schedule, secret
 from hero_procd.cli.services import service
 from hero_procd.cli.session import DEFAULT_TIMEOUT_S, CliError, Session
+from hero_procd.cli.stack import apply, export
 
 # -- the command tree -----------------------------------------------------------------
 
@@ -192,6 +193,8 @@ def status(s: Session) -> None:
 
 for subgroup in (job, run, group, service, schedule, secret):
     cli.add_command(subgroup)
+for stack_command in (apply, export):
+    cli.add_command(stack_command)
 
 
 # -- cleaning -------------------------------------------------------------------------

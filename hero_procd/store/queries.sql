@@ -23,23 +23,23 @@ INSERT INTO actions (name, spec, tags, created_at, updated_at)
 VALUES (:name, :spec, :tags, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tags = excluded.tags,
                                  updated_at = excluded.updated_at
-RETURNING name, spec, tags, created_at, updated_at
+RETURNING name, spec, tags, stack, created_at, updated_at
 
 -- action_get --
 -- One action by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions WHERE name = ?
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions WHERE name = ?
 
 -- action_get_many --
 -- Several actions by name (resolving the actions of a run in one read).
-SELECT name, spec, tags, created_at, updated_at FROM actions WHERE name IN ({marks})
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions WHERE name IN ({marks})
 
 -- action_list --
 -- Every action, by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions ORDER BY name
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions ORDER BY name
 
 -- action_list_by_tag --
 -- Actions carrying a tag, by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions
+SELECT name, spec, tags, stack, created_at, updated_at FROM actions
 WHERE EXISTS (SELECT 1 FROM json_each(actions.tags) WHERE value = ?)
 ORDER BY name
 
@@ -160,13 +160,13 @@ DELETE FROM services WHERE name = ?
 -- service_status_all --
 -- The live status of every service in one read.
 SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent
+       memory_bytes, cpu_percent, json_extract(spec, '$.tags') AS tags
 FROM services ORDER BY name
 
 -- service_status_one --
 -- The live status of one service.
 SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent
+       memory_bytes, cpu_percent, json_extract(spec, '$.tags') AS tags
 FROM services WHERE name = ?
 
 -- log_insert --
@@ -305,7 +305,7 @@ ON CONFLICT (name) DO UPDATE SET max_parallel = excluded.max_parallel
 
 -- group_list --
 -- Every concurrency group.
-SELECT name, max_parallel FROM groups ORDER BY name
+SELECT name, max_parallel, stack FROM groups ORDER BY name
 
 -- group_delete --
 -- Delete a concurrency group.
@@ -499,3 +499,56 @@ SELECT id FROM jobs WHERE id = :job_id AND status IN ('queued', 'running')
 UNION
 SELECT id FROM jobs WHERE run_id = :run_id AND status IN ('queued', 'running')
 ORDER BY id
+
+-- stack_services --
+-- Every service's definition and stack (the current state a stack plan starts from).
+SELECT name, spec, stack FROM services ORDER BY name
+
+-- stack_actions --
+-- Every action's definition and stack.
+SELECT name, spec, tags, stack FROM actions ORDER BY name
+
+-- stack_schedules --
+-- Every schedule's definition and stack.
+SELECT name, cron, tz, target, overlap, paused, stack FROM schedules ORDER BY name
+
+-- stack_groups --
+-- Every concurrency group and its stack.
+SELECT name, max_parallel, stack FROM groups ORDER BY name
+
+-- stack_service_upsert --
+-- Create or redefine a service for a stack; its live state is kept.
+INSERT INTO services (name, spec, stack, created_at, updated_at)
+VALUES (:name, :spec, :stack, :now, :now)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, stack = excluded.stack,
+                                 updated_at = excluded.updated_at
+
+-- stack_action_upsert --
+-- Create or replace an action for a stack.
+INSERT INTO actions (name, spec, tags, stack, created_at, updated_at)
+VALUES (:name, :spec, :tags, :stack, :now, :now)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tags = excluded.tags,
+                                 stack = excluded.stack, updated_at = excluded.updated_at
+
+-- stack_schedule_upsert --
+-- Create or replace a schedule for a stack (as schedule_upsert, with its stack).
+INSERT INTO schedules (name, cron, tz, target, overlap, paused, next_fire_at, stack,
+                       created_at, updated_at)
+VALUES (:name, :cron, :tz, :target, :overlap, :paused, :next_fire_at, :stack, :now, :now)
+ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz, target = excluded.target,
+    overlap = excluded.overlap, paused = excluded.paused, next_fire_at = excluded.next_fire_at,
+    queued = CASE WHEN excluded.overlap = 'queue' THEN queued ELSE 0 END,
+    stack = excluded.stack, updated_at = excluded.updated_at
+
+-- stack_group_upsert --
+-- Create or change a concurrency group for a stack.
+INSERT INTO groups (name, max_parallel, stack) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET max_parallel = excluded.max_parallel, stack = excluded.stack
+
+-- stack_service_spec --
+-- One service's definition, read inside the unit that updates it.
+SELECT spec FROM services WHERE name = ?
+
+-- stack_service_set_spec --
+-- A service's new definition (service.update); its live state and stack are kept.
+UPDATE services SET spec = ?, updated_at = ? WHERE name = ?

@@ -165,10 +165,20 @@ V3 = """
 ALTER TABLE schedules ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
 """
 
+# Stack files (hero_procd/stack.py): the stack that declared each service, action,
+# schedule and group; NULL for an object made by hand, which no prune ever deletes.
+V4 = """
+ALTER TABLE services ADD COLUMN stack TEXT;
+ALTER TABLE actions ADD COLUMN stack TEXT;
+ALTER TABLE schedules ADD COLUMN stack TEXT;
+ALTER TABLE groups ADD COLUMN stack TEXT;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, V1),
     (2, V2),
     (3, V3),
+    (4, V4),
 ]
 
 # Every table a wipe empties, children before parents.

@@ -21,7 +21,19 @@ from typing import Any
 TOPICS = ("jobs", "services", "schedules", "secrets")
 # What an RPC method changes, by its area (read-only verbs publish nothing).
 _READ_VERBS = frozenset(
-    ("get", "list", "logs", "status", "status_all", "events", "wait", "info", "ping", "ui")
+    (
+        "get",
+        "list",
+        "logs",
+        "status",
+        "status_all",
+        "events",
+        "wait",
+        "info",
+        "ping",
+        "ui",
+        "export",
+    )
 )
 _TOPIC_OF_AREA = {
     "job": ("jobs",),
@@ -32,6 +44,7 @@ _TOPIC_OF_AREA = {
     "schedule": ("schedules",),
     "secret": ("secrets",),
     "system": TOPICS,
+    "stack": ("services", "schedules", "jobs"),
 }
 # Lines held for one slow subscriber before it is told it missed some (it reloads its tail).
 MAX_PENDING_LINES = 2000
