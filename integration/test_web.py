@@ -198,7 +198,6 @@ def test_metrics_agree_with_the_rpc_answers(web: Web) -> None:
         wait_for(
             lambda: c.call("service.status", name="m-ok")["state"] == "running" or None, "m-ok"
         )
-        time.sleep(0.2)  # lines reach the store within a flush interval (20 ms)
         status, headers, body = web.request("GET", "/metrics", bearer=True)
         assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
         m = _metrics(body.decode())
