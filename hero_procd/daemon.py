@@ -43,6 +43,7 @@ from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import Handler, load_methods
 from hero_procd.rpc.server import RpcServer
 from hero_procd.store import Store
+from hero_procd.web.listen import start_web
 
 log = logging.getLogger("hero_procd")
 
@@ -190,6 +191,7 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
         # Only now may children run: the daemon can be reached to see and stop them.
         stage = "starting the executor"
         app.executor = Executor(app)
+        app.executor.flusher.on_stored = app.logs_stored  # metrics, live log tails
         teardown.push("executor", app.executor.stop)
         teardown.push("waits", app.executor.answer_waits)
         await app.executor.start()  # recovery first: no process of a previous daemon survives
@@ -207,6 +209,10 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
         app.janitor = Janitor(app)
         teardown.push("janitor", app.janitor.stop)
         app.janitor.start()
+        if config.http is not None:
+            stage = f"starting the browser listener on {config.http}"
+            listener = await start_web(app, server.dispatcher, config)
+            teardown.push("http", listener.close)
     except StartupError:
         raise
     except Exception as exc:
@@ -321,7 +327,7 @@ async def serve(config: Config) -> None:
     notify("STOPPING=1")
     # Pending job.wait calls are answered with the job's state now; then the server goes:
     # no new request may start work the engines are stopping.
-    await teardown.run(first=("reloader", "waits", "server"))
+    await teardown.run(first=("reloader", "waits", "http", "server"))
     log.info("stopped")
 
 
@@ -369,6 +375,18 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
 @click.option(
+    "--http",
+    "http",
+    metavar="HOST:PORT",
+    help="Serve the dashboard, /rpc, /metrics, /events on TCP (off by default) [$HERO_PROC_HTTP]",
+)
+@click.option(
+    "--http-allow-remote",
+    is_flag=True,
+    default=None,
+    help="Allow --http on a non-loopback address [$HERO_PROC_HTTP_ALLOW_REMOTE=1]",
+)
+@click.option(
     "--config-dir",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     envvar="HERO_PROC_CONFIG_DIR",
@@ -383,6 +401,8 @@ def main(
     max_parallel: int | None,
     socket_group: str | None,
     log_level: str,
+    http: str | None,
+    http_allow_remote: bool | None,
     config_dir: Path | None,
 ) -> None:
     """hero-procd: the process supervisor and job queue daemon."""
@@ -398,6 +418,8 @@ def main(
             readers=readers,
             socket_group=socket_group,
             max_parallel=max_parallel,
+            http=http,
+            http_allow_remote=http_allow_remote,
         )
     except ValueError as exc:
         click.echo(f"hero-procd: {exc}", err=True)

@@ -77,6 +77,17 @@ def ping(s: Session) -> None:
 @cli.command()
 @json_option
 @click.pass_obj
+def ui(s: Session) -> None:
+    """Print the URL that logs a browser in to the dashboard (hero-procd --http)."""
+    result = s.call("system.ui")
+    if not result.get("enabled"):
+        raise CliError("the dashboard is off: start hero-procd with --http 127.0.0.1:PORT")
+    s.show(result, lambda r: str(r["login_url"]))
+
+
+@cli.command()
+@json_option
+@click.pass_obj
 def info(s: Session) -> None:
     """Version, pid, uptime, paths and table counts of the daemon."""
     s.show(s.call("system.info"), output.details)

@@ -76,6 +76,7 @@ class RunningJob:
     terminated_for: str | None = None
     finalizing: bool = False
     handles: list[asyncio.TimerHandle] = field(default_factory=list)
+    claimed_at: float = field(default_factory=time.monotonic)  # metrics: attempt duration
 
 
 class Executor:
@@ -202,6 +203,8 @@ class Executor:
                 self._cancel_pending.discard(c.id)
                 rj.terminated_for = "cancelled"
             self.running[c.id] = rj
+        if claimed:
+            self.app.feed.publish("jobs")
         return claimed
 
     async def _schedule_backoff_wake(self) -> None:
@@ -242,11 +245,13 @@ class Executor:
             # it runs on a small pool, so the loop keeps serving meanwhile.
             child = await loop.run_in_executor(self.spawner, procs.spawn, argv, env, job.spec.cwd)
         except OSError as exc:
+            self.app.metrics.spawn_failures.inc()
             what = exc.filename if exc.filename is not None else argv[0]
             await self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
             return
         except Exception as exc:
             log.exception("launch failed", extra={"job_id": job.id})
+            self.app.metrics.spawn_failures.inc()
             await self._finalize(rj, error=f"cannot start: {exc}")
             return
         self.spawned += 1
@@ -361,6 +366,7 @@ class Executor:
             self._finishing.discard(job.id)
             if not self.running and not self._finishing:
                 self._none_running.set()
+        self.app.metrics.attempt_ended(rj)
         if finished is not None:
             self.notify(finished.done)
         self.wake()  # again once committed: a retry queued, dependents released
@@ -380,6 +386,7 @@ class Executor:
 
     def notify(self, job_ids: list[int]) -> None:
         """Wake the waiters of jobs that reached a terminal state (after the commit)."""
+        self.app.feed.publish("jobs")
         for job_id in job_ids:
             for fut in self._waiters.pop(job_id, []):
                 if not fut.done():
