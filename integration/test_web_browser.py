@@ -122,11 +122,17 @@ def test_login_then_see_three_services_and_restart_one_live(
     beta = page.locator('tr[data-service="beta"]')
     pid_before = beta.locator(".pid").inner_text()
     assert pid_before.isdigit()
+    expect(beta.locator(".restarts")).to_have_text("0")
     beta.locator("button.restart").click()
-    # The row changes in place (SSE → htmx re-fetch of the table): a new process.
+    # The row changes in place (SSE → htmx re-fetch of the table): its restart count
+    # (the manual one, apart from the policy's) and a new process.
+    expect(beta.locator(".restarts")).to_have_text("0 (+1 manual)")
     expect(beta.locator(".pid")).not_to_have_text(pid_before)
     expect(beta.locator(".state-cell")).to_have_text("running")
     expect(page.locator("#flash")).to_contain_text("service.restart beta: done")
+    with web.daemon.client() as c:
+        status = c.call("service.status", name="beta")
+    assert (status["restarts"], status["manual_restarts"]) == (0, 1)
     # The restart count of a service restarted by its policy climbs, live as well.
     with web.daemon.client() as c:
         c.call("service.start", name="flappy")
