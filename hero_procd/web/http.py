@@ -10,8 +10,9 @@ code than it saved.
 
 Bounds: at most `max_connections` connections (more are closed at once),
 a request head of 64 KiB, a body of `max_body` bytes, `idle_timeout_s`
-without a request on a kept-alive connection, and `frame_timeout_s` between
-two reads of a request once it has begun.
+without a request on a kept-alive connection, and `frame_timeout_s` for a
+whole request (head and body) from its first byte, as on the RPC socket: a
+peer dribbling a byte now and then cannot hold a connection.
 """
 
 from __future__ import annotations
@@ -63,6 +64,13 @@ class Streamed:
 
 
 Handler = Callable[[Request], Awaitable[Response | Streamed]]
+
+
+@dataclass
+class _Deadline:
+    """When the request being read must be complete (set at its first byte)."""
+
+    ends_at: float | None = None
 
 
 class HttpListener:
@@ -132,23 +140,34 @@ class HttpListener:
             self._writers.discard(writer)
             writer.close()
 
-    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    async def _next_event(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, request: _Deadline
+    ) -> object:
         """The next h11 event: between requests a connection may idle for `idle_timeout_s`;
-        once a request has begun, each read must come within `frame_timeout_s`."""
+        once a request has begun, all of it must come within `frame_timeout_s`."""
+        loop = asyncio.get_running_loop()
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
             between = conn.their_state is h11.IDLE and not conn.trailing_data[0]
-            timeout_s = self.idle_timeout_s if between else self.frame_timeout_s
+            if between:
+                timeout_s = self.idle_timeout_s
+            else:
+                if request.ends_at is None:
+                    request.ends_at = loop.time() + self.frame_timeout_s
+                timeout_s = request.ends_at - loop.time()
+                if timeout_s <= 0:
+                    raise TimeoutError
             data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout_s)
             conn.receive_data(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         while True:
+            request_time = _Deadline()
             try:
-                event = await self._next_event(conn, reader)
+                event = await self._next_event(conn, reader, request_time)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(
@@ -167,7 +186,7 @@ class HttpListener:
             body = bytearray()
             too_large = int(headers.get(b"content-length", b"0") or 0) > self.max_body
             while not too_large:
-                part = await self._next_event(conn, reader)
+                part = await self._next_event(conn, reader, request_time)
                 if isinstance(part, h11.Data):
                     body += part.data
                     too_large = len(body) > self.max_body

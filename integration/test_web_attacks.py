@@ -1,0 +1,332 @@
+"""A hostile look at the browser listener: the real daemon over real TCP.
+
+Each test is one attack: slow or oversized requests, Host and token tricks,
+cross-origin posts, event streams opened by the hundred or never read,
+markup smuggled in through names and output, RPC method names invented to
+blow up the metrics' labels. What they check is what the attacker must not
+get: a held connection, a request served, memory or descriptors kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from integration.helpers import define, finish, submit, wait_for
+from integration.web_helpers import SseStream, Web, web_daemon
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[Web]:
+    """One daemon with the listener for the module."""
+    with web_daemon() as w:
+        yield w
+
+
+def _pid(web: Web) -> int:
+    assert web.daemon.proc is not None
+    return web.daemon.proc.pid
+
+
+def _fds(web: Web) -> int:
+    return len(os.listdir(f"/proc/{_pid(web)}/fd"))
+
+
+def _rss(web: Web) -> int:
+    for line in Path(f"/proc/{_pid(web)}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _connect(web: Web, timeout: float = 30.0) -> socket.socket:
+    host, port = web.host.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def _settle_fds(web: Web, baseline: int, what: str) -> None:
+    """Wait until the daemon holds no more descriptors than at `baseline` (+2 slack for
+    a reader or a WAL file opened meanwhile)."""
+    wait_for(lambda: True if _fds(web) <= baseline + 2 else None, what)
+
+
+# -- slow and oversized requests ------------------------------------------------------
+
+
+def test_a_request_head_dribbled_a_byte_at_a_time_is_cut_off() -> None:
+    """Slowloris: one byte per half second never lets a per-read timeout fire; the
+    request as a whole must still come within the frame timeout."""
+    with web_daemon(env={"HERO_PROC_FRAME_TIMEOUT_S": "2"}) as web:
+        head = f"GET / HTTP/1.1\r\nHost: {web.host}\r\nX-Slow: {'a' * 200}".encode()
+        with _connect(web) as slow:
+            began = time.monotonic()
+            closed_after = None
+            for byte in head:
+                try:
+                    slow.sendall(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - began
+                    break
+                time.sleep(0.5)
+                if time.monotonic() - began > 20:
+                    break
+            assert closed_after is not None, "a dribbled head held its connection for 20 s"
+            assert closed_after < 10
+        status, _, _ = web.request("GET", "/", bearer=True)
+        assert status == 200
+
+
+def test_an_oversized_head_is_refused_and_the_listener_serves_on(web: Web) -> None:
+    with _connect(web) as conn:
+        conn.sendall(f"GET / HTTP/1.1\r\nHost: {web.host}\r\nX-Big: ".encode())
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.sendall(b"a" * 200_000)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431") or b" 400 " in answer[:20]
+    assert web.request("GET", "/", bearer=True)[0] == 200
+
+
+# -- Host, token, cookie, CSRF --------------------------------------------------------
+
+
+def _hosts(web: Web) -> list[str]:
+    port = web.host.rsplit(":", 1)[1]
+    return [
+        f"127.0.0.1.:{port}",  # trailing dot: another name to a resolver
+        f"localhost.:{port}",
+        f"127.0.0.1:{port}.",
+        f"127.0.0.1:0{port}",
+        f"127.0.0.1:{port}:{port}",
+        f"127.1:{port}",
+        f"0x7f.0.0.1:{port}",
+        f"2130706433:{port}",
+        f"evil.example@127.0.0.1:{port}",
+        f"127.0.0.1:{port}@evil.example",
+        f"[::ffff:127.0.0.1]:{port}",
+        f"evil.example:{port}",
+        f"127.0.0.1 :{port}",
+        "127.0.0.1",
+        "localhost",
+        f"::1:{port}",
+    ]
+
+
+def test_host_header_tricks_are_refused(web: Web) -> None:
+    for host in _hosts(web):
+        status, headers, _ = web.request("GET", "/", headers={"Host": host}, bearer=True)
+        assert status in (400, 403), (host, status)
+        status, headers, _ = web.request("GET", f"/login?token={web.token}", headers={"Host": host})
+        assert status in (400, 403) and "set-cookie" not in headers, host
+
+
+def test_ipv6_literals_and_case_of_the_listeners_own_names(web: Web) -> None:
+    port = web.host.rsplit(":", 1)[1]
+    for host in (f"[::1]:{port}", f"LocalHost:{port}", f"[0:0:0:0:0:0:0:1]:{port}"):
+        status, _, _ = web.request("GET", "/", headers={"Host": host}, bearer=True)
+        # [::1] names the loopback listener; the long form of it is not a name we list.
+        assert status == (403 if host.startswith("[0:") else 200), host
+
+
+def _cookie(web: Web) -> str:
+    status, headers, _ = web.request("GET", f"/login?token={web.token}")
+    assert status == 200
+    return headers["set-cookie"].split(";", 1)[0]
+
+
+def test_the_token_or_cookie_in_the_wrong_place_is_401(web: Web) -> None:
+    cookie_value = _cookie(web).split("=", 1)[1]
+    for path, headers in (
+        (f"/?token={web.token}", {}),
+        (f"/services?token={web.token}", {}),
+        ("/", {"Cookie": f"hero_session={web.token}"}),
+        ("/", {"Cookie": f"HERO_SESSION={cookie_value}"}),
+        ("/", {"Cookie": f"hero_session={cookie_value[:-1]}0"}),
+        ("/", {"Cookie": f"other={cookie_value}"}),
+        ("/", {"Authorization": f"Bearer {cookie_value}"}),
+        ("/", {"Authorization": f"Token {web.token}"}),
+        ("/", {"Authorization": web.token}),
+        ("/", {"X-Hero-CSRF": web.token}),
+        ("/", {"Authorization": "Bearer wrong", "Cookie": f"hero_session={cookie_value}"}),
+        ("/login", {"Cookie": f"hero_session={cookie_value}"}),  # login wants the token
+    ):
+        status, answer, _ = web.request("GET", path, headers=headers)
+        assert status == 401, (path, headers)
+        assert "set-cookie" not in answer
+
+
+def test_cross_origin_posts_are_refused_whatever_they_carry(web: Web) -> None:
+    with web.daemon.client() as c:
+        define(c, "xorigin", ["sleep", "300"])
+    cookie = _cookie(web)
+    _, _, page = web.request("GET", "/services", headers={"Cookie": cookie})
+    marker = b'"X-Hero-CSRF": "'
+    start = page.index(marker) + len(marker)
+    csrf = page[start : page.index(b'"', start)].decode()
+    port = web.host.rsplit(":", 1)[1]
+    for origin in (
+        "null",
+        "http://evil.example",
+        f"http://127.0.0.1:{port}.evil.example",
+        f"http://evil.example/127.0.0.1:{port}",
+        f"http://127.0.0.2:{port}",
+    ):
+        for path, body in (
+            ("/services/xorigin/start", b""),
+            ("/rpc", b'{"jsonrpc":"2.0","method":"service.start","params":{"name":"xorigin"}}'),
+        ):
+            for auth in ({"Cookie": cookie, "X-Hero-CSRF": csrf}, {"Cookie": cookie}):
+                status, _, _ = web.request(
+                    "POST", path, body=body, headers={**auth, "Origin": origin}
+                )
+                assert status == 403, (origin, path, auth)
+    # A form post (what a cross-site page can send without a preflight) with the cookie.
+    status, _, _ = web.request(
+        "POST",
+        "/services/xorigin/start",
+        body=b"x=1",
+        headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert status == 403
+    with web.daemon.client() as c:
+        assert c.call("service.status", name="xorigin")["state"] == "stopped"
+        c.call("service.delete", name="xorigin")
+
+
+def test_static_files_cannot_be_walked_out_of(web: Web) -> None:
+    for path in (
+        "/static/../app.py",
+        "/static/..%2fapp.py",
+        "/static/%2e%2e/%2e%2e/pyproject.toml",
+        "/static/..%5c..%5capp.py",
+        "/static//etc/passwd",
+        "/static/style.css/..",
+        "/static/style.css%00.js",
+        "/static/LICENSES.txt",
+        "/static/",
+        "/static",
+    ):
+        status, _, body = web.request("GET", path, bearer=True)
+        assert status in (400, 404), path
+        assert b"import " not in body and b"root:" not in body
+    status, headers, _ = web.request("GET", "/static/style.css", bearer=True)
+    assert status == 200 and headers["content-type"].startswith("text/css")
+
+
+# -- event streams: many, abandoned, never read --------------------------------------
+
+
+def test_many_event_streams_opened_and_dropped_leak_no_descriptors(web: Web) -> None:
+    """Streams closed politely, reset (RST), or dropped before their answer leave no fd,
+    task or subscription behind: the descriptors come back to where they were."""
+    streams = [SseStream(web, "/events?topics=jobs") for _ in range(3)]
+    for s in streams:
+        s.close()
+    _settle_fds(web, 10_000, "warm-up")
+    baseline = _fds(web)
+    for rnd in range(3):
+        streams = [
+            SseStream(web, f"/events?topics=jobs,services&log=job:{i + 1}") for i in range(40)
+        ]
+        assert _fds(web) >= baseline + 30
+        for i, stream in enumerate(streams):
+            if (i + rnd) % 2:
+                sock = stream.conn.sock
+                assert sock is not None
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stream.close()
+        raw = []
+        for _ in range(20):  # asked for, and gone before reading a byte of the answer
+            conn = _connect(web)
+            conn.sendall(
+                f"GET /events?topics=jobs HTTP/1.1\r\nHost: {web.host}\r\n"
+                f"Authorization: Bearer {web.token}\r\n\r\n".encode()
+            )
+            raw.append(conn)
+        for conn in raw:
+            conn.close()
+        _settle_fds(web, baseline, f"the daemon's descriptors back to {baseline} (round {rnd})")
+    # The feed still fans out to a new stream.
+    stream = SseStream(web, "/events?topics=jobs")
+    try:
+        with web.daemon.client() as c:
+            finish(c, submit(c, command=["true"]))
+        assert stream.next()[0] == "jobs"
+    finally:
+        stream.close()
+
+
+# -- markup smuggled in ---------------------------------------------------------------
+
+PAYLOAD = "<img src=x onerror=alert(1)>\"'><script>alert(2)</script>&amp;"
+
+
+def test_markup_in_output_commands_and_keys_is_escaped_everywhere(web: Web) -> None:
+    with web.daemon.client() as c:
+        job = submit(
+            c,
+            command=["printf", "%s\\n%s\\n", PAYLOAD, "data: event: x"],
+            tags=["xss"],
+        )
+        finish(c, job)
+        run = c.call(
+            "run.submit",
+            jobs=[{"key": "a", "command": ["echo", PAYLOAD]}, {"key": "b", "command": ["true"],
+                  "depends_on": ["a"]}],
+        )["id"]  # fmt: skip
+        finish(c, c.call("run.get", id=run)["jobs"][0]["id"])
+    for path in (f"/jobs/{job}", "/jobs", "/jobs?tag=xss", f"/runs/{run}", "/"):
+        status, _, body = web.request("GET", path, bearer=True)
+        assert status == 200, path
+        assert b"<script>alert" not in body and b"<img src=x" not in body, path
+    status, _, body = web.request("GET", f"/jobs/{job}", bearer=True)
+    assert b"&lt;img src=x onerror=alert(1)&gt;" in body
+    # Reflected: a query value in the jobs filter and a path in the error page.
+    status, _, body = web.request("GET", "/jobs?tag=%3Cscript%3Ealert(3)%3C/script%3E", bearer=True)
+    assert b"<script>alert(3)" not in body
+    status, _, body = web.request("GET", "/nope%3Cscript%3Ealert(4)%3C/script%3E", bearer=True)
+    assert status == 404 and b"<script>alert(4)" not in body
+    # Over SSE, a line cannot end its event early nor start one of its own.
+    stream = SseStream(web, f"/events?log=job:{job}")
+    try:
+        name, data = stream.next()
+    finally:
+        stream.close()
+    assert name == "log" and "\n" not in data
+    assert "<img" not in data and "&lt;img" in data
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def test_invented_rpc_method_names_add_no_metric_series(web: Web) -> None:
+    batch = [{"jsonrpc": "2.0", "method": f"evil.m{i}-{'x' * 50}", "id": i} for i in range(300)]
+    status, _, answer = web.request("POST", "/rpc", body=orjson.dumps(batch), bearer=True)
+    assert status == 200
+    assert {a["error"]["code"] for a in orjson.loads(answer)} == {-32601}
+    with web.daemon.client() as c:
+        for i in range(20):
+            with pytest.raises(Exception):  # noqa: B017 - any error: the name is unknown
+                c.call(f"sock.evil{i}")
+    status, _, text = web.request("GET", "/metrics", bearer=True)
+    assert status == 200
+    assert b"evil" not in text
+    methods = set()
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if "method" in sample.labels:
+                methods.add(sample.labels["method"])
+    from hero_procd.rpc.registry import load_methods
+
+    assert methods <= set(load_methods())
