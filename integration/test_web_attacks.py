@@ -13,6 +13,7 @@ import contextlib
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -265,6 +266,61 @@ def test_many_event_streams_opened_and_dropped_leak_no_descriptors(web: Web) -> 
         assert stream.next()[0] == "jobs"
     finally:
         stream.close()
+
+
+def _flood_growth(stalled: int) -> int:
+    """How much the daemon's RSS grows while a job writes 6000 lines of 16 KiB (of '"',
+    six times longer escaped), with `stalled` streams tailing them that read nothing.
+    The daemon must then still answer, and stop at once."""
+    with web_daemon() as web:
+        flood = [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "line = '\"' * 16000 + '\\n'\n"
+            "for _ in range(6000): sys.stdout.write(line)\n"
+            "sys.stdout.flush(); time.sleep(300)",
+        ]
+        conns = [_connect(web) for _ in range(stalled)]
+        for conn in conns:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        before = _rss(web)
+        try:
+            with web.daemon.client() as c:
+                job = submit(c, command=flood)
+                for conn in conns:
+                    conn.sendall(
+                        f"GET /events?log=job:{job} HTTP/1.1\r\nHost: {web.host}\r\n"
+                        f"Authorization: Bearer {web.token}\r\n\r\n".encode()
+                    )
+
+                def flooded() -> bool | None:
+                    got = c.call("job.logs", id=job, after_seq=5999, limit=1)
+                    return True if got["lines"] else None
+
+                wait_for(flooded, "the job's 6000 lines stored", timeout_s=120)
+                grown = _rss(web) - before
+                assert c.call("system.ping")["pong"] is True
+                c.call("job.cancel", id=job)
+            assert web.request("GET", "/", bearer=True)[0] == 200
+        finally:
+            began = time.monotonic()
+            assert web.daemon.stop() == 0
+            assert time.monotonic() - began < 15
+            for conn in conns:
+                conn.close()
+    return grown
+
+
+def test_a_stream_that_never_reads_holds_bounded_memory_and_no_stop() -> None:
+    """Backpressure: what waits for a stream that reads nothing stays bounded (the stream
+    is told to reload its tail instead); measured against the same flood with no stream,
+    in the same run. Eight such streams: what one would hold unbounded (~100 MiB before)
+    stands well clear of the noise of the flood itself (tens of MiB)."""
+    alone = _flood_growth(stalled=0)
+    stalled = _flood_growth(stalled=8)
+    print(f"RSS growth: {alone >> 20} MiB alone, {stalled >> 20} MiB with 8 stalled streams")
+    assert stalled - alone < 160 * 1024 * 1024, (stalled >> 20, alone >> 20)
 
 
 # -- markup smuggled in ---------------------------------------------------------------
