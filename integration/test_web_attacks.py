@@ -10,10 +10,12 @@ get: a held connection, a request served, memory or descriptors kept.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -386,3 +388,79 @@ def test_invented_rpc_method_names_add_no_metric_series(web: Web) -> None:
     from hero_procd.rpc.registry import load_methods
 
     assert methods <= set(load_methods())
+
+
+def _scrape(web: Web) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, _, body = web.request("GET", "/metrics", bearer=True)
+    assert status == 200
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_metrics_under_load_parse_only_grow_and_add_up_to_the_rpc_answers() -> None:
+    """Scraped while clients call and jobs run: every scrape parses, counters never go
+    back, and once the load is over every figure is exactly what the RPC says."""
+    pings = ("hero_proc_rpc_calls_total", (("method", "system.ping"), ("outcome", "ok")))
+    spawns = ("hero_proc_spawns_total", ())
+    jobs_total = 200
+    with web_daemon() as web:
+        before = _scrape(web)
+        stop = threading.Event()
+        seen: list[tuple[float, float, float]] = []
+        errors: list[BaseException] = []
+
+        def scraper() -> None:
+            try:
+                while not stop.is_set():
+                    m = _scrape(web)
+                    ended = sum(
+                        v for (n, _), v in m.items() if n == "hero_proc_job_duration_seconds_count"
+                    )
+                    seen.append((m.get(pings, 0.0), m.get(spawns, 0.0), ended))
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+
+        def pinger(over_http: bool) -> None:
+            try:
+                if over_http:
+                    body = b'{"jsonrpc":"2.0","method":"system.ping","id":1}'
+                    for _ in range(100):
+                        assert web.request("POST", "/rpc", body=body, bearer=True)[0] == 200
+                else:
+                    with web.daemon.client() as c:
+                        for _ in range(100):
+                            c.call("system.ping")
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=scraper)]
+        threads += [threading.Thread(target=pinger, args=(n == 0,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            with web.daemon.client() as c:
+                ids = c.call(
+                    "job.submit_batch", jobs=[{"command": ["true"]} for _ in range(jobs_total)]
+                )["submitted"]
+                for job_id in ids:
+                    finish(c, job_id)
+        finally:
+            for t in threads[1:]:
+                t.join(120)
+            stop.set()
+            threads[0].join(120)
+        assert not errors, errors
+        assert len(seen) >= 2
+        for earlier, later in itertools.pairwise(seen):
+            assert all(b >= a for a, b in zip(earlier, later, strict=True)), (earlier, later)
+        after = _scrape(web)
+        with web.daemon.client() as c:
+            listed = c.call("job.list", limit=1000)["jobs"]
+        assert after[pings] - before.get(pings, 0.0) == 400
+        assert after[spawns] - before.get(spawns, 0.0) == jobs_total
+        assert after[("hero_proc_jobs", (("status", "succeeded"),))] == len(listed) == jobs_total
+        ended = sum(v for (n, _), v in after.items() if n == "hero_proc_job_duration_seconds_count")
+        assert ended == jobs_total
