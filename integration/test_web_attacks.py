@@ -227,6 +227,36 @@ def test_static_files_cannot_be_walked_out_of(web: Web) -> None:
     assert status == 200 and headers["content-type"].startswith("text/css")
 
 
+def test_connections_that_send_nothing_cannot_lock_the_dashboard_out(web: Web) -> None:
+    """Any local user can connect, before any auth: 300 connections that send nothing or
+    half a head (past the listener's 256) must not keep a request with the token out."""
+    held: list[socket.socket] = []
+    try:
+        for i in range(300):
+            conn = _connect(web)
+            if i % 2:
+                conn.sendall(f"GET / HTTP/1.1\r\nHost: {web.host}\r\nX-Hang".encode())
+            held.append(conn)
+        for _ in range(5):
+            status, _, _ = web.request("GET", "/", bearer=True, timeout=10)
+            assert status == 200
+        # An open stream is busy, not waiting: it is never the one closed for a newcomer.
+        stream = SseStream(web, "/events?topics=jobs")
+        try:
+            for _ in range(300):
+                conn = _connect(web)
+                held.append(conn)
+            with web.daemon.client() as c:
+                finish(c, submit(c, command=["true"]))
+            assert stream.next()[0] == "jobs"
+        finally:
+            stream.close()
+        assert _fds(web) < 256 + 64  # the cap holds: the held ones were closed, not kept
+    finally:
+        for conn in held:
+            conn.close()
+
+
 # -- event streams: many, abandoned, never read --------------------------------------
 
 

@@ -8,7 +8,10 @@ stays small on purpose: routing and auth live in `hero_procd.web.app`; a web
 framework (and its second event-loop integration) would have added more
 code than it saved.
 
-Bounds: at most `max_connections` connections (more are closed at once),
+Bounds: at most `max_connections` connections (past that a new one takes
+the place of the one that has waited longest for its next request, or is
+closed at once if every connection is busy, so that peers which connect
+and send nothing, before any auth, cannot keep the dashboard from anyone),
 a request head of 64 KiB, a body of `max_body` bytes, `idle_timeout_s`
 without a request on a kept-alive connection, and `frame_timeout_s` for a
 whole request (head and body) from its first byte, as on the RPC socket: a
@@ -97,6 +100,8 @@ class HttpListener:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        # Connections between requests (or in the head of one), with since when.
+        self._waiting: dict[asyncio.StreamWriter, float] = {}
 
     async def start(self) -> None:
         """Bind; `port` then holds the bound port (0 asks the kernel for a free one)."""
@@ -121,8 +126,12 @@ class HttpListener:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._writers) >= self.max_connections:
-            writer.close()
-            return
+            if not self._waiting:
+                writer.close()
+                return
+            oldest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[oldest]
+            oldest.close()  # its task sees the connection end, and ends
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -138,6 +147,7 @@ class HttpListener:
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
+            self._waiting.pop(writer, None)
             writer.close()
 
     async def _next_event(
@@ -164,8 +174,10 @@ class HttpListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        loop = asyncio.get_running_loop()
         while True:
             request_time = _Deadline()
+            self._waiting[writer] = loop.time()
             try:
                 event = await self._next_event(conn, reader, request_time)
             except h11.RemoteProtocolError as exc:
@@ -180,6 +192,7 @@ class HttpListener:
                 return
             if not isinstance(event, h11.Request):
                 continue
+            self._waiting.pop(writer, None)
             headers: dict[bytes, bytes] = {}
             for name, value in event.headers:
                 headers.setdefault(name, value)
