@@ -10,6 +10,7 @@ get: a held connection, a request served, memory or descriptors kept.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import itertools
 import os
 import socket
@@ -24,6 +25,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from integration.daemon_proc import DaemonProcess
 from integration.helpers import define, finish, submit, wait_for
 from integration.web_helpers import SseStream, Web, web_daemon
 
@@ -494,3 +496,29 @@ def test_metrics_under_load_parse_only_grow_and_add_up_to_the_rpc_answers() -> N
         assert after[("hero_proc_jobs", (("status", "succeeded"),))] == len(listed) == jobs_total
         ended = sum(v for (n, _), v in after.items() if n == "hero_proc_job_duration_seconds_count")
         assert ended == jobs_total
+
+
+def test_an_ipv6_loopback_listener_answers_its_names_and_refuses_others(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    proc = DaemonProcess(workdir, extra_args=["--http", "[::1]:0"])
+    started.append(proc.start())
+    with proc.client() as c:
+        ui = c.call("system.ui")
+    assert ui["url"].startswith("http://[::1]:")
+    port = int(ui["url"].rsplit(":", 1)[1].strip("/"))
+    token = ui["login_url"].split("token=", 1)[1]
+
+    def get(host: str) -> int:
+        conn = http.client.HTTPConnection("::1", port, timeout=30)
+        try:
+            conn.request("GET", "/", headers={"Host": host, "Authorization": f"Bearer {token}"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    for host in (f"[::1]:{port}", f"localhost:{port}", f"[::1]:{port}".upper()):
+        assert get(host) == 200, host
+    for host in (f"[::1]:{port + 1}", f"::1:{port}", f"[::1].:{port}", f"[::2]:{port}", "[::1]"):
+        assert get(host) in (400, 403), host
+    assert proc.stop() == 0
