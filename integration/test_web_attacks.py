@@ -335,6 +335,16 @@ def _flood_growth(stalled: int) -> int:
                 wait_for(flooded, "the job's 6000 lines stored", timeout_s=120)
                 grown = _rss(web) - before
                 assert c.call("system.ping")["pong"] is True
+                # Half of them go away (reset) while their streams wait on a full buffer:
+                # their descriptors are let go; the others stay open through the stop.
+                held = _fds(web)
+                for conn in conns[: stalled // 2]:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    conn.close()
+                wait_for(
+                    lambda: True if _fds(web) <= held - stalled // 2 else None,
+                    "the descriptors of the reset streams let go",
+                )
                 c.call("job.cancel", id=job)
             assert web.request("GET", "/", bearer=True)[0] == 200
         finally:
