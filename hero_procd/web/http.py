@@ -9,7 +9,8 @@ framework (and its second event-loop integration) would have added more
 code than it saved.
 
 Bounds: at most `max_connections` connections (past that a new one takes
-the place of the one that has waited longest for its next request, or is
+the place of the one that has waited longest for its next request (or for
+the rest of one), or is
 closed at once if every connection is busy, so that peers which connect
 and send nothing, before any auth, cannot keep the dashboard from anyone),
 a request head of 64 KiB, a body of `max_body` bytes, `idle_timeout_s`
@@ -100,7 +101,7 @@ class HttpListener:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        # Connections between requests (or in the head of one), with since when.
+        # Connections between requests (or reading one), with since when.
         self._waiting: dict[asyncio.StreamWriter, float] = {}
 
     async def start(self) -> None:
@@ -192,7 +193,6 @@ class HttpListener:
                 return
             if not isinstance(event, h11.Request):
                 continue
-            self._waiting.pop(writer, None)
             headers: dict[bytes, bytes] = {}
             for name, value in event.headers:
                 headers.setdefault(name, value)
@@ -211,6 +211,9 @@ class HttpListener:
                 resp = Response(413, b"body too large\n", "text/plain")
                 await self._send(conn, writer, resp, close=True)
                 return
+            # Read whole: from here on it is busy, never closed for a newcomer. Not before:
+            # a peer sending a slow body (auth is checked only once it is read) is not busy.
+            self._waiting.pop(writer, None)
             target = urlsplit(event.target.decode("latin-1"))
             request = Request(
                 method=event.method.decode("ascii"),
