@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class App:
     supervisor: Supervisor | None = None
     scheduler: Scheduler | None = None
     janitor: Janitor | None = None
+    # One stack apply at a time, its carry-out included (hero_procd/stack.py).
+    stack_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def jobs(self) -> Executor:

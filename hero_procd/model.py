@@ -83,6 +83,16 @@ RUNNING_SERVICE_STATES = frozenset(
 )
 STOPPED_SERVICE_STATES = frozenset({ServiceState.STOPPED, ServiceState.EXITED, ServiceState.FATAL})
 
+# The service fields that shape its process: a change restarts a running service
+# (stack.apply, service.update); the others take effect at its next start.
+PROCESS_FIELDS = frozenset({"command", "script", "interpreter", "env", "env_from_secrets", "cwd"})
+
+
+def process_part(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a service definition that shape its process."""
+    return {k: spec.get(k) for k in PROCESS_FIELDS}
+
+
 SERVICE_TRANSITIONS: dict[ServiceState, frozenset[ServiceState]] = {
     ServiceState.STOPPED: frozenset({ServiceState.STARTING}),
     ServiceState.STARTING: frozenset(

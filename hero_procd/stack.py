@@ -8,13 +8,13 @@ exactly what they accept and is refused with the same field paths.
 
 `apply` computes a plan (create / update / unchanged / delete, field by
 field) inside ONE store unit, against what that unit reads, and writes it in
-the same unit: two applies at once are serialised, each plans against what
-the other wrote. Every object written carries its stack's name; a prune
+the same unit. Applies are serialised whole (App.stack_lock), carry-out
+included: each plans against what the one before did, deletes included. Every object written carries its stack's name; a prune
 deletes only objects of that stack that the file no longer declares.
 
 After the commit, what the new definitions ask of running processes is
 done: a service whose process-shaping fields changed (PROCESS_FIELDS) is
-restarted if it was running; other fields (restart policy, health, tags…)
+restarted if it was running, as its owner decides (Supervisor.refresh); other fields (restart policy, health, tags…)
 take effect at its next start, as with `service.define`. Services are
 deleted by a prune after the commit, through their owners (which stop the
 process and write its last lines first); a daemon that dies in between
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from hero_procd.errors import Conflict, HeroError, InvalidParams
 from hero_procd.model import (
+    PROCESS_FIELDS,
     dependency_order,
     find_cycle,
     now,
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The service fields that shape its process: a change restarts a running service.
-PROCESS_FIELDS = frozenset({"command", "script", "interpreter", "env", "env_from_secrets", "cwd"})
 OVERLAP = ("skip", "queue", "allow")
 KIND_NOUN = {"services": "service", "actions": "action", "schedules": "schedule", "groups": "group"}
 
@@ -349,16 +348,22 @@ def restart_wanted(change: Change) -> bool:
 
 
 async def apply(app: App, docs: list[StackDoc], *, prune: bool, dry_run: bool) -> Plan:
-    """Plan and write `docs` in one unit, then restart, start and delete what it asks."""
+    """Plan and write `docs` in one unit, then restart, start and delete what it asks.
+
+    One apply at a time, carry-out included: an apply that planned against a prune's
+    commit must not see the pruned services deleted after it answered (it declared
+    them "unchanged"; they would be gone).
+    """
     plan = Plan(docs, prune, dry_run)
-    await app.store.stacks.apply(plan.compute)
-    sup = app.supervisor
-    for c in plan.changes:
-        if restart_wanted(c):
-            c.restart = sup is not None and sup.is_live(c.name)
-    if dry_run:
-        return plan
-    await carry_out(app, plan)
+    async with app.stack_lock:
+        await app.store.stacks.apply(plan.compute)
+        if dry_run:
+            sup = app.supervisor
+            for c in plan.changes:
+                if restart_wanted(c):
+                    c.restart = sup is not None and sup.is_live(c.name)
+            return plan
+        await carry_out(app, plan)
     return plan
 
 
@@ -383,8 +388,10 @@ async def carry_out(app: App, plan: Plan) -> None:
         if c.kind != "services" or sup is None:
             continue
         try:
-            if c.restart:
-                await sup.restart_service(c.name)
+            if restart_wanted(c):
+                # The owner decides (see Supervisor.refresh): not from is_live here, which a
+                # stop or a start queued meanwhile would make stale.
+                c.restart = await sup.refresh(c.name)
             elif c.action == "create" and self_starting(plan, c):
                 await sup.start_service(c.name)
                 c.started = True

@@ -7,10 +7,19 @@ fixed sleep.
 
 from __future__ import annotations
 
+import functools
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
+from hero_procd.client import Client
 from hero_procd.errors import InvalidParams
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import IGNORES_TERM, wait_for
 
 
 def test_a_dependency_chain_of_1500_services_is_applied_and_walked(daemon: DaemonProcess) -> None:
@@ -32,3 +41,136 @@ def test_a_dependency_chain_of_1500_services_is_applied_and_walked(daemon: Daemo
         assert caught.value.field == "services.s0.requires"
         assert "dependency cycle" in str(caught.value)
         assert c.call("service.get", name="s1499")["requires"] == []  # nothing written
+
+
+# -- the restart rule under races ----------------------------------------------------------
+
+
+def _env_of(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = f.read().decode(errors="replace").split("\0")
+    return dict(p.split("=", 1) for p in pairs if "=" in p)
+
+
+def _change_env(daemon: DaemonProcess, verb: str, value: str) -> Any:
+    """A process field changed through stack.apply or service.update, on a client of its own."""
+    with daemon.client() as c:
+        if verb == "apply":
+            return c.call("stack.apply", stack="race", services={"x": _svc(value)})
+        return c.call("service.update", name="x", env={"V": value})
+
+
+def _svc(value: str) -> dict[str, Any]:
+    return {"command": ["sleep", "60"], "env": {"V": value}, "start_secs": 0}
+
+
+def _together(*calls: Callable[[], Any], rng: random.Random, spread_s: float = 0.005) -> list[Any]:
+    """Run each call on a thread of its own after a random delay; their results."""
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int, delay: float) -> None:
+        time.sleep(delay)
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # reported by the caller's asserts
+            results[i] = exc
+
+    threads = [
+        threading.Thread(target=run, args=(i, rng.uniform(0, spread_s))) for i in range(len(calls))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+@pytest.mark.parametrize("verb", ["apply", "update"])
+def test_a_change_racing_a_stop_never_leaves_the_service_running(
+    daemon: DaemonProcess, verb: str
+) -> None:
+    # Serially, change-then-stop and stop-then-change both end stopped. The restart was
+    # decided from `is_live` before the owner served it: a stop served in between was
+    # undone by the restart (state starting, desired running).
+    rng = random.Random(f"stop-{verb}")
+    with daemon.client() as c:
+        for i in range(20):
+            c.call("stack.apply", stack="race", services={"x": _svc(f"{i}")})
+            c.call("service.start", name="x")
+            wait_for(lambda: _running(c, "x"), "x running")
+
+            def stop() -> Any:
+                with daemon.client() as c2:
+                    return c2.call("service.stop", name="x")
+
+            change = functools.partial(_change_env, daemon, verb, f"{i}b")
+            changed, stopped = _together(change, stop, rng=rng)
+            assert isinstance(changed, dict) and isinstance(stopped, dict), (changed, stopped)
+            service = c.call("service.get", name="x")
+            assert (service["state"], service["desired"]) == ("stopped", "stopped"), (i, service)
+
+
+@pytest.mark.parametrize("verb", ["apply", "update"])
+def test_a_change_racing_a_start_runs_the_new_definition(daemon: DaemonProcess, verb: str) -> None:
+    # Serially, either order ends with a process of the new environment. A start that
+    # read the old definition just before the change committed was not live yet when
+    # the change looked, so nothing restarted it: the old process ran on.
+    rng = random.Random(f"start-{verb}")
+    with daemon.client() as c:
+        for i in range(20):
+            c.call("stack.apply", stack="race", services={"x": _svc(f"{i}")})
+
+            def start() -> Any:
+                with daemon.client() as c2:
+                    return c2.call("service.start", name="x")
+
+            change = functools.partial(_change_env, daemon, verb, f"{i}b")
+            changed, started = _together(change, start, rng=rng)
+            assert isinstance(changed, dict) and isinstance(started, dict), (changed, started)
+
+            def new_process(want: str = f"{i}b") -> int | None:
+                pid = _running(c, "x")
+                return pid if pid and _env_of(pid).get("V") == want else None
+
+            wait_for(new_process, f"x running with V={i}b", timeout_s=10)
+            c.call("service.stop", name="x")
+
+
+def _running(c: Client, name: str) -> int | None:
+    st = c.call("service.status", name=name)
+    return st["pid"] if st["state"] == "running" and st["pid"] else None
+
+
+def test_an_apply_after_a_prune_keeps_what_it_declares(daemon: DaemonProcess) -> None:
+    # v2 prunes x (slow to stop: it ignores SIGTERM); v3, applied once v2's plan is
+    # committed and x is stopping, declares x again and answers "unchanged". x was then
+    # deleted by v2's carry-out anyway, while v3's group value stood: no serial order
+    # of v2 and v3 gives that.
+    x = {"command": ["sh", "-c", IGNORES_TERM], "stop_timeout_s": 1.0, "start_secs": 0}
+    v1 = {"stack": "p", "services": {"x": x}, "groups": {"p-g": {"max_parallel": 1}}}
+    v2 = {"stack": "p", "groups": {"p-g": {"max_parallel": 2}}, "prune": True}
+    with daemon.client() as c:
+        c.call("stack.apply", v1)
+        c.call("service.start", name="x")
+        wait_for(lambda: _running(c, "x"), "x running")
+        results: list[Any] = []
+        pruning = threading.Thread(
+            target=lambda: results.append(_call(daemon, "stack.apply", v2)), daemon=True
+        )
+        pruning.start()
+        wait_for(
+            lambda: c.call("service.status", name="x")["state"] == "stopping" or None,
+            "x stopping (v2 committed)",
+        )
+        v3 = c.call("stack.apply", {**v1, "prune": True})
+        pruning.join(30)
+        assert results and results[0]["summary"]["delete"] == 1, results
+        # v3 ran after v2 entirely: it re-created x and set the group back.
+        assert v3["summary"]["create"] == 1, v3
+        assert c.call("service.get", name="x")["stack"] == "p"
+        assert c.call("group.list")["groups"][0]["max_parallel"] == 1
+
+
+def _call(daemon: DaemonProcess, method: str, params: dict[str, Any]) -> Any:
+    with daemon.client() as c:
+        return c.call(method, params)

@@ -6,10 +6,10 @@ from typing import Any
 
 from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams
-from hero_procd.model import dependency_order, find_cycle, parse_service_spec
+from hero_procd.model import PROCESS_FIELDS, dependency_order, find_cycle, parse_service_spec
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
-from hero_procd.stack import PROCESS_FIELDS, diff
+from hero_procd.stack import diff
 
 # What a command or a script replaces in a stored definition.
 _COMMAND_FIELDS = ("command", "script", "interpreter")
@@ -42,9 +42,10 @@ async def service_update(app: App, p: Params) -> dict[str, Any]:
     changed = diff(old, new)
     restarted = False
     sup = app.supervisor
-    if sup is not None and any(f["field"] in PROCESS_FIELDS for f in changed) and sup.is_live(name):
-        await sup.restart_service(name)
-        restarted = True
+    if sup is not None and any(f["field"] in PROCESS_FIELDS for f in changed):
+        # The owner decides, after any verb queued before: a stop served first leaves it
+        # stopped, a start that read the old definition is restarted with the new one.
+        restarted = await sup.refresh(name)
     service = (await app.store.services.get(name)).to_dict()
     return {**service, "changed": changed, "restarted": restarted}
 
