@@ -9,13 +9,14 @@ exactly what they accept and is refused with the same field paths.
 `apply` computes a plan (create / update / unchanged / delete, field by
 field) inside ONE store unit, against what that unit reads, and writes it in
 the same unit. Applies are serialised whole (App.stack_lock), carry-out
-included: each plans against what the one before did, deletes included. Every object written carries its stack's name; a prune
-deletes only objects of that stack that the file no longer declares.
+included: each plans against what the one before did, deletes included.
+Every object written carries its stack's name; a prune deletes only objects
+of that stack that the file no longer declares.
 
 After the commit, what the new definitions ask of running processes is
 done: a service whose process-shaping fields changed (PROCESS_FIELDS) is
-restarted if it was running, as its owner decides (Supervisor.refresh); other fields (restart policy, health, tags…)
-take effect at its next start, as with `service.define`. Services are
+restarted if it was running, as its owner decides (Supervisor.refresh);
+other fields (restart policy, health, tags…) take effect at its next start, as with `service.define`. Services are
 deleted by a prune after the commit, through their owners (which stop the
 process and write its last lines first); a daemon that dies in between
 deletes them at the next apply with prune.
