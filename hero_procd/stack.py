@@ -16,10 +16,11 @@ of that stack that the file no longer declares.
 After the commit, what the new definitions ask of running processes is
 done: a service whose process-shaping fields changed (PROCESS_FIELDS) is
 restarted if it was running, as its owner decides (Supervisor.refresh);
-other fields (restart policy, health, tags…) take effect at its next start, as with `service.define`. Services are
-deleted by a prune after the commit, through their owners (which stop the
-process and write its last lines first); a daemon that dies in between
-deletes them at the next apply with prune.
+other fields (restart policy, health, tags…) take effect at its next start,
+as with `service.define`. Services are deleted by a prune after the commit,
+through their owners (which stop the process and write its last lines
+first); a daemon that dies in between deletes them at the next apply with
+prune.
 """
 
 from __future__ import annotations
