@@ -20,6 +20,7 @@ from hero_procd.client import Client
 from hero_procd.errors import InvalidParams
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import IGNORES_TERM, wait_for
+from integration.test_cli import hero_proc
 
 
 def test_a_dependency_chain_of_1500_services_is_applied_and_walked(daemon: DaemonProcess) -> None:
@@ -174,3 +175,38 @@ def test_an_apply_after_a_prune_keeps_what_it_declares(daemon: DaemonProcess) ->
 def _call(daemon: DaemonProcess, method: str, params: dict[str, Any]) -> Any:
     with daemon.client() as c:
         return c.call(method, params)
+
+
+# -- bulk verbs ----------------------------------------------------------------------------
+
+
+def test_a_bulk_start_with_a_failing_service_reports_it_and_skips_its_dependents(
+    daemon: DaemonProcess,
+) -> None:
+    # a <- b <- c (c requires b requires a); b crashes at once; z stands alone. With
+    # wait_s, b was answered ok (state backoff) and the CLI exited 0 for it, unlike
+    # `service start b --wait`; c then waited 30 s for b before failing.
+    short = {"start_secs": 0.2, "tags": ["t"]}
+    services = {
+        "a": {"command": ["sleep", "60"], **short},
+        "b": {"command": ["sh", "-c", "exit 3"], "requires": ["a"], **short},
+        "c": {"command": ["sleep", "60"], "requires": ["b"], **short},
+        "z": {"command": ["sleep", "60"], **short},
+    }
+    with daemon.client() as c:
+        c.call("stack.apply", stack="bulk", services=services)
+        for verb in ("start", "restart"):
+            answers = c.call(f"service.{verb}_many", tag="t", wait_s=2)["services"]
+            by_name = {s["name"]: s for s in answers}
+            assert [s["name"] for s in answers] == ["a", "b", "c", "z"]
+            assert by_name["a"]["ok"] and by_name["a"]["state"] == "running", answers
+            assert by_name["z"]["ok"] and by_name["z"]["state"] == "running", answers
+            assert not by_name["b"]["ok"], answers
+            assert "not running after 2s" in by_name["b"]["error"]["message"], answers
+            assert not by_name["c"]["ok"], answers
+            assert "requires b" in by_name["c"]["error"]["message"], answers
+            assert c.call("service.status", name="c")["state"] == "stopped"
+        c.call("service.stop_many", all=True)
+        result = hero_proc(daemon.socket_path, "service", "start", "--tag", "t", "--wait", "2")
+        assert result.returncode == 1, result
+        assert "start failed for b, c" in result.stderr, result.stderr
