@@ -26,6 +26,8 @@ prune.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,9 +150,36 @@ def read_doc(p: Params) -> StackDoc:
     return StackDoc(stack, objects, fires)
 
 
+# A stack file larger than a request frame could not be sent by `hero-proc apply` either.
+MAX_STACK_FILE = 16 * 1024 * 1024
+
+
+def read_regular(path: Path) -> str:
+    """The text of a regular file, else StackFileError: never blocks on a named pipe.
+
+    Opened non-blocking and checked on the open descriptor: a FIFO named *.toml
+    would otherwise hold the offload thread (and every call that offloads) until
+    someone writes to it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StackFileError(str(path), None, None, "not a regular file")
+        if info.st_size > MAX_STACK_FILE:
+            raise StackFileError(str(path), None, None, "larger than 16 MiB")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_STACK_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_STACK_FILE:
+        raise StackFileError(str(path), None, None, "larger than 16 MiB")
+    return data.decode("utf-8")
+
+
 def load_file(path: Path) -> StackDoc:
     """Read and check one stack file; StackFileError names file, line and field."""
-    text = path.read_text("utf-8")
+    text = read_regular(path)
     doc = parse(text, str(path))
     try:
         stack = read_doc(Params(doc))
@@ -161,10 +190,17 @@ def load_file(path: Path) -> StackDoc:
 
 
 def load_dir(folder: Path) -> list[StackDoc]:
-    """Every `*.toml` of a config folder, all checked before any is applied."""
+    """Every `*.toml` of a config folder, all checked before any is applied.
+
+    Hidden names (`.#web.toml`, emacs' lock, a dangling symlink; an editor's
+    `.web.toml.tmp.toml`) are not stack files: they are skipped, as run-parts
+    and systemd's drop-in folders skip them.
+    """
     docs: list[StackDoc] = []
     seen: dict[str, str] = {}
     for path in sorted(folder.glob("*.toml")):
+        if path.name.startswith("."):
+            continue
         doc = load_file(path)
         if doc.stack in seen:
             raise StackFileError(

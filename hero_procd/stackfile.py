@@ -30,6 +30,7 @@ class StackFileError(Exception):
 
 
 _SYNTAX_AT = re.compile(r"\(at line (\d+), column \d+\)")
+_AT_END = re.compile(r"\(at end of document\)")
 
 
 def parse(text: str, file: str) -> dict[str, Any]:
@@ -40,7 +41,11 @@ def parse(text: str, file: str) -> dict[str, Any]:
         message = str(exc)
         found = _SYNTAX_AT.search(message)
         line = int(found.group(1)) if found else None
-        raise StackFileError(file, line, None, _SYNTAX_AT.sub("", message).strip()) from exc
+        if found is None and _AT_END.search(message):
+            # A file cut short (still being written, say): the error is on its last line.
+            line = max(1, len(text.splitlines()))
+        message = _AT_END.sub("", _SYNTAX_AT.sub("", message)).strip()
+        raise StackFileError(file, line, None, message) from exc
     unknown = sorted(set(doc) - TOP_KEYS)
     if unknown:
         raise StackFileError(

@@ -8,10 +8,13 @@ fixed sleep.
 from __future__ import annotations
 
 import functools
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +22,7 @@ import pytest
 from hero_procd.client import Client
 from hero_procd.errors import InvalidParams
 from integration.daemon_proc import DaemonProcess
-from integration.helpers import IGNORES_TERM, wait_for
+from integration.helpers import IGNORES_TERM, daemon_running, wait_for
 from integration.test_cli import hero_proc
 
 
@@ -210,3 +213,130 @@ def test_a_bulk_start_with_a_failing_service_reports_it_and_skips_its_dependents
         result = hero_proc(daemon.socket_path, "service", "start", "--tag", "t", "--wait", "2")
         assert result.returncode == 1, result
         assert "start failed for b, c" in result.stderr, result.stderr
+
+
+# -- the config dir ------------------------------------------------------------------------
+
+WEB = """\
+stack = "web"
+
+[services.web-db]
+command = ["sleep", "60"]
+
+[groups.web-io]
+max_parallel = 2
+"""
+
+
+def _reloaded(proc: DaemonProcess, marker: str, before: int) -> int | None:
+    count = proc.log().count(marker)
+    return count if count > before else None
+
+
+def _sighup_and_wait(proc: DaemonProcess, marker: str) -> str:
+    """SIGHUP the daemon and wait for one more log line with `marker`; the log since."""
+    assert proc.proc is not None
+    log = proc.log()
+    before = log.count(marker)
+    proc.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: _reloaded(proc, marker, before), f"a reload logging {marker!r}")
+    return proc.log()[len(log) :]
+
+
+def _io_limit(c: Client) -> int:
+    groups = {g["name"]: g["max_parallel"] for g in c.call("group.list")["groups"]}
+    return int(groups["web-io"])
+
+
+def test_the_config_dir_skips_editor_files_and_refuses_what_it_cannot_read(
+    workdir: Path,
+) -> None:
+    conf = workdir / "conf"
+    conf.mkdir()
+    (conf / "web.toml").write_text(WEB)
+    with daemon_running(workdir, extra_args=["--config-dir", str(conf)]) as proc:
+        with proc.client() as c:
+            assert _io_limit(c) == 2
+            # An editor's files beside the one edited: emacs' lock (a dangling symlink
+            # named .#web.toml) and a hidden half-written copy. Both broke every reload.
+            (conf / ".#web.toml").symlink_to("root@host.4242:1700000000")
+            (conf / ".web.toml.tmp.toml").write_text('stack = "web"\n[services.x\n')
+            (conf / "web.toml").write_text(WEB.replace("max_parallel = 2", "max_parallel = 3"))
+            _sighup_and_wait(proc, "stacks applied")
+            assert _io_limit(c) == 3
+
+            # A named pipe held the one offload thread forever (and so every call that
+            # offloads, and the daemon's stop): refused without being opened for long.
+            os.mkfifo(conf / "pipe.toml")
+            (conf / "web.toml").write_text(WEB.replace("max_parallel = 2", "max_parallel = 4"))
+            said = _sighup_and_wait(proc, "config dir not applied")
+            assert "pipe.toml: not a regular file" in said, said
+            assert _io_limit(c) == 3  # nothing of any file applied
+            (conf / "pipe.toml").unlink()
+
+            # Two files of one stack; one object in two stacks; a half-written file.
+            bad = {
+                'stack = "web"\n': "stack 'web' is declared by",
+                'stack = "other"\n[groups.web-io]\nmax_parallel = 9\n': (
+                    "other.toml:2: groups.web-io: group web-io belongs to stack web"
+                ),
+                'stack = "other"\n[services.o]\ncommand = ["sle': "other.toml:3: ",
+                'stack = "other"\n[services.o]\ncommand = "sleep"\n': (
+                    "other.toml:3: services.o.command: must be a list of strings"
+                ),
+            }
+            for text, problem in bad.items():
+                (conf / "other.toml").write_text(text)
+                said = _sighup_and_wait(proc, "config dir not applied")
+                assert problem in said, (problem, said)
+                assert _io_limit(c) == 3
+                assert "o" not in {s["name"] for s in c.call("service.list")["services"]}
+            (conf / "other.toml").unlink()
+            _sighup_and_wait(proc, "stacks applied")
+            assert _io_limit(c) == 4
+            assert c.call("system.ping")["pong"] is True
+        assert "Traceback" not in proc.log()
+
+
+def test_a_sighup_storm_during_applies_ends_with_the_folder_applied(workdir: Path) -> None:
+    conf = workdir / "conf"
+    conf.mkdir()
+    (conf / "web.toml").write_text(WEB)
+    rng = random.Random(7)
+    with daemon_running(workdir, extra_args=["--config-dir", str(conf)]) as proc:
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        stop = threading.Event()
+
+        def storm() -> None:
+            while not stop.is_set():
+                os.kill(pid, signal.SIGHUP)
+                time.sleep(rng.uniform(0, 0.003))
+
+        stormer = threading.Thread(target=storm, daemon=True)
+        stormer.start()
+        try:
+            with proc.client() as c:
+                for i in range(30):
+                    text = WEB.replace("max_parallel = 2", f"max_parallel = {i + 1}")
+                    _write_atomically(conf / "web.toml", text)
+                    # Another stack applied by hand between the reloads, never pruned by them.
+                    c.call("stack.apply", stack="hand", groups={f"h{i}": {"max_parallel": 1}})
+                    assert c.call("system.ping")["pong"] is True
+        finally:
+            stop.set()
+            stormer.join(10)
+        _write_atomically(conf / "web.toml", WEB.replace("max_parallel = 2", "max_parallel = 77"))
+        proc.proc.send_signal(signal.SIGHUP)
+        with proc.client() as c:
+            wait_for(lambda: _io_limit(c) == 77 or None, "the last file applied")
+            groups = {g["name"] for g in c.call("group.list")["groups"]}
+            assert {f"h{i}" for i in range(30)} <= groups
+            assert {s["name"] for s in c.call("service.list")["services"]} == {"web-db"}
+        assert "reload failed" not in proc.log() and "Traceback" not in proc.log()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -105,6 +105,30 @@ def test_load_dir_checks_every_file_and_places_errors(tmp_path: Path) -> None:
         load_dir(tmp_path)
 
 
+def test_a_file_cut_short_is_placed_on_its_last_line() -> None:
+    # tomllib says "at end of document" with no line: the last line is where it stops.
+    with pytest.raises(StackFileError) as caught:
+        parse('stack = "a"\n[services.x]\ncommand = ["sle', "f.toml")
+    assert caught.value.line == 3 and str(caught.value).startswith("f.toml:3: Unterminated")
+
+
+def test_load_dir_skips_hidden_names_and_refuses_what_is_not_a_small_regular_file(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.toml").write_text(TEXT)
+    (tmp_path / ".#a.toml").symlink_to("user@host.1:2")  # emacs' lock: dangling
+    (tmp_path / ".a.toml").write_text("not toml [")
+    assert [d.stack for d in load_dir(tmp_path)] == ["demo"]
+    (tmp_path / "d.toml").mkdir()
+    with pytest.raises(StackFileError, match=r"d\.toml: not a regular file"):
+        load_dir(tmp_path)
+    (tmp_path / "d.toml").rmdir()
+    with open(tmp_path / "big.toml", "wb") as f:
+        f.truncate(16 * 1024 * 1024 + 1)  # sparse: no disk used
+    with pytest.raises(StackFileError, match=r"big\.toml: larger than 16 MiB"):
+        load_dir(tmp_path)
+
+
 def _run(tmp_path: Path, body: Any) -> None:
     async def main() -> None:
         store = await Store.open(tmp_path / "s.db", readers=1)
