@@ -13,6 +13,7 @@ import random
 import signal
 import threading
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from hero_procd.client import Client
-from hero_procd.errors import InvalidParams
+from hero_procd.errors import HeroError, InvalidParams
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import IGNORES_TERM, daemon_running, wait_for
 from integration.test_cli import hero_proc
@@ -340,3 +341,31 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+# -- huge input ----------------------------------------------------------------------------
+
+
+def test_a_stack_file_over_the_frame_limit_is_refused_as_such(workdir: Path) -> None:
+    # The daemon answers "frame too large" and closes; the client, still sending, got
+    # EPIPE and said "cannot reach hero-procd: Broken pipe" (the CLI the same).
+    limit = 256 * 1024
+    env = {"HERO_PROC_MAX_FRAME": str(limit)}
+    lines = ['stack = "huge"']
+    for i in range(5000):
+        lines.append(f'[actions.a{i}]\ncommand = ["echo", "{"x" * 200}"]')
+    text = "\n".join(lines) + "\n"
+    assert len(text) > 4 * limit
+    path = workdir / "huge.toml"
+    path.write_text(text)
+    with daemon_running(workdir, env=env) as proc:
+        with proc.client() as c:
+            with pytest.raises(HeroError) as caught:
+                c.call("stack.apply", tomllib.loads(text))
+            assert caught.value.code == -32600, caught.value
+            assert "frame too large" in str(caught.value)
+        result = hero_proc(proc.socket_path, "apply", "-f", str(path))
+        assert result.returncode == 1, result
+        assert "frame too large" in result.stderr and "cannot reach" not in result.stderr
+        with proc.client() as c:
+            assert c.call("action.list")["actions"] == []  # nothing applied
