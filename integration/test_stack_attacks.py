@@ -369,3 +369,40 @@ def test_a_stack_file_over_the_frame_limit_is_refused_as_such(workdir: Path) -> 
         assert "frame too large" in result.stderr and "cannot reach" not in result.stderr
         with proc.client() as c:
             assert c.call("action.list")["actions"] == []  # nothing applied
+
+
+def test_a_sighup_during_the_start_up_apply_is_not_lost(workdir: Path) -> None:
+    # The daemon cleared any reload asked for during start-up, assuming the start-up
+    # apply had served it; a file changed after that apply read it was never applied.
+    conf = workdir / "conf"
+    conf.mkdir()
+    (conf / "a-web.toml").write_text(WEB)  # read first, before the slow file
+    # Enough objects that the start-up apply takes a while (the window of the race).
+    bulk = ['stack = "bulk"'] + [
+        f'[actions.b{i}]\ncommand = ["echo", "{i}"]\ntags = ["t{i}"]' for i in range(3000)
+    ]
+    (conf / "bulk.toml").write_text("\n".join(bulk) + "\n")
+    proc = DaemonProcess(workdir, extra_args=["--config-dir", str(conf)])
+    sent: list[bool] = []
+
+    def change_during_start_up() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if "applying the config dir" in proc.log():
+                _write_atomically(conf / "a-web.toml", WEB.replace("= 2", "= 42"))
+                assert proc.proc is not None
+                proc.proc.send_signal(signal.SIGHUP)
+                sent.append(True)
+                return
+            time.sleep(0.002)
+
+    helper = threading.Thread(target=change_during_start_up, daemon=True)
+    helper.start()
+    proc.start()
+    try:
+        helper.join(20)
+        assert sent
+        with proc.client() as c:
+            wait_for(lambda: _io_limit(c) == 42 or None, "the file changed during start-up")
+    finally:
+        assert proc.stop() == 0, proc.log()
