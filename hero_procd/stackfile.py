@@ -59,49 +59,158 @@ def parse(text: str, file: str) -> dict[str, Any]:
     return doc
 
 
-def _key_pattern(key: str) -> str:
-    """A TOML key as written bare or quoted."""
-    return rf"(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')"
+def _split_key(text: str) -> tuple[list[str], int] | None:
+    """A TOML key at the start of `text` (bare, quoted or dotted): its parts and the index
+    where it ends; None if `text` does not start with a key."""
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] in "\"'":
+            quote = text[i]
+            end = i + 1
+            while end < n and text[end] != quote:
+                end += 2 if quote == '"' and text[end] == "\\" else 1
+            if end >= n:
+                return None
+            parts.append(text[i + 1 : end])
+            i = end + 1
+        else:
+            found = _BARE_KEY.match(text, i)
+            if found is None:
+                return None
+            parts.append(found.group())
+            i = found.end()
+        while i < n and text[i] in " \t":
+            i += 1
+        if i < n and text[i] == ".":
+            i += 1
+            continue
+        return parts, i
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _field_parts(field: str) -> list[str]:
+    """`services.web.env.'a.b'` or `jobs[1].command` as key parts (an index is a part)."""
+    parts: list[str] = []
+    i, n = 0, len(field)
+    while i < n:
+        if field[i] in "'\"":
+            end = field.find(field[i], i + 1)
+            end = n if end == -1 else end
+            parts.append(field[i + 1 : end])
+            i = end + 1
+        elif field[i] in ".[]":
+            i += 1
+        else:
+            found = re.compile(r"[^.\[\]]+").match(field, i)
+            assert found is not None
+            parts.append(found.group())
+            i = found.end()
+    return parts
+
+
+def _opens_multiline(rest: str) -> str | None:
+    """The delimiter of a multi-line string left open at the end of `rest`, if any."""
+    for delim in ('"""', "'''"):
+        at = rest.find(delim)
+        if at != -1 and rest.count(delim, at) % 2 == 1:
+            return delim
+    return None
+
+
+def _balance(text: str) -> int:
+    """Brackets and braces opened minus closed in `text`, outside strings and comments."""
+    depth = 0
+    quote: str | None = None
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if quote is not None:
+            if ch == "\\" and quote == '"':
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        i += 1
+    return depth
+
+
+def key_lines(text: str) -> list[tuple[list[str], int]]:
+    """Each table header and key of a stack file as (full key path, 1-based line).
+
+    A line scanner, not a TOML parser (tomllib gives no positions): it follows
+    headers (`[a.b]`; `[[a.b]]` numbers its elements a.b.0, a.b.1, ...), dotted
+    and quoted keys, and skips the inside of multi-line strings. Good enough to
+    place an error in a file tomllib has accepted.
+    """
+    out: list[tuple[list[str], int]] = []
+    table: list[str] = []
+    elements: dict[tuple[str, ...], int] = {}
+    closing: str | None = None
+    depth = 0  # inside a value spread over lines (an array, say): no header or key there
+    for number, line in enumerate(text.splitlines(), 1):
+        if closing is not None:
+            if line.count(closing) % 2 == 1:
+                closing = None
+            continue
+        if depth > 0:
+            depth = max(0, depth + _balance(line))
+            continue
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("["):
+            double = stripped.startswith("[[")
+            key = _split_key(stripped[2 if double else 1 :])
+            if key is None:
+                continue
+            path = key[0]
+            if double:
+                index = elements.get(tuple(path), 0)
+                elements[tuple(path)] = index + 1
+                path = [*path, str(index)]
+            table = path
+            out.append((table, number))
+            continue
+        key = _split_key(stripped)
+        if key is None:
+            continue
+        out.append(([*table, *key[0]], number))
+        closing = _opens_multiline(stripped[key[1] :])
+        if closing is None:
+            depth = max(0, _balance(stripped[key[1] :]))
+    return out
 
 
 def locate(text: str, field: str | None) -> int | None:
     """The 1-based line of `field` ("services.web.restart") in a stack file's text.
 
-    The key's own line under its table header when found; else the header's
-    line; else the first line naming the object; None if nothing matches.
+    The line of the deepest header or key on the field's path (its own key when it
+    is written, else its table's header); else the first line of something inside
+    it (a dotted key under an object never headed); None if nothing matches.
     """
     if not field:
         return None
-    parts = re.split(r"\.|\[", field.replace("]", ""))
-    parts = [p.strip("'\"") for p in parts if p]
-    lines = text.splitlines()
-    if len(parts) == 1:
-        key = re.compile(rf"^\s*{_key_pattern(parts[0])}\s*[=.\[]")
-        header = re.compile(rf"^\s*\[\s*{_key_pattern(parts[0])}\s*[\].]")
-        for i, line in enumerate(lines, 1):
-            if key.match(line) or header.match(line):
-                return i
-        return None
-    # The deepest table header that is a prefix of the field: [services.web] or
-    # [services.web.health]; then the key of the rest below it.
-    for depth in range(len(parts), 1, -1):
-        path = r"\s*\.\s*".join(_key_pattern(p) for p in parts[:depth])
-        header = re.compile(rf"^\s*\[\s*{path}\s*\]")
-        for i, line in enumerate(lines, 1):
-            if not header.match(line):
-                continue
-            if depth == len(parts):
-                return i
-            key = re.compile(rf"^\s*{_key_pattern(parts[depth])}\s*[=.]")
-            for j in range(i, len(lines)):
-                if lines[j].lstrip().startswith("["):
-                    break
-                if key.match(lines[j]):
-                    return j + 1
-            return i
-    # Dotted keys or an inline table: the first line naming the object.
-    name = re.compile(rf"(?:^|[\s.\[]){_key_pattern(parts[1])}\s*[=.\]]")
-    for i, line in enumerate(lines, 1):
-        if name.search(line):
-            return i
-    return None
+    want = _field_parts(field)
+    best: tuple[int, int] | None = None  # (score, line): a deeper match wins, then earlier
+    for path, number in key_lines(text):
+        common = len(path) if len(path) <= len(want) else len(want)
+        if path[:common] != want[:common]:
+            continue
+        # A header or key on the field's path scores its depth; one inside the field
+        # (deeper than it) scores just below an exact match.
+        score = 2 * common if len(path) <= len(want) else 2 * common - 1
+        if best is None or score > best[0]:
+            best = (score, number)
+    return None if best is None else best[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,77 @@ def test_locate_dotted_keys_and_inline_tables() -> None:
     text = 'stack = "x"\nservices.web.command = ["a"]\ngroups = { io = { max_parallel = 0 } }\n'
     assert locate(text, "services.web.command") == 2
     assert locate(text, "groups.io.max_parallel") == 3
+
+
+ARRAY_OF_TABLES = """\
+stack = "s"
+
+[schedules.nightly]
+cron = "0 3 * * *"
+
+[[schedules.nightly.run.jobs]]
+key = "a"
+command = ["true"]
+
+[[schedules.nightly.run.jobs]]
+key = "b"
+command = "true"
+"""
+
+FAKE_HEADER_IN_A_STRING = """\
+stack = "s"
+
+[services.api]
+script = '''
+[services.web]
+restart = "x"
+'''
+
+[services.web]
+command = ["x"]
+restart = "bad"
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "line"),
+    [
+        # The second element of an array of tables, not the first (nor the parent table).
+        (ARRAY_OF_TABLES, "schedules.nightly.run.jobs[1].command", 12),
+        (ARRAY_OF_TABLES, "schedules.nightly.run.jobs[0].command", 8),
+        (ARRAY_OF_TABLES, "schedules.nightly.run.jobs[1].priority", 10),
+        (ARRAY_OF_TABLES, "schedules.nightly.cron", 4),
+        # Text inside a multi-line string is not a header or a key.
+        (FAKE_HEADER_IN_A_STRING, "services.web.restart", 11),
+        (FAKE_HEADER_IN_A_STRING, "services.api.script", 4),
+        # The dotted key's own line, not the object's first.
+        (
+            'stack = "s"\nservices.web.command = ["x"]\nservices.web.restart = "bad"\n',
+            "services.web.restart",
+            3,
+        ),
+        # A quoted key with a dot in it, as text_map names it.
+        (
+            'stack = "s"\n[services.w]\ncommand = ["x"]\n[services.w.env]\n"a.b" = 5\n',
+            "services.w.env.'a.b'",
+            5,
+        ),
+        (
+            'stack = "s" # [services.x]\n[services . "x"]  # a comment\nrestart = 1\n',
+            "services.x.restart",
+            3,
+        ),
+        # Lines inside a value spread over lines are neither headers nor keys.
+        (
+            'stack = "s"\n[services.w]\ncommand = [\n  ["nested"],\n  "restart",\n]\n'
+            'restart = "bad"\n',
+            "services.w.restart",
+            7,
+        ),
+    ],
+)
+def test_locate_follows_the_toml_structure(text: str, field: str, line: int) -> None:
+    assert locate(text, field) == line
 
 
 def test_parse_names_the_line_of_a_syntax_error_and_refuses_unknown_keys() -> None:
@@ -184,3 +256,14 @@ def test_plans_on_a_real_store(tmp_path: Path) -> None:
 
 def _as_params(doc: Any) -> dict[str, Any]:
     return {"stack": doc.stack, **{k: v for k, v in doc.objects.items() if v}}
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_locate_never_fails_on_odd_text(seed: int) -> None:
+    # It runs on the error path: an exception here would replace the error it places.
+    rng = random.Random(seed)
+    alphabet = "[]{}.=\"'#\\ \n\tabc1_-"
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 400)))
+    field = "".join(rng.choice("ab.[]'\"1") for _ in range(rng.randint(0, 12)))
+    line = locate(text, field)
+    assert line is None or 1 <= line <= max(1, len(text.splitlines()))
