@@ -406,3 +406,190 @@ def test_a_sighup_during_the_start_up_apply_is_not_lost(workdir: Path) -> None:
             wait_for(lambda: _io_limit(c) == 42 or None, "the file changed during start-up")
     finally:
         assert proc.stop() == 0, proc.log()
+
+
+# -- mixed verbs on the same objects -------------------------------------------------------
+
+
+def test_applies_defines_updates_and_deletes_of_one_service_interleaved(
+    daemon: DaemonProcess,
+) -> None:
+    # Whatever the interleaving: every call answers a result or a documented error
+    # (never -32603), no process is left behind, and a last apply gives the declared
+    # definition, owned by the stack.
+    rng = random.Random(3)
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        r = random.Random(seed)
+        with daemon.client() as c:
+            for i in range(12):
+                verb = r.choice(["apply", "prune", "define", "update", "delete", "start", "stop"])
+                value = f"{seed}-{i}"
+                try:
+                    if verb == "apply":
+                        c.call("stack.apply", stack="mix", services={"m": _svc(value)})
+                    elif verb == "prune":
+                        c.call("stack.apply", stack="mix", prune=True)
+                    elif verb == "define":
+                        c.call("service.define", name="m", **_svc(value))
+                    elif verb == "update":
+                        c.call("service.update", name="m", env={"V": value})
+                    elif verb == "delete":
+                        c.call("service.delete", name="m")
+                    elif verb == "start":
+                        c.call("service.start", name="m")
+                    else:
+                        c.call("service.stop", name="m")
+                except HeroError as exc:
+                    if exc.code != -32001:  # not found: the service was deleted meanwhile
+                        errors.append(exc)
+                time.sleep(r.uniform(0, 0.01))
+
+    threads = [threading.Thread(target=worker, args=(rng.randrange(1 << 30),)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with daemon.client() as c:
+        c.call("service.stop_many", all=True)
+        c.call("stack.apply", stack="mix", services={"m": _svc("last")})
+        service = c.call("service.get", name="m")
+        assert service["stack"] == "mix" and service["env"] == {"V": "last"}, service
+        assert service["state"] == "stopped", service
+        assert not _marked_processes(daemon), "a service process outlived its stop"
+        c.call("service.start", name="m", wait_s=10)  # the check above can see one
+        assert _marked_processes(daemon)
+        c.call("service.stop", name="m")
+
+
+def _marked_processes(daemon: DaemonProcess) -> list[int]:
+    """Live processes started by this daemon (its instance mark in their environment)."""
+    from hero_procd.engine.executor import instance_id
+    from hero_procd.engine.procs import find_marked
+
+    return list(find_marked(instance_id(str(daemon.db_path))))
+
+
+def test_a_prune_racing_restarts_leaves_no_service_and_no_process(daemon: DaemonProcess) -> None:
+    rng = random.Random(5)
+    with daemon.client() as c:
+        for i in range(10):
+            c.call("stack.apply", stack="pr", services={"x": _svc(str(i))})
+            c.call("service.start", name="x")
+            wait_for(lambda: _running(c, "x"), "x running")
+
+            def restarts() -> list[str]:
+                refused = []
+                with daemon.client() as c2:
+                    for _ in range(3):
+                        try:
+                            c2.call("service.restart", name="x")
+                        except HeroError as exc:
+                            assert exc.code == -32001, exc  # not found once pruned
+                            refused.append(str(exc))
+                return refused
+
+            pruned, _ = _together(
+                functools.partial(_call, daemon, "stack.apply", {"stack": "pr", "prune": True}),
+                restarts,
+                rng=rng,
+                spread_s=0.01,
+            )
+            assert isinstance(pruned, dict) and pruned["summary"]["delete"] == 1, pruned
+            assert c.call("service.list")["services"] == []
+            assert not _marked_processes(daemon), f"round {i}: a process outlived the prune"
+
+
+# -- export and apply back -----------------------------------------------------------------
+
+ODD: dict[str, Any] = {
+    "stack": "odd",
+    "services": {
+        "s1": {
+            "script": 'echo "q\'uote"\nprintf \'%s\\n\' "$A"\n# ünïcödé ☃\n',
+            "interpreter": "bash",
+            "env": {"A": "x=y \"z\" 'w' \\ $HOME ${X} \n line\t tab ☃", "EMPTY": "", "d.k": "v"},
+            "env_from_secrets": {"TOKEN": "tok"},
+            "cwd": "/tmp",
+            "health": {"exec": ["true"], "interval_s": 2.5, "retries": 2},
+            "after": ["s2"],
+            "tags": ["ü", "a b", "[x]"],
+            "start_secs": 0,
+            "stop_signal": "INT",
+            "restart": "always",
+            "restart_on_unhealthy": True,
+            "start_limit": 0,
+        },
+        "s2": {
+            "command": ["sh", "-c", 'echo "$@"', "--", "a b", "", "ü\n", "'''", '"""'],
+            "health": {"tcp": "127.0.0.1:1"},
+            "requires": [],
+            "stop_timeout_s": 0.25,
+        },
+    },
+    "actions": {
+        "a1": {
+            "script": 'echo """\n[services.fake]\n"""\n',
+            "env": {"X": "1"},
+            "timeout_s": 3.5,
+            "retries": 2,
+            "tags": ["t"],
+        },
+        "a2": {"command": ["true"]},
+    },
+    "schedules": {
+        "sc1": {
+            "cron": "*/5 * * * *",
+            "timezone": "America/St_Johns",
+            "job": {"action": "a1", "tags": ["x"], "priority": 5},
+            "overlap": "queue",
+        },
+        "sc2": {
+            "cron": "0 0 1 1 *",
+            "timezone": "Asia/Kathmandu",
+            "run": {
+                "jobs": [
+                    {"key": "k1", "command": ["true"]},
+                    {"key": "k2", "action": "a2", "depends_on": ["k1"]},
+                ]
+            },
+            "paused": True,
+        },
+    },
+    "groups": {"g1": {"max_parallel": 3}},
+}
+
+
+def test_export_applies_back_to_no_change_with_every_kind_of_field(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    sock = daemon.socket_path
+    with daemon.client() as c:
+        c.call("secret.set", name="tok", value="s3cr3t-value")
+        assert c.call("stack.apply", ODD)["summary"]["create"] == 7
+        exported = workdir / "odd.toml"
+        assert hero_proc(sock, "export", "--stack", "odd", "-o", str(exported)).returncode == 0
+        text = exported.read_text()
+        assert "s3cr3t-value" not in text  # secrets by name only
+        assert tomllib.loads(text)["services"]["s1"]["env_from_secrets"] == {"TOKEN": "tok"}
+        again = hero_proc(sock, "--json", "apply", "-f", str(exported))
+        assert again.returncode == 0, again.stderr
+        assert '"changed": false' in again.stdout, again.stdout
+        # The file's values are the stored ones, field by field.
+        for name, declared in ODD["services"].items():
+            stored = c.call("service.get", name=name)
+            for key, value in declared.items():
+                if key == "interpreter":
+                    value = [value]
+                elif key == "health":
+                    value = {**stored["health"], **value}
+                assert stored[key] == value, (name, key, stored[key], value)
+        # A stack file cannot carry a secret's value: there is no such table.
+        bad = workdir / "secret.toml"
+        bad.write_text('stack = "odd"\n\n[secrets]\ntok = "v"\n')
+        result = hero_proc(sock, "apply", "-f", str(bad))
+        assert result.returncode == 1 and f"{bad}:3: secrets: unknown top-level key" in (
+            result.stderr
+        ), result.stderr
