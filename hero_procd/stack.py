@@ -317,18 +317,37 @@ class Plan:
                     if owner == doc.stack and name not in doc.objects[kind]:
                         action = "delete" if self.prune else "orphan"
                         self.changes.append(Change(doc.stack, kind, name, action))
-        self._check_cycles(state)
+        self._check_graph(state)
         return self
 
-    def _check_cycles(self, state: State) -> None:
+    def _check_graph(self, state: State) -> None:
+        """No dependency cycle after the plan, and no service it keeps requiring one it
+        deletes (deleting it would stop that service, which the plan says nothing of)."""
         specs = {name: spec for name, (spec, _) in state["services"].items()}
+        doomed: set[str] = set()
         for c in self.changes:
             if c.kind != "services":
                 continue
             if c.action == "delete":
                 specs.pop(c.name, None)
+                doomed.add(c.name)
             elif c.action in ("create", "update"):
                 specs[c.name] = self._definition(c)
+        declared = {c.name for c in self.changes if c.kind == "services" and c.action != "delete"}
+        for name, spec in sorted(specs.items()):
+            for req in spec.get("requires", []):
+                if req not in doomed:
+                    continue
+                if name in declared:
+                    raise InvalidParams(
+                        f"services.{name}.requires", f"requires {req}, which this plan deletes"
+                    )
+                owner = state["services"][name][1]
+                raise InvalidParams(
+                    f"services.{req}",
+                    f"required by service {name} ({f'stack {owner}' if owner else 'made by hand'}),"
+                    " which would be stopped: change or delete it first",
+                )
         graph = {n: [*s.get("requires", []), *s.get("after", [])] for n, s in specs.items()}
         cycle = find_cycle(graph)
         if cycle is not None:

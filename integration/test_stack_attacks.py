@@ -593,3 +593,31 @@ def test_export_applies_back_to_no_change_with_every_kind_of_field(
         assert result.returncode == 1 and f"{bad}:3: secrets: unknown top-level key" in (
             result.stderr
         ), result.stderr
+
+
+def test_a_prune_never_stops_a_service_that_stays(daemon: DaemonProcess) -> None:
+    # db pruned while app (kept, in the file) requires it: the plan said "app unchanged"
+    # and deleting db stopped app as a side effect. Now the plan is refused.
+    def svc(**fields: Any) -> dict[str, Any]:
+        return {"command": ["sleep", "60"], "start_secs": 0.1, **fields}
+
+    with daemon.client() as c:
+        c.call("stack.apply", stack="s", services={"db": svc(), "app": svc(requires=["db"])})
+        c.call("stack.apply", stack="t", services={"other": svc(requires=["db"])})
+        c.call("service.start_many", names=["app", "other"], wait_s=10)
+        pids = {n: _running(c, n) for n in ("app", "db", "other")}
+        with pytest.raises(InvalidParams) as caught:
+            c.call("stack.apply", stack="s", prune=True, services={"app": svc(requires=["db"])})
+        assert caught.value.field == "services.app.requires", caught.value
+        assert "db" in str(caught.value)
+        # Without app in the file, the other stack's service still requires db.
+        with pytest.raises(InvalidParams) as caught:
+            c.call("stack.apply", stack="s", prune=True)
+        assert caught.value.field == "services.db", caught.value
+        assert "required by service other" in str(caught.value)
+        assert {n: _running(c, n) for n in pids} == pids  # nothing stopped, nothing deleted
+        # Once nothing that stays requires it, db goes.
+        c.call("stack.apply", stack="t", services={"other": svc()})
+        plan = c.call("stack.apply", stack="s", prune=True)
+        assert plan["summary"]["delete"] == 2
+        assert _running(c, "other") == pids["other"]
