@@ -214,6 +214,19 @@ def test_a_bulk_start_with_a_failing_service_reports_it_and_skips_its_dependents
         result = hero_proc(daemon.socket_path, "service", "start", "--tag", "t", "--wait", "2")
         assert result.returncode == 1, result
         assert "start failed for b, c" in result.stderr, result.stderr
+        # A missing requirement: not found for m, and n (which requires m) is not tried.
+        c.call(
+            "stack.apply",
+            stack="bulk2",
+            services={
+                "m": {"command": ["sleep", "60"], "requires": ["ghost"]},
+                "n": {"command": ["sleep", "60"], "requires": ["m"]},
+            },
+        )
+        answers = c.call("service.start_many", names=["n", "m"])["services"]
+        assert [(s["name"], s["ok"]) for s in answers] == [("m", False), ("n", False)], answers
+        assert answers[0]["error"]["code"] == -32001 and "ghost" in answers[0]["error"]["message"]
+        assert "requires m" in answers[1]["error"]["message"], answers
 
 
 # -- the config dir ------------------------------------------------------------------------
