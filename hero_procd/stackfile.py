@@ -1,15 +1,15 @@
 """Stack files as text: read one (stdlib tomllib) and say where in it a field is.
 
-Import-light on purpose (tomllib and re only): the CLI reads the file and sends
-its tables to `stack.apply`; when the daemon answers "invalid params:
-services.web.restart: …", the CLI finds that table's line in the text here.
+Import-light on purpose (tomllib, re and math only): the CLI reads the file and
+sends its tables to `stack.apply`; when the daemon answers "invalid params:
+services.web.restart: …", the CLI finds that field's line in the text here.
 tomllib gives line numbers for syntax errors only; a semantic error (a wrong
-value) is placed by finding the table header (`[services.web]`) and, below
-it, the key (`restart = …`).
+value) is placed by a line scanner that follows headers and keys (`key_lines`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from typing import Any
@@ -57,6 +57,27 @@ def parse(text: str, file: str) -> dict[str, Any]:
     if not isinstance(doc.get("stack"), str):
         raise StackFileError(file, locate(text, "stack"), "stack", 'is required: stack = "NAME"')
     return doc
+
+
+def non_finite(value: Any, path: str = "") -> str | None:
+    """The path of the first NaN or infinity in a parsed stack file, if any.
+
+    TOML has them, JSON does not: sent over the wire they would become null, which
+    reads as "the default", so `start_secs = nan` would pass as 1.0.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = non_finite(item, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = non_finite(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _split_key(text: str) -> tuple[list[str], int] | None:

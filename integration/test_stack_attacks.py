@@ -634,3 +634,23 @@ def test_a_prune_never_stops_a_service_that_stays(daemon: DaemonProcess) -> None
         plan = c.call("stack.apply", stack="s", prune=True)
         assert plan["summary"]["delete"] == 2
         assert _running(c, "other") == pids["other"]
+
+
+def test_nan_and_inf_in_a_stack_file_are_refused_not_turned_into_defaults(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    # JSON has no NaN or infinity: orjson sent them as null, and null is "the default",
+    # so `start_secs = nan` applied as 1.0 through the CLI (the config dir refused it).
+    cases = {
+        "start_secs = nan": "services.x.start_secs",
+        "stop_timeout_s = -inf": "services.x.stop_timeout_s",
+        "health = { exec = ['true'], interval_s = inf }": "services.x.health.interval_s",
+    }
+    for line, field in cases.items():
+        path = workdir / "nan.toml"
+        path.write_text(f'stack = "nan"\n\n[services.x]\ncommand = ["true"]\n{line}\n')
+        result = hero_proc(daemon.socket_path, "apply", "-f", str(path))
+        assert result.returncode == 1, (line, result.stdout)
+        assert f"{path}:5: {field}: must be a finite number" in result.stderr, result.stderr
+    with daemon.client() as c:
+        assert c.call("service.list")["services"] == []

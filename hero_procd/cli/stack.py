@@ -108,11 +108,14 @@ def placed(exc: HeroError, path: str, text: str) -> HeroError:
 @click.pass_obj
 def apply(s: Session, path: str, dry_run: bool, prune: bool) -> None:
     """Apply the stack file FILE: show the plan (field by field) and carry it out."""
-    from hero_procd.stackfile import StackFileError, parse
+    from hero_procd.stackfile import StackFileError, locate, non_finite, parse
 
     text = _read(path)
     try:
         doc = parse(text, path)
+        field = non_finite(doc)
+        if field is not None:
+            raise StackFileError(path, locate(text, field), field, "must be a finite number")
     except StackFileError as exc:
         raise StackError(str(exc), {"file": path, "line": exc.line, "field": exc.field}) from exc
     try:
