@@ -9,6 +9,7 @@ value) is placed by a line scanner that follows headers and keys (`key_lines`).
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import tomllib
@@ -59,22 +60,26 @@ def parse(text: str, file: str) -> dict[str, Any]:
     return doc
 
 
-def non_finite(value: Any, path: str = "") -> str | None:
-    """The path of the first NaN or infinity in a parsed stack file, if any.
+def not_json(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(path, problem) of the first value of a parsed stack file that JSON cannot carry.
 
-    TOML has them, JSON does not: sent over the wire they would become null, which
-    reads as "the default", so `start_secs = nan` would pass as 1.0.
+    TOML has NaN, infinities and dates; JSON does not: sent over the wire a NaN
+    would become null, which reads as "the default" (`start_secs = nan` would
+    pass as 1.0), and a date a string (a tag `1979-05-27` would pass, where the
+    daemon reading the file itself refuses it).
     """
     if isinstance(value, float) and not math.isfinite(value):
-        return path
+        return path, "must be a finite number"
+    if isinstance(value, datetime.date | datetime.time):
+        return path, "a TOML date or time is not a value of any field (quote it)"
     if isinstance(value, dict):
         for key, item in value.items():
-            found = non_finite(item, f"{path}.{key}" if path else str(key))
+            found = not_json(item, f"{path}.{key}" if path else str(key))
             if found is not None:
                 return found
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            found = non_finite(item, f"{path}[{i}]")
+            found = not_json(item, f"{path}[{i}]")
             if found is not None:
                 return found
     return None

@@ -645,12 +645,15 @@ def test_nan_and_inf_in_a_stack_file_are_refused_not_turned_into_defaults(
         "start_secs = nan": "services.x.start_secs",
         "stop_timeout_s = -inf": "services.x.stop_timeout_s",
         "health = { exec = ['true'], interval_s = inf }": "services.x.health.interval_s",
+        # A date passed as a string through JSON, where the config dir refuses it.
+        "tags = ['a', 1979-05-27]": "services.x.tags[1]",
     }
     for line, field in cases.items():
         path = workdir / "nan.toml"
         path.write_text(f'stack = "nan"\n\n[services.x]\ncommand = ["true"]\n{line}\n')
         result = hero_proc(daemon.socket_path, "apply", "-f", str(path))
         assert result.returncode == 1, (line, result.stdout)
-        assert f"{path}:5: {field}: must be a finite number" in result.stderr, result.stderr
+        problem = "a TOML date" if "1979" in line else "must be a finite number"
+        assert f"{path}:5: {field}: {problem}" in result.stderr, result.stderr
     with daemon.client() as c:
         assert c.call("service.list")["services"] == []
