@@ -34,8 +34,52 @@ _SYNTAX_AT = re.compile(r"\(at line (\d+), column \d+\)")
 _AT_END = re.compile(r"\(at end of document\)")
 
 
+# Arrays and inline tables nested deeper than this are refused before tomllib reads
+# them: it recurses per level (RecursionError past ~1000), and JSON encoders stop at
+# 255. No field of any stack file needs more than a handful.
+MAX_NESTING = 32
+
+
+def too_deep(text: str, limit: int = MAX_NESTING) -> int | None:
+    """The line where arrays or inline tables first nest deeper than `limit`, if any."""
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\n":
+            line += 1
+        elif ch == "#":
+            end = text.find("\n", i)
+            i = n if end == -1 else end
+            continue
+        elif ch in "\"'":
+            delim = ch * 3 if text.startswith(ch * 3, i) else ch
+            j = i + len(delim)
+            while j < n and not text.startswith(delim, j):
+                if text[j] == "\\" and ch == '"':
+                    j += 1
+                elif text[j] == "\n" and len(delim) == 1:
+                    break  # an unterminated string: tomllib will say so
+                j += 1
+            line += text.count("\n", i, min(j, n))
+            i = j + len(delim) if j < n and text[j] != "\n" else j
+            continue
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return line
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        i += 1
+    return None
+
+
 def parse(text: str, file: str) -> dict[str, Any]:
     """The TOML document of a stack file, or StackFileError with the line tomllib names."""
+    deep = too_deep(text)
+    if deep is not None:
+        raise StackFileError(
+            file, deep, None, f"arrays or tables nested too deeply (more than {MAX_NESTING})"
+        )
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -657,3 +657,23 @@ def test_nan_and_inf_in_a_stack_file_are_refused_not_turned_into_defaults(
         assert f"{path}:5: {field}: {problem}" in result.stderr, result.stderr
     with daemon.client() as c:
         assert c.call("service.list")["services"] == []
+
+
+@pytest.mark.parametrize("depth", [300, 5000])
+def test_a_stack_file_nested_too_deeply_is_a_bad_file(workdir: Path, depth: int) -> None:
+    # 5000: tomllib's RecursionError escaped, and the daemon refused to start over its
+    # config dir. 300: parsed, but the CLI could not encode it (orjson's depth limit).
+    conf = workdir / "conf"
+    conf.mkdir()
+    deep = 'stack = "d"\n[services.x]\ncommand = ' + "[" * depth + "]" * depth + "\n"
+    (conf / "d.toml").write_text(deep)
+    (workdir / "d.toml").write_text(deep)
+    with daemon_running(workdir, extra_args=["--config-dir", str(conf)]) as proc:
+        result = hero_proc(proc.socket_path, "apply", "-f", str(workdir / "d.toml"))
+        message = result.stderr.strip()
+        assert result.returncode == 1 and len(message.splitlines()) == 1, result
+        assert f"{workdir / 'd.toml'}:3: " in message and "nested too deeply" in message
+        with proc.client() as c:
+            assert c.call("service.list")["services"] == []
+    assert "config dir not applied, nothing changed" in proc.log()
+    assert "nested too deeply" in proc.log()

@@ -14,7 +14,7 @@ from hero_procd.config import Config
 from hero_procd.errors import Conflict, InvalidParams
 from hero_procd.params import Params
 from hero_procd.stack import apply, export_doc, load_dir, read_doc
-from hero_procd.stackfile import StackFileError, locate, parse
+from hero_procd.stackfile import StackFileError, locate, parse, too_deep
 from hero_procd.store import Store
 
 TEXT = """\
@@ -267,3 +267,21 @@ def test_locate_never_fails_on_odd_text(seed: int) -> None:
     field = "".join(rng.choice("ab.[]'\"1") for _ in range(rng.randint(0, 12)))
     line = locate(text, field)
     assert line is None or 1 <= line <= max(1, len(text.splitlines()))
+
+
+def test_too_deep_counts_brackets_outside_strings_and_comments() -> None:
+    assert too_deep('a = """\n' + "[" * 40 + '\n"""\nb = 1\n') is None
+    assert too_deep("a = '" + "{" * 40 + "'\n# " + "[" * 40 + "\n") is None
+    assert too_deep("a = 1\nb = " + "[" * 33 + "]" * 33 + "\n") == 2
+    assert too_deep('a = """x\n\n"""\nb = ' + "[" * 33 + "\n") == 4
+    assert too_deep("a = " + "[" * 32 + "]" * 32) is None
+    with pytest.raises(StackFileError, match="nested too deeply"):
+        parse('stack = "s"\nx = ' + "[" * 2000 + "]" * 2000, "f.toml")
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_too_deep_never_fails_on_odd_text(seed: int) -> None:
+    rng = random.Random(seed)
+    text = "".join(rng.choice("[]{}\"'#\\\n ab") for _ in range(rng.randint(0, 300)))
+    line = too_deep(text, limit=3)
+    assert line is None or 1 <= line <= text.count("\n") + 1
