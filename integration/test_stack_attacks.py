@@ -677,3 +677,18 @@ def test_a_stack_file_nested_too_deeply_is_a_bad_file(workdir: Path, depth: int)
             assert c.call("service.list")["services"] == []
     assert "config dir not applied, nothing changed" in proc.log()
     assert "nested too deeply" in proc.log()
+
+
+def test_exporting_hand_made_objects_never_names_an_existing_stack(daemon: DaemonProcess) -> None:
+    # Hand-made objects were exported as stack "default" even when a stack of that
+    # name existed: applying the file with prune deleted that stack's objects.
+    with daemon.client() as c:
+        c.call("stack.apply", stack="default", groups={"real": {"max_parallel": 1}})
+        c.call("stack.apply", stack="default-1", groups={"real1": {"max_parallel": 1}})
+        c.call("group.set", name="byhand", max_parallel=2)
+        doc = c.call("stack.export")
+        assert doc == {"stack": "default-2", "groups": {"byhand": {"max_parallel": 2}}}
+        plan = c.call("stack.apply", {**doc, "prune": True})
+        assert plan["summary"]["delete"] == 0, plan
+        stacks = {g["name"]: g["stack"] for g in c.call("group.list")["groups"]}
+        assert stacks == {"real": "default", "real1": "default-1", "byhand": "default-2"}
