@@ -222,13 +222,19 @@ def describe_error(docs: list[StackDoc], exc: HeroError) -> str:
     if isinstance(exc, Conflict):
         problem = exc.message
     if isinstance(where, str):
-        parts = where.split(".")
-        for doc in docs:
-            if doc.source is None or len(parts) < 2:
-                continue
-            if parts[1] in doc.objects.get(parts[0], {}):
-                line = locate(doc.text or "", where)
-                return str(StackFileError(doc.source, line, where, str(problem)))
+        # Compared as paths, the longest name first: a name may hold dots (web and web.1).
+        found = [
+            (len(name), i)
+            for i, doc in enumerate(docs)
+            if doc.source is not None
+            for kind, objects in doc.objects.items()
+            for name in objects
+            if where == f"{kind}.{name}" or where.startswith((f"{kind}.{name}.", f"{kind}.{name}["))
+        ]
+        if found:
+            doc = docs[max(found)[1]]
+            line = locate(doc.text or "", where)
+            return str(StackFileError(str(doc.source), line, where, str(problem)))
     return str(exc)
 
 

@@ -163,26 +163,6 @@ def _split_key(text: str) -> tuple[list[str], int] | None:
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _field_parts(field: str) -> list[str]:
-    """`services.web.env.'a.b'` or `jobs[1].command` as key parts (an index is a part)."""
-    parts: list[str] = []
-    i, n = 0, len(field)
-    while i < n:
-        if field[i] in "'\"":
-            end = field.find(field[i], i + 1)
-            end = n if end == -1 else end
-            parts.append(field[i + 1 : end])
-            i = end + 1
-        elif field[i] in ".[]":
-            i += 1
-        else:
-            found = re.compile(r"[^.\[\]]+").match(field, i)
-            assert found is not None
-            parts.append(found.group())
-            i = found.end()
-    return parts
-
-
 def _opens_multiline(rest: str) -> str | None:
     """The delimiter of a multi-line string left open at the end of `rest`, if any."""
     for delim in ('"""', "'''"):
@@ -249,7 +229,7 @@ def key_lines(text: str) -> list[tuple[list[str], int]]:
             if double:
                 index = elements.get(tuple(path), 0)
                 elements[tuple(path)] = index + 1
-                path = [*path, str(index)]
+                path = [*path, f"[{index}]"]
             table = path
             out.append((table, number))
             continue
@@ -263,24 +243,41 @@ def key_lines(text: str) -> list[tuple[list[str], int]]:
     return out
 
 
+def _dotted(parts: list[str]) -> str:
+    """Key parts as a field path: `services.web.env.K`, `run.jobs[1].command`."""
+    out = ""
+    for part in parts:
+        out += part if part.startswith("[") or not out else f".{part}"
+    return out
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith((f"{outer}.", f"{outer}["))
+
+
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
 def locate(text: str, field: str | None) -> int | None:
     """The 1-based line of `field` ("services.web.restart") in a stack file's text.
 
     The line of the deepest header or key on the field's path (its own key when it
     is written, else its table's header); else the first line of something inside
     it (a dotted key under an object never headed); None if nothing matches.
+    Compared as paths, not parts: a name may hold dots (`[services."web.1"]`).
     """
     if not field:
         return None
-    want = _field_parts(field)
+    want = _QUOTED.sub(lambda m: m.group(1) or m.group(2) or "", field)
     best: tuple[int, int] | None = None  # (score, line): a deeper match wins, then earlier
-    for path, number in key_lines(text):
-        common = len(path) if len(path) <= len(want) else len(want)
-        if path[:common] != want[:common]:
+    for parts, number in key_lines(text):
+        path = _dotted(parts)
+        if _within(want, path):
+            score = 2 * len(path)
+        elif _within(path, want):
+            score = 2 * len(want) - 1  # inside the field: just below an exact match
+        else:
             continue
-        # A header or key on the field's path scores its depth; one inside the field
-        # (deeper than it) scores just below an exact match.
-        score = 2 * common if len(path) <= len(want) else 2 * common - 1
         if best is None or score > best[0]:
             best = (score, number)
     return None if best is None else best[1]

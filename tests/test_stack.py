@@ -13,7 +13,7 @@ from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.errors import Conflict, InvalidParams
 from hero_procd.params import Params
-from hero_procd.stack import apply, export_doc, load_dir, read_doc
+from hero_procd.stack import apply, describe_error, export_doc, load_dir, read_doc
 from hero_procd.stackfile import StackFileError, locate, parse, too_deep
 from hero_procd.store import Store
 
@@ -285,3 +285,49 @@ def test_too_deep_never_fails_on_odd_text(seed: int) -> None:
     text = "".join(rng.choice("[]{}\"'#\\\n ab") for _ in range(rng.randint(0, 300)))
     line = too_deep(text, limit=3)
     assert line is None or 1 <= line <= text.count("\n") + 1
+
+
+DOTTED_NAMES = """\
+stack = "s"
+
+[services."web.1"]
+command = ["x"]
+
+[services."web.1".env]
+K = "v"
+
+[services.web]
+command = ["y"]
+restart = "bad"
+"""
+
+
+@pytest.mark.parametrize(
+    ("field", "line"),
+    [
+        # Names may hold dots (web.1): the field path is then ambiguous; the file decides.
+        ("services.web.1.command", 4),
+        ("services.web.1.env.K", 7),
+        ("services.web.restart", 11),
+        ("services.web.1.cwd", 3),
+    ],
+)
+def test_locate_objects_whose_names_hold_dots(field: str, line: int) -> None:
+    assert locate(DOTTED_NAMES, field) == line
+
+
+def test_a_config_dir_error_under_a_dotted_name_names_its_file(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('stack = "a"\n\n[services."api.v2"]\ncommand = "x"\n')
+    with pytest.raises(StackFileError) as caught:
+        load_dir(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / 'a.toml'}:4: services.api.v2.command")
+    # An error found when planning (a conflict, a cycle) is placed the same way.
+    (tmp_path / "a.toml").write_text(
+        'stack = "a"\n\n[services."api.v2"]\ncommand = ["x"]\nrequires = ["api.v2"]\n'
+    )
+    (tmp_path / "b.toml").write_text('stack = "b"\n[services.api]\ncommand = ["y"]\n')
+    docs = load_dir(tmp_path)
+    error = InvalidParams("services.api.v2.requires", "dependency cycle: api.v2 -> api.v2")
+    assert describe_error(docs, error).startswith(f"{tmp_path / 'a.toml'}:5: ")
+    error = InvalidParams("services.api.command", "whatever")
+    assert describe_error(docs, error).startswith(f"{tmp_path / 'b.toml'}:3: ")
