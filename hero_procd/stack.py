@@ -223,16 +223,18 @@ def describe_error(docs: list[StackDoc], exc: HeroError) -> str:
         problem = exc.message
     if isinstance(where, str):
         # Compared as paths, the longest name first: a name may hold dots (web and web.1).
+        # A conflict with the stack that owns the object is the other file's doing.
+        owner = data.get("stack") if isinstance(exc, Conflict) else None
         found = [
-            (len(name), i)
+            (len(name), -i)
             for i, doc in enumerate(docs)
-            if doc.source is not None
+            if doc.source is not None and doc.stack != owner
             for kind, objects in doc.objects.items()
             for name in objects
             if where == f"{kind}.{name}" or where.startswith((f"{kind}.{name}.", f"{kind}.{name}["))
         ]
         if found:
-            doc = docs[max(found)[1]]
+            doc = docs[-max(found)[1]]
             line = locate(doc.text or "", where)
             return str(StackFileError(str(doc.source), line, where, str(problem)))
     return str(exc)

@@ -331,3 +331,11 @@ def test_a_config_dir_error_under_a_dotted_name_names_its_file(tmp_path: Path) -
     assert describe_error(docs, error).startswith(f"{tmp_path / 'a.toml'}:5: ")
     error = InvalidParams("services.api.command", "whatever")
     assert describe_error(docs, error).startswith(f"{tmp_path / 'b.toml'}:3: ")
+
+
+def test_a_conflict_with_the_owning_stack_is_placed_in_the_other_file(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('stack = "a"\n[groups.g]\nmax_parallel = 1\n')
+    (tmp_path / "z.toml").write_text('stack = "z"\n\n[groups.g]\nmax_parallel = 2\n')
+    docs = load_dir(tmp_path)
+    error = Conflict("group g belongs to stack a", {"field": "groups.g", "stack": "a"})
+    assert describe_error(docs, error).startswith(f"{tmp_path / 'z.toml'}:3: groups.g: ")
