@@ -34,7 +34,7 @@ from hero_procd.engine import procs
 from hero_procd.engine.health import run_check
 from hero_procd.engine.output import OutputCapture
 from hero_procd.errors import InvalidState, NotFound
-from hero_procd.model import CommandSpec, ServiceState, find_cycle, now
+from hero_procd.model import CommandSpec, ServiceState, find_cycle, now, process_part
 
 if TYPE_CHECKING:
     from hero_procd.engine.supervisor import Supervisor
@@ -91,6 +91,8 @@ class ServiceOwner:
         self.changed = asyncio.Event()
         self._queue: asyncio.Queue[Command] = asyncio.Queue()
         self._life: asyncio.Task[None] | None = None
+        # The definition the current life spawns its processes from.
+        self._life_spec: dict[str, Any] = {}
         self._stop_life = asyncio.Event()
         self._stop_reason = "stop"
         self._captures: set[OutputCapture] = set()
@@ -194,6 +196,23 @@ class ServiceOwner:
         await self._set_state(ServiceState.STARTING)
         self._begin_life(service.spec)
 
+    async def _do_refresh(self) -> bool:
+        """The definition was changed without this owner (stack.apply, service.update): a
+        life spawning from an older process definition is restarted with the stored one;
+        a service that is not live stays as it is. True if restarted.
+
+        Decided here, after every verb queued before it: a stop served first leaves
+        the service stopped; a start that read the definition before the change is
+        live by now and restarted.
+        """
+        service = await self.store.services.get(self.name)
+        if not self.live or process_part(self._life_spec) == process_part(service.spec):
+            return False
+        await self._end_life("restart")
+        await self._set_state(ServiceState.STARTING)
+        self._begin_life(service.spec)
+        return True
+
     async def _do_halt(self) -> None:
         """Daemon shutdown: end the life, keep the desired state for the next daemon."""
         await self._end_life("daemon stop")
@@ -222,6 +241,7 @@ class ServiceOwner:
         self._stop_life = asyncio.Event()
         self._stop_reason = "stop"
         self.failure = None
+        self._life_spec = spec
         loop = asyncio.get_running_loop()
         self._life = loop.create_task(self._live(spec), name=f"svc-life:{self.name}")
 
