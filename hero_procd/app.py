@@ -12,6 +12,7 @@ from hero_procd.config import Config
 from hero_procd.store import Store
 
 if TYPE_CHECKING:
+    from hero_procd.engine.contain import Containment
     from hero_procd.engine.executor import Executor
     from hero_procd.engine.janitor import Janitor
     from hero_procd.engine.scheduler import Scheduler
@@ -43,6 +44,7 @@ class App:
     supervisor: Supervisor | None = None
     scheduler: Scheduler | None = None
     janitor: Janitor | None = None
+    containment: Containment | None = None
 
     @property
     def jobs(self) -> Executor:
@@ -55,6 +57,17 @@ class App:
         """The service supervisor (present once the daemon has started it)."""
         assert self.supervisor is not None, "supervisor not started"
         return self.supervisor
+
+    @property
+    def contain(self) -> Containment:
+        """How children are contained (present once the daemon has set it up)."""
+        assert self.containment is not None, "containment not set up"
+        return self.containment
+
+    def check_limits(self, spec: dict[str, Any], path: str = "") -> None:
+        """Refuse limit fields this daemon cannot enforce (-32602 naming the controller)."""
+        if self.containment is not None:
+            self.containment.check_limits(spec, path)
 
     def wake_jobs(self) -> None:
         """Tell the executor that jobs were queued (no-op without one)."""

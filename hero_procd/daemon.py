@@ -29,7 +29,8 @@ import orjson
 from hero_procd import __version__
 from hero_procd.app import App
 from hero_procd.config import Config
-from hero_procd.engine.executor import Executor
+from hero_procd.engine.contain import make_containment
+from hero_procd.engine.executor import Executor, instance_id
 from hero_procd.engine.janitor import Janitor
 from hero_procd.engine.scheduler import Scheduler
 from hero_procd.engine.supervisor import Supervisor
@@ -180,6 +181,11 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         teardown.push("server", lambda: server.close(config.shutdown_grace_s))
 
         # Only now may children run: the daemon can be reached to see and stop them.
+        stage = "setting up containment"
+        app.containment = await asyncio.to_thread(
+            make_containment, config.containment, config.cgroup, instance_id(str(paths.db))
+        )
+        teardown.push("containment", app.containment.close)
         stage = "starting the executor"
         app.executor = Executor(app)
         teardown.push("executor", app.executor.stop)
@@ -287,6 +293,15 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     "--socket-group", help="Group allowed on the socket (mode 0660) [$HERO_PROC_SOCKET_GROUP]"
 )
 @click.option(
+    "--containment",
+    type=click.Choice(["auto", "cgroup2", "process-group"]),
+    help="Cells of jobs and services: cgroup v2 or process groups [auto, $HERO_PROC_CONTAINMENT]",
+)
+@click.option(
+    "--cgroup",
+    help="cgroup v2 subtree for the cells [<own cgroup>/hero-procd-<id>, $HERO_PROC_CGROUP]",
+)
+@click.option(
     "--log-level",
     default=lambda: os.environ.get("HERO_PROC_LOG_LEVEL", "info"),
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -298,6 +313,8 @@ def main(
     readers: int | None,
     max_parallel: int | None,
     socket_group: str | None,
+    containment: str | None,
+    cgroup: str | None,
     log_level: str,
 ) -> None:
     """hero-procd: the process supervisor and job queue daemon."""
@@ -313,6 +330,8 @@ def main(
             readers=readers,
             socket_group=socket_group,
             max_parallel=max_parallel,
+            containment=containment,
+            cgroup=cgroup,
         )
     except ValueError as exc:
         click.echo(f"hero-procd: {exc}", err=True)
