@@ -60,8 +60,11 @@ class App:
 
     @property
     def contain(self) -> Containment:
-        """How children are contained (present once the daemon has set it up)."""
-        assert self.containment is not None, "containment not set up"
+        """How children are contained: what the daemon set up, else process groups."""
+        if self.containment is None:
+            from hero_procd.engine.contain import ProcessGroupContainment
+
+            self.containment = ProcessGroupContainment("no containment was set up")
         return self.containment
 
     def check_limits(self, spec: dict[str, Any], path: str = "") -> None:

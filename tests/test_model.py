@@ -351,6 +351,7 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "after": [],
     "tags": [],
     "restart_on_unhealthy": False,
+    "type": "simple",
 }
 
 
