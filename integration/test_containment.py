@@ -20,6 +20,7 @@ import pytest
 
 from hero_procd.client import Client
 from hero_procd.engine.contain import cgroup2_mount
+from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import (
     DEADLINE_S,
@@ -41,6 +42,12 @@ from integration.helpers import (
 ESCAPEES = "setsid sleep 300 & echo $!; sh -c 'sleep 300 & echo $!'"
 # The same, with the escapees' environment emptied: no instance mark finds them.
 UNMARKED = "setsid env -i sleep 300 & echo $!; sh -c 'env -i sleep 300 & echo $!'"
+
+
+def data(err: HeroError) -> dict[str, Any]:
+    """The `data` of an error answer (field, problem)."""
+    assert err.data is not None, err
+    return err.data
 
 
 def info(c: Client) -> dict[str, Any]:
@@ -154,20 +161,22 @@ def test_a_limit_without_its_controller_is_refused(c: Client, field: str) -> Non
     value = LIMITS[field]
     err = call_error(c, "job.submit", command=["true"], **{field: value})
     assert err.code == -32602
-    assert err.data["field"] == field
-    assert f"{CONTROLLER[field]} controller" in err.data["problem"], err.data
+    assert data(err)["field"] == field
+    assert f"{CONTROLLER[field]} controller" in data(err)["problem"], data(err)
     err = call_error(c, "service.define", name=f"lim-{field}", command=["true"], **{field: value})
-    assert err.code == -32602 and err.data["field"] == field
+    assert err.code == -32602 and data(err)["field"] == field
     err = call_error(c, "action.set", name=f"lim-{field}", command=["true"], **{field: value})
-    assert err.code == -32602 and err.data["field"] == field
+    assert err.code == -32602 and data(err)["field"] == field
     err = call_error(
-        c, "run.submit", jobs=[{"key": "a", "command": ["true"]}, {"key": "b", field: value}]
+        c,
+        "run.submit",
+        jobs=[{"key": "a", "command": ["true"]}, {"key": "b", "command": ["true"], field: value}],
     )
-    assert err.code == -32602 and err.data["field"] == f"jobs[1].{field}"
+    assert err.code == -32602 and data(err)["field"] == f"jobs[1].{field}"
     batch = c.call(
         "job.submit_batch", jobs=[{"command": ["true"]}, {"command": ["true"], field: value}]
     )
-    assert batch["submitted"] == 1 and [f[0] for f in batch["failed"]] == [1], batch
+    assert len(batch["submitted"]) == 1 and [f[0] for f in batch["failed"]] == [1], batch
     assert CONTROLLER[field] in batch["failed"][0][1]["message"]
     # The daemon keeps serving, and nothing of the refused service was stored.
     assert c.call("system.ping")["pong"] is True
@@ -210,7 +219,7 @@ def test_memory_max_oom_is_reported_where_the_controller_is(c: Client) -> None:
 def test_bad_limit_values_are_refused_whatever_the_host(c: Client) -> None:
     for field, value in (("memory_max", 10), ("cpu_max", 0), ("pids_max", 0), ("io_weight", 1e9)):
         err = call_error(c, "job.submit", command=["true"], **{field: value})
-        assert err.code == -32602 and err.data["field"] == field, (field, err.data)
+        assert err.code == -32602 and data(err)["field"] == field, (field, err.data)
 
 
 # -- jobs --------------------------------------------------------------------------------
@@ -321,9 +330,11 @@ def copies(name: str) -> list[int]:
     """Live processes that carry the service's name in their environment."""
     found = []
     for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and f"HERO_PROC_SERVICE={name}" in environ(int(entry.name)):
-            if is_alive(int(entry.name)):
-                found.append(int(entry.name))
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if f"HERO_PROC_SERVICE={name}" in environ(pid) and is_alive(pid):
+            found.append(pid)
     return found
 
 
@@ -390,7 +401,7 @@ def test_forking_launcher_that_fails_is_not_running(c: Client) -> None:
 
 def test_pid_file_needs_type_forking(c: Client) -> None:
     err = call_error(c, "service.define", name="pf", command=["true"], pid_file="/tmp/x.pid")
-    assert err.code == -32602 and err.data["field"] == "pid_file"
+    assert err.code == -32602 and data(err)["field"] == "pid_file"
 
 
 # -- crash recovery ----------------------------------------------------------------------
@@ -459,7 +470,7 @@ def test_forced_process_groups_work_as_before(tmp_path: Path) -> None:
         wait_dead(st["pid"], "a service's process after stop")
         # Limits cannot be enforced: refused, naming why.
         err = call_error(c, "job.submit", command=["true"], pids_max=5)
-        assert err.code == -32602 and "process-group" in err.data["problem"], err.data
+        assert err.code == -32602 and "process-group" in data(err)["problem"], data(err)
 
 
 def test_forced_cgroup2_without_a_tree_refuses_to_start(workdir: Path) -> None:
