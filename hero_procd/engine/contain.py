@@ -28,6 +28,7 @@ import os
 import signal
 import struct
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,8 +223,12 @@ def _read(path: str) -> str:
 
 
 def _write(path: str, value: str) -> None:
-    with open(path, "w", encoding="ascii") as fh:
-        fh.write(value)
+    # os-level: a third of the cost of open() for these one-shot kernel files.
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _keyed(text: str) -> dict[str, int]:
@@ -443,11 +448,31 @@ class CgroupCell(Cell):
         except OSError:
             return False
 
+    def _remove_now(self) -> bool:
+        """Kill what is left and remove the cgroup if it is empty already (on a thread)."""
+        self.kill()
+        if self.populated():
+            return False
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        self.created = False
+        return True
+
     async def release(self) -> None:
-        """Kill what is left, wait until empty, rmdir (retried: the kernel lags a little)."""
+        """Kill what is left, wait until empty, rmdir (retried: the kernel lags a little).
+
+        The common case (nothing left) is one trip to the containment's thread, so
+        the event loop spends no time in cgroupfs for it.
+        """
         if not self.created:
             return
-        self.kill()
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(self.owner.pool, self._remove_now):
+            return
         if not await self.wait_empty(30.0):
             log.error("a cell did not empty after cgroup.kill", extra={"cgroup": self.path})
         if self._wd is not None:
@@ -457,7 +482,7 @@ class CgroupCell(Cell):
             if delay:
                 await asyncio.sleep(delay)
             try:
-                os.rmdir(self.path)
+                await loop.run_in_executor(self.owner.pool, os.rmdir, self.path)
             except FileNotFoundError:
                 break
             except OSError as exc:  # EBUSY: zombies not yet gone
@@ -481,6 +506,8 @@ class CgroupContainment(Containment):
         self.root = os.path.join(mount, subtree.lstrip("/"))
         self.controllers = controllers
         self._seq = itertools.count(1)
+        # Removing cells (cgroupfs calls of ~0.2 ms each) stays off the event loop.
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cgroup")
         self._inotify: _Inotify | None = None
 
     @property
@@ -518,6 +545,7 @@ class CgroupContainment(Containment):
             self._inotify = None
         with contextlib.suppress(OSError):  # a cell still there (logged where it stuck)
             await asyncio.to_thread(os.rmdir, self.root)
+        self.pool.shutdown(wait=False)
 
     def info(self) -> dict[str, Any]:
         """Also the subtree's path."""
