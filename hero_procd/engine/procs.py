@@ -339,6 +339,21 @@ def reap(pid: int) -> tuple[int | None, int | None]:
     return (code, None) if code >= 0 else (None, -code)
 
 
+def peek_exit(pid: int) -> int | None:
+    """An ended child's exit code (None if killed by a signal), leaving it unreaped.
+
+    While unreaped, a process-group leader's id stays its group's: signal the group
+    first, then `reap`.
+    """
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if info is None or info.si_code != os.CLD_EXITED:
+        return None
+    return info.si_status
+
+
 def signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to the process group `pgid`; False if no process of it is left."""
     try:

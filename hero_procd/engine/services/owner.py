@@ -441,13 +441,17 @@ class ServiceOwner:
 
         def on_exit() -> None:
             loop.remove_reader(child.pidfd)
-            self.exit_code, self.signal = procs.reap(child.pid)
-            os.close(child.pidfd)
-            if forking and self.exit_code == 0 and not exited.done():
+            if forking and procs.peek_exit(child.pid) == 0 and not exited.done():
                 # It went into the background: the service lives while its cell does.
+                self.exit_code, self.signal = procs.reap(child.pid)
+                os.close(child.pidfd)
                 followers.append(loop.create_task(self._follow(spec, cell, exited, ending)))
                 return
-            cell.kill()  # a service's main process ended: so does what it left behind
+            # A service's main process ended: so does what it left behind (killed while
+            # the leader is unreaped, so that its process group is still its own).
+            cell.kill()
+            self.exit_code, self.signal = procs.reap(child.pid)
+            os.close(child.pidfd)
             if not exited.done():
                 exited.set_result(None)
 
