@@ -21,7 +21,7 @@ import pytest
 from hero_procd.client import Client
 from hero_procd.engine.contain import cgroup2_mount
 from hero_procd.errors import HeroError
-from integration.daemon_proc import DaemonProcess
+from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 from integration.helpers import (
     DEADLINE_S,
     call_error,
@@ -483,3 +483,33 @@ def test_forced_cgroup2_without_a_tree_refuses_to_start(workdir: Path) -> None:
         pytest.skip("no cgroup v2 mount here")
     with pytest.raises(RuntimeError, match="containment"):
         daemon.start(timeout_s=10)
+
+
+def test_daemons_of_two_databases_never_touch_each_others_cells(
+    started: list[DaemonProcess],
+) -> None:
+    dirs = [short_tmpdir(), short_tmpdir()]
+    try:
+        a, b = DaemonProcess(dirs[0]), DaemonProcess(dirs[1])
+        started += [a.start(), b.start()]
+        with a.client() as ca, b.client() as cb:
+            root_a, root_b = info(ca)["cgroup"], info(cb)["cgroup"]
+            assert root_a != root_b and os.path.dirname(root_a) == os.path.dirname(root_b)
+            job_a = ca.call("job.submit", script=f"{ESCAPEES}; sleep 300")["id"]
+            job_b = cb.call("job.submit", script=f"{ESCAPEES}; sleep 300")["id"]
+            pids_b = job_pids(cb, job_b)
+            job_pids(ca, job_a)
+        # A crash and a restart of one daemon (its recovery kills its own old cells)
+        # leaves the other's job and escapees running.
+        a.kill()
+        started.append(a.start())
+        with a.client() as ca, b.client() as cb:
+            assert finish(ca, job_a)["status"] == "lost"
+            assert cb.call("job.get", id=job_b)["status"] == "running"
+            assert all(is_alive(p) for p in pids_b)
+            cb.call("job.cancel", id=job_b)
+            assert finish(cb, job_b)["status"] == "cancelled"
+            all_gone(pids_b, "an escapee of the other daemon's cancelled job")
+    finally:
+        for d in dirs:
+            cleanup(d)
