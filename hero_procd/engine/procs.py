@@ -101,7 +101,10 @@ def _resolve(program: str, env: dict[str, str]) -> str:
 
 
 # What the extension's child was doing when it failed (see _spawn.c).
-_STAGE_CGROUP, _STAGE_CHDIR, _STAGE_EXEC = 1, 2, 3
+_STAGE_CGROUP, _STAGE_CHDIR, _STAGE_EXEC, _STAGE_SETUP, _STAGE_CLONE = 1, 2, 3, 4, 5
+# clone3 without CLONE_INTO_CGROUP (a kernel before 5.7): join by cgroup.procs instead.
+_NO_CLONE3 = (errno.ENOSYS, errno.EINVAL, errno.E2BIG)
+_clone3_works = True
 
 
 def _output_pipes(capture: bool) -> tuple[int, int, int, int]:
@@ -134,9 +137,10 @@ def _ext_spawn(
     path = _resolve(argv[0], env)
     c_argv = [os.fsencode(a) for a in argv]
     c_env = [os.fsencode(f"{k}={v}") for k, v in env.items()]
+    global _clone3_works
     cg_fd = procs_fd = -1
     if cgroup is not None:
-        if _EXT.HAVE_CLONE3:
+        if _EXT.HAVE_CLONE3 and _clone3_works:
             cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         else:
             procs_fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
@@ -159,11 +163,15 @@ def _ext_spawn(
                 os.close(fd)
     if pid < 0:
         _close_reads(out_r, err_r)
+        if stage == _STAGE_CLONE and cg_fd >= 0 and err in _NO_CLONE3:
+            _clone3_works = False
+            return _ext_spawn(argv, env, cwd, cgroup, capture)
+        culprit: str | None = None
         if stage == _STAGE_CHDIR:
             culprit = cwd
         elif stage == _STAGE_EXEC:
             culprit = argv[0]
-        else:
+        elif stage in (_STAGE_CGROUP, _STAGE_CLONE):
             culprit = cgroup
         raise OSError(err, os.strerror(err), culprit)
     return pid, out_r, err_r
@@ -299,7 +307,7 @@ _EXT = _load_extension()
 def spawner_name() -> str:
     """Which spawner this daemon uses (shown by system.info)."""
     if _EXT is not None:
-        return "clone3" if _EXT.HAVE_CLONE3 else "clone"
+        return "clone3" if _EXT.HAVE_CLONE3 and _clone3_works else "clone"
     return "posix_spawn" if _POSIX_SPAWN is not None else "popen"
 
 
@@ -352,6 +360,12 @@ def peek_exit(pid: int) -> int | None:
     if info is None or info.si_code != os.CLD_EXITED:
         return None
     return info.si_status
+
+
+def reap_blocking(pid: int) -> int:
+    """Wait for a child (blocking: for tests and threads, never the loop); its exit code."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def signal_group(pgid: int, sig: int) -> bool:
