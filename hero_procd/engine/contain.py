@@ -391,10 +391,15 @@ class CgroupCell(Cell):
             _write(os.path.join(self.path, "cgroup.kill"), "1")
         except FileNotFoundError:
             return
-        except OSError:  # no cgroup.kill (before 5.14): one by one
+        except OSError:  # no cgroup.kill (before 5.14): freeze, kill one by one, thaw
+            freeze = os.path.join(self.path, "cgroup.freeze")
+            with contextlib.suppress(OSError):
+                _write(freeze, "1")  # a frozen process cannot fork meanwhile; SIGKILL still acts
             for pid in self.pids():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                _write(freeze, "0")
 
     def populated(self) -> bool:
         """`populated 1` in cgroup.events."""
