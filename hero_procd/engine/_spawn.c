@@ -159,6 +159,7 @@ static char **build_list(PyObject *seq, const char *what) {
 }
 
 static PyObject *spawn(PyObject *self, PyObject *args) {
+    (void)self;
     const char *path;
     PyObject *argv_list, *env_list, *cwd_obj;
     int out_fd, err_fd, cgroup_fd, procs_fd;
@@ -245,6 +246,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_spawn", "Spawn a child into its cgroup before it execs.", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__spawn(void) {
