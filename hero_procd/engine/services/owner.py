@@ -492,6 +492,8 @@ class ServiceOwner:
             loop.call_later(2.0, output.close_all)
         if self._stop_life.is_set() and reason == "exited":
             reason = self._stop_reason
+        elif reason == "exited" and cell.oom_killed():
+            reason = f"killed by the OOM killer (memory_max {spec.get('memory_max')})"
         elif reason == "exited" and ending[0] != "exited":
             reason = ending[0]
         elif self.signal is not None and reason == "exited":
