@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -99,8 +100,10 @@ def test_missing_program_and_bad_cwd_name_the_culprit(
     assert bad_cwd.value.filename == gone
 
 
-def test_extension_is_built_here() -> None:
-    """`make install` builds the _spawn extension on this machine (gcc and headers exist)."""
+def test_extension_is_built_where_a_compiler_is() -> None:
+    """`make install` builds the _spawn extension wherever a C compiler is installed."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: the daemon spawns with posix_spawn")
     assert procs._EXT is not None
     assert procs.spawner_name() in ("clone3", "clone")
 
