@@ -604,12 +604,15 @@ def _enable_controllers(mount: str, own: str, own_dir: str, root: str) -> tuple[
     for part in rel.split(os.sep)[:-1] if rel != "." else []:
         chain.append(os.path.join(chain[-1], part))
     if own != "/":
-        leaf = os.path.join(own_dir, "daemon")
+        # Only when the daemon is alone in its cgroup (a systemd unit with Delegate=yes):
+        # others there (a login shell's scope, say) are not ours to move, and then the
+        # controllers stay off (limits are refused, naming them).
         try:
-            os.makedirs(leaf, exist_ok=True)
-            for pid in _read(os.path.join(own_dir, "cgroup.procs")).split():
-                with contextlib.suppress(OSError):
-                    _write(os.path.join(leaf, "cgroup.procs"), pid)
+            alone = _read(os.path.join(own_dir, "cgroup.procs")).split() == [str(os.getpid())]
+            if alone:
+                leaf = os.path.join(own_dir, "daemon")
+                os.makedirs(leaf, exist_ok=True)
+                _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
         except OSError as exc:
             log.warning("cannot move the daemon into a leaf cgroup", extra={"error": str(exc)})
     for directory in chain:
