@@ -133,6 +133,12 @@ class Config:
     # daemon's cells (None: <own cgroup>/hero-procd-<instance>).
     containment: str = "auto"
     cgroup: str | None = None
+    # The browser listener (hero_procd/web): "HOST:PORT", off when None.
+    http: str | None = None
+    http_allow_remote: bool = False
+    http_hosts: tuple[str, ...] = ()
+    # Stack files applied at start and on SIGHUP (--config-dir, $HERO_PROC_CONFIG_DIR).
+    config_dir: Path | None = None
 
     @classmethod
     def from_env(
@@ -145,6 +151,8 @@ class Config:
         max_parallel: int | None = None,
         containment: str | None = None,
         cgroup: str | None = None,
+        http: str | None = None,
+        http_allow_remote: bool | None = None,
     ) -> Config:
         """Build a config: explicit arguments win over the environment, which wins over defaults."""
         return cls(
@@ -177,6 +185,17 @@ class Config:
             ),
             containment=_containment_mode(containment),
             cgroup=cgroup or os.environ.get("HERO_PROC_CGROUP") or None,
+            http=http or os.environ.get("HERO_PROC_HTTP") or None,
+            http_allow_remote=(
+                http_allow_remote
+                if http_allow_remote is not None
+                else os.environ.get("HERO_PROC_HTTP_ALLOW_REMOTE", "") in ("1", "true", "yes")
+            ),
+            http_hosts=tuple(
+                h.strip()
+                for h in os.environ.get("HERO_PROC_HTTP_HOSTS", "").split(",")
+                if h.strip()
+            ),
         )
 
 

@@ -17,10 +17,12 @@ from tests.conftest import StoreRunner, write_tx
 
 STATUS_KEYS = {
     "name",
+    "tags",
     "state",
     "desired",
     "pid",
     "restarts",
+    "manual_restarts",
     "exit_code",
     "signal",
     "health",

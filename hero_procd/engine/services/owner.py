@@ -82,7 +82,8 @@ class ServiceOwner:
         self.pid: int | None = None
         self.pid_start_time: float | None = None
         self.started_at: float | None = None
-        self.restarts = 0
+        self.restarts = 0  # automatic (the restart policy), like systemd's NRestarts
+        self.manual_restarts = 0  # asked for by service.restart while a life was in progress
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.health: str | None = None
@@ -140,6 +141,7 @@ class ServiceOwner:
         with contextlib.suppress(NotFound):
             row = await self.store.services.get(self.name)
             self.restarts, self.exit_code, self.signal = row.restarts, row.exit_code, row.signal
+            self.manual_restarts = row.manual_restarts
         self._loaded = True
 
     async def close(self) -> None:
@@ -189,6 +191,8 @@ class ServiceOwner:
     async def _do_restart(self) -> None:
         service = await self.store.services.get(self.name)
         await self.store.services.set_desired(self.name, "running")
+        if self.live:  # a restart of a stopped service is a start: not counted
+            self.manual_restarts += 1
         await self._end_life("restart")
         await self._set_state(ServiceState.STARTING)
         self._begin_life(service.spec)
@@ -212,7 +216,7 @@ class ServiceOwner:
         # The counter stays in log_owners: a service of this name goes on from it.
         self.sup.flusher.forget_owner("service", self.name)
         self.retired = True
-        self.restarts, self.exit_code, self.signal = 0, None, None
+        self.restarts, self.manual_restarts, self.exit_code, self.signal = 0, 0, None, None
         self.state, self.health, self.failure = ServiceState.STOPPED, None, None
         return deleted
 
@@ -240,6 +244,7 @@ class ServiceOwner:
             pid=self.pid,
             pid_start_time=self.pid_start_time,
             restarts=self.restarts,
+            manual_restarts=self.manual_restarts,
             exit_code=self.exit_code,
             signal=self.signal,
             health=self.health,
