@@ -178,6 +178,11 @@ def test_a_limit_without_its_controller_is_refused(c: Client, field: str) -> Non
     )
     assert len(batch["submitted"]) == 1 and [f[0] for f in batch["failed"]] == [1], batch
     assert CONTROLLER[field] in batch["failed"][0][1]["message"]
+    define(c, f"upd-{field}", ["true"])
+    err = call_error(c, "service.update", name=f"upd-{field}", **{field: value})
+    assert err.code == -32602 and data(err)["field"] == field, data(err)
+    assert field not in c.call("service.get", name=f"upd-{field}")
+    c.call("service.delete", name=f"upd-{field}")
     # The daemon keeps serving, and nothing of the refused service was stored.
     assert c.call("system.ping")["pong"] is True
     assert call_error(c, "service.get", name=f"lim-{field}").code == -32001
