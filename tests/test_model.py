@@ -355,6 +355,7 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "after": [],
     "tags": [],
     "restart_on_unhealthy": False,
+    "type": "simple",
 }
 
 

@@ -32,6 +32,7 @@ async def service_update(app: App, p: Params) -> dict[str, Any]:
         q = Params(merged)
         spec = parse_service_spec(q)
         q.finish()
+        app.check_limits(spec)  # -32602 naming a controller this host cannot use
         graph[name] = [*spec.get("requires", []), *spec.get("after", [])]
         cycle = find_cycle(graph)
         if cycle is not None:
