@@ -129,6 +129,9 @@ class Config:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+    # None: $HERO_PROC_SECRETS_KEY_FILE, a systemd credential, or beside the database
+    # (hero_procd/secretbox.py: key_file_path).
+    secrets_key_file: Path | None = None
 
     @classmethod
     def from_env(
@@ -139,6 +142,7 @@ class Config:
         max_frame: int | None = None,
         socket_group: str | None = None,
         max_parallel: int | None = None,
+        secrets_key_file: str | os.PathLike[str] | None = None,
     ) -> Config:
         """Build a config: explicit arguments win over the environment, which wins over defaults."""
         return cls(
@@ -169,4 +173,5 @@ class Config:
             frame_timeout_s=_env_positive(
                 "HERO_PROC_FRAME_TIMEOUT_S", DEFAULT_FRAME_TIMEOUT_S, float
             ),
+            secrets_key_file=Path(secrets_key_file) if secrets_key_file else None,
         )

@@ -40,6 +40,7 @@ from hero_procd.paths import resolve as resolve_paths
 from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import Handler, load_methods
 from hero_procd.rpc.server import RpcServer
+from hero_procd.secretbox import KeyFileError, SecretBox, key_file_path, load_key_file
 from hero_procd.store import Store
 
 log = logging.getLogger("hero_procd")
@@ -164,6 +165,8 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         stage = f"opening the database {paths.db}"
         store = await Store.open(paths.db, config.readers)
         teardown.push("store", store.close)
+        stage = "unlocking the secrets"
+        await _unlock_secrets(store, paths.db, config.secrets_key_file)
         stage = "loading the OpenRPC document"
         app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))
 
@@ -201,10 +204,41 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         app.janitor.start()
     except StartupError:
         raise
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from exc
     except Exception as exc:
         log.debug("start-up failed", exc_info=exc)
         raise StartupError(f"{stage}: {describe(exc)}") from exc
     return config
+
+
+async def _unlock_secrets(store: Store, db: Path, explicit: Path | None) -> None:
+    """Load (or create, at first start) the secrets key and check it against the database.
+
+    A database whose secrets were sealed with a key never gets a new one made
+    for it: a missing key file then stops the start, as does another key.
+    """
+    path, may_create = key_file_path(db, explicit)
+    had_key = await store.secrets.has_key()
+    try:
+        key, created = await asyncio.to_thread(
+            load_key_file, path, create=may_create and not had_key
+        )
+    except KeyFileError as exc:
+        if had_key and not path.exists():
+            raise KeyFileError(
+                f"{exc}; this database's secrets were sealed with a key kept there: "
+                "restore that file (nothing was changed)"
+            ) from exc
+        raise
+    if created:
+        log.info("created the secrets key file", extra={"key_file": str(path)})
+    unlocked = await store.secrets.unlock(SecretBox(key, path))
+    if unlocked.sealed_rows:
+        log.info(
+            "sealed the secrets stored in clear by an older version",
+            extra={"secrets": unlocked.sealed_rows, "key_file": str(path)},
+        )
 
 
 def _on_sighup() -> None:
@@ -287,6 +321,13 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     "--socket-group", help="Group allowed on the socket (mode 0660) [$HERO_PROC_SOCKET_GROUP]"
 )
 @click.option(
+    "--secrets-key-file",
+    type=click.Path(path_type=Path),
+    help="Key that seals secrets at rest, created 0600 if missing "
+    "[$HERO_PROC_SECRETS_KEY_FILE, else $CREDENTIALS_DIRECTORY/hero-proc-secrets-key, "
+    "else <db>.secrets-key]",
+)
+@click.option(
     "--log-level",
     default=lambda: os.environ.get("HERO_PROC_LOG_LEVEL", "info"),
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -298,6 +339,7 @@ def main(
     readers: int | None,
     max_parallel: int | None,
     socket_group: str | None,
+    secrets_key_file: Path | None,
     log_level: str,
 ) -> None:
     """hero-procd: the process supervisor and job queue daemon."""
@@ -313,6 +355,7 @@ def main(
             readers=readers,
             socket_group=socket_group,
             max_parallel=max_parallel,
+            secrets_key_file=secrets_key_file,
         )
     except ValueError as exc:
         click.echo(f"hero-procd: {exc}", err=True)

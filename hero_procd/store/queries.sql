@@ -331,17 +331,34 @@ UPDATE services SET state = 'stopped', pid = NULL, pid_start_time = NULL, health
                     memory_bytes = NULL, cpu_percent = NULL, started_at = NULL
 
 -- secret_set --
--- Create or replace a secret.
-INSERT INTO secrets (name, value, updated_at) VALUES (?, ?, ?)
-ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+-- Create or replace a secret (the value sealed with the key, never in clear).
+INSERT INTO secrets (name, value, updated_at, sealed) VALUES (?, ?, ?, 1)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at,
+    sealed = 1
 
 -- secret_get --
--- One secret's value.
-SELECT value FROM secrets WHERE name = ?
+-- One secret's stored value and whether it is sealed.
+SELECT value, sealed FROM secrets WHERE name = ?
 
 -- secret_get_many --
--- Several secrets' values (resolved at spawn time).
-SELECT name, value FROM secrets WHERE name IN ({marks})
+-- Several secrets' stored values (resolved at spawn time).
+SELECT name, value, sealed FROM secrets WHERE name IN ({marks})
+
+-- secret_clear_rows --
+-- Values an older hero-procd stored in clear, to be sealed at start-up.
+SELECT name, value FROM secrets WHERE sealed = 0
+
+-- secret_seal_row --
+-- Replace a clear value by its sealed form.
+UPDATE secrets SET value = ?, sealed = 1 WHERE name = ? AND sealed = 0
+
+-- secret_key_check --
+-- The known text sealed with the key of this database's secrets (none before the first key).
+SELECT check_token FROM secrets_key WHERE id = 1
+
+-- secret_key_check_set --
+-- Remember which key seals this database's secrets.
+INSERT INTO secrets_key (id, check_token, created_at) VALUES (1, ?, ?)
 
 -- secret_list --
 -- Secret names (never values) and when they changed.
