@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 import click
 import orjson
 
-from hero_procd import __version__
+from hero_procd import __version__, gcpause
 from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.engine.executor import Executor
@@ -263,6 +263,8 @@ async def serve(config: Config) -> None:
     except BaseException:
         await teardown.run()
         raise
+    # Everything built at start-up lives as long as the daemon: out of the collector's walks.
+    gcpause.freeze_startup()
     ready.set()
     log.info(
         "hero-procd ready",

@@ -606,15 +606,18 @@ class JobsApi:
         return [job_wire(r) for r in rows]
 
     async def list_json(self, **filters: Any) -> tuple[bytes, int, int | None]:
-        """A page of jobs serialised as a JSON array, off the event loop; (json, count,
-        last id)."""
-        rows = await self._list_rows(filters)
+        """A page of jobs serialised as a JSON array; (json, count, last id).
 
-        def build() -> bytes:
-            return orjson.dumps([job_wire(r) for r in rows])
-
-        blob = await offload(build) if len(rows) > 500 else build()
-        return blob, len(rows), rows[-1]["id"] if rows else None
+        SQLite builds each job's JSON (job_list_json) with the GIL released, so
+        a 10,000-row page makes 10,000 strings, not 10,000 dicts for Python to
+        build and serialise while the event loop waits for the GIL.
+        """
+        sql = Q["job_list_json"] if filters.get("tag") is None else Q["job_list_by_tag_json"]
+        params = {"status": None, "tag": None, "run_id": None, "limit": 100, "after_id": 0}
+        params.update(filters)
+        rows = await self.pool.fetch_all(sql, params)
+        blob = ("[" + ",".join([r[1] for r in rows]) + "]").encode()
+        return blob, len(rows), rows[-1][0] if rows else None
 
     async def _list_rows(self, filters: dict[str, Any]) -> builtins.list[sqlite3.Row]:
         sql = Q["job_list"] if filters.get("tag") is None else Q["job_list_by_tag"]

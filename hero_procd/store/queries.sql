@@ -87,6 +87,48 @@ WHERE t.tag = :tag AND t.job_id > :after_id
   AND (:run_id IS NULL OR j.run_id = :run_id)
 ORDER BY t.job_id LIMIT :limit
 
+-- job_list_json --
+-- job_list with each job as the JSON object job.list shows (records.job_wire), built by
+-- SQLite while the GIL is released. Reals go through printf('%!.17g'), which round-trips
+-- (json_object writes 15 digits); the spec's fields (never null) are merged in by json_patch.
+SELECT j.id, json_patch(json_object(
+    'id', j.id, 'run_id', j.run_id, 'key', j.key, 'action', j.action, 'tags', json(j.tags),
+    'status', j.status, 'priority', j.priority, 'group', j.grp, 'dedup_key', j.dedup_key,
+    'attempt', j.attempt, 'max_attempts', j.max_attempts,
+    'not_before', json(printf('%!.17g', j.not_before)),
+    'pid', j.pid, 'exit_code', j.exit_code, 'signal', j.signal, 'error', j.error,
+    'created_at', json(printf('%!.17g', j.created_at)),
+    'started_at', iif(j.started_at IS NULL, NULL, json(printf('%!.17g', j.started_at))),
+    'finished_at', iif(j.finished_at IS NULL, NULL, json(printf('%!.17g', j.finished_at))),
+    'cancel_requested', json(iif(j.cancel_requested, 'true', 'false')),
+    'dropped_log_lines', 0
+), j.spec) AS wire
+FROM jobs j
+WHERE j.id > :after_id
+  AND (:status IS NULL OR j.status = :status)
+  AND (:run_id IS NULL OR j.run_id = :run_id)
+ORDER BY j.id LIMIT :limit
+
+-- job_list_by_tag_json --
+-- job_list_by_tag with each job as the JSON object job.list shows (see job_list_json).
+SELECT j.id, json_patch(json_object(
+    'id', j.id, 'run_id', j.run_id, 'key', j.key, 'action', j.action, 'tags', json(j.tags),
+    'status', j.status, 'priority', j.priority, 'group', j.grp, 'dedup_key', j.dedup_key,
+    'attempt', j.attempt, 'max_attempts', j.max_attempts,
+    'not_before', json(printf('%!.17g', j.not_before)),
+    'pid', j.pid, 'exit_code', j.exit_code, 'signal', j.signal, 'error', j.error,
+    'created_at', json(printf('%!.17g', j.created_at)),
+    'started_at', iif(j.started_at IS NULL, NULL, json(printf('%!.17g', j.started_at))),
+    'finished_at', iif(j.finished_at IS NULL, NULL, json(printf('%!.17g', j.finished_at))),
+    'cancel_requested', json(iif(j.cancel_requested, 'true', 'false')),
+    'dropped_log_lines', 0
+), j.spec) AS wire
+FROM job_tags t JOIN jobs j ON j.id = t.job_id
+WHERE t.tag = :tag AND t.job_id > :after_id
+  AND (:status IS NULL OR j.status = :status)
+  AND (:run_id IS NULL OR j.run_id = :run_id)
+ORDER BY t.job_id LIMIT :limit
+
 -- job_tagged_for_clean --
 -- Ids, run ids and statuses of every job with a tag (clean_by_tag's selection).
 SELECT j.id, j.run_id, j.status FROM job_tags t JOIN jobs j ON j.id = t.job_id

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from hero_procd import gcpause
 from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams
 from hero_procd.model import (
@@ -55,9 +56,11 @@ async def job_list(app: App, p: Params) -> dict[str, Any]:
     after_id = p.integer("after_id", default=0, minimum=0) or 0
     p.finish()
     # Built and serialised off the loop in one go, handed to the answer as it is.
-    blob, count, last_id = await app.store.jobs.list_json(
-        status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
-    )
+    # A big page's rows and dicts live and die with the collector paused (gcpause).
+    with gcpause.paused(limit > _OFF_LOOP_ITEMS):
+        blob, count, last_id = await app.store.jobs.list_json(
+            status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
+        )
     return {"jobs": orjson.Fragment(blob), "next_after_id": last_id if count == limit else None}
 
 
