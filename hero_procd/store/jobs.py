@@ -112,6 +112,8 @@ def insert_many(
     tag_rows: builtins.list[tuple[str, int]] = []
     for job_id, req in zip(ids, requests, strict=True):
         spec = req.spec
+        tags = req.tags
+        deps = req.depends_on
         rows.append(
             (
                 job_id,
@@ -119,17 +121,17 @@ def insert_many(
                 req.key,
                 req.action,
                 dumps(spec.to_dict()).decode(),
-                dumps(req.tags).decode(),
+                dumps(tags).decode() if tags else "[]",
                 req.priority,
                 req.group,
                 req.dedup_key,
                 (spec.retries or 0) + 1,
-                len(set(req.depends_on)),
+                len(set(deps)) if deps else 0,
                 ts,
             )
         )
-        if req.tags:
-            tag_rows.extend((tag, job_id) for tag in req.tags)
+        if tags:
+            tag_rows.extend((tag, job_id) for tag in tags)
     cur = conn.executemany(Q["job_insert"], rows)
     assert cur.rowcount == len(rows), "every job row must be written"
     if tag_rows:
