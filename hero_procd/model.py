@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from operator import attrgetter
 from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from hero_procd.errors import InvalidParams
