@@ -31,25 +31,36 @@ _holders = 0
 _resume = False  # whether the collector was on when the first holder paused it
 
 
-@contextlib.contextmanager
-def paused(when: bool = True) -> Iterator[None]:
-    """Automatic garbage collection off for the duration of the block (if `when`)."""
+def hold() -> None:
+    """Pause automatic collection until the matching `release` (prefer `paused()`)."""
     global _holders, _resume
-    if not when:
-        yield
-        return
     with _lock:
         if _holders == 0:
             _resume = gc.isenabled()
             gc.disable()
         _holders += 1
+
+
+def release() -> None:
+    """End one `hold`; the last one out turns automatic collection back on."""
+    global _holders
+    with _lock:
+        _holders -= 1
+        if _holders == 0 and _resume:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def paused(when: bool = True) -> Iterator[None]:
+    """Automatic garbage collection off for the duration of the block (if `when`)."""
+    if not when:
+        yield
+        return
+    hold()
     try:
         yield
     finally:
-        with _lock:
-            _holders -= 1
-            if _holders == 0 and _resume:
-                gc.enable()
+        release()
 
 
 def holders() -> int:

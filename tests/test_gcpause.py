@@ -80,3 +80,24 @@ def test_freeze_startup_hides_what_exists() -> None:
         assert not any(obj is keep for obj in gc.get_objects())
     finally:
         gc.unfreeze()
+
+
+def test_discard_frees_on_the_worker_with_the_collector_paused_until_done() -> None:
+    """Lists handed to discard are emptied on the offload thread; the collector is paused
+    from the call (not from when the worker gets to them) until they are gone."""
+    from hero_procd import offload
+
+    gate = threading.Event()
+    blocker = offload._WORKER.submit(gate.wait, 10)  # the worker is busy elsewhere
+    big = [[i] for i in range(50_000)]
+    other = [{"k": i} for i in range(5_000)]
+    offload.discard(big, other, [])
+    assert not gc.isenabled() and gcpause.holders() == 2  # one per non-empty list
+    assert len(big) == 50_000, "freed before the worker was free"
+    gate.set()
+    blocker.result(10)
+    deadline = time.monotonic() + 10
+    while (big or other or gcpause.holders()) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert big == [] and other == [] and gcpause.holders() == 0
+    assert gc.isenabled()

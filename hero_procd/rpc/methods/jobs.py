@@ -16,7 +16,7 @@ from hero_procd.model import (
     job_request_from,
     parse_job_request,
 )
-from hero_procd.offload import offload
+from hero_procd.offload import discard, offload
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store import MAX_BATCH_ITEMS, BatchResult
@@ -101,6 +101,10 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
         if result.settled is not None and app.executor is not None:
             app.executor.notify(result.settled.done)  # waiters of the replaced jobs
         app.wake_jobs()
+    if len(items) > _OFF_LOOP_ITEMS:
+        # Freed on the offload thread in slices, while the answer goes out, rather than
+        # on the loop in one go when this call returns (tens of ms for 50,000 jobs).
+        discard(requests, items)
     return {
         "submitted": result.submitted,
         "deduplicated": result.deduplicated,
