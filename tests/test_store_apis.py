@@ -9,7 +9,7 @@ import pytest
 
 from hero_procd.errors import Conflict, InvalidParams, NotFound
 from hero_procd.model import CommandSpec, JobRequest
-from hero_procd.store import CleanResult, Store
+from hero_procd.store import BatchResult, CleanResult, Store
 from hero_procd.store.jobs import AttemptEnd, GroupRoom
 from hero_procd.store.logs import LogLine, delete_owners
 from hero_procd.store.pool import Pool
@@ -752,6 +752,13 @@ def test_job_list_json_is_the_record_as_shown_in_every_state(run_store: StoreRun
                     assert a[key] == value and isinstance(a[key], float), key
         page, count, last_id = await store.jobs.list_json(limit=2, after_id=slow[0]["id"])
         assert orjson.loads(page) == slow[1:3] and last_id == slow[2]["id"]
+        many = [(i, cmd("true", str(i), tags=["many"], priority=i % 7)) for i in range(600)]
+        await store.submit_batch(many, "skip", BatchResult())
+        for tag in (None, "many"):
+            page, count, last_id = await store.jobs.list_json(tag=tag, limit=500, after_id=3)
+            ids = [j["id"] for j in orjson.loads(page)]
+            want = [j.id for j in await store.jobs.list(tag=tag, limit=500, after_id=3)]
+            assert ids == want and count == 500 and last_id == want[-1], tag
         running, _, _ = await store.jobs.list_json(status="running")
         assert [j["id"] for j in orjson.loads(running)] == sorted([claimed[1].id, claimed[2].id])
 

@@ -87,11 +87,12 @@ WHERE t.tag = :tag AND t.job_id > :after_id
   AND (:run_id IS NULL OR j.run_id = :run_id)
 ORDER BY t.job_id LIMIT :limit
 
--- job_list_json --
--- job_list with each job as the JSON object job.list shows (records.job_wire), built by
--- SQLite while the GIL is released. Reals go through printf('%!.17g'), which round-trips
--- (json_object writes 15 digits); the spec's fields (never null) are merged in by json_patch.
-SELECT j.id, json_patch(json_object(
+-- job_page_json --
+-- job_list as one JSON array of the objects job.list shows (records.job_wire), with its row
+-- count and last id, built by SQLite in one step while the GIL is released. Reals go
+-- through printf('%!.17g'), which round-trips (json_object writes 15 digits); the spec's
+-- fields (never null) are merged in by json_patch. The subquery's order is the array's.
+SELECT json_group_array(json_patch(json_object(
     'id', j.id, 'run_id', j.run_id, 'key', j.key, 'action', j.action, 'tags', json(j.tags),
     'status', j.status, 'priority', j.priority, 'group', j.grp, 'dedup_key', j.dedup_key,
     'attempt', j.attempt, 'max_attempts', j.max_attempts,
@@ -102,16 +103,18 @@ SELECT j.id, json_patch(json_object(
     'finished_at', iif(j.finished_at IS NULL, NULL, json(printf('%!.17g', j.finished_at))),
     'cancel_requested', json(iif(j.cancel_requested, 'true', 'false')),
     'dropped_log_lines', 0
-), j.spec) AS wire
-FROM jobs j
-WHERE j.id > :after_id
-  AND (:status IS NULL OR j.status = :status)
-  AND (:run_id IS NULL OR j.run_id = :run_id)
-ORDER BY j.id LIMIT :limit
+), j.spec)) AS page, count(*) AS n, max(j.id) AS last_id
+FROM (
+    SELECT * FROM jobs
+    WHERE id > :after_id
+      AND (:status IS NULL OR status = :status)
+      AND (:run_id IS NULL OR run_id = :run_id)
+    ORDER BY id LIMIT :limit
+) AS j
 
--- job_list_by_tag_json --
--- job_list_by_tag with each job as the JSON object job.list shows (see job_list_json).
-SELECT j.id, json_patch(json_object(
+-- job_page_by_tag_json --
+-- job_list_by_tag as one JSON array, count and last id (see job_page_json).
+SELECT json_group_array(json_patch(json_object(
     'id', j.id, 'run_id', j.run_id, 'key', j.key, 'action', j.action, 'tags', json(j.tags),
     'status', j.status, 'priority', j.priority, 'group', j.grp, 'dedup_key', j.dedup_key,
     'attempt', j.attempt, 'max_attempts', j.max_attempts,
@@ -122,12 +125,14 @@ SELECT j.id, json_patch(json_object(
     'finished_at', iif(j.finished_at IS NULL, NULL, json(printf('%!.17g', j.finished_at))),
     'cancel_requested', json(iif(j.cancel_requested, 'true', 'false')),
     'dropped_log_lines', 0
-), j.spec) AS wire
-FROM job_tags t JOIN jobs j ON j.id = t.job_id
-WHERE t.tag = :tag AND t.job_id > :after_id
-  AND (:status IS NULL OR j.status = :status)
-  AND (:run_id IS NULL OR j.run_id = :run_id)
-ORDER BY t.job_id LIMIT :limit
+), j.spec)) AS page, count(*) AS n, max(j.id) AS last_id
+FROM (
+    SELECT j.* FROM job_tags t JOIN jobs j ON j.id = t.job_id
+    WHERE t.tag = :tag AND t.job_id > :after_id
+      AND (:status IS NULL OR j.status = :status)
+      AND (:run_id IS NULL OR j.run_id = :run_id)
+    ORDER BY t.job_id LIMIT :limit
+) AS j
 
 -- job_tagged_for_clean --
 -- Ids, run ids and statuses of every job with a tag (clean_by_tag's selection).
