@@ -183,6 +183,7 @@ def test_key_from_flag_env_and_systemd_credential(workdir: Path) -> None:
     args = ["--secrets-key-file", str(flag_key)]
     with daemon_running(workdir, extra_args=args) as d, d.client() as c:
         c.call("secret.set", name="a", value="va")
+        assert c.call("system.info")["secrets_key_file"] == str(flag_key)
     assert stat.S_IMODE(flag_key.stat().st_mode) == 0o600
     assert not d.db_path.with_name(d.db_path.name + ".secrets-key").exists()
 
@@ -197,4 +198,5 @@ def test_key_from_flag_env_and_systemd_credential(workdir: Path) -> None:
     env = {"CREDENTIALS_DIRECTORY": str(creds)}
     with daemon_running(workdir, env=env) as d, d.client() as c:
         assert c.call("secret.get", name="a")["value"] == "va"
+        assert c.call("system.info")["secrets_key_file"] == str(creds / CREDENTIAL_NAME)
     assert not d.db_path.with_name(d.db_path.name + ".secrets-key").exists()
