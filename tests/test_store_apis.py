@@ -19,6 +19,7 @@ from tests.conftest import StoreRunner, write_tx
 
 STATUS_KEYS = {
     "name",
+    "tags",
     "state",
     "desired",
     "pid",
@@ -759,6 +760,9 @@ def test_job_list_json_is_the_record_as_shown_in_every_state(run_store: StoreRun
             ids = [j["id"] for j in orjson.loads(page)]
             want = [j.id for j in await store.jobs.list(tag=tag, limit=500, after_id=3)]
             assert ids == want and count == 500 and last_id == want[-1], tag
+            page, count, last_id = await store.jobs.list_json(tag=tag, newest_first=True)
+            ids = [j["id"] for j in orjson.loads(page)]
+            assert ids == sorted(ids, reverse=True) and count == 100 and last_id == ids[-1]
         running, _, _ = await store.jobs.list_json(status="running")
         assert [j["id"] for j in orjson.loads(running)] == sorted([claimed[1].id, claimed[2].id])
 

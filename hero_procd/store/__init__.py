@@ -25,6 +25,7 @@ from hero_procd.store.schedules import SchedulesApi
 from hero_procd.store.schema import WIPE_ORDER
 from hero_procd.store.secrets import SecretsApi
 from hero_procd.store.services import ServicesApi
+from hero_procd.store.stacks import StacksApi
 
 __all__ = ["BatchResult", "CleanResult", "Store"]
 
@@ -76,6 +77,7 @@ class Store:
         self.groups = GroupsApi(pool)
         self.secrets = SecretsApi(pool)
         self.schedules = SchedulesApi(pool)
+        self.stacks = StacksApi(pool)
 
     @classmethod
     async def open(cls, path: Path, readers: int = 4) -> Store:

@@ -30,6 +30,7 @@ from hero_procd.model import (
     now,
 )
 from hero_procd.offload import offload
+from hero_procd.params import INT64_MAX
 from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.pool import Conn, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
@@ -97,6 +98,23 @@ def resolve(
         tags = list(dict.fromkeys([*action.tags, *req.tags]))
         out.append(_finalised(replace(req, spec=merged, tags=tags)))
     return out
+
+
+def _page_query(filters: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The job_list* statement of a page and its params: oldest first after `after_id`,
+    or with `newest_first` below `before_id`."""
+    name = "job_list" if filters.get("tag") is None else "job_list_by_tag"
+    params = {"status": None, "tag": None, "run_id": None, "limit": 100}
+    params.update(filters)
+    newest_first = params.pop("newest_first", False)
+    before_id = params.pop("before_id", None)
+    if newest_first:
+        params.pop("after_id", None)
+        params["before_id"] = INT64_MAX if before_id is None else before_id
+        name += "_desc"
+    else:
+        params.setdefault("after_id", 0)
+    return name, params
 
 
 def insert_many(
@@ -610,23 +628,30 @@ class JobsApi:
     async def list_json(self, **filters: Any) -> tuple[bytes, int, int | None]:
         """A page of jobs serialised as a JSON array; (json, count, last id).
 
-        SQLite builds the whole page (job_page_json) in one step with the GIL
+        SQLite builds the whole page (job_page_of) in one step with the GIL
         released: Python gets one string, not 10,000 rows or dicts to build and
         serialise while the event loop waits for the GIL.
         """
-        sql = Q["job_page_json"] if filters.get("tag") is None else Q["job_page_by_tag_json"]
-        params = {"status": None, "tag": None, "run_id": None, "limit": 100, "after_id": 0}
-        params.update(filters)
-        row = await self.pool.fetch_one(sql, params)
+        name, params = _page_query(filters)
+        row = await self.pool.fetch_one(Q["job_page_of"].replace("{rows}", Q[name]), params)
         assert row is not None  # an aggregate always gives one row
-        last_id = row["last_id"]
+        last_id = row["low_id"] if name.endswith("_desc") else row["high_id"]
         return str(row["page"]).encode(), int(row["n"]), int(last_id) if last_id else None
 
     async def _list_rows(self, filters: dict[str, Any]) -> builtins.list[sqlite3.Row]:
-        sql = Q["job_list"] if filters.get("tag") is None else Q["job_list_by_tag"]
-        params = {"status": None, "tag": None, "run_id": None, "limit": 100, "after_id": 0}
-        params.update(filters)
-        return await self.pool.fetch_all(sql, params)
+        """Rows of a page: oldest first after `after_id`, or with `newest_first` below
+        `before_id`."""
+        name, params = _page_query(filters)
+        return await self.pool.fetch_all(Q[name], params)
+
+    async def statuses(self, ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of `ids` that exists, read in chunks on one connection."""
+        out: dict[int, str] = {}
+        async with self.pool.reader() as conn:
+            for chunk in chunks(ids):
+                async with conn.execute(with_marks("job_statuses", len(chunk)), chunk) as cur:
+                    out.update((int(r[0]), str(r[1])) for r in await cur.fetchall())
+        return out
 
     async def delete_many(self, ids: Sequence[int]) -> int:
         """Delete jobs by id in one transaction; the rows deleted."""

@@ -20,6 +20,7 @@ class Action:
     tags: list[str]
     created_at: float
     updated_at: float
+    stack: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Action:
@@ -30,6 +31,7 @@ class Action:
             tags=orjson.loads(row["tags"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            stack=row["stack"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -38,6 +40,7 @@ class Action:
             "name": self.name,
             **self.spec.to_dict(),
             "tags": self.tags,
+            "stack": self.stack,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -210,6 +213,7 @@ class Service:
     started_at: float | None
     created_at: float
     updated_at: float
+    stack: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Service:
@@ -227,13 +231,16 @@ class Service:
             started_at=row["started_at"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            stack=row["stack"],
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The service as the RPC shows it."""
         return {
             "name": self.name,
+            "tags": [],  # a service defined before tags existed has none
             **self.spec,
+            "stack": self.stack,
             "desired": self.desired,
             "state": self.state,
             "pid": self.pid,
@@ -262,4 +269,5 @@ def status_from_row(row: Row, now: float) -> dict[str, Any]:
         "uptime_s": round(now - started, 3) if live else None,
         "memory_bytes": row["memory_bytes"] if live else None,
         "cpu_percent": row["cpu_percent"] if live else None,
+        "tags": orjson.loads(row["tags"]) if row["tags"] else [],
     }

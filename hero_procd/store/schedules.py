@@ -34,6 +34,7 @@ class Schedule:
     queued: int
     created_at: float
     updated_at: float
+    stack: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Schedule:
@@ -54,6 +55,7 @@ class Schedule:
             queued=row["queued"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            stack=row["stack"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +74,7 @@ class Schedule:
             "fires": self.fires,
             "skipped": self.skipped,
             "queued": self.queued,
+            "stack": self.stack,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

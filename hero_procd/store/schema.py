@@ -165,11 +165,20 @@ V3 = """
 ALTER TABLE schedules ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
 """
 
+# Stack files (hero_procd/stack.py): the stack that declared each service, action,
+# schedule and group; NULL for an object made by hand, which no prune ever deletes.
+V4 = """
+ALTER TABLE services ADD COLUMN stack TEXT;
+ALTER TABLE actions ADD COLUMN stack TEXT;
+ALTER TABLE schedules ADD COLUMN stack TEXT;
+ALTER TABLE groups ADD COLUMN stack TEXT;
+"""
+
 # Secrets encrypted at rest (hero_procd/secretbox.py): `sealed` tells the values sealed
 # with the key from the rows an older hero-procd wrote in clear, which the daemon seals
 # at its first start with a key (SecretsApi.unlock); `secrets_key` keeps a known text
 # sealed with that key, so a start with another key is refused before anything changes.
-V4 = """
+V5 = """
 ALTER TABLE secrets ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE secrets_key (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -183,6 +192,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (2, V2),
     (3, V3),
     (4, V4),
+    (5, V5),
 ]
 
 # Every table a wipe empties, children before parents.

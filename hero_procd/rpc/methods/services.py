@@ -110,12 +110,16 @@ async def service_logs(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     after_seq = p.integer("after_seq", default=0, minimum=0) or 0
     limit = p.integer("limit", default=1000, minimum=1, maximum=MAX_PAGE) or 1000
+    since = p.number("since", minimum=0)
+    tail = p.integer("tail", minimum=0)
     p.finish()
     service = await app.store.services.get(name)
-    lines = await app.store.logs.read("service", name, after_seq, limit)
+    lines, start = await app.store.logs.page(
+        "service", name, after_seq, limit, since=since, tail=tail
+    )
     return {
         "lines": to_wire(lines),
-        "next_seq": lines[-1].seq if lines else after_seq,
+        "next_seq": lines[-1].seq if lines else start,
         "state": service.state,
     }
 
