@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class App:
     # The browser listener's URLs once it is bound (None: not enabled); see system.ui.
     http_url: str | None = None
     http_login_url: str | None = None
+    # One stack apply at a time, its carry-out included (hero_procd/stack.py).
+    stack_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def jobs(self) -> Executor:

@@ -342,8 +342,8 @@ async def serve(config: Config) -> None:
     except BaseException:
         await teardown.run()
         raise
-    # The start-up apply just ran: a SIGHUP that came during start-up is served by it.
-    reloader.wanted.clear()
+    # A SIGHUP that came during start-up is served now: the start-up apply may have read
+    # the files before they changed (one more apply of unchanged files changes nothing).
     reloader.start(app)
     teardown.push("reloader", reloader.stop)
     # Everything built at start-up lives as long as the daemon: out of the collector's walks.

@@ -7,7 +7,7 @@ has an explicit transition table (walked by tests/test_model.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from operator import attrgetter
@@ -83,6 +83,16 @@ RUNNING_SERVICE_STATES = frozenset(
     {ServiceState.STARTING, ServiceState.RUNNING, ServiceState.STOPPING}
 )
 STOPPED_SERVICE_STATES = frozenset({ServiceState.STOPPED, ServiceState.EXITED, ServiceState.FATAL})
+
+# The service fields that shape its process: a change restarts a running service
+# (stack.apply, service.update); the others take effect at its next start.
+PROCESS_FIELDS = frozenset({"command", "script", "interpreter", "env", "env_from_secrets", "cwd"})
+
+
+def process_part(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a service definition that shape its process."""
+    return {k: spec.get(k) for k in PROCESS_FIELDS}
+
 
 SERVICE_TRANSITIONS: dict[ServiceState, frozenset[ServiceState]] = {
     ServiceState.STOPPED: frozenset({ServiceState.STARTING}),
@@ -535,45 +545,54 @@ def _parse_health(h: Params) -> dict[str, Any]:
 
 
 def dependency_order(graph: dict[str, list[str]], wanted: Iterable[str]) -> list[str]:
-    """`wanted` and what they depend on, dependencies first (stable by name)."""
+    """`wanted` and what they depend on, dependencies first (stable by name).
+
+    A walk with its own stack, not recursion: a stack file may declare a chain of
+    thousands of services, deeper than Python's recursion limit. A cycle is cut
+    where it closes (bounded whatever the graph).
+    """
     order: list[str] = []
     seen: set[str] = set()
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in seen or name in path:
-            return
-        for dep in sorted(graph.get(name, [])):
-            visit(dep, (*path, name))
-        seen.add(name)
-        order.append(name)
-
-    for name in sorted(wanted):
-        visit(name, ())
+    for root in sorted(wanted):
+        if root in seen:
+            continue
+        on_path = {root}
+        todo: list[tuple[str, Iterator[str]]] = [(root, iter(sorted(graph.get(root, []))))]
+        while todo:
+            name, deps = todo[-1]
+            for dep in deps:
+                if dep not in seen and dep not in on_path:
+                    on_path.add(dep)
+                    todo.append((dep, iter(sorted(graph.get(dep, [])))))
+                    break
+            else:
+                todo.pop()
+                on_path.discard(name)
+                seen.add(name)
+                order.append(name)
     return order
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle of `graph` as a list of names, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(name: str) -> list[str] | None:
-        state[name] = 1
-        stack.append(name)
-        for dep in graph.get(name, []):
-            if state.get(dep) == 1:
-                return [*stack[stack.index(dep) :], dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[name] = 2
-        return None
-
-    for name in sorted(graph):
-        if name not in state:
-            found = visit(name)
-            if found:
-                return found
+    """A dependency cycle of `graph` as a list of names, or None (no recursion: see above)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in sorted(graph):
+        if start in state:
+            continue
+        state[start] = 1
+        path = [start]
+        todo: list[Iterator[str]] = [iter(graph.get(start, []))]
+        while todo:
+            for dep in todo[-1]:
+                seen = state.get(dep)
+                if seen == 1:
+                    return [*path[path.index(dep) :], dep]
+                if seen is None:
+                    state[dep] = 1
+                    path.append(dep)
+                    todo.append(iter(graph.get(dep, [])))
+                    break
+            else:
+                todo.pop()
+                state[path.pop()] = 2
     return None

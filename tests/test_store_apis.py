@@ -24,6 +24,7 @@ STATUS_KEYS = {
     "desired",
     "pid",
     "restarts",
+    "manual_restarts",
     "exit_code",
     "signal",
     "health",

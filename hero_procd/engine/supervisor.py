@@ -209,6 +209,21 @@ class Supervisor:
         if wait_s > 0:
             await self._wait_started(name, wait_s)
 
+    async def refresh(self, name: str) -> bool:
+        """After a definition changed without the owner: restart `name` if its life runs an
+        older process definition (what it requires first, as a restart does); True if so.
+
+        A stopped service is never started by this. Without an owner no life exists,
+        and a start still on its way reads the definition when its owner serves it,
+        after the change was committed.
+        """
+        if name not in self.owners:
+            return False
+        if self.is_live(name) and any(not self.is_live(r) for r in await self._requirements(name)):
+            await self._start_requirements(name)
+        restarted: bool = await self.owner(name).call("refresh")
+        return restarted
+
     async def delete_service(self, name: str) -> int:
         """Stop a service (and what requires it), delete it with its lines; rows deleted."""
         with contextlib.suppress(NotFound):

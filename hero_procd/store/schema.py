@@ -174,11 +174,17 @@ ALTER TABLE schedules ADD COLUMN stack TEXT;
 ALTER TABLE groups ADD COLUMN stack TEXT;
 """
 
+# Restarts asked for by service.restart, counted apart from the automatic ones
+# (`restarts`, like systemd's NRestarts); reset with them when the service is deleted.
+V5 = """
+ALTER TABLE services ADD COLUMN manual_restarts INTEGER NOT NULL DEFAULT 0;
+"""
+
 # Secrets encrypted at rest (hero_procd/secretbox.py): `sealed` tells the values sealed
 # with the key from the rows an older hero-procd wrote in clear, which the daemon seals
 # at its first start with a key (SecretsApi.unlock); `secrets_key` keeps a known text
 # sealed with that key, so a start with another key is refused before anything changes.
-V5 = """
+V6 = """
 ALTER TABLE secrets ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE secrets_key (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
@@ -193,6 +199,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (3, V3),
     (4, V4),
     (5, V5),
+    (6, V6),
 ]
 
 # Every table a wipe empties, children before parents.

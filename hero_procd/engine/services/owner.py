@@ -34,7 +34,7 @@ from hero_procd.engine import procs
 from hero_procd.engine.health import run_check
 from hero_procd.engine.output import OutputCapture
 from hero_procd.errors import InvalidState, NotFound
-from hero_procd.model import CommandSpec, ServiceState, find_cycle, now
+from hero_procd.model import CommandSpec, ServiceState, find_cycle, now, process_part
 
 if TYPE_CHECKING:
     from hero_procd.engine.supervisor import Supervisor
@@ -81,7 +81,8 @@ class ServiceOwner:
         self.pid: int | None = None
         self.pid_start_time: float | None = None
         self.started_at: float | None = None
-        self.restarts = 0
+        self.restarts = 0  # automatic (the restart policy), like systemd's NRestarts
+        self.manual_restarts = 0  # asked for by service.restart while a life was in progress
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.health: str | None = None
@@ -90,6 +91,8 @@ class ServiceOwner:
         self.changed = asyncio.Event()
         self._queue: asyncio.Queue[Command] = asyncio.Queue()
         self._life: asyncio.Task[None] | None = None
+        # The definition the current life spawns its processes from.
+        self._life_spec: dict[str, Any] = {}
         self._stop_life = asyncio.Event()
         self._stop_reason = "stop"
         self._captures: set[OutputCapture] = set()
@@ -137,6 +140,7 @@ class ServiceOwner:
         with contextlib.suppress(NotFound):
             row = await self.store.services.get(self.name)
             self.restarts, self.exit_code, self.signal = row.restarts, row.exit_code, row.signal
+            self.manual_restarts = row.manual_restarts
         self._loaded = True
 
     async def close(self) -> None:
@@ -186,9 +190,28 @@ class ServiceOwner:
     async def _do_restart(self) -> None:
         service = await self.store.services.get(self.name)
         await self.store.services.set_desired(self.name, "running")
+        if self.live:  # a restart of a stopped service is a start: not counted
+            self.manual_restarts += 1
         await self._end_life("restart")
         await self._set_state(ServiceState.STARTING)
         self._begin_life(service.spec)
+
+    async def _do_refresh(self) -> bool:
+        """The definition was changed without this owner (stack.apply, service.update): a
+        life spawning from an older process definition is restarted with the stored one;
+        a service that is not live stays as it is. True if restarted.
+
+        Decided here, after every verb queued before it: a stop served first leaves
+        the service stopped; a start that read the definition before the change is
+        live by now and restarted.
+        """
+        service = await self.store.services.get(self.name)
+        if not self.live or process_part(self._life_spec) == process_part(service.spec):
+            return False
+        await self._end_life("restart")
+        await self._set_state(ServiceState.STARTING)
+        self._begin_life(service.spec)
+        return True
 
     async def _do_halt(self) -> None:
         """Daemon shutdown: end the life, keep the desired state for the next daemon."""
@@ -209,7 +232,7 @@ class ServiceOwner:
         # The counter stays in log_owners: a service of this name goes on from it.
         self.sup.flusher.forget_owner("service", self.name)
         self.retired = True
-        self.restarts, self.exit_code, self.signal = 0, None, None
+        self.restarts, self.manual_restarts, self.exit_code, self.signal = 0, 0, None, None
         self.state, self.health, self.failure = ServiceState.STOPPED, None, None
         return deleted
 
@@ -218,6 +241,7 @@ class ServiceOwner:
         self._stop_life = asyncio.Event()
         self._stop_reason = "stop"
         self.failure = None
+        self._life_spec = spec
         loop = asyncio.get_running_loop()
         self._life = loop.create_task(self._live(spec), name=f"svc-life:{self.name}")
 
@@ -237,6 +261,7 @@ class ServiceOwner:
             pid=self.pid,
             pid_start_time=self.pid_start_time,
             restarts=self.restarts,
+            manual_restarts=self.manual_restarts,
             exit_code=self.exit_code,
             signal=self.signal,
             health=self.health,
