@@ -29,6 +29,7 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "started_at": app.started_at,
         "socket": str(app.config.socket_path),
         "db": str(app.config.db_path),
+        "secrets_key_file": str(box.source) if (box := app.store.secrets.box) else None,
         "counts": counts,
         "requests": app.stats.requests,
         "dropped_log_lines": app.stats.dropped_log_lines,
