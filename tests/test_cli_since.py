@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 import click
@@ -37,6 +38,28 @@ def test_refused(text: str) -> None:
     """Anything else is a usage error that says what is expected."""
     with pytest.raises(click.BadParameter, match="duration"):
         parse_since(text, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01", "0001-01-01T00:00:00", "9999-12-31T23:59:59"]
+)
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Tokyo", "Pacific/Kiritimati"])
+def test_local_times_at_the_ends_of_the_calendar(
+    text: str, zone: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A local time with no Unix time in this zone is a usage error, never a traceback."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        try:
+            since = parse_since(text, now=NOW)
+        except click.BadParameter as exc:
+            assert "out of the range" in exc.message
+        else:
+            assert since >= 0.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize(

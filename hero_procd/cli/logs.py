@@ -55,7 +55,12 @@ def parse_since(text: str, now: float | None = None) -> float:
             f"{text!r} is neither a duration (10m, 2h, 1h30m, 45s, 2d) nor a time like "
             "2026-11-30T08:00:00+01:00"
         ) from None
-    return max(0.0, moment.timestamp())  # a time without an offset is taken as local time
+    try:
+        return max(0.0, moment.timestamp())  # a time without an offset is taken as local time
+    except (ValueError, OverflowError, OSError):
+        # A local time at the ends of the calendar (0001-01-01 east of UTC: "year 0 is
+        # out of range") has no Unix time the platform can compute.
+        raise click.BadParameter(f"{text!r} is out of the range of times") from None
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
