@@ -40,9 +40,7 @@ def test_refused(text: str) -> None:
         parse_since(text, now=NOW)
 
 
-@pytest.mark.parametrize(
-    "text", ["0001-01-01", "0001-01-01T00:00:00", "9999-12-31T23:59:59"]
-)
+@pytest.mark.parametrize("text", ["0001-01-01", "0001-01-01T00:00:00", "9999-12-31T23:59:59"])
 @pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Tokyo", "Pacific/Kiritimati"])
 def test_local_times_at_the_ends_of_the_calendar(
     text: str, zone: str, monkeypatch: pytest.MonkeyPatch
