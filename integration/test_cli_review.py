@@ -90,3 +90,32 @@ def test_follow_since_a_time_after_every_line_shows_no_older_line(
         finally:
             gate.touch()
             c.call("service.stop", name="quiet")
+
+
+# The full click CLI, the fast path skipped (as integration/test_cli_fast.py runs it).
+FULL = "import sys; from hero_procd.cli.main import full; full(sys.argv[1:])"
+ENTRIES = {"fast": ["-m", "hero_procd.cli.main"], "full": ["-c", FULL]}
+
+
+def run_path(
+    path: str, sock: Path, *args: str, stdout: int | None = subprocess.PIPE
+) -> subprocess.CompletedProcess[bytes]:
+    """`hero-proc --socket S ARGS` through the fast path's entry or the full CLI only."""
+    argv = [sys.executable, *ENTRIES[path], "--socket", str(sock), *args]
+    return subprocess.run(argv, stdout=stdout, stderr=subprocess.PIPE, timeout=60, check=False)
+
+
+def test_output_that_cannot_be_written_is_one_error_line_on_both_paths(
+    daemon: DaemonProcess,
+) -> None:
+    """`hero-proc status > /dev/full`: one line on stderr and exit 1, the same on the fast
+    path and the full CLI (both printed a Python traceback)."""
+    for command in ("status", "ping", "info"):
+        seen = []
+        for path in ("fast", "full"):
+            with open("/dev/full", "w") as full:
+                done = run_path(path, daemon.socket_path, command, stdout=full.fileno())
+            assert done.returncode == 1, (path, command, done.stderr)
+            assert done.stderr == b"hero-proc: cannot write the output: No space left on device\n"
+            seen.append(done.stderr)
+        assert seen[0] == seen[1]
