@@ -5,9 +5,12 @@ Each test is an attack that once broke; the assertion is what must hold.
 
 from __future__ import annotations
 
+import json
 import random
+import socket
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -119,3 +122,93 @@ def test_output_that_cannot_be_written_is_one_error_line_on_both_paths(
             assert done.stderr == b"hero-proc: cannot write the output: No space left on device\n"
             seen.append(done.stderr)
         assert seen[0] == seen[1]
+
+
+class HostileProxy:
+    """A socket in front of the real daemon that hands its answers on badly: in random
+    pieces with pauses, as an error, cut short, as garbage, or with another id."""
+
+    def __init__(self, path: Path, daemon_socket: Path) -> None:
+        self.path = path
+        self.daemon_socket = daemon_socket
+        self.mode = "pieces"
+        self.calls = 0
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        request = b""
+        while b"\n" not in request:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            request += chunk
+        self.calls += 1
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            upstream.connect(str(self.daemon_socket))
+            upstream.sendall(request)
+            answer = b""
+            while b"\n" not in answer:
+                answer += upstream.recv(65536)
+        req_id = json.loads(request)["id"]
+        if self.mode == "error":
+            error = {"code": -32000, "message": "busy, try again", "data": {"why": "test"}}
+            answer = json.dumps({"jsonrpc": "2.0", "id": req_id, "error": error}).encode() + b"\n"
+        elif self.mode == "cut":
+            answer = answer[: len(answer) // 2]
+        elif self.mode == "garbage":
+            answer = b"<html>not json</html>\n"
+        elif self.mode == "other-id":
+            answer = answer.replace(b'"id":%d' % req_id, b'"id":%d' % (req_id + 7))
+        at = 0
+        while at < len(answer):
+            step = random.randint(1, 64) if self.mode == "pieces" else len(answer)
+            conn.sendall(answer[at : at + step])
+            at += step
+            if self.mode == "pieces" and random.random() < 0.05:
+                time.sleep(random.uniform(0, 0.01))
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_fast_path_and_full_cli_agree_behind_a_hostile_transport(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    """Pieces, an error answer, a cut answer, garbage, a wrong id: stdout, stderr and the
+    exit code of `status` and `ping` are the same on the fast path and the full CLI."""
+    with daemon.client() as c:
+        for name in ("a" * 128, "b.b@c:d-e_f", "9"):
+            c.call("service.define", name=name, command=["/bin/true"])
+    proxy = HostileProxy(workdir / "proxy.sock", daemon.socket_path)
+    try:
+        for mode in ("pieces", "error", "cut", "garbage", "other-id"):
+            proxy.mode = mode
+            for command in ("status", "ping"):
+                before = proxy.calls
+                fast = run_path("fast", proxy.path, command)
+                fast_calls = proxy.calls - before
+                full = run_path("full", proxy.path, command)
+                seen = (fast.returncode, fast.stdout, fast.stderr)
+                assert seen == (full.returncode, full.stdout, full.stderr), (mode, command)
+                if mode == "pieces":
+                    assert fast_calls == 1  # read in pieces by the fast path itself
+                    assert fast.returncode == 0
+                    assert command == "ping" or b"a" * 128 in fast.stdout
+                else:
+                    assert fast.returncode == 1 and fast.stdout == b"", (mode, fast.stderr)
+                    assert fast.stderr.count(b"\n") == 1 and fast.stderr.startswith(b"hero-proc: ")
+    finally:
+        proxy.close()
