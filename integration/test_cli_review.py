@@ -212,3 +212,69 @@ def test_fast_path_and_full_cli_agree_behind_a_hostile_transport(
                     assert fast.stderr.count(b"\n") == 1 and fast.stderr.startswith(b"hero-proc: ")
     finally:
         proxy.close()
+
+
+def all_lines(c: Client, service: str) -> list[str]:
+    """Every stored line of a service, page after page."""
+    lines: list[str] = []
+    after = 0
+    while True:
+        page = c.call("service.logs", name=service, after_seq=after, limit=10000)
+        lines += [ln["text"] for ln in page["lines"]]
+        if not page["lines"]:
+            return lines
+        after = page["next_seq"]
+
+
+def test_merged_follow_through_restarts_deletion_and_a_flood(daemon: DaemonProcess) -> None:
+    """`logs -f` of a flooding service restarted twice and of one deleted meanwhile: every
+    stored line of the first exactly once, in order; the deletion of the second is said on
+    stderr and the follow goes on (it used to end with 'not found', exit 1)."""
+    sock = daemon.socket_path
+    flood = "i=0; while [ $i -lt 4000 ]; do i=$((i+1)); echo $$-$i; done; exec sleep 1000"
+    with daemon.client() as c:
+        c.call("service.define", name="flood", script=flood)
+        c.call("service.define", name="doomed", script="echo bye; exec sleep 1000")
+        c.call("service.start", name="doomed", wait_s=10)
+        first_line(c, "service.logs", {"name": "doomed"})
+        follower = subprocess.Popen(
+            [*CLI, "--socket", str(sock), "logs", "-f", "svc:flood", "svc:doomed"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            c.call("service.start", name="flood")
+            for _ in range(2):
+                time.sleep(random.uniform(0.05, 0.6))
+                c.call("service.restart", name="flood")
+            time.sleep(random.uniform(0.0, 0.5))
+            c.call("service.stop", name="doomed")
+            c.call("service.delete", name="doomed")
+
+            def stored() -> list[str] | None:
+                lines = all_lines(c, "flood")
+                return lines if lines and lines[-1] == f"{pid}-4000" else None
+
+            pid = wait_for(lambda: c.call("service.status", name="flood")["pid"], "flood's pid")
+
+            expected = wait_for(stored, "the third life of flood written", 60)
+            # The follower has printed them all once it printed the last stored line.
+            last = f"flood  | {expected[-1]}\n"
+            out = ""
+            deadline = time.monotonic() + 60
+            assert follower.stdout is not None
+            while not out.endswith(last):
+                assert time.monotonic() < deadline, out[-500:]
+                line = follower.stdout.readline()
+                assert line, f"the follower ended: {follower.wait()} {follower.stderr}"
+                out += line
+        finally:
+            follower.terminate()
+            rest, err = follower.communicate(timeout=30)
+            out += rest  # nothing may come after the last line: it would be a line twice
+            c.call("service.stop", name="flood")
+    got = [ln.split(" | ", 1)[1] for ln in out.splitlines() if ln.startswith("flood ")]
+    assert got == expected  # none lost, none twice, in order
+    assert [ln for ln in out.splitlines() if ln.startswith("doomed")] == ["doomed | bye"]
+    assert "doomed" in err and "deleted" in err and "Traceback" not in err, err

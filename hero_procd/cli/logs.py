@@ -23,6 +23,7 @@ import orjson
 from hero_procd.cli import output
 from hero_procd.cli.options import json_option
 from hero_procd.cli.session import CliError, Session
+from hero_procd.errors import NotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,7 +111,7 @@ class Owner:
     label: str
     after_seq: int = 0
     started: bool = False  # the first page (with tail/since) was read
-    done: bool = False  # a job that has ended and whose lines are all read
+    done: bool = False  # a job that has ended and whose lines are all read, or deleted
 
     def params(self, tail: int | None, since: float | None) -> dict[str, Any]:
         """The next page's params."""
@@ -147,7 +148,16 @@ def read_round(
         if owner.done:
             continue
         method = "job.logs" if owner.kind == "job" else "service.logs"
-        page = s.call(method, owner.params(tail, since))
+        try:
+            page = s.call(method, owner.params(tail, since))
+        except NotFound:
+            if not owner.started:
+                raise  # a name that never was: the command line is wrong
+            # Deleted while followed (a job cleaned, a service deleted): the others go on.
+            owner.done = True
+            sys.stderr.write(f"hero-proc: {owner.label} was deleted; its lines end here\n")
+            sys.stderr.flush()
+            continue
         owner.started = True
         owner.after_seq = page["next_seq"]
         fetched.extend((owner, line) for line in page["lines"])
@@ -211,7 +221,8 @@ def logs(
     OWNER is svc:NAME (or service:NAME), job:ID, a number (a job id) or a name (a
     service); without any, every service. Lines are merged in time order; -n is per
     owner. With -f, new lines
-    follow until Ctrl-C, or until every owner is a job that has ended. With --json,
+    follow until Ctrl-C, or until every owner is a job that has ended or was deleted
+    (an owner deleted meanwhile is said on stderr; the others go on). With --json,
     each line is one JSON object with its owner.
     """
     if not owners:  # every service, as `docker compose logs` shows every container
