@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hero_procd.client import Client
+from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess
-from integration.helpers import wait_for
+from integration.helpers import call_error, finish, wait_for
 from integration.test_cli import hero_proc, ok
 
 CLI = [sys.executable, "-m", "hero_procd.cli.main"]
@@ -278,3 +279,105 @@ def test_merged_follow_through_restarts_deletion_and_a_flood(daemon: DaemonProce
     assert got == expected  # none lost, none twice, in order
     assert [ln for ln in out.splitlines() if ln.startswith("doomed")] == ["doomed | bye"]
     assert "doomed" in err and "deleted" in err and "Traceback" not in err, err
+
+
+def test_bad_params_of_the_new_methods_are_precise(daemon: DaemonProcess) -> None:
+    """Wrong types, out-of-range and unknown params of job.wait_all, run.wait, the logs' tail
+    and since and the lists' paging: -32602 naming the field, and the daemon serves on."""
+    big = 2**63
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("job.wait_all", {"ids": "1"}, "ids"),
+        ("job.wait_all", {"ids": []}, "ids"),
+        ("job.wait_all", {}, "ids"),
+        ("job.wait_all", {"ids": [1, 0]}, "ids[1]"),
+        ("job.wait_all", {"ids": [True]}, "ids[0]"),
+        ("job.wait_all", {"ids": [big]}, "ids[0]"),
+        ("job.wait_all", {"ids": [1.0]}, "ids[0]"),
+        ("job.wait_all", {"ids": [1], "timeout_s": -1}, "timeout_s"),
+        ("job.wait_all", {"ids": [1], "timeout_s": "5"}, "timeout_s"),
+        ("job.wait_all", {"ids": [1], "extra": 1}, "extra"),
+        ("run.wait", {"id": 0}, "id"),
+        ("run.wait", {"id": "1"}, "id"),
+        ("run.wait", {"id": 1, "timeout_s": -0.5}, "timeout_s"),
+        ("job.logs", {"id": 1, "tail": -1}, "tail"),
+        ("job.logs", {"id": 1, "tail": big}, "tail"),
+        ("job.logs", {"id": 1, "tail": 1.5}, "tail"),
+        ("job.logs", {"id": 1, "tail": "3"}, "tail"),
+        ("job.logs", {"id": 1, "since": -1}, "since"),
+        ("job.logs", {"id": 1, "since": "1h"}, "since"),
+        ("job.logs", {"id": 1, "since": True}, "since"),
+        ("service.logs", {"name": "x", "tail": -3}, "tail"),
+        ("service.logs", {"name": "x", "since": [1]}, "since"),
+        ("job.list", {"order": "newest"}, "order"),
+        ("job.list", {"order": "desc", "before_id": 0}, "before_id"),
+        ("job.list", {"order": "desc", "before_id": big}, "before_id"),
+        ("job.list", {"order": "desc", "after_id": 3}, "after_id"),
+        ("job.list", {"before_id": 3}, "before_id"),
+        ("run.list", {"order": "desc", "before_id": -5}, "before_id"),
+        ("run.list", {"order": 1}, "order"),
+    ]
+    with daemon.client() as c:
+        for method, params, field in cases:
+            err = call_error(c, method, **params)
+            assert err.code == -32602, (method, params, err)
+            assert (err.data or {}).get("field") == field, (method, params, err.data)
+        assert c.call("system.ping")
+        # The largest tail is no error: the whole log.
+        job_id = int(c.call("job.submit", script="echo a; echo b")["id"])
+        finish(c, job_id)
+        page = c.call("job.logs", id=job_id, tail=big - 1)
+        assert [ln["text"] for ln in page["lines"]] == ["a", "b"] and page["done"]
+
+
+def test_waits_answer_a_cancel_and_a_wipe_within_their_timeout(daemon: DaemonProcess) -> None:
+    """run.wait and job.wait_all woken by run.cancel, and by system.wipe_all deleting what
+    they wait for: an answer well before their timeout (run.wait: not found)."""
+    results: dict[str, Any] = {}
+
+    def wait_in_thread(name: str, method: str, params: dict[str, Any]) -> threading.Thread:
+        def go() -> None:
+            started = time.monotonic()
+            try:
+                with daemon.client() as waiter:
+                    results[name] = waiter.call(method, params)
+            except HeroError as exc:
+                results[name] = exc
+            results[name + "_s"] = time.monotonic() - started
+
+        thread = threading.Thread(target=go)
+        thread.start()
+        return thread
+
+    sleeper = {"command": ["sleep", "600"]}
+    with daemon.client() as c:
+        run = c.call("run.submit", jobs=[{**sleeper, "key": f"k{i}"} for i in range(3)])
+        ids = list(run["jobs"].values())
+        wait_for(lambda: c.call("job.get", id=ids[0])["status"] == "running" or None, "running")
+        threads = [
+            wait_in_thread("run", "run.wait", {"id": run["id"], "timeout_s": 60}),
+            wait_in_thread("all", "job.wait_all", {"ids": ids, "timeout_s": 60}),
+        ]
+        time.sleep(random.uniform(0.0, 0.4))
+        c.call("run.cancel", id=run["id"])
+        for t in threads:
+            t.join(90)
+        assert results["run"]["done"] and results["run"]["status"] == "cancelled"
+        assert results["all"]["done"] and results["all"]["counts"] == {"cancelled": 3}
+        assert results["run_s"] < 30 and results["all_s"] < 30, results
+
+        # Deleted while waited for: system.wipe_all under a run.wait and a job.wait_all.
+        run = c.call("run.submit", jobs=[{**sleeper, "key": "k"}])
+        ids = list(run["jobs"].values())
+        wait_for(lambda: c.call("job.get", id=ids[0])["status"] == "running" or None, "running")
+        threads = [
+            wait_in_thread("run", "run.wait", {"id": run["id"], "timeout_s": 60}),
+            wait_in_thread("all", "job.wait_all", {"ids": ids, "timeout_s": 60}),
+        ]
+        time.sleep(random.uniform(0.0, 0.4))
+        c.call("system.wipe_all", confirm=True)
+        for t in threads:
+            t.join(90)
+        assert isinstance(results["run"], HeroError) and "not found" in str(results["run"])
+        assert results["all"]["done"] and results["all"]["missing"] == 1
+        assert results["run_s"] < 30 and results["all_s"] < 30, results
+        assert c.call("system.ping")
