@@ -20,7 +20,7 @@ from hero_procd.client import Client
 from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import call_error, finish, wait_for
-from integration.test_cli import hero_proc, ok
+from integration.test_cli import hero_proc, ok, ok_json
 
 CLI = [sys.executable, "-m", "hero_procd.cli.main"]
 
@@ -381,3 +381,37 @@ def test_waits_answer_a_cancel_and_a_wipe_within_their_timeout(daemon: DaemonPro
         assert results["all"]["done"] and results["all"]["missing"] == 1
         assert results["run_s"] < 30 and results["all_s"] < 30, results
         assert c.call("system.ping")
+
+
+def test_paging_newest_first_while_jobs_come_and_go(daemon: DaemonProcess) -> None:
+    """`job list --last N` then `--before-id` from the hint, while new jobs are submitted
+    and random older ones deleted between pages: no job twice, in order, and every job
+    that was never deleted is listed."""
+    sock = daemon.socket_path
+    with daemon.client() as c:
+        ids = []
+        for i in range(40):
+            ids.append(int(c.call("job.submit", command=["/bin/true"], tags=["p", f"v{i}"])["id"]))
+        for job_id in ids:
+            finish(c, job_id)
+        gone: set[int] = set()
+        seen: list[int] = []
+        before: int | None = None
+        while True:
+            paging = [] if before is None else ["--before-id", str(before)]
+            args = ["--json", "job", "list", "--tag", "p", "--last", "7", *paging]
+            page = ok_json(hero_proc(sock, *args))
+            seen += [j["id"] for j in page["jobs"]]
+            # Between pages: a new job on the list, and a random older one deleted.
+            c.call("job.submit", command=["/bin/true"], tags=["p"])
+            victim = random.randrange(len(ids))
+            if ids[victim] not in gone:
+                assert c.call("job.clean_by_tag", tag=f"v{victim}")["deleted"]["jobs"] == 1
+                gone.add(ids[victim])
+            before = page["next_before_id"]
+            if before is None:
+                break
+        assert len(seen) == len(set(seen)), "a job listed twice"
+        assert seen == sorted(seen, reverse=True)
+        assert set(ids) - gone <= set(seen)  # every job that stayed was listed
+        assert max(seen) <= max(ids)  # the first page's newest stays the newest shown
