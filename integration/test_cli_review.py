@@ -5,11 +5,16 @@ Each test is an attack that once broke; the assertion is what must hold.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import random
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from datetime import datetime
@@ -21,6 +26,7 @@ from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import call_error, finish, wait_for
 from integration.test_cli import hero_proc, ok, ok_json
+from integration.test_cli_more import read_pty
 
 CLI = [sys.executable, "-m", "hero_procd.cli.main"]
 
@@ -415,3 +421,31 @@ def test_paging_newest_first_while_jobs_come_and_go(daemon: DaemonProcess) -> No
         assert seen == sorted(seen, reverse=True)
         assert set(ids) - gone <= set(seen)  # every job that stayed was listed
         assert max(seen) <= max(ids)  # the first page's newest stays the newest shown
+
+
+def test_progress_line_fits_a_narrow_terminal(daemon: DaemonProcess) -> None:
+    """`run wait` on a 40-column terminal: each redraw of the live line fits in the width
+    (a longer one wraps, and `\\r ESC[K` then clears only its last row: a trail of lines)."""
+    sock = daemon.socket_path
+    with daemon.client() as c:
+        jobs = [
+            {"key": "ok", "command": ["/bin/true"]},
+            {"key": "bad", "command": ["/bin/false"]},
+            {"key": "slow1", "command": ["sleep", f"{random.uniform(1.2, 2.0):.2f}"]},
+            {"key": "slow2", "command": ["sleep", "2.2"]},
+        ]
+        run_id = int(c.call("run.submit", jobs=jobs)["id"])
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 40, 0, 0))
+    argv = [*CLI, "--socket", str(sock), "run", "wait", str(run_id)]
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=follower, timeout=60)
+    finally:
+        os.close(follower)
+    terminal = read_pty(leader).decode()
+    os.close(leader)
+    assert done.returncode == 1  # a job failed
+    draws = [d for d in terminal.split("\r\x1b[K") if d]
+    assert draws, terminal  # the line was shown
+    assert all(len(d) < 40 for d in draws), draws
+    assert all(d.startswith(f"run {run_id}: ") for d in draws), draws
