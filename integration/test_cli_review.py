@@ -25,7 +25,7 @@ from hero_procd.client import Client
 from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import call_error, finish, wait_for
-from integration.test_cli import hero_proc, ok, ok_json
+from integration.test_cli import hero_proc, ok, ok_json, one_line_error
 from integration.test_cli_more import read_pty
 
 CLI = [sys.executable, "-m", "hero_procd.cli.main"]
@@ -449,3 +449,21 @@ def test_progress_line_fits_a_narrow_terminal(daemon: DaemonProcess) -> None:
     assert draws, terminal  # the line was shown
     assert all(len(d) < 40 for d in draws), draws
     assert all(d.startswith(f"run {run_id}: ") for d in draws), draws
+
+
+def test_numbers_past_what_the_daemon_takes(daemon: DaemonProcess) -> None:
+    """-n past 64 bits means every line; --last/--limit past a page and ids past 64 bits
+    are one error line, never an orjson traceback ('Integer exceeds 64-bit range')."""
+    sock = daemon.socket_path
+    huge = str(10**20)
+    with daemon.client() as c:
+        job_id = int(c.call("job.submit", script="echo a; echo b")["id"])
+        finish(c, job_id)
+    assert ok(hero_proc(sock, "job", "logs", str(job_id), "-n", huge)) == "a\nb\n"
+    merged = ok(hero_proc(sock, "logs", "-n", huge, f"job:{job_id}"))
+    assert [ln.split(" | ")[1] for ln in merged.splitlines()] == ["a", "b"]
+    for args in (["job", "list", "--last", "10001"], ["run", "list", "--limit", huge]):
+        one_line_error(hero_proc(sock, *args), "not in the range", code=2)
+    one_line_error(hero_proc(sock, "job", "list", "--before-id", huge), "--before-id", code=2)
+    for args in (["job", "get", huge], ["run", "wait", huge], ["job", "logs", huge]):
+        one_line_error(hero_proc(sock, *args), "cannot be sent", code=1)

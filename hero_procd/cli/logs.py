@@ -21,7 +21,7 @@ import click
 import orjson
 
 from hero_procd.cli import output
-from hero_procd.cli.options import json_option
+from hero_procd.cli.options import INT64_MAX, json_option
 from hero_procd.cli.session import CliError, Session
 from hero_procd.errors import NotFound
 
@@ -68,6 +68,10 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> flo
     return None if value is None else parse_since(value)
 
 
+def _at_most_int64(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    return None if value is None else min(value, INT64_MAX)
+
+
 def log_options(fn: F) -> F:
     """-n/--tail, --since and -t/--timestamps, as `docker logs` spells them."""
     fn = click.option(
@@ -86,6 +90,7 @@ def log_options(fn: F) -> F:
         "-n",
         "--tail",
         type=click.IntRange(min=0),
+        callback=_at_most_int64,  # more lines than the daemon counts: all of them
         metavar="N",
         help="Only the last N lines (then new ones with -f).",
     )(fn)
