@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import time
 from datetime import UTC, datetime
 
 import click
 import pytest
 
-from hero_procd.cli.logs import parse_owner, parse_since
+from hero_procd.cli.logs import parse_owner, parse_since, show_merged
+from hero_procd.cli.session import Session
 
 NOW = 1_800_000_000.0
 
@@ -70,3 +72,24 @@ def test_owners(word: str, kind: str, key: object, label: str) -> None:
     """svc:/service: name services, job: and plain numbers name jobs, other words services."""
     owner = parse_owner(word)
     assert (owner.kind, owner.key, owner.label) == (kind, key, label)
+
+
+def test_merged_lines_keep_each_owners_order_when_the_clock_steps_back(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Lines are merged by time, but an owner whose clock stepped back (later lines stamped
+    earlier) keeps its own order; equal times keep the owners' order."""
+    web, db = parse_owner("web"), parse_owner("db")
+    lines = [
+        (web, {"seq": 1, "ts": 100.0, "stream": "stdout", "text": "w1"}),
+        (web, {"seq": 2, "ts": 40.0, "stream": "stdout", "text": "w2"}),  # clock stepped back
+        (web, {"seq": 3, "ts": 41.0, "stream": "stdout", "text": "w3"}),
+        (db, {"seq": 1, "ts": 40.0, "stream": "stdout", "text": "d1"}),
+        (db, {"seq": 2, "ts": 150.0, "stream": "stdout", "text": "d2"}),
+    ]
+    random.shuffle(lines)  # pages of several owners arrive in any order
+    lines.sort(key=lambda pair: (pair[0].label, pair[1]["seq"]))  # each owner's in seq order
+    show_merged(Session("unused.sock"), [web, db], lines, timestamps=False)
+    shown = [ln.split(" | ")[1] for ln in capsys.readouterr().out.splitlines()]
+    assert [t for t in shown if t[0] == "w"] == ["w1", "w2", "w3"]
+    assert shown == ["d1", "w1", "w2", "w3", "d2"]

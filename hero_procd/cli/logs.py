@@ -10,6 +10,7 @@ Import-light on purpose: click, orjson and hero_procd.client/errors/config only.
 
 from __future__ import annotations
 
+import heapq
 import re
 import sys
 import time
@@ -182,8 +183,13 @@ def show_merged(
     """Print lines of several owners in time order, each prefixed with its owner's label."""
     if not fetched:
         return
-    order = {id(o): i for i, o in enumerate(owners)}
-    fetched.sort(key=lambda pair: (pair[1]["ts"], order[id(pair[0])], pair[1]["seq"]))
+    # Merged by time, but each owner's lines stay in their own (seq) order: a wall clock
+    # stepped back (NTP, an operator) stamps later lines earlier, and a sort on the time
+    # alone would show an owner's lines out of the order they were written.
+    by_owner: dict[int, list[tuple[Owner, dict[str, Any]]]] = {id(o): [] for o in owners}
+    for pair in fetched:
+        by_owner[id(pair[0])].append(pair)
+    fetched = list(heapq.merge(*by_owner.values(), key=lambda pair: pair[1]["ts"]))
     if s.as_json:
         for owner, line in fetched:
             record = {"owner": owner.label, "kind": owner.kind, **line}
