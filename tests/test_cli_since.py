@@ -10,6 +10,7 @@ import click
 import pytest
 
 from hero_procd.cli.logs import parse_owner, parse_since, show_merged
+from hero_procd.cli.output import rfc3339
 from hero_procd.cli.session import Session
 
 NOW = 1_800_000_000.0
@@ -93,3 +94,24 @@ def test_merged_lines_keep_each_owners_order_when_the_clock_steps_back(
     shown = [ln.split(" | ")[1] for ln in capsys.readouterr().out.splitlines()]
     assert [t for t in shown if t[0] == "w"] == ["w1", "w2", "w3"]
     assert shown == ["d1", "w1", "w2", "w3", "d2"]
+
+
+def test_timestamps_round_trip_through_since_across_dst(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time `-t` shows, given back to `--since`, is the line's own time, in both hours of
+    a fall-back (02:30 happens twice) and after a spring-forward; a naive ambiguous time
+    is its first occurrence (more lines rather than fewer)."""
+    monkeypatch.setenv("TZ", "Europe/Brussels")
+    time.tzset()
+    try:
+        for moment in (
+            datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # 02:30+02:00
+            datetime(2026, 10, 25, 1, 30, tzinfo=UTC),  # 02:30+01:00, an hour later
+            datetime(2026, 3, 29, 1, 30, tzinfo=UTC),  # 03:30+02:00
+        ):
+            ts = moment.timestamp() + random.randrange(1000) / 1000
+            assert parse_since(rfc3339(ts)) == ts
+        first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC).timestamp()
+        assert parse_since("2026-10-25T02:30:00") == first
+    finally:
+        monkeypatch.undo()
+        time.tzset()
