@@ -467,3 +467,17 @@ def test_numbers_past_what_the_daemon_takes(daemon: DaemonProcess) -> None:
     one_line_error(hero_proc(sock, "job", "list", "--before-id", huge), "--before-id", code=2)
     for args in (["job", "get", huge], ["run", "wait", huge], ["job", "logs", huge]):
         one_line_error(hero_proc(sock, *args), "cannot be sent", code=1)
+
+
+def test_a_huge_status_is_the_same_on_both_paths(daemon: DaemonProcess) -> None:
+    """800 stopped services with names of 100-128 characters: the answer comes in many
+    reads; the fast path prints the very bytes of the full CLI, on a pipe and with NO_COLOR."""
+    with daemon.client() as c:
+        for i in range(800):
+            name = f"s{i:04d}-" + "x" * random.randrange(94, 123)
+            c.call("service.define", name=name, command=["/bin/true"])
+    fast = run_path("fast", daemon.socket_path, "status")
+    full = run_path("full", daemon.socket_path, "status")
+    assert fast.returncode == full.returncode == 0, (fast.stderr, full.stderr)
+    assert fast.stdout == full.stdout and fast.stderr == full.stderr == b""
+    assert fast.stdout.count(b"\n") == 801 and len(fast.stdout) > 100_000
