@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -163,6 +164,10 @@ class HostileProxy:
                 return
             request += chunk
         self.calls += 1
+        if self.mode == "hang":  # never answers: waits for the caller to go away
+            while conn.recv(65536):
+                pass
+            return
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
             upstream.connect(str(self.daemon_socket))
             upstream.sendall(request)
@@ -481,3 +486,27 @@ def test_a_huge_status_is_the_same_on_both_paths(daemon: DaemonProcess) -> None:
     assert fast.returncode == full.returncode == 0, (fast.stderr, full.stderr)
     assert fast.stdout == full.stdout and fast.stderr == full.stderr == b""
     assert fast.stdout.count(b"\n") == 801 and len(fast.stdout) > 100_000
+
+
+def test_ctrl_c_while_the_daemon_is_silent_is_the_same_on_both_paths(
+    daemon: DaemonProcess, workdir: Path
+) -> None:
+    """SIGINT while `status`/`ping` wait for a daemon that does not answer: exit 130 and a
+    lone newline on stderr (no traceback), on the fast path and the full CLI alike."""
+    proxy = HostileProxy(workdir / "proxy.sock", daemon.socket_path)
+    proxy.mode = "hang"
+    try:
+        for command in ("status", "ping"):
+            seen = []
+            for path in ("fast", "full"):
+                before = proxy.calls
+                argv = [sys.executable, *ENTRIES[path], "--socket", str(proxy.path), command]
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                wait_for(lambda: proxy.calls > before or None, "the call to arrive")  # noqa: B023
+                time.sleep(random.uniform(0.0, 0.2))
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=30)
+                seen.append((proc.returncode, out, err))
+            assert seen[0] == seen[1] == (130, b"", b"\n"), (command, seen)
+    finally:
+        proxy.close()
