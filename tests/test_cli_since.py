@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import click
 import pytest
 
-from hero_procd.cli.logs import parse_owner, parse_since, show_merged
+from hero_procd.cli.logs import owners_of, parse_owner, parse_since, show_merged
 from hero_procd.cli.output import rfc3339
 from hero_procd.cli.session import Session
 
@@ -115,3 +115,15 @@ def test_timestamps_round_trip_through_since_across_dst(monkeypatch: pytest.Monk
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_owners_are_told_apart() -> None:
+    """Each owner once; a service named like a job's label is labelled svc:NAME."""
+    readers = owners_of(["svc:job:5", "5", "job:5", "web", "svc:web", "svc:42"])
+    assert [(o.kind, o.key, o.label) for o in readers] == [
+        ("service", "job:5", "svc:job:5"),
+        ("job", 5, "job:5"),
+        ("service", "web", "web"),
+        ("service", "42", "42"),
+    ]
+    assert len({o.label for o in readers}) == len(readers)

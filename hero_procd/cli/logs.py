@@ -14,7 +14,8 @@ import heapq
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -144,6 +145,26 @@ def parse_owner(word: str) -> Owner:
     return Owner("service", word, word)
 
 
+def owners_of(words: Sequence[str]) -> list[Owner]:
+    """The owners named on the command line, each once, with labels that tell them apart.
+
+    A service may be named like a job's label (`svc:job:5` beside job 5): it is then
+    labelled `svc:NAME`, so no two owners' lines carry the same prefix.
+    """
+    readers: list[Owner] = []
+    seen: set[tuple[str, int | str]] = set()
+    for word in words:
+        owner = parse_owner(word)
+        if (owner.kind, owner.key) not in seen:
+            seen.add((owner.kind, owner.key))
+            readers.append(owner)
+    labels = Counter(o.label for o in readers)
+    for owner in readers:
+        if labels[owner.label] > 1 and owner.kind == "service":
+            owner.label = f"svc:{owner.key}"
+    return readers
+
+
 def read_round(
     s: Session, owners: list[Owner], tail: int | None, since: float | None
 ) -> tuple[list[tuple[Owner, dict[str, Any]]], bool]:
@@ -241,13 +262,7 @@ def logs(
         if not services:
             raise CliError("no services to show; name jobs as job:ID")
         owners = tuple(f"svc:{name}" for name in services)
-    readers: list[Owner] = []
-    seen: set[tuple[str, int | str]] = set()
-    for word in owners:
-        owner = parse_owner(word)
-        if (owner.kind, owner.key) not in seen:
-            seen.add((owner.kind, owner.key))
-            readers.append(owner)
+    readers = owners_of(owners)
     deadline = None if max_wait is None else time.monotonic() + max_wait
     if not follow:
         # All of it first, then one merge: pages of one owner never pass another's lines.
