@@ -22,6 +22,7 @@ STATUS_KEYS = {
     "desired",
     "pid",
     "restarts",
+    "manual_restarts",
     "exit_code",
     "signal",
     "health",

@@ -214,6 +214,7 @@ class Service:
     created_at: float
     updated_at: float
     stack: str | None = None
+    manual_restarts: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> Service:
@@ -232,6 +233,7 @@ class Service:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             stack=row["stack"],
+            manual_restarts=row["manual_restarts"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,6 +247,7 @@ class Service:
             "state": self.state,
             "pid": self.pid,
             "restarts": self.restarts,
+            "manual_restarts": self.manual_restarts,
             "exit_code": self.exit_code,
             "signal": self.signal,
             "health_status": self.health,
@@ -263,6 +266,7 @@ def status_from_row(row: Row, now: float) -> dict[str, Any]:
         "desired": row["desired"],
         "pid": row["pid"],
         "restarts": row["restarts"],
+        "manual_restarts": row["manual_restarts"],
         "exit_code": row["exit_code"],
         "signal": row["signal"],
         "health": row["health"],

@@ -174,11 +174,18 @@ ALTER TABLE schedules ADD COLUMN stack TEXT;
 ALTER TABLE groups ADD COLUMN stack TEXT;
 """
 
+# Restarts asked for by service.restart, counted apart from the automatic ones
+# (`restarts`, like systemd's NRestarts); reset with them when the service is deleted.
+V5 = """
+ALTER TABLE services ADD COLUMN manual_restarts INTEGER NOT NULL DEFAULT 0;
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, V1),
     (2, V2),
     (3, V3),
     (4, V4),
+    (5, V5),
 ]
 
 # Every table a wipe empties, children before parents.

@@ -17,6 +17,7 @@ async def action_set(app: App, p: Params) -> dict[str, Any]:
     spec = parse_command_spec(p, require_command=True)
     tags = p.text_list("tags") or []
     p.finish()
+    app.check_limits(spec.limits())
     return (await app.store.actions.upsert(name, spec, tags)).to_dict()
 
 

@@ -20,6 +20,7 @@ async def service_define(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name", name_like=True)
     spec = parse_service_spec(p)
     p.finish()
+    app.check_limits(spec)
     # Through the service's owner (serialised with its other verbs); the cycle check
     # reads the other definitions in the same unit as the write.
     if app.supervisor is not None:
