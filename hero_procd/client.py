@@ -39,7 +39,10 @@ def _request(method: str, params: dict[str, Any] | None, req_id: int) -> bytes:
     req: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": req_id}
     if params is not None:
         req["params"] = params
-    return orjson.dumps(req) + b"\n"
+    try:
+        return orjson.dumps(req) + b"\n"
+    except orjson.JSONEncodeError as exc:  # an integer past 64 bits, a value JSON has not
+        raise ProtocolError("the request cannot be sent as JSON", {"detail": str(exc)}) from None
 
 
 def _result(line: bytes, req_id: int) -> Any:

@@ -26,11 +26,12 @@ def test_log_tail_and_since(run_store: StoreRunner) -> None:
         await store.logs.insert_many([line(s) for s in range(1, 51)])
         await store.logs.insert_many([line(s, "2") for s in range(1, 4)])
         page = store.logs.page
-        assert await page("job", "1", tail=5) == ([line(s) for s in range(46, 51)], 45)
-        # The tail is where the page starts; the page is still bounded by `limit`.
-        lines, start = await page("job", "1", limit=3, tail=10)
-        assert (seqs(lines), start) == ([41, 42, 43], 40)
-        lines, start = await page("job", "1", after_seq=43, limit=100)
+        assert await page("job", "1", tail=5) == ([line(s) for s in range(46, 51)], 50)
+        # The tail is where the page starts; the page is still bounded by `limit`. The second
+        # value is the next after_seq.
+        lines, after = await page("job", "1", limit=3, tail=10)
+        assert (seqs(lines), after) == ([41, 42, 43], 43)
+        lines, after = await page("job", "1", after_seq=after, limit=100)
         assert seqs(lines) == list(range(44, 51))
         # More than there is: everything; 0: nothing, and the next read starts after the end.
         assert seqs((await page("job", "1", tail=500))[0]) == list(range(1, 51))
@@ -43,7 +44,12 @@ def test_log_tail_and_since(run_store: StoreRunner) -> None:
         assert seqs((await page("job", "1", since=1040.5, limit=2))[0]) == [41, 42]
         assert seqs((await page("job", "1", since=1048.0, tail=5))[0]) == [48, 49, 50]
         assert seqs((await page("job", "1", since=1030.0, tail=2))[0]) == [49, 50]
-        assert await page("job", "1", since=2000.0) == ([], 0)
+        # No line since then: the next read starts past the lines `since` skipped (it used to
+        # say 0, and a follower leaving `since` out of its next call got every older line).
+        assert await page("job", "1", since=2000.0) == ([], 50)
+        assert await page("job", "1", since=1049.5, limit=1) == ([line(50)], 50)
+        assert await page("job", "1", since=1048.0, limit=2) == ([line(48), line(49)], 49)
+        assert await page("job", "404", since=0.0) == ([], 0)
         # Other owners are never mixed in.
         assert seqs((await page("job", "2", tail=2))[0]) == [2, 3]
 

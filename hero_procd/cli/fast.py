@@ -20,7 +20,7 @@ import sys
 
 TYPE_CHECKING = False  # not typing's: importing typing costs this path ~3 ms
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
 DEFAULT_TIMEOUT_S = 60.0  # hero_procd.cli.session.DEFAULT_TIMEOUT_S (a test holds them equal)
 SYSTEM_SOCKET = "/run/hero-procd/hero_proc.sock"  # hero_procd.config.SYSTEM_SOCKET_PATH
@@ -199,6 +199,18 @@ def run(args: list[str]) -> int | None:
     result = call(path, METHODS[command])
     if not isinstance(result, dict):
         return None
-    sys.stdout.write(text_of(command, result, path) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(text_of(command, result, path) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise  # hero_procd.cli.main: the reader went away
+    except OSError as exc:
+        _cannot_write(exc)
     return 0
+
+
+def _cannot_write(exc: OSError) -> NoReturn:
+    """A stdout that refused the output (`> /dev/full`): reported as the full CLI does."""
+    from hero_procd.cli.session import fail, output_error
+
+    fail(output_error(exc))

@@ -16,6 +16,8 @@ import orjson
 from hero_procd.cli import output
 from hero_procd.cli.logs import first_page_params, log_options
 from hero_procd.cli.options import (
+    INT64_MAX,
+    MAX_PAGE,
     argv_argument,
     cwd_option,
     env_option,
@@ -269,24 +271,26 @@ def list_order_options(fn: F) -> F:
         (
             click.option(
                 "--last",
-                type=click.IntRange(min=1),
+                type=click.IntRange(min=1, max=MAX_PAGE),
                 metavar="N",
                 help="The newest N, newest first (the default order; N defaults to 100).",
             ),
             click.option(
-                "--limit", type=click.IntRange(min=1), help="At most this many (default 100)."
+                "--limit",
+                type=click.IntRange(min=1, max=MAX_PAGE),
+                help="At most this many (default 100).",
             ),
             click.option(
                 "--oldest-first", is_flag=True, help="Oldest first (paged with --after-id)."
             ),
             click.option(
                 "--after-id",
-                type=click.IntRange(min=0),
+                type=click.IntRange(min=0, max=INT64_MAX),
                 help="Oldest first, ids above this (paging).",
             ),
             click.option(
                 "--before-id",
-                type=click.IntRange(min=1),
+                type=click.IntRange(min=1, max=INT64_MAX),
                 help="Newest first, ids below this (paging).",
             ),
         )

@@ -10,10 +10,12 @@ Import-light on purpose: click, orjson and hero_procd.client/errors/config only.
 
 from __future__ import annotations
 
+import heapq
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,8 +23,9 @@ import click
 import orjson
 
 from hero_procd.cli import output
-from hero_procd.cli.options import json_option
+from hero_procd.cli.options import INT64_MAX, json_option
 from hero_procd.cli.session import CliError, Session
+from hero_procd.errors import NotFound
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -55,11 +58,20 @@ def parse_since(text: str, now: float | None = None) -> float:
             f"{text!r} is neither a duration (10m, 2h, 1h30m, 45s, 2d) nor a time like "
             "2026-11-30T08:00:00+01:00"
         ) from None
-    return max(0.0, moment.timestamp())  # a time without an offset is taken as local time
+    try:
+        return max(0.0, moment.timestamp())  # a time without an offset is taken as local time
+    except (ValueError, OverflowError, OSError):
+        # A local time at the ends of the calendar (0001-01-01 east of UTC: "year 0 is
+        # out of range") has no Unix time the platform can compute.
+        raise click.BadParameter(f"{text!r} is out of the range of times") from None
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     return None if value is None else parse_since(value)
+
+
+def _at_most_int64(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    return None if value is None else min(value, INT64_MAX)
 
 
 def log_options(fn: F) -> F:
@@ -80,6 +92,7 @@ def log_options(fn: F) -> F:
         "-n",
         "--tail",
         type=click.IntRange(min=0),
+        callback=_at_most_int64,  # more lines than the daemon counts: all of them
         metavar="N",
         help="Only the last N lines (then new ones with -f).",
     )(fn)
@@ -105,7 +118,7 @@ class Owner:
     label: str
     after_seq: int = 0
     started: bool = False  # the first page (with tail/since) was read
-    done: bool = False  # a job that has ended and whose lines are all read
+    done: bool = False  # a job that has ended and whose lines are all read, or deleted
 
     def params(self, tail: int | None, since: float | None) -> dict[str, Any]:
         """The next page's params."""
@@ -132,6 +145,26 @@ def parse_owner(word: str) -> Owner:
     return Owner("service", word, word)
 
 
+def owners_of(words: Sequence[str]) -> list[Owner]:
+    """The owners named on the command line, each once, with labels that tell them apart.
+
+    A service may be named like a job's label (`svc:job:5` beside job 5): it is then
+    labelled `svc:NAME`, so no two owners' lines carry the same prefix.
+    """
+    readers: list[Owner] = []
+    seen: set[tuple[str, int | str]] = set()
+    for word in words:
+        owner = parse_owner(word)
+        if (owner.kind, owner.key) not in seen:
+            seen.add((owner.kind, owner.key))
+            readers.append(owner)
+    labels = Counter(o.label for o in readers)
+    for owner in readers:
+        if labels[owner.label] > 1 and owner.kind == "service":
+            owner.label = f"svc:{owner.key}"
+    return readers
+
+
 def read_round(
     s: Session, owners: list[Owner], tail: int | None, since: float | None
 ) -> tuple[list[tuple[Owner, dict[str, Any]]], bool]:
@@ -142,7 +175,16 @@ def read_round(
         if owner.done:
             continue
         method = "job.logs" if owner.kind == "job" else "service.logs"
-        page = s.call(method, owner.params(tail, since))
+        try:
+            page = s.call(method, owner.params(tail, since))
+        except NotFound:
+            if not owner.started:
+                raise  # a name that never was: the command line is wrong
+            # Deleted while followed (a job cleaned, a service deleted): the others go on.
+            owner.done = True
+            sys.stderr.write(f"hero-proc: {owner.label} was deleted; its lines end here\n")
+            sys.stderr.flush()
+            continue
         owner.started = True
         owner.after_seq = page["next_seq"]
         fetched.extend((owner, line) for line in page["lines"])
@@ -162,8 +204,13 @@ def show_merged(
     """Print lines of several owners in time order, each prefixed with its owner's label."""
     if not fetched:
         return
-    order = {id(o): i for i, o in enumerate(owners)}
-    fetched.sort(key=lambda pair: (pair[1]["ts"], order[id(pair[0])], pair[1]["seq"]))
+    # Merged by time, but each owner's lines stay in their own (seq) order: a wall clock
+    # stepped back (NTP, an operator) stamps later lines earlier, and a sort on the time
+    # alone would show an owner's lines out of the order they were written.
+    by_owner: dict[int, list[tuple[Owner, dict[str, Any]]]] = {id(o): [] for o in owners}
+    for pair in fetched:
+        by_owner[id(pair[0])].append(pair)
+    fetched = list(heapq.merge(*by_owner.values(), key=lambda pair: pair[1]["ts"]))
     if s.as_json:
         for owner, line in fetched:
             record = {"owner": owner.label, "kind": owner.kind, **line}
@@ -206,7 +253,8 @@ def logs(
     OWNER is svc:NAME (or service:NAME), job:ID, a number (a job id) or a name (a
     service); without any, every service. Lines are merged in time order; -n is per
     owner. With -f, new lines
-    follow until Ctrl-C, or until every owner is a job that has ended. With --json,
+    follow until Ctrl-C, or until every owner is a job that has ended or was deleted
+    (an owner deleted meanwhile is said on stderr; the others go on). With --json,
     each line is one JSON object with its owner.
     """
     if not owners:  # every service, as `docker compose logs` shows every container
@@ -214,13 +262,7 @@ def logs(
         if not services:
             raise CliError("no services to show; name jobs as job:ID")
         owners = tuple(f"svc:{name}" for name in services)
-    readers: list[Owner] = []
-    seen: set[tuple[str, int | str]] = set()
-    for word in owners:
-        owner = parse_owner(word)
-        if (owner.kind, owner.key) not in seen:
-            seen.add((owner.kind, owner.key))
-            readers.append(owner)
+    readers = owners_of(owners)
     deadline = None if max_wait is None else time.monotonic() + max_wait
     if not follow:
         # All of it first, then one merge: pages of one owner never pass another's lines.

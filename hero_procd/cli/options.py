@@ -14,6 +14,11 @@ import orjson
 
 from hero_procd.cli.session import CliError, Session
 
+# The daemon's integers are 64-bit signed (hero_procd.params.INT64_MAX), and a list page
+# holds at most MAX_PAGE items (hero_procd.rpc.methods.jobs.MAX_PAGE).
+INT64_MAX = 2**63 - 1
+MAX_PAGE = 10_000
+
 
 def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     session = ctx.find_object(Session)

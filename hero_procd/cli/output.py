@@ -6,6 +6,7 @@ import) and are re-exported here. No click, typing or orjson at import.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -200,9 +201,23 @@ class Progress:
         if detail:
             text += f", {detail}"
         text += f", {elapsed:.1f}s"
+        width = self._width()
+        if width and len(text) >= width:
+            # A line that wraps is only partly cleared by the next `\r ESC[K`: cut it to fit,
+            # keeping the time at its end.
+            time_text = f", {elapsed:.1f}s"
+            text = text[: max(0, width - 1 - len(time_text))] + time_text
+            text = text[: width - 1]
         self.stream.write("\r\x1b[K" + text)
         self.stream.flush()
         self.shown = True
+
+    def _width(self) -> int:
+        """The terminal's width in columns (0 if unknown: the line is not cut)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 0
 
     def clear(self) -> None:
         """Remove the line (the cursor goes back to the start of an empty line)."""

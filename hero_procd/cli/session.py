@@ -6,6 +6,7 @@ Free of click, so that the fast path of `hero-proc status` never imports it.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -86,11 +87,32 @@ class Session:
     def show(self, result: Any, human: Callable[[Any], str]) -> None:
         """Print `result` as indented JSON with --json, else the text `human(result)` makes."""
         if self.as_json:
-            sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+            write_out(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
             return
         text = human(result)
         if text:
-            sys.stdout.write(text + "\n")
+            write_out(text + "\n")
+
+
+def write_out(text: str) -> None:
+    """Write `text` to stdout now; a stdout that refuses it (`> /dev/full`) is a CliError.
+
+    BrokenPipeError (the reader went away) is left to `hero_procd.cli.main`.
+    """
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise output_error(exc) from exc
+
+
+def output_error(exc: OSError) -> CliError:
+    """The error of a stdout that refused the output; stdout is then /dev/null, so that
+    the interpreter's last flush at exit fails no second time (with a traceback)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return CliError(f"cannot write the output: {exc.strerror or exc}")
 
 
 def error_line(exc: HeroError) -> str:

@@ -166,16 +166,19 @@ class LogsApi:
         since: float | None = None,
         tail: int | None = None,
     ) -> tuple[list[LogLine], int]:
-        """A page of an owner's lines after `after_seq`, in order, and where it started.
+        """A page of an owner's lines after `after_seq`, in order, and the next `after_seq`.
 
         `since` keeps the lines stamped at or after that Unix time. `tail` starts the
         page at the owner's last `tail` such lines (0: after its last line), so a
-        reader of the end never fetches what comes before. The second value is the
-        seq the page starts after (`after_seq`, or later with `tail`): the next
-        `after_seq` when the page is empty.
+        reader of the end never fetches what comes before. The next `after_seq` is the
+        page's last seq, or where it started (`after_seq`, or later with `tail`) when it
+        is empty; with `since` and a page that is not full, it is past the lines `since`
+        skipped too, so a follower that leaves `since` out of its next call never gets
+        them (a first page with no line since then used to answer 0).
         """
         params: dict[str, object] = {"kind": owner_kind, "owner": owner_id, "since": since}
         start = after_seq
+        stored_upto = 0
         async with self.pool.reader() as conn:  # one connection: the start and the page agree
             if tail is not None:
                 query = {**params, "after_seq": after_seq, "tail": tail}
@@ -183,13 +186,22 @@ class LogsApi:
                     row = await cur.fetchone()
                 if row is not None:
                     start = max(after_seq, int(row[0]))
+            if since is not None:
+                # Read before the page: every line stored by then is seen by the page read,
+                # so a page that is not full holds all of them that `since` keeps.
+                async with conn.execute(Q["log_last_seq"], (owner_kind, owner_id)) as cur:
+                    row = await cur.fetchone()
+                stored_upto = int(row[0]) if row is not None and row[0] is not None else 0
             query = {**params, "after_seq": start, "limit": limit}
             async with conn.execute(Q["log_read"], query) as cur:
                 rows = await cur.fetchall()
         lines = [
             LogLine(owner_kind, owner_id, r["seq"], r["stream"], r["ts"], r["text"]) for r in rows
         ]
-        return lines, start
+        next_seq = lines[-1].seq if lines else start
+        if since is not None and len(lines) < limit:
+            next_seq = max(next_seq, stored_upto)
+        return lines, next_seq
 
     async def last_seq(self, owner_kind: str, owner_id: str) -> int:
         """The owner's sequence high-water mark: the counter, or its stored lines (0 if none)."""

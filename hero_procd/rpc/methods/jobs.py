@@ -212,12 +212,12 @@ async def job_logs(app: App, p: Params) -> dict[str, Any]:
     tail = p.integer("tail", minimum=0)
     p.finish()
     job = await app.store.jobs.get(job_id)  # status first: a finished job's lines are all written
-    lines, start = await app.store.logs.page(
+    lines, next_seq = await app.store.logs.page(
         "job", str(job_id), after_seq, limit, since=since, tail=tail
     )
     return {
         "lines": to_wire(lines),
-        "next_seq": lines[-1].seq if lines else start,
+        "next_seq": next_seq,
         "done": job.status in TERMINAL_JOB_STATES and len(lines) < limit,
         "status": job.status,
     }

@@ -115,12 +115,12 @@ async def service_logs(app: App, p: Params) -> dict[str, Any]:
     tail = p.integer("tail", minimum=0)
     p.finish()
     service = await app.store.services.get(name)
-    lines, start = await app.store.logs.page(
+    lines, next_seq = await app.store.logs.page(
         "service", name, after_seq, limit, since=since, tail=tail
     )
     return {
         "lines": to_wire(lines),
-        "next_seq": lines[-1].seq if lines else start,
+        "next_seq": next_seq,
         "state": service.state,
     }
 
