@@ -63,6 +63,9 @@ class DaemonProcess:
                 except Exception:
                     pass
             time.sleep(0.02)
+        # Not left running (nor reported later, against another test, by Popen.__del__).
+        self.proc.kill()
+        self.proc.wait()
         raise RuntimeError(f"hero-procd did not answer within {timeout_s}s:\n{self.log()}")
 
     def client(self, timeout: float | None = 60.0) -> Client:
