@@ -37,6 +37,7 @@ from hero_procd.errors import HeroError
 from hero_procd.logs_setup import setup_logging
 from hero_procd.paths import DatabaseLock, StartupError, claim_socket
 from hero_procd.paths import resolve as resolve_paths
+from hero_procd.paths import resolve_socket_only as resolve_socket_paths
 from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import Handler, load_methods
 from hero_procd.rpc.server import RpcServer
@@ -149,20 +150,27 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
     """
     stage = "checking the files"
     try:
-        paths = await asyncio.to_thread(
-            resolve_paths, config.db_path, config.socket_path, config.socket_group
-        )
+        if config.db_url is None:
+            paths = await asyncio.to_thread(
+                resolve_paths, config.db_path, config.socket_path, config.socket_group
+            )
+        else:
+            # PostgreSQL: no database file to check or lock (several nodes share the database).
+            paths = await asyncio.to_thread(
+                resolve_socket_paths, config.db_path, config.socket_path, config.socket_group
+            )
         # Resolved once: every later use (store, socket, recovery marks, system.info)
         # sees the same real paths, whatever symlinks the flags went through.
         config = replace(config, db_path=paths.db, socket_path=paths.socket)
-        stage = "locking the database"
-        lock = await asyncio.to_thread(DatabaseLock.acquire, paths.db)
-        teardown.push("lock", _lock_release(lock))
+        if config.db_url is None:
+            stage = "locking the database"
+            lock = await asyncio.to_thread(DatabaseLock.acquire, paths.db)
+            teardown.push("lock", _lock_release(lock))
         stage = f"claiming the socket {paths.socket}"
         await asyncio.to_thread(claim_socket, paths.socket, paths.socket_gid)
 
-        stage = f"opening the database {paths.db}"
-        store = await Store.open(paths.db, config.readers)
+        stage = f"opening the database {config.db_shown}"
+        store = await Store.open(config.db_url or paths.db, config.readers, node=config.node)
         teardown.push("store", store.close)
         stage = "loading the OpenRPC document"
         app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))
@@ -235,7 +243,8 @@ async def serve(config: Config) -> None:
         extra={
             "version": __version__,
             "socket": str(config.socket_path),
-            "db": str(config.db_path),
+            "db": config.db_shown,
+            "node": config.node,
         },
     )
     notify("READY=1")
@@ -275,7 +284,16 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     help="Unix socket [$HERO_PROC_SOCKET]",
 )
 @click.option(
-    "--db", "db_path", type=click.Path(path_type=Path), help="SQLite database [$HERO_PROC_DB]"
+    "--db",
+    "db_path",
+    help="SQLite database file, or postgresql://… URL (?schema=… [hero_proc]) [$HERO_PROC_DB]",
+)
+@click.option("--node", help="This daemon's node name [$HERO_PROC_NODE, else the host name]")
+@click.option(
+    "--node-timeout",
+    "node_timeout_s",
+    type=click.FloatRange(1.0, 3600.0),
+    help="Seconds without heartbeat before a node is dead [15, $HERO_PROC_NODE_TIMEOUT_S]",
 )
 @click.option("--readers", type=click.IntRange(1, 64), help="Reader connections [4]")
 @click.option(
@@ -294,7 +312,9 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
 @click.version_option(__version__, prog_name="hero-procd")
 def main(
     socket_path: Path | None,
-    db_path: Path | None,
+    db_path: str | None,
+    node: str | None,
+    node_timeout_s: float | None,
     readers: int | None,
     max_parallel: int | None,
     socket_group: str | None,
@@ -313,6 +333,8 @@ def main(
             readers=readers,
             socket_group=socket_group,
             max_parallel=max_parallel,
+            node=node,
+            node_timeout_s=node_timeout_s,
         )
     except ValueError as exc:
         click.echo(f"hero-procd: {exc}", err=True)

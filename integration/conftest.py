@@ -60,4 +60,4 @@ def started() -> Iterator[list[DaemonProcess]]:
     for proc in procs:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
-        kill_leftovers(proc.db_path)
+        kill_leftovers(proc.instance_key)

@@ -88,8 +88,9 @@ def daemon_running(
             cleanup(path)
 
 
-def kill_leftovers(db_path: Path) -> None:
-    """SIGKILL the groups of any process still marked as a job of the daemon of `db_path`."""
+def kill_leftovers(db_path: Path | str) -> None:
+    """SIGKILL the groups of any process still marked as a job of the daemon of `db_path`
+    (or of the instance key of a daemon on PostgreSQL, see DaemonProcess.instance_key)."""
     for pid in find_marked(instance_id(str(db_path))):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)

@@ -48,7 +48,8 @@ _CLAIM_COALESCE_S = 0.003
 
 def instance_id(db_path: str) -> str:
     """A stable id of this daemon's database, put in every child's environment."""
-    return hashlib.sha256(os.path.realpath(db_path).encode()).hexdigest()[:16]
+    key = db_path if "://" in db_path else os.path.realpath(db_path)  # a URL is no path
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def exited_already(pidfd: int) -> bool:
@@ -82,7 +83,11 @@ class Executor:
         self.store = app.store
         self.jobs: JobStore = app.store.jobs
         self.config = app.config
-        self.instance = instance_id(str(app.config.db_path))
+        self.instance = (
+            instance_id(str(app.config.db_path))
+            if app.config.db_url is None
+            else instance_id(f"{app.config.db_url}#{app.config.node}")
+        )
         self.flusher = Flusher(
             app.store,
             app.stats,

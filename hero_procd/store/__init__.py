@@ -1,4 +1,4 @@
-"""The store: every read and write of hero-procd's SQLite database.
+"""The store: every read and write of hero-procd's database (SQLite, or PostgreSQL).
 
 `Store` holds one sub-API per table and the few operations that span tables
 (`submit_run`, `clean_by_tag`, `wipe_all`), each one transaction.
@@ -18,7 +18,7 @@ from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.groups import GroupsApi
 from hero_procd.store.jobs import JobsApi, Settled, write_run
 from hero_procd.store.logs import LogsApi, delete_owners
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store.pool import Conn, DbPool, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.runs import RunsApi, delete_empty
 from hero_procd.store.schedules import SchedulesApi
@@ -26,7 +26,13 @@ from hero_procd.store.schema import WIPE_ORDER
 from hero_procd.store.secrets import SecretsApi
 from hero_procd.store.services import ServicesApi
 
-__all__ = ["BatchResult", "CleanResult", "Store"]
+__all__ = ["BatchResult", "CleanResult", "Store", "is_dsn"]
+
+
+def is_dsn(db: Path | str) -> bool:
+    """Whether `--db` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return str(db).startswith(("postgresql://", "postgres://"))
+
 
 # The most items one job.submit_batch may carry: all are written in ONE transaction.
 MAX_BATCH_ITEMS = 100_000
@@ -66,8 +72,10 @@ class BatchResult:
 class Store:
     """The database and its sub-APIs."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool, node: str = "local") -> None:
         self.pool = pool
+        self.backend = pool.backend
+        self.node = node
         self.actions = ActionsApi(pool)
         self.jobs = JobsApi(pool, self.actions)
         self.runs = RunsApi(pool)
@@ -78,9 +86,14 @@ class Store:
         self.schedules = SchedulesApi(pool)
 
     @classmethod
-    async def open(cls, path: Path, readers: int = 4) -> Store:
-        """Open (creating and migrating) the database at `path`."""
-        return cls(await Pool.open(path, readers))
+    async def open(cls, db: Path | str, readers: int = 4, node: str = "local") -> Store:
+        """Open (creating and migrating) the database: a SQLite file, or a PostgreSQL URL;
+        `node` names this daemon among those sharing the database."""
+        if is_dsn(db):
+            from hero_procd.store.postgres import PgPool  # psycopg only when asked for
+
+            return cls(await PgPool.open(str(db), readers), node)
+        return cls(await Pool.open(Path(db), readers), node)
 
     async def close(self) -> None:
         """Checkpoint and close every connection."""
@@ -145,7 +158,10 @@ class Store:
     async def reclaim_space(self, pages: int) -> tuple[int, int]:
         """Give up to `pages` free pages back to the file system; (pages freed, page size)."""
 
-        def unit(conn: Conn) -> tuple[int, int]:
+        if self.backend != "sqlite":
+            return 0, 0  # PostgreSQL's autovacuum reclaims space
+
+        def unit(conn: Any) -> tuple[int, int]:
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             if before:
@@ -158,6 +174,8 @@ class Store:
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database and cut it back (to journal_size_limit)."""
+        if self.backend != "sqlite":
+            return
         await self.pool.maintenance(
             lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         )

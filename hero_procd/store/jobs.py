@@ -31,7 +31,7 @@ from hero_procd.model import (
 )
 from hero_procd.offload import offload
 from hero_procd.store.actions import ActionsApi, actions_by_name
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store.pool import Conn, DbPool, chunks, is_postgres
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job, job_wire
 from hero_procd.store.runs import insert_run, refresh_status
@@ -71,6 +71,9 @@ class TaggedSelection:
 
 def allocate_ids(conn: Conn, table: str, n: int) -> list[int]:
     """Reserve n ids of an AUTOINCREMENT table; only valid inside a write transaction."""
+    if is_postgres(conn):
+        # Other nodes take ids meanwhile: each is drawn from the table's sequence.
+        return [int(r[0]) for r in conn.execute(Q["ids_allocate_pg"], (table, n)).fetchall()]
     row = conn.execute(Q["seq_get"], (table,)).fetchone()
     base = int(row[0]) if row is not None else 0
     return list(range(base + 1, base + n + 1))
@@ -496,7 +499,7 @@ def _finalised(req: JobRequest) -> JobRequest:
 class JobsApi:
     """The engine's and the RPC's door to jobs: reads on readers, writes as units."""
 
-    def __init__(self, pool: Pool, actions: ActionsApi) -> None:
+    def __init__(self, pool: DbPool, actions: ActionsApi) -> None:
         self.pool = pool
         self.actions = actions
 

@@ -8,11 +8,11 @@ are counted per owner (`log_owners.dropped`).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store import pool as pool_mod
+from hero_procd.store.pool import Conn, DbPool, chunks
 from hero_procd.store.queries import Q, with_marks
 
 
@@ -105,7 +105,7 @@ def write_batch(
             conn.execute("SAVEPOINT line")
             try:
                 append(conn, [row])
-            except sqlite3.IntegrityError:
+            except pool_mod.INTEGRITY_ERRORS:
                 conn.execute("ROLLBACK TO line")
                 key = (row[0], row[1])
                 refused[key] = refused.get(key, 0) + 1
@@ -120,7 +120,7 @@ def write_batch(
 class LogsApi:
     """Reads and writes of `log_lines` and `log_owners`."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def insert_many(self, lines: Sequence[LogLine]) -> int:

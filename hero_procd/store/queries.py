@@ -13,8 +13,9 @@ from importlib import resources
 _HEADER = re.compile(r"^-- ([a-z_0-9]+) --$", re.MULTILINE)
 
 
-def _load() -> dict[str, str]:
-    text = resources.files("hero_procd.store").joinpath("queries.sql").read_text("utf-8")
+def load(filename: str = "queries.sql") -> dict[str, str]:
+    """The named blocks of one .sql file of this package."""
+    text = resources.files("hero_procd.store").joinpath(filename).read_text("utf-8")
     parts = _HEADER.split(text)
     out: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
@@ -23,7 +24,7 @@ def _load() -> dict[str, str]:
     return out
 
 
-Q: dict[str, str] = _load()
+Q: dict[str, str] = load()
 
 
 def with_marks(name: str, n: int) -> str:

@@ -4,6 +4,10 @@
 -- The last id handed out for an AUTOINCREMENT table (ids are never reused).
 SELECT seq FROM sqlite_sequence WHERE name = ?
 
+-- ids_allocate_pg --
+-- PostgreSQL only: n new ids of a table, from its sequence (other nodes draw meanwhile).
+SELECT nextval(pg_get_serial_sequence(?, 'id')) FROM generate_series(1, ?)
+
 -- count_rows_actions --
 -- Row count of actions.
 SELECT count(*) FROM actions
@@ -55,11 +59,11 @@ VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?)
 
 -- job_tag_insert --
 -- One tag of a job.
-INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?, ?)
+INSERT INTO job_tags (tag, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING
 
 -- job_dep_insert --
 -- One dependency edge between jobs of a run.
-INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)
+INSERT INTO job_deps (job_id, depends_on) VALUES (?, ?) ON CONFLICT DO NOTHING
 
 -- job_get --
 -- One job by id, with the count of its log lines dropped.
@@ -358,7 +362,7 @@ INSERT INTO schedules (name, cron, tz, target, overlap, paused, next_fire_at, cr
 VALUES (:name, :cron, :tz, :target, :overlap, :paused, :next_fire_at, :now, :now)
 ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz, target = excluded.target,
     overlap = excluded.overlap, paused = excluded.paused, next_fire_at = excluded.next_fire_at,
-    queued = CASE WHEN excluded.overlap = 'queue' THEN queued ELSE 0 END,
+    queued = CASE WHEN excluded.overlap = 'queue' THEN schedules.queued ELSE 0 END,
     updated_at = excluded.updated_at
 RETURNING *
 

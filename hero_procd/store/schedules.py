@@ -11,7 +11,7 @@ import orjson
 from hero_procd.errors import NotFound
 from hero_procd.model import job_request_from, now
 from hero_procd.store.jobs import insert_many, resolve, write_run
-from hero_procd.store.pool import Conn, Pool, Row
+from hero_procd.store.pool import Conn, DbPool, Row
 from hero_procd.store.queries import Q
 
 
@@ -82,7 +82,7 @@ class SchedulesApi:
     # transaction, guarded by the slot they replace.
     """Reads and writes of the `schedules` table."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def upsert(

@@ -6,14 +6,14 @@ from typing import Any
 
 from hero_procd.errors import NotFound
 from hero_procd.model import now
-from hero_procd.store.pool import Pool, chunks
+from hero_procd.store.pool import DbPool, chunks
 from hero_procd.store.queries import Q, with_marks
 
 
 class SecretsApi:
     """Reads and writes of the `secrets` table. Values never leave through logs or errors."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def set(self, name: str, value: str) -> None:

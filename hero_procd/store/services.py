@@ -11,7 +11,7 @@ import orjson
 from hero_procd.errors import InvalidParams, NotFound
 from hero_procd.model import now
 from hero_procd.store.logs import delete_owner_lines
-from hero_procd.store.pool import Conn, Pool
+from hero_procd.store.pool import Conn, DbPool
 from hero_procd.store.queries import Q
 from hero_procd.store.records import Service, status_from_row
 
@@ -24,7 +24,7 @@ CycleCheck = Callable[[dict[str, list[str]]], "list[str] | None"]
 class ServicesApi:
     """Reads and writes of `services` and `service_events`."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def define(

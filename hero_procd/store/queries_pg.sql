@@ -1,0 +1,87 @@
+-- PostgreSQL's texts of the statements of queries.sql whose SQLite text it does not run.
+-- Same blocks and names; placeholders stay in SQLite's style (`?`, `:name`) and are
+-- translated with every other statement (store/postgres.py). Every other statement of
+-- queries.sql runs on PostgreSQL as written.
+
+-- action_list_by_tag --
+-- Actions carrying a tag, by name.
+SELECT name, spec, tags, created_at, updated_at FROM actions
+WHERE EXISTS (SELECT 1 FROM jsonb_array_elements_text(CAST(actions.tags AS jsonb)) AS t(value)
+              WHERE t.value = ?)
+ORDER BY name
+
+-- run_list --
+-- A page of runs in id order, optionally by status and tag.
+SELECT * FROM runs
+WHERE id > :after_id
+  AND (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:tag AS text) IS NULL OR EXISTS (
+      SELECT 1 FROM jsonb_array_elements_text(CAST(runs.tags AS jsonb)) AS t(value)
+      WHERE t.value = :tag))
+ORDER BY id LIMIT :limit
+
+-- job_list --
+-- A page of jobs in id order, optionally by status and run.
+SELECT * FROM jobs
+WHERE id > :after_id
+  AND (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:run_id AS bigint) IS NULL OR run_id = :run_id)
+ORDER BY id LIMIT :limit
+
+-- job_list_by_tag --
+-- A page of jobs carrying a tag, in id order, optionally by status and run.
+SELECT j.* FROM job_tags t JOIN jobs j ON j.id = t.job_id
+WHERE t.tag = :tag AND t.job_id > :after_id
+  AND (CAST(:status AS text) IS NULL OR j.status = :status)
+  AND (CAST(:run_id AS bigint) IS NULL OR j.run_id = :run_id)
+ORDER BY t.job_id LIMIT :limit
+
+-- job_claim_candidates --
+-- Queued jobs ready to run, best first; rows another node is claiming are skipped.
+SELECT id, grp FROM jobs
+WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+ORDER BY priority DESC, id LIMIT ?
+FOR UPDATE SKIP LOCKED
+
+-- job_claim_candidates_excluding --
+-- The same, leaving out the groups that are at their limit (the first parameter is the time).
+SELECT id, grp FROM jobs
+WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (grp IS NULL OR grp NOT IN ({marks}))
+ORDER BY priority DESC, id LIMIT ?
+FOR UPDATE SKIP LOCKED
+
+-- run_status_counts --
+-- Per run: how many of its jobs are in each state (to derive the run's status).
+SELECT run_id,
+       count(*) AS total,
+       count(*) FILTER (WHERE status = 'queued') AS queued,
+       count(*) FILTER (WHERE status = 'running') AS running,
+       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+       count(*) FILTER (WHERE attempt > 0 OR status NOT IN ('queued', 'running')) AS started,
+       max(finished_at) AS last_finished
+FROM jobs WHERE run_id IN ({marks}) GROUP BY run_id
+
+-- run_set_status --
+-- Store a run's derived status.
+UPDATE runs SET status = ?, finished_at = ?
+WHERE id = ? AND (status != ? OR finished_at IS DISTINCT FROM CAST(? AS double precision))
+
+-- schedule_fired --
+-- Record a fire and the next fire, only if nobody fired that slot meanwhile (any node).
+UPDATE schedules SET last_fire_at = :at,
+    next_fire_at = CASE WHEN :forced = 1 THEN next_fire_at
+                        ELSE CAST(:next_fire_at AS double precision) END,
+    last_job_id = coalesce(CAST(:job_id AS bigint), last_job_id),
+    last_run_id = coalesce(CAST(:run_id AS bigint), last_run_id),
+    fires = fires + :fired, skipped = skipped + :skipped, queued = queued + :queued
+WHERE name = :name
+  AND (:forced = 1 OR next_fire_at IS NOT DISTINCT FROM CAST(:expected AS double precision))
+
+-- log_owner_bump --
+-- Advance an owner's sequence high-water mark and add lines dropped, as lines are written.
+INSERT INTO log_owners (owner_kind, owner_id, last_seq, dropped) VALUES (?, ?, ?, ?)
+ON CONFLICT (owner_kind, owner_id) DO UPDATE
+SET last_seq = greatest(log_owners.last_seq, excluded.last_seq),
+    dropped = log_owners.dropped + excluded.dropped
