@@ -12,6 +12,7 @@ from hero_procd.config import Config
 from hero_procd.store import Store
 
 if TYPE_CHECKING:
+    from hero_procd.engine.cluster import Node
     from hero_procd.engine.executor import Executor
     from hero_procd.engine.janitor import Janitor
     from hero_procd.engine.scheduler import Scheduler
@@ -43,6 +44,7 @@ class App:
     supervisor: Supervisor | None = None
     scheduler: Scheduler | None = None
     janitor: Janitor | None = None
+    node: Node | None = None
 
     @property
     def jobs(self) -> Executor:

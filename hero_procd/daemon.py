@@ -29,6 +29,7 @@ import orjson
 from hero_procd import __version__
 from hero_procd.app import App
 from hero_procd.config import Config
+from hero_procd.engine.cluster import Node
 from hero_procd.engine.executor import Executor
 from hero_procd.engine.janitor import Janitor
 from hero_procd.engine.scheduler import Scheduler
@@ -190,9 +191,14 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         # Only now may children run: the daemon can be reached to see and stop them.
         stage = "starting the executor"
         app.executor = Executor(app)
+        # The node stops after the executor: it heartbeats while the attempts are ended.
+        app.node = Node(app)
+        teardown.push("node", app.node.stop)
         teardown.push("executor", app.executor.stop)
         teardown.push("waits", app.executor.answer_waits)
         await app.executor.start()  # recovery first: no process of a previous daemon survives
+        stage = f"joining the nodes as {config.node}"
+        await app.node.start()
         stage = "starting the supervisor"
         app.supervisor = Supervisor(
             app, app.executor.flusher, app.executor.spawner, app.executor.instance

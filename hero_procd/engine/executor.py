@@ -297,7 +297,7 @@ class Executor:
     def _on_timeout(self, rj: RunningJob) -> None:
         self._terminate(rj, "timed_out")
 
-    def _terminate(self, rj: RunningJob, reason: str) -> None:
+    def _terminate(self, rj: RunningJob, reason: str, grace_s: float | None = None) -> None:
         """SIGTERM to the job's process group, SIGKILL after its kill timeout.
 
         The first reason sticks (a cancel is not turned into an interruption by a
@@ -318,6 +318,8 @@ class Executor:
         procs.signal_group(child.pid, signal.SIGTERM)
         grace = rj.claim.spec.kill_timeout_s
         grace = 5.0 if grace is None else grace
+        if grace_s is not None:
+            grace = min(grace, grace_s)
         loop = asyncio.get_running_loop()
         rj.handles.append(loop.call_later(grace, self._kill, rj))
 
@@ -399,9 +401,20 @@ class Executor:
             job = await self.jobs.get(job_id)  # it may have finished meanwhile
             if job.status in TERMINAL_JOB_STATES:
                 return job
-            await asyncio.wait(
-                [fut, stopped], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            deadline = time.monotonic() + timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                # On a shared database another node may end the job: a NOTIFY wakes this
+                # waiter, and a look once a second covers a missed one.
+                step = left if self.store.backend == "sqlite" else min(left, 1.0)
+                await asyncio.wait(
+                    [fut, stopped], timeout=step, return_when=asyncio.FIRST_COMPLETED
+                )
+                if fut.done() or stopped.done() or time.monotonic() >= deadline:
+                    break
+                job = await self.jobs.get(job_id)
+                if job.status in TERMINAL_JOB_STATES:
+                    return job
         finally:
             stopped.cancel()
             waiters = self._waiters.get(job_id)
@@ -457,6 +470,26 @@ class Executor:
         self._paused = max(0, self._paused - 1)
         self.wake()
 
+    def lease_lost(self, grace_s: float) -> None:
+        """This node lost its lease: stop claiming (until `resume()`) and terminate every
+        running attempt within `grace_s` (each ends `interrupted`: queued again, the attempt
+        not counted, once its end can be written — unless a live node settled it first)."""
+        self._paused += 1
+        for rj in list(self.running.values()):
+            self._terminate(rj, "interrupted", grace_s=grace_s)
+
+    def cancel_asked(self, job_ids: list[int]) -> None:
+        """Stop the attempts of ours whose cancel was asked, possibly through another node
+        (the intent is in the database; its end reads it)."""
+        for job_id in job_ids:
+            rj = self.running.get(job_id)
+            if rj is not None and rj.terminated_for is None:
+                self._terminate(rj, "cancelled")
+
+    def notify_all(self) -> None:
+        """Wake every waiter to look at its job again (too many ended to name them)."""
+        self.notify(list(self._waiters))
+
     def _max_kill_timeout(self) -> float:
         values = [rj.claim.spec.kill_timeout_s or 5.0 for rj in self.running.values()]
         return max(values, default=5.0)
@@ -476,7 +509,9 @@ class Executor:
     # -- crash recovery ------------------------------------------------------------
     async def recover(self) -> None:
         """Settle jobs a previous daemon left running; no process of theirs survives."""
-        rows = await self.jobs.running_rows()
+        # On a shared database only this node's attempts are ours to recover (the others'
+        # belong to live nodes, or to the dead-node sweep).
+        rows = await self.jobs.running_rows(mine=self.store.backend != "sqlite")
         groups: set[int] = set()
         for r in rows:
             pid, started = r["pid"], r["pid_start_time"]

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.groups import GroupsApi
 from hero_procd.store.jobs import JobsApi, Settled, write_run
 from hero_procd.store.logs import LogsApi, delete_owners
+from hero_procd.store.nodes import NodesApi
 from hero_procd.store.pool import Conn, DbPool, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.runs import RunsApi, delete_empty
@@ -77,13 +78,14 @@ class Store:
         self.backend = pool.backend
         self.node = node
         self.actions = ActionsApi(pool)
-        self.jobs = JobsApi(pool, self.actions)
+        self.jobs = JobsApi(pool, self.actions, node)
         self.runs = RunsApi(pool)
         self.services = ServicesApi(pool)
         self.logs = LogsApi(pool)
         self.groups = GroupsApi(pool)
         self.secrets = SecretsApi(pool)
         self.schedules = SchedulesApi(pool)
+        self.nodes = NodesApi(pool, node)
 
     @classmethod
     async def open(cls, db: Path | str, readers: int = 4, node: str = "local") -> Store:
@@ -98,6 +100,13 @@ class Store:
     async def close(self) -> None:
         """Checkpoint and close every connection."""
         await self.pool.close()
+
+    async def listen(self, on_message: Callable[[str], None]) -> None:
+        """Deliver the other nodes' wake-ups (see store/notify.py) until cancelled; returns at
+        once on SQLite, where there is no other node."""
+        listen = getattr(self.pool, "listen", None)
+        if listen is not None:
+            await listen(on_message)
 
     async def submit_run(
         self, name: str | None, tags: list[str], jobs: list[JobRequest]

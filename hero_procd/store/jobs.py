@@ -31,6 +31,7 @@ from hero_procd.model import (
 )
 from hero_procd.offload import offload
 from hero_procd.store.actions import ActionsApi, actions_by_name
+from hero_procd.store.notify import notify
 from hero_procd.store.pool import Conn, DbPool, chunks, is_postgres
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job, job_wire
@@ -137,6 +138,7 @@ def insert_many(
     assert cur.rowcount == len(rows), "every job row must be written"
     if tag_rows:
         conn.executemany(Q["job_tag_insert"], tag_rows)
+    notify(conn, "jobs")
     return ids
 
 
@@ -190,7 +192,12 @@ def settle(conn: Conn, finished: Sequence[tuple[int, str, int | None]], at: floa
     runs.update(r for _, r in skipped if r is not None)
     if runs:
         refresh_status(conn, runs)
-    return Settled([j for j, _ in terminal] + [j for j, _ in skipped], sorted(runs))
+    done = [j for j, _ in terminal] + [j for j, _ in skipped]
+    if done:
+        notify(conn, "done", done)
+    if any(s == JobStatus.QUEUED for _, s, _ in finished):
+        notify(conn, "jobs")
+    return Settled(done, sorted(runs))
 
 
 # -- one attempt's end --------------------------------------------------------------
@@ -307,6 +314,7 @@ def request_cancel(conn: Conn, job_id: int, reason: str = "cancelled") -> Cancel
         return CancelOutcome("cancelled", settled)
     if row["status"] == JobStatus.RUNNING:
         conn.execute(Q["job_request_cancel"], (job_id,))
+        notify(conn, "cancel", [job_id])
         return CancelOutcome("cancelling", Settled([], []))
     raise InvalidState("job has already finished", {"id": job_id, "status": row["status"]})
 
@@ -349,16 +357,27 @@ class GroupRoom:
     room: dict[str, int]
 
 
-def claim(conn: Conn, n: int, token: str, groups: GroupRoom, at: float) -> list[ClaimedJob]:
-    """Claim up to n ready jobs (priority, then age) within group limits (a unit)."""
+def claim(
+    conn: Conn, n: int, token: str, groups: GroupRoom, at: float, node: str = "local"
+) -> list[ClaimedJob]:
+    """Claim up to n ready jobs (priority, then age) within group limits, for `node` (a unit).
+
+    On PostgreSQL other nodes claim too: rows being claimed are skipped (SKIP LOCKED), and
+    when groups have limits the claims take turns and count every node's running attempts.
+    """
+    if is_postgres(conn) and conn.execute(Q["group_any"]).fetchone()[0]:
+        # Limits are cluster-wide (another node may have set one this node has not seen).
+        conn.execute(Q["claim_lock_pg"]).fetchall()
+        room_now = {r[0]: int(r[1]) for r in conn.execute(Q["group_room"]).fetchall()}
+        groups = GroupRoom(full={g for g, r in room_now.items() if r <= 0}, room=room_now)
     full = sorted(groups.full)
     scan = n * 2 + 16
     if full:
         sql = with_marks("job_claim_candidates_excluding", len(full))
-        params: tuple[Any, ...] = (at, *full, scan)
+        params: tuple[Any, ...] = (at, node, *full, scan)
     else:
         sql = Q["job_claim_candidates"]
-        params = (at, scan)
+        params = (at, node, scan)
     candidates = conn.execute(sql, params).fetchall()
     room = dict(groups.room)
     chosen: list[int] = []
@@ -372,7 +391,7 @@ def claim(conn: Conn, n: int, token: str, groups: GroupRoom, at: float) -> list[
             break
     if not chosen:
         return []
-    rows = conn.execute(with_marks("job_claim", len(chosen)), (token, at, *chosen)).fetchall()
+    rows = conn.execute(with_marks("job_claim", len(chosen)), (token, node, at, *chosen)).fetchall()
     out = [
         ClaimedJob(
             id=r["id"],
@@ -395,8 +414,10 @@ def claim(conn: Conn, n: int, token: str, groups: GroupRoom, at: float) -> list[
     return out
 
 
-def recover(conn: Conn, rows: Sequence[sqlite3.Row]) -> tuple[Settled, int]:
-    """Settle jobs a previous daemon left running (a unit); (settled, how many were lost)."""
+def recover(
+    conn: Conn, rows: Sequence[sqlite3.Row], cause: str = "the daemon stopped"
+) -> tuple[Settled, int]:
+    """Settle jobs a previous daemon (or a dead node) left running (a unit); (settled, lost)."""
     at = now()
     finished: list[tuple[int, str, int | None]] = []
     lost = 0
@@ -405,11 +426,11 @@ def recover(conn: Conn, rows: Sequence[sqlite3.Row]) -> tuple[Settled, int]:
         if state is None or state["status"] != JobStatus.RUNNING:
             continue
         if state["cancel_requested"]:
-            status, error, delta = JobStatus.CANCELLED, "cancelled (daemon stopped)", 0
+            status, error, delta = JobStatus.CANCELLED, f"cancelled ({cause})", 0
         elif state["attempt"] < state["max_attempts"]:
-            status, error, delta = JobStatus.QUEUED, "lost when the daemon stopped; retrying", 0
+            status, error, delta = JobStatus.QUEUED, f"lost when {cause}; retrying", 0
         else:
-            status, error, delta = JobStatus.LOST, "lost when the daemon stopped", 0
+            status, error, delta = JobStatus.LOST, f"lost when {cause}", 0
         key = state["dedup_key"]
         if status == JobStatus.QUEUED and key is not None and _key_taken(conn, key, r["id"]):
             status, error = JobStatus.CANCELLED, _SUPERSEDED
@@ -499,9 +520,10 @@ def _finalised(req: JobRequest) -> JobRequest:
 class JobsApi:
     """The engine's and the RPC's door to jobs: reads on readers, writes as units."""
 
-    def __init__(self, pool: DbPool, actions: ActionsApi) -> None:
+    def __init__(self, pool: DbPool, actions: ActionsApi, node: str = "local") -> None:
         self.pool = pool
         self.actions = actions
+        self.node = node
 
     async def submit(self, request: JobRequest) -> int:
         """Queue one job (group-committed with concurrent submits); its id."""
@@ -518,7 +540,7 @@ class JobsApi:
         """Claim up to n ready jobs, as of `at` (default: when the unit runs, so a job
         committed just before in the same group is never started before it was created)."""
         return await self.pool.write(
-            lambda conn: claim(conn, n, token, groups, now() if at is None else at)
+            lambda conn: claim(conn, n, token, groups, now() if at is None else at, self.node)
         )
 
     async def set_pid(self, job_id: int, token: str, pid: int, start_time: float | None) -> bool:
@@ -545,6 +567,8 @@ class JobsApi:
             running = [r[0] for r in conn.execute(Q["job_running_ids_of_run"], (run_id,))]
             for job_id in running:
                 conn.execute(Q["job_request_cancel"], (job_id,))
+            if running:
+                notify(conn, "cancel", running)
             finished = [(r[0], str(JobStatus.CANCELLED), r[1]) for r in rows]
             settled = settle(conn, finished, at)
             if not finished:
@@ -557,9 +581,16 @@ class JobsApi:
         """Settle jobs a previous daemon left running."""
         return await self.pool.write(lambda c: recover(c, rows))
 
-    async def running_rows(self) -> list[sqlite3.Row]:
-        """Jobs the database says are running."""
+    async def running_rows(self, mine: bool = False) -> list[sqlite3.Row]:
+        """Jobs the database says are running (`mine`: those of this node, or of no node)."""
+        if mine:
+            return await self.pool.fetch_all(Q["job_running_mine"], (self.node,))
         return await self.pool.fetch_all(Q["job_running_all"])
+
+    async def cancel_requested_mine(self) -> list[int]:
+        """This node's running attempts whose cancel was asked (through any node)."""
+        rows = await self.pool.fetch_all(Q["job_cancel_requested_of_node"], (self.node,))
+        return [int(r[0]) for r in rows]
 
     async def next_ready_at(self, at: float) -> float | None:
         """When the earliest job in backoff becomes ready, if any."""

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql as psql
 from psycopg.adapt import Loader
 from psycopg.pq import TransactionStatus
 
@@ -365,6 +366,24 @@ class PgPool:
     async def write(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(conn)` as one unit of the next group transaction; its result, committed."""
         return await self.writer.run(fn)
+
+    async def listen(self, on_message: Callable[[str], None]) -> None:
+        """Deliver each NOTIFY of this schema's channel until cancelled, reconnecting when the
+        database went away (and saying 'jobs' after each connect: some may have been missed)."""
+        channel = psql.Identifier(f"hero_proc:{self.schema}")
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn, **_connect_kwargs(self.schema)
+                )
+                async with conn:
+                    await conn.execute(psql.SQL("LISTEN {}").format(channel))
+                    on_message("jobs")
+                    async for note in conn.notifies():
+                        on_message(note.payload)
+            except psycopg.Error as exc:
+                log.warning("listening for other nodes failed; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
 
     async def maintenance(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(conn)` on the writer outside any transaction."""

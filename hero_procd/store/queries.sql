@@ -197,18 +197,21 @@ DELETE FROM log_lines WHERE owner_kind = ? AND owner_id IN ({marks})
 -- (3 ms a claim with 10,000 queued, against 0.03 ms).
 SELECT id, grp FROM jobs INDEXED BY jobs_claim
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (pin_node IS NULL OR pin_node = ?)
 ORDER BY priority DESC, id LIMIT ?
 
 -- job_claim_candidates_excluding --
--- The same, leaving out the groups that are at their limit (the first parameter is the time).
+-- The same, leaving out the groups that are at their limit (the first parameters: time, node).
 SELECT id, grp FROM jobs INDEXED BY jobs_claim
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (pin_node IS NULL OR pin_node = ?)
   AND (grp IS NULL OR grp NOT IN ({marks}))
 ORDER BY priority DESC, id LIMIT ?
 
 -- job_claim --
 -- Claim a chunk of queued jobs for one executor: running, with its token, one more attempt.
-UPDATE jobs SET status = 'running', claim_token = ?, attempt = attempt + 1, started_at = ?,
+UPDATE jobs SET status = 'running', claim_token = ?, node = ?, attempt = attempt + 1,
+                started_at = ?,
                 finished_at = NULL, pid = NULL, pid_start_time = NULL, exit_code = NULL,
                 signal = NULL, error = NULL
 WHERE id IN ({marks}) AND status = 'queued'
@@ -503,3 +506,66 @@ SELECT id FROM jobs WHERE id = :job_id AND status IN ('queued', 'running')
 UNION
 SELECT id FROM jobs WHERE run_id = :run_id AND status IN ('queued', 'running')
 ORDER BY id
+
+-- notify_pg --
+-- PostgreSQL only: tell the other nodes (LISTEN "hero_proc:<schema>") at commit.
+SELECT pg_notify('hero_proc:' || current_schema(), ?)
+
+-- node_register --
+-- Write or revive this node's row, heartbeating now.
+INSERT INTO nodes (name, version, pid, started_at, heartbeat_at, state)
+VALUES (:name, :version, :pid, :now, :now, 'alive')
+ON CONFLICT (name) DO UPDATE SET version = excluded.version, pid = excluded.pid,
+    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, state = 'alive'
+
+-- node_heartbeat --
+-- Renew a live node's heartbeat (a node declared dead must register again).
+UPDATE nodes SET heartbeat_at = :now WHERE name = :name AND state = 'alive'
+
+-- node_stopped --
+-- A node stopped gracefully.
+UPDATE nodes SET state = 'stopped' WHERE name = ?
+
+-- node_list --
+-- Every node, the age of its heartbeat and how many jobs it runs.
+SELECT n.name, n.version, n.pid, n.started_at, n.state, :now - n.heartbeat_at AS age,
+       (SELECT count(*) FROM jobs j WHERE j.node = n.name AND j.status = 'running') AS running
+FROM nodes n ORDER BY n.name
+
+-- node_mark_dead --
+-- Declare dead the live nodes (other than the sweeper) whose heartbeat is too old.
+UPDATE nodes SET state = 'dead'
+WHERE state = 'alive' AND name != :name AND heartbeat_at < :now - :timeout
+RETURNING name
+
+-- job_running_of_node --
+-- The attempts a node runs.
+SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs
+WHERE status = 'running' AND node = ?
+
+-- job_running_mine --
+-- Jobs left running by this node (a previous daemon of the same node, at start-up).
+SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs
+WHERE status = 'running' AND (node = ? OR node IS NULL)
+
+-- job_cancel_requested_of_node --
+-- A node's running attempts whose cancel was asked (possibly through another node).
+SELECT id FROM jobs WHERE status = 'running' AND node = ? AND cancel_requested = 1
+
+-- claim_lock_pg --
+-- PostgreSQL only: claims within group limits take turns across the nodes.
+SELECT pg_advisory_xact_lock(hashtext('hero_proc.claim:' || current_schema()))
+
+-- node_sweep_lock_pg --
+-- PostgreSQL only: one live node at a time declares others dead (false: another one is).
+SELECT pg_try_advisory_xact_lock(hashtext('hero_proc.sweep:' || current_schema()))
+
+-- group_any --
+-- Whether any concurrency group has a limit.
+SELECT EXISTS (SELECT 1 FROM groups)
+
+-- group_room --
+-- Free slots of every limited group over all nodes (running attempts, whoever runs them).
+SELECT g.name, g.max_parallel - count(j.id) AS room FROM groups g
+LEFT JOIN jobs j ON j.grp = g.name AND j.status = 'running'
+GROUP BY g.name, g.max_parallel

@@ -40,13 +40,15 @@ ORDER BY t.job_id LIMIT :limit
 -- Queued jobs ready to run, best first; rows another node is claiming are skipped.
 SELECT id, grp FROM jobs
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (pin_node IS NULL OR pin_node = ?)
 ORDER BY priority DESC, id LIMIT ?
 FOR UPDATE SKIP LOCKED
 
 -- job_claim_candidates_excluding --
--- The same, leaving out the groups that are at their limit (the first parameter is the time).
+-- The same, leaving out the groups that are at their limit (the first parameters: time, node).
 SELECT id, grp FROM jobs
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (pin_node IS NULL OR pin_node = ?)
   AND (grp IS NULL OR grp NOT IN ({marks}))
 ORDER BY priority DESC, id LIMIT ?
 FOR UPDATE SKIP LOCKED
@@ -85,3 +87,29 @@ INSERT INTO log_owners (owner_kind, owner_id, last_seq, dropped) VALUES (?, ?, ?
 ON CONFLICT (owner_kind, owner_id) DO UPDATE
 SET last_seq = greatest(log_owners.last_seq, excluded.last_seq),
     dropped = log_owners.dropped + excluded.dropped
+
+-- node_register --
+-- Write or revive this node's row, heartbeating now (the database's clock).
+INSERT INTO nodes (name, version, pid, started_at, heartbeat_at, state)
+VALUES (:name, :version, :pid, :now, extract(epoch from clock_timestamp()), 'alive')
+ON CONFLICT (name) DO UPDATE SET version = excluded.version, pid = excluded.pid,
+    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, state = 'alive'
+
+-- node_heartbeat --
+-- Renew a live node's heartbeat (the database's clock).
+UPDATE nodes SET heartbeat_at = extract(epoch from clock_timestamp())
+WHERE name = :name AND state = 'alive'
+
+-- node_list --
+-- Every node, the age of its heartbeat (the database's clock) and how many jobs it runs.
+SELECT n.name, n.version, n.pid, n.started_at, n.state,
+       extract(epoch from clock_timestamp()) - n.heartbeat_at AS age,
+       (SELECT count(*) FROM jobs j WHERE j.node = n.name AND j.status = 'running') AS running
+FROM nodes n ORDER BY n.name
+
+-- node_mark_dead --
+-- Declare dead the live nodes (other than the sweeper) whose heartbeat is too old.
+UPDATE nodes SET state = 'dead'
+WHERE state = 'alive' AND name != :name
+  AND heartbeat_at < extract(epoch from clock_timestamp()) - :timeout
+RETURNING name

@@ -165,10 +165,27 @@ V3 = """
 ALTER TABLE schedules ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
 """
 
+# Nodes (several daemons on one PostgreSQL queue; SQLite has one): each node's heartbeat,
+# the node that runs (ran) a job's attempt, and an optional placement of a job on a node.
+V4 = """
+CREATE TABLE nodes (
+    name          TEXT PRIMARY KEY,
+    version       TEXT NOT NULL,
+    pid           INTEGER,
+    started_at    REAL NOT NULL,
+    heartbeat_at  REAL NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'alive'
+);
+ALTER TABLE jobs ADD COLUMN node TEXT;
+ALTER TABLE jobs ADD COLUMN pin_node TEXT;
+CREATE INDEX jobs_running_node ON jobs (node) WHERE status = 'running';
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, V1),
     (2, V2),
     (3, V3),
+    (4, V4),
 ]
 
 # Every table a wipe empties, children before parents.
