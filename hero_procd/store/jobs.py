@@ -130,6 +130,7 @@ def insert_many(
                 (spec.retries or 0) + 1,
                 len(set(req.depends_on)),
                 ts,
+                req.node,
             )
         )
         if req.tags:

@@ -54,8 +54,8 @@ DELETE FROM actions WHERE name = ?
 -- job_insert --
 -- One new job with an id allocated in the same transaction.
 INSERT INTO jobs (id, run_id, key, action, spec, tags, status, priority, grp, dedup_key,
-                  attempt, max_attempts, not_before, deps_pending, created_at)
-VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?)
+                  attempt, max_attempts, not_before, deps_pending, created_at, pin_node)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?, ?)
 
 -- job_tag_insert --
 -- One tag of a job.

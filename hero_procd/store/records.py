@@ -71,6 +71,8 @@ class Job:
     finished_at: float | None
     cancel_requested: bool = False
     dropped_log_lines: int = 0
+    node: str | None = None
+    pin_node: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -100,6 +102,8 @@ class Job:
             finished_at=row["finished_at"],
             cancel_requested=bool(row["cancel_requested"]),
             dropped_log_lines=row["dropped_log_lines"] if "dropped_log_lines" in row.keys() else 0,  # noqa: SIM118
+            node=row["node"],
+            pin_node=row["pin_node"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +131,8 @@ class Job:
             "finished_at": self.finished_at,
             "cancel_requested": self.cancel_requested,
             "dropped_log_lines": self.dropped_log_lines,
+            "node": self.node,
+            "pin_node": self.pin_node,
         }
 
 
@@ -156,6 +162,8 @@ def job_wire(row: Row) -> dict[str, Any]:
         "finished_at": row["finished_at"],
         "cancel_requested": bool(row["cancel_requested"]),
         "dropped_log_lines": row["dropped_log_lines"] if "dropped_log_lines" in row.keys() else 0,  # noqa: SIM118
+        "node": row["node"],
+        "pin_node": row["pin_node"],
     }
 
 
