@@ -157,3 +157,5 @@ class Node:
             jobs.wake()
         elif kind == "cancel":
             jobs.cancel_asked(ids)
+        elif kind == "schedules" and self.app.scheduler is not None:
+            self.app.scheduler.wake()
