@@ -193,9 +193,7 @@ def test_a_per_second_schedule_on_three_nodes_fires_once_per_second(cluster: Clu
 def test_group_cap_of_2_holds_across_nodes(cluster: Cluster) -> None:
     """30 jobs of group io (cap 2, set through n1) spread over three nodes: never 3 at once."""
     out = cluster.workdir / "io"
-    script = (
-        f'echo "start $(date +%s.%N)" >> {out}; sleep 0.2; echo "end $(date +%s.%N)" >> {out}'
-    )
+    script = f'echo "start $(date +%s.%N)" >> {out}; sleep 0.2; echo "end $(date +%s.%N)" >> {out}'
     c1 = cluster.clients["n1"]
     c1.call("group.set", name="io", max_parallel=2)
     c1.call("job.submit_batch", jobs=[{"script": script, "group": "io"}] * 30)
