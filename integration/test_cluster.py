@@ -1,4 +1,4 @@
-"""Three real daemons (nodes n1–n3, three sockets) sharing one PostgreSQL queue.
+"""Three real daemons (nodes n1 to n3, three sockets) sharing one PostgreSQL queue.
 
 Each test has a schema of its own (tests/pg.py); without PostgreSQL they are
 skipped with one line, or fail under HERO_PROC_REQUIRE_PG=1.
@@ -6,6 +6,7 @@ skipped with one line, or fail under HERO_PROC_REQUIRE_PG=1.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import Counter
@@ -170,7 +171,7 @@ def test_kill_9_of_a_node_its_attempts_recovered_by_the_others_never_twice_at_on
     assert {int(j) for j in by_job} == set(ids)
     for job_id, attempts in by_job.items():
         attempts.sort()
-        for (_, end), (start, _) in zip(attempts, attempts[1:], strict=False):
+        for (_, end), (start, _) in itertools.pairwise(attempts):
             assert start >= end, f"job {job_id} ran twice at once: {attempts}"
 
 
