@@ -163,16 +163,16 @@ def test_kill_9_of_a_node_its_attempts_recovered_by_the_others_never_twice_at_on
     assert not listed["n2"]["alive"] and listed["n2"]["state"] == "dead"
     spans: dict[tuple[str, str], dict[str, float]] = {}
     for line in out.read_text().splitlines():
-        job_id, attempt, what, at = line.split()
-        spans.setdefault((job_id, attempt), {})[what] = float(at)
+        jid, attempt, what, at = line.split()
+        spans.setdefault((jid, attempt), {})[what] = float(at)
     by_job: dict[str, list[tuple[float, float]]] = {}
-    for (job_id, _), s in spans.items():
-        by_job.setdefault(job_id, []).append((s["start"], s.get("end", math.inf)))
+    for (jid, _), s in spans.items():
+        by_job.setdefault(jid, []).append((s["start"], s.get("end", math.inf)))
     assert {int(j) for j in by_job} == set(ids)
-    for job_id, attempts in by_job.items():
+    for jid, attempts in by_job.items():
         attempts.sort()
         for (_, end), (start, _) in itertools.pairwise(attempts):
-            assert start >= end, f"job {job_id} ran twice at once: {attempts}"
+            assert start >= end, f"job {jid} ran twice at once: {attempts}"
 
 
 def test_a_per_second_schedule_on_three_nodes_fires_once_per_second(cluster: Cluster) -> None:
