@@ -71,10 +71,15 @@ def pg_schema(prefix: str = "t") -> Iterator[str]:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+_SAID: list[bool] = []
+
+
 def summary_line() -> str | None:
-    """The one line saying the PostgreSQL tests were skipped, and why."""
-    if not SKIPPED:
+    """The one line saying the PostgreSQL tests were skipped, and why (once per session,
+    whichever conftest asks)."""
+    if not SKIPPED or _SAID:
         return None
+    _SAID.append(True)
     return (
         f"{len(SKIPPED)} PostgreSQL tests skipped: {SKIPPED[0]} "
         "(set HERO_PROC_TEST_PG, or HERO_PROC_REQUIRE_PG=1 to fail instead)"
