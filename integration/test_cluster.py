@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from hero_procd.client import Client
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 from integration.helpers import kill_leftovers, wait_for
+from integration.tcp_proxy import CuttableProxy
 from tests.pg import pg_schema
 
 NODE_TIMEOUT_S = 3.0
@@ -28,11 +31,16 @@ NODES = ("n1", "n2", "n3")
 class Cluster:
     """The three daemons of a test, and a client per node."""
 
-    def __init__(self, workdir: Path, dsn: str, max_parallel: int) -> None:
+    def __init__(
+        self, workdir: Path, dsn: str, max_parallel: int, dsns: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.dsn = dsn
         args = ["--node-timeout", str(NODE_TIMEOUT_S), "--max-parallel", str(max_parallel)]
-        self.procs = {n: DaemonProcess(workdir, extra_args=args, db=dsn, node=n) for n in NODES}
+        self.procs = {
+            n: DaemonProcess(workdir, extra_args=args, db=(dsns or {}).get(n, dsn), node=n)
+            for n in NODES
+        }
         self.clients: dict[str, Client] = {}
 
     def start(self) -> Cluster:
@@ -234,3 +242,97 @@ def test_cancel_and_logs_of_a_job_on_n2_through_n1(cluster: Cluster) -> None:
     waited = c3.call("job.wait", id=job_id, timeout_s=20)
     assert waited["status"] == "cancelled", waited
     assert time.monotonic() - began < 5.0
+
+
+def spans_of(path: Path) -> dict[int, list[tuple[float, float, str]]]:
+    """Per job: (start, end, attempt) of each attempt, from the lines the attempts wrote."""
+    seen: dict[tuple[int, str], dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        jid, attempt, what, at = line.split()
+        seen.setdefault((int(jid), attempt), {})[what] = float(at)
+    out: dict[int, list[tuple[float, float, str]]] = {}
+    for (jid, attempt), s in seen.items():
+        out.setdefault(jid, []).append((s["start"], s.get("end", math.inf), attempt))
+    for attempts in out.values():
+        attempts.sort()
+    return out
+
+
+def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_them() -> None:
+    """n3 reaches PostgreSQL through a proxy that the test cuts: n3 terminates its attempts
+    within its lease (half the node timeout), the others declare it dead and run them again
+    (never two at once); when the network returns n3 joins again and claims work."""
+    out_name = "cutspans"
+    script = (
+        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N)" >> {{out}}; '
+        f'trap \'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {{out}}; '
+        f"exit 143' TERM; sleep 3 & wait; "
+        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {{out}}'
+    )
+    with pg_schema("cut") as dsn:
+        parts = urlsplit(dsn)
+        target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        proxy = CuttableProxy(target).start()
+        host = (
+            f"{parts.username}@127.0.0.1:{proxy.port}"
+            if parts.username
+            else f"127.0.0.1:{proxy.port}"
+        )
+        via_proxy = urlunsplit(parts._replace(netloc=host))
+        workdir = short_tmpdir()
+        cl = Cluster(workdir, dsn, 4, dsns={"n3": via_proxy})
+        try:
+            cl.start()
+            out = workdir / out_name
+            c1 = cl.clients["n1"]
+            jobs = [{"script": script.format(out=out), "retries": 2}] * 12
+            ids = c1.call("job.submit_batch", jobs=jobs)["submitted"]
+
+            def n3_busy() -> list[int] | None:
+                running = [j for j in all_jobs(c1) if j["status"] == "running"]
+                return [j["id"] for j in running if j["node"] == "n3"] or None
+
+            on_n3 = wait_for(n3_busy, "n3 to run jobs")
+            proxy.cut()
+            cut_at = time.time()
+
+            def taken_over() -> bool | None:
+                by_id = {j["id"]: j for j in all_jobs(c1)}
+                moved = all(by_id[i]["attempt"] >= 2 and by_id[i]["node"] != "n3" for i in on_n3)
+                return True if moved else None
+
+            wait_for(taken_over, "n3's jobs to run elsewhere", timeout_s=NODE_TIMEOUT_S + 10)
+            listed = {n["name"]: n for n in c1.call("node.list")["nodes"]}
+            assert listed["n3"]["state"] == "dead" and not listed["n3"]["alive"]
+            spans = spans_of(out)
+            for jid in on_n3:
+                first, *later = spans[jid]
+                assert first[1] < cut_at + NODE_TIMEOUT_S, (jid, first, cut_at)
+                for (_, end, _), (start, _, _) in itertools.pairwise(spans[jid]):
+                    assert start >= end, f"job {jid} ran twice at once: {spans[jid]}"
+                assert later, spans[jid]
+
+            proxy.restore()
+
+            def n3_back() -> bool | None:
+                nodes = {n["name"]: n for n in c1.call("node.list")["nodes"]}
+                return True if nodes["n3"]["alive"] else None
+
+            wait_for(n3_back, "n3 to join again", timeout_s=30)
+            pinned = c1.call("job.submit", command=["true"], node="n3")["id"]
+            done = c1.call("job.wait", id=pinned, timeout_s=30)
+            assert done["status"] == "succeeded" and done["node"] == "n3", done
+            final = wait_for(lambda: all_succeeded(c1), "every job to succeed", timeout_s=60)
+            assert {j["id"] for j in final} >= set(ids)
+            for jid, attempts in spans_of(out).items():
+                for (_, end, _), (start, _, _) in itertools.pairwise(attempts):
+                    assert start >= end, f"job {jid} ran twice at once: {attempts}"
+        finally:
+            try:
+                cl.close()
+            finally:
+                proxy.close()
+                if os.environ.get("HERO_PROC_KEEP_LOGS"):
+                    print(f"logs kept in {workdir}")
+                else:
+                    cleanup(workdir)

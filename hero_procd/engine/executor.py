@@ -30,7 +30,7 @@ from hero_procd.app import App
 from hero_procd.engine import procs
 from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import InvalidState, NotFound, StorageError
+from hero_procd.errors import HeroError, InvalidState, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
 from hero_procd.store.api import JobStore
 from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
@@ -178,7 +178,14 @@ class Executor:
                     break
                 self._claimed_recently = bool(claimed)
                 if not claimed:
-                    await self._schedule_backoff_wake()
+                    try:
+                        await self._schedule_backoff_wake()
+                    except HeroError:
+                        # The database went away (a cut-off node): look again shortly.
+                        log.warning("could not read the next backoff; retrying shortly")
+                        self._backoff_handle = asyncio.get_running_loop().call_later(
+                            1.0, self.wake
+                        )
                     break
                 for job in claimed:
                     self._spawn_task(self._launch(self.running[job.id]))
