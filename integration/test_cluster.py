@@ -248,11 +248,11 @@ def spans_of(path: Path) -> dict[int, list[tuple[float, float, str]]]:
     """Per job: (start, end, attempt) of each attempt, from the lines the attempts wrote."""
     seen: dict[tuple[int, str], dict[str, float]] = {}
     for line in path.read_text().splitlines():
-        jid, attempt, what, at = line.split()
-        seen.setdefault((int(jid), attempt), {})[what] = float(at)
+        job_text, attempt, what, at = line.split()
+        seen.setdefault((int(job_text), attempt), {})[what] = float(at)
     out: dict[int, list[tuple[float, float, str]]] = {}
-    for (jid, attempt), s in seen.items():
-        out.setdefault(jid, []).append((s["start"], s.get("end", math.inf), attempt))
+    for (jid, att), s in seen.items():
+        out.setdefault(jid, []).append((s["start"], s.get("end", math.inf), att))
     for attempts in out.values():
         attempts.sort()
     return out
@@ -264,10 +264,10 @@ def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_th
     (never two at once); when the network returns n3 joins again and claims work."""
     out_name = "cutspans"
     script = (
-        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N)" >> {{out}}; '
-        f'trap \'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {{out}}; '
-        f"exit 143' TERM; sleep 3 & wait; "
-        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {{out}}'
+        'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N)" >> {out}; '
+        'trap \'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}; '
+        "exit 143' TERM; sleep 3 & wait; "
+        'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}'
     )
     with pg_schema("cut") as dsn:
         parts = urlsplit(dsn)

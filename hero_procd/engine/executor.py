@@ -183,9 +183,7 @@ class Executor:
                     except HeroError:
                         # The database went away (a cut-off node): look again shortly.
                         log.warning("could not read the next backoff; retrying shortly")
-                        self._backoff_handle = asyncio.get_running_loop().call_later(
-                            1.0, self.wake
-                        )
+                        self._backoff_handle = asyncio.get_running_loop().call_later(1.0, self.wake)
                     break
                 for job in claimed:
                     self._spawn_task(self._launch(self.running[job.id]))
