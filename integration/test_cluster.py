@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from hero_procd.client import Client
+from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 from integration.helpers import kill_leftovers, wait_for
 from integration.tcp_proxy import CuttableProxy
@@ -336,3 +337,30 @@ def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_th
                     print(f"logs kept in {workdir}")
                 else:
                     cleanup(workdir)
+
+
+def test_services_stay_on_their_node_and_show_unknown_when_it_dies(cluster: Cluster) -> None:
+    """A service defined for n2 (through n1) is started by n2 only; status_all on any node
+    shows every node's services with their node, and `unknown` once that node is dead."""
+    c1, c2, c3 = (cluster.clients[n] for n in NODES)
+    c1.call("service.define", name="web", command=["sleep", "600"])
+    defined = c1.call("service.define", name="worker", command=["sleep", "600"], node="n2")
+    assert defined["node"] == "n2"
+    with pytest.raises(HeroError) as refused:
+        c1.call("service.start", name="worker")
+    assert refused.value.data == {"name": "worker", "node": "n2"}
+    assert c2.call("service.start", name="worker", wait_s=10)["state"] == "running"
+    assert c1.call("service.start", name="web", wait_s=10)["state"] == "running"
+    every = {s["name"]: s for s in c3.call("service.status_all")["services"]}
+    assert (every["web"]["node"], every["web"]["state"]) == ("n1", "running")
+    assert (every["worker"]["node"], every["worker"]["state"]) == ("n2", "running")
+    cluster.procs["n2"].kill()
+
+    def worker_unknown() -> bool | None:
+        services = {s["name"]: s for s in c3.call("service.status_all")["services"]}
+        return True if services["worker"]["state"] == "unknown" else None
+
+    wait_for(worker_unknown, "n2's service to be unknown", timeout_s=NODE_TIMEOUT_S + 10)
+    services = {s["name"]: s for s in c1.call("service.status_all")["services"]}
+    assert services["web"]["state"] == "running"
+    c1.call("service.stop", name="web")

@@ -17,6 +17,7 @@ from tests.conftest import StoreRunner, write_tx
 
 STATUS_KEYS = {
     "name",
+    "node",
     "state",
     "desired",
     "pid",

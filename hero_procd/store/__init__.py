@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hero_procd.config import default_node
 from hero_procd.errors import InvalidParams, NotFound
 from hero_procd.model import JobRequest, check_run_graph
 from hero_procd.store import jobs as jobs_sql
@@ -73,14 +74,15 @@ class BatchResult:
 class Store:
     """The database and its sub-APIs."""
 
-    def __init__(self, pool: DbPool, node: str = "local") -> None:
+    def __init__(self, pool: DbPool, node: str | None = None) -> None:
+        node = node or default_node()
         self.pool = pool
         self.backend = pool.backend
         self.node = node
         self.actions = ActionsApi(pool)
         self.jobs = JobsApi(pool, self.actions, node)
         self.runs = RunsApi(pool)
-        self.services = ServicesApi(pool)
+        self.services = ServicesApi(pool, node)
         self.logs = LogsApi(pool)
         self.groups = GroupsApi(pool)
         self.secrets = SecretsApi(pool)
@@ -88,7 +90,7 @@ class Store:
         self.nodes = NodesApi(pool, node)
 
     @classmethod
-    async def open(cls, db: Path | str, readers: int = 4, node: str = "local") -> Store:
+    async def open(cls, db: Path | str, readers: int = 4, node: str | None = None) -> Store:
         """Open (creating and migrating) the database: a SQLite file, or a PostgreSQL URL;
         `node` names this daemon among those sharing the database."""
         if is_dsn(db):

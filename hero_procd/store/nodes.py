@@ -98,8 +98,8 @@ class NodesApi:
         ]
 
     async def dead_names(self, timeout_s: float) -> set[str]:
-        """Nodes not alive (heartbeat too old, stopped, or declared dead)."""
-        return {n.name for n in await self.list(timeout_s) if not n.alive}
+        """Nodes that are dead: declared so, or their heartbeat too old (not those stopped)."""
+        return {n.name for n in await self.list(timeout_s) if n.state == "dead"}
 
     async def sweep(self, timeout_s: float) -> DeadNodes:
         """Declare the nodes whose heartbeat is older than `timeout_s` dead and settle their

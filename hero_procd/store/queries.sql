@@ -145,7 +145,8 @@ WHERE id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.run_id = run
 
 -- service_upsert --
 -- Define or redefine a service; its live state is kept.
-INSERT INTO services (name, spec, created_at, updated_at) VALUES (:name, :spec, :now, :now)
+INSERT INTO services (name, spec, node, created_at, updated_at)
+VALUES (:name, :spec, :node, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at
 RETURNING *
 
@@ -164,13 +165,13 @@ DELETE FROM services WHERE name = ?
 -- service_status_all --
 -- The live status of every service in one read.
 SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent
+       memory_bytes, cpu_percent, node
 FROM services ORDER BY name
 
 -- service_status_one --
 -- The live status of one service.
 SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent
+       memory_bytes, cpu_percent, node
 FROM services WHERE name = ?
 
 -- log_insert --
@@ -333,9 +334,14 @@ UPDATE services SET memory_bytes = ?, cpu_percent = ? WHERE name = ?
 UPDATE services SET desired = ?, updated_at = ? WHERE name = ?
 
 -- service_reset_all --
--- At start-up no service process of ours is alive: every live state is stopped.
+-- At start-up no service process of this node is alive: their live states are stopped.
 UPDATE services SET state = 'stopped', pid = NULL, pid_start_time = NULL, health = NULL,
                     memory_bytes = NULL, cpu_percent = NULL, started_at = NULL
+WHERE node = ? OR node IS NULL
+
+-- service_adopt_all --
+-- SQLite has one node: every service is this daemon's (its host name may have changed).
+UPDATE services SET node = ? WHERE node IS NULL OR node != ?
 
 -- secret_set --
 -- Create or replace a secret.

@@ -218,6 +218,7 @@ class Service:
     started_at: float | None
     created_at: float
     updated_at: float
+    node: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Service:
@@ -235,6 +236,7 @@ class Service:
             started_at=row["started_at"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            node=row["node"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -251,16 +253,24 @@ class Service:
             "health_status": self.health,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "node": self.node,
         }
 
 
-def status_from_row(row: Row, now: float) -> dict[str, Any]:
-    """One entry of `service.status_all` from a `service_status_*` row."""
+def status_from_row(
+    row: Row, now: float, dead_nodes: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """One entry of `service.status_all` from a `service_status_*` row; the state of a
+    service whose node is dead is `unknown` (nobody supervises it now)."""
     started = row["started_at"]
-    live = row["state"] in ("starting", "running", "stopping") and started is not None
+    unknown = row["node"] in dead_nodes
+    live = (
+        not unknown and row["state"] in ("starting", "running", "stopping") and started is not None
+    )
     return {
         "name": row["name"],
-        "state": row["state"],
+        "node": row["node"],
+        "state": "unknown" if unknown else row["state"],
         "desired": row["desired"],
         "pid": row["pid"],
         "restarts": row["restarts"],
