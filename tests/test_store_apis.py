@@ -732,3 +732,47 @@ def test_job_wire_is_the_record_as_shown(run_store: StoreRunner) -> None:
         assert fast == slow and len(fast) == 4
 
     run_store(body)
+
+
+def test_submit_batch_of_many_stores_every_job_and_tag(run_store: StoreRunner) -> None:
+    """A batch big enough for PostgreSQL's COPY path: every row, tag and placement stored."""
+    from hero_procd.store import BatchResult
+
+    async def body(store: Store) -> tuple[list[int], int, list[Job], int]:
+        items = [
+            (i, cmd("true", tags=["bulk", "bulk", f"t{i % 3}"], node="n2" if i % 2 else None))
+            for i in range(700)
+        ]
+        res = await store.submit_batch(items, "skip", BatchResult())
+        listed = await store.jobs.list(tag="t1", limit=1000)
+        tags = await count(store.pool, "SELECT count(*) FROM job_tags")
+        return res.submitted, len(listed), listed, tags
+
+    ids, n_t1, listed, tags = run_store(body)
+    assert len(ids) == 700 and ids == sorted(ids) and len(set(ids)) == 700
+    assert n_t1 == len([i for i in range(700) if i % 3 == 1])
+    assert all(j.status == "queued" and j.attempt == 0 and j.tags[0] == "bulk" for j in listed)
+    assert {j.pin_node for j in listed} == {"n2", None}
+    assert tags == 700 * 2
+
+
+def test_a_log_flush_with_a_taken_sequence_fails_whole_then_line_by_line(
+    run_store: StoreRunner,
+) -> None:
+    """A batch (big enough for PostgreSQL's COPY) holding taken seqs is refused as a whole;
+    line by line, the free ones are stored and the taken ones counted per owner."""
+    from hero_procd.store.logs import as_row
+
+    async def body(store: Store) -> tuple[int, dict[tuple[str, str], int], list[int]]:
+        first = [LogLine("job", "1", s, "stdout", 1.0, f"l{s}") for s in range(1, 11)]
+        await store.logs.insert_many(first)
+        rows = [as_row(LogLine("job", "1", s, "stdout", 2.0, f"m{s}")) for s in range(5, 105)]
+        with pytest.raises(Conflict):
+            await store.logs.write_batch(rows, [], [])
+        done = await store.logs.write_batch(rows, [], [], one_by_one=True)
+        stored = await store.logs.read("job", "1", 0, 1000)
+        return done.written, done.refused, [ln.seq for ln in stored]
+
+    written, refused, seqs = run_store(body)
+    assert written == 94 and refused == {("job", "1"): 6}
+    assert seqs == list(range(1, 105))

@@ -103,6 +103,14 @@ def resolve(
     return out
 
 
+# From this many rows, a PostgreSQL insert of jobs goes through COPY (same columns as job_insert).
+_COPY_FROM = 200
+_COPY_COLUMNS = (
+    "id", "run_id", "key", "action", "spec", "tags", "status", "priority", "grp", "dedup_key",
+    "attempt", "max_attempts", "not_before", "deps_pending", "created_at", "pin_node",
+)  # fmt: skip
+
+
 def insert_many(
     conn: Conn, requests: Sequence[JobRequest], run_id: int | None = None
 ) -> builtins.list[int]:
@@ -135,10 +143,21 @@ def insert_many(
         )
         if req.tags:
             tag_rows.extend((tag, job_id) for tag in req.tags)
-    cur = conn.executemany(Q["job_insert"], rows)
-    assert cur.rowcount == len(rows), "every job row must be written"
-    if tag_rows:
-        conn.executemany(Q["job_tag_insert"], tag_rows)
+    if is_postgres(conn) and len(rows) >= _COPY_FROM:
+        # COPY: 50,000 rows in one stream instead of 50,000 pipelined statements.
+        copy = getattr(conn, "copy_rows")  # noqa: B009 (the PostgreSQL connection's own)
+        copy(
+            "jobs",
+            _COPY_COLUMNS,
+            [(*r[:6], "queued", *r[6:9], 0, r[9], 0.0, *r[10:]) for r in rows],
+        )
+        if tag_rows:
+            copy("job_tags", ("tag", "job_id"), sorted(set(tag_rows)))
+    else:
+        cur = conn.executemany(Q["job_insert"], rows)
+        assert cur.rowcount == len(rows), "every job row must be written"
+        if tag_rows:
+            conn.executemany(Q["job_tag_insert"], tag_rows)
     notify(conn, "jobs")
     return ids
 

@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from integration.bench.bench_cli import bench_cli
+from integration.bench.bench_cluster import bench_cluster
 from integration.bench.bench_jobs import bench_logs, bench_throughput
 from integration.bench.bench_latency import bench_clients, bench_ping
 from integration.bench.bench_services import bench_idle, bench_service_start, bench_status_all
@@ -140,6 +141,7 @@ BENCHMARKS: dict[str, Callable[[Sizes], BenchResult]] = {
     "status_all": bench_status_all,
     "cli": bench_cli,
     "idle": bench_idle,
+    "cluster": bench_cluster,
     "soak": bench_soak,
 }
 ON_REQUEST = {"soak"}  # not in the default run: --soak or --only soak
