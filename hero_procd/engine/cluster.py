@@ -13,7 +13,8 @@
 - Wake-ups (PostgreSQL): NOTIFY from the other nodes' units wakes the
   dispatcher (jobs queued), the waiters (jobs ended) and the cancels (a job of
   ours asked to stop through another node); a once-a-second look covers a
-  missed one. On SQLite the node is the only one: the same heartbeat, no wake-ups.
+  missed one. On SQLite the node is the only one: the same heartbeat, no lease, sweep
+  or wake-ups.
 """
 
 from __future__ import annotations
@@ -57,8 +58,10 @@ class Node:
         self.last_ok = time.monotonic()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="node-heartbeat"))
-        self._tasks.append(loop.create_task(self._lease_loop(), name="node-lease"))
         if self.shared:
+            # The lease guards against another node taking our attempts over: SQLite has
+            # none, and a slow disk must not stop its jobs.
+            self._tasks.append(loop.create_task(self._lease_loop(), name="node-lease"))
             self._tasks.append(loop.create_task(self._sweep_loop(), name="node-sweep"))
             self._tasks.append(loop.create_task(self._poll_loop(), name="node-poll"))
             self._tasks.append(

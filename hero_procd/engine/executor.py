@@ -103,6 +103,7 @@ class Executor:
         self._stopped = asyncio.Event()
         self._claimed_recently = False
         self._cancel_pending: set[int] = set()
+        self._claims_in_flight = 0
         self._finishing: set[int] = set()  # ended, their end not yet committed
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -199,7 +200,11 @@ class Executor:
 
     async def _claim(self, n: int) -> list[ClaimedJob]:
         token = secrets.token_hex(8)
-        claimed = await self.jobs.claim(n, token, self._group_room())
+        self._claims_in_flight += 1
+        try:
+            claimed = await self.jobs.claim(n, token, self._group_room())
+        finally:
+            self._claims_in_flight -= 1
         # Registered in the same loop step as the commit is seen: a cancel answered
         # 'cancelling' after this finds the job here, or in _cancel_pending.
         for c in claimed:
@@ -444,7 +449,9 @@ class Executor:
             return  # its process is gone; the end being written reads the intent
         rj = self.running.get(job_id)
         if rj is None:
-            self._cancel_pending.add(job_id)  # claimed, about to be registered
+            if self._claims_in_flight:
+                self._cancel_pending.add(job_id)  # perhaps claimed, about to be registered
+            # else another node runs it: that node stops it (it reads the intent)
         else:
             self._terminate(rj, "cancelled")
 
