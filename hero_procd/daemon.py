@@ -171,7 +171,12 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         await asyncio.to_thread(claim_socket, paths.socket, paths.socket_gid)
 
         stage = f"opening the database {config.db_shown}"
-        store = await Store.open(config.db_url or paths.db, config.readers, node=config.node)
+        store = await Store.open(
+            config.db_url or paths.db,
+            config.readers,
+            node=config.node,
+            node_timeout_s=config.node_timeout_s,
+        )
         teardown.push("store", store.close)
         stage = "loading the OpenRPC document"
         app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))

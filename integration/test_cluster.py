@@ -23,6 +23,7 @@ from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 from integration.helpers import kill_leftovers, wait_for
 from integration.tcp_proxy import CuttableProxy
+from integration.test_cli import hero_proc
 from tests.pg import pg_schema
 
 NODE_TIMEOUT_S = 3.0
@@ -114,6 +115,11 @@ def test_nodes_see_each_other_and_system_info_names_backend_and_node(cluster: Cl
         assert listed["self"] == name
         assert [n["name"] for n in listed["nodes"]] == list(NODES)
         assert all(n["alive"] and n["heartbeat_age_s"] < NODE_TIMEOUT_S for n in listed["nodes"])
+    shown = hero_proc(cluster.procs["n2"].socket_path, "node", "list")
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.splitlines()
+    assert table[0].split() == ["NODE", "VERSION", "HEARTBEAT", "STATE", "RUNNING"]
+    assert [row.split()[:2] for row in table[1:]] == [["n1", "0.1.0"], ["n2", "*"], ["n3", "0.1.0"]]
 
 
 @pytest.mark.max_parallel(16)
@@ -305,7 +311,13 @@ def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_th
             wait_for(taken_over, "n3's jobs to run elsewhere", timeout_s=NODE_TIMEOUT_S + 10)
             listed = {n["name"]: n for n in c1.call("node.list")["nodes"]}
             assert listed["n3"]["state"] == "dead" and not listed["n3"]["alive"]
-            spans = spans_of(out)
+
+            def restarted() -> dict[int, list[tuple[float, float, str]]] | None:
+                # Claimed elsewhere is committed before the new process writes its start.
+                spans = spans_of(out)
+                return spans if all(len(spans[j]) >= 2 for j in on_n3) else None
+
+            spans = wait_for(restarted, "the taken-over attempts to start")
             for jid in on_n3:
                 first, *later = spans[jid]
                 assert first[1] < cut_at + NODE_TIMEOUT_S, (jid, first, cut_at)

@@ -90,13 +90,21 @@ class Store:
         self.nodes = NodesApi(pool, node)
 
     @classmethod
-    async def open(cls, db: Path | str, readers: int = 4, node: str | None = None) -> Store:
+    async def open(
+        cls,
+        db: Path | str,
+        readers: int = 4,
+        node: str | None = None,
+        node_timeout_s: float = 15.0,
+    ) -> Store:
         """Open (creating and migrating) the database: a SQLite file, or a PostgreSQL URL;
         `node` names this daemon among those sharing the database."""
         if is_dsn(db):
             from hero_procd.store.postgres import PgPool  # psycopg only when asked for
 
-            return cls(await PgPool.open(str(db), readers), node)
+            # A node cut off mid-transaction loses its session (and locks) within its lease.
+            idle_tx_s = max(1.0, node_timeout_s / 2)
+            return cls(await PgPool.open(str(db), readers, idle_tx_s), node)
         return cls(await Pool.open(Path(db), readers), node)
 
     async def close(self) -> None:

@@ -74,7 +74,7 @@ class NodesApi:
     async def heartbeat(self) -> bool:
         """Renew this node's heartbeat; False if its row is gone or it was declared dead."""
         params = {"name": self.node, "now": now()}
-        return await self.pool.write(lambda c: c.execute(Q["node_heartbeat"], params).rowcount == 1)
+        return await self.pool.side_write(Q["node_heartbeat"], params) == 1
 
     async def stopped(self) -> None:
         """Mark this node stopped (a graceful stop: nothing of it is left running)."""

@@ -389,6 +389,8 @@ class DbPool(Protocol):
 
     async def write(self, fn: Callable[[Any], T]) -> T: ...
 
+    async def side_write(self, sql: str, params: Any = ()) -> int: ...
+
     async def maintenance(self, fn: Callable[[Any], T]) -> T: ...
 
     def reader(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
@@ -447,6 +449,10 @@ class Pool:
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run `fn(conn)` as one unit of the next group transaction; its result, committed."""
         return await self.writer.run(fn)
+
+    async def side_write(self, sql: str, params: Any = ()) -> int:
+        """One statement, committed; its row count (SQLite has one writer: a unit)."""
+        return await self.writer.run(lambda c: int(c.execute(sql, params).rowcount))
 
     async def maintenance(self, fn: Callable[[Conn], T]) -> T:
         """Run `fn(conn)` on the writer outside any transaction (PRAGMAs that need it)."""

@@ -48,6 +48,9 @@ register_driver(psycopg.Error, psycopg.IntegrityError)
 T = TypeVar("T")
 
 DEFAULT_SCHEMA = "hero_proc"
+# A unit never waits between its statements for anything but this process: a session idle
+# inside a transaction this long belongs to a node cut off mid-unit.
+DEFAULT_IDLE_TX_S = 7.5
 # Seconds a connection attempt may take (a node cut off from the database must notice).
 CONNECT_TIMEOUT_S = 5
 # One key for the migrations of every schema (hashed with the schema name).
@@ -151,8 +154,16 @@ def _configure(conn: Any) -> None:
     conn.adapters.register_loader("numeric", _NumericLoader)
 
 
-def _connect_kwargs(schema: str, *, reader: bool = False) -> dict[str, Any]:
-    options = f"-c search_path={schema}"
+def _connect_kwargs(
+    schema: str, *, reader: bool = False, idle_tx_s: float = DEFAULT_IDLE_TX_S
+) -> dict[str, Any]:
+    # The server drops a session left inside a transaction (a node cut off mid-unit) after
+    # idle_tx_s, so its locks do not stall the other nodes; and it probes idle connections.
+    options = (
+        f"-c search_path={schema}"
+        f" -c idle_in_transaction_session_timeout={int(idle_tx_s * 1000)}"
+        " -c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
+    )
     if reader:
         options += " -c default_transaction_read_only=on"
     return {
@@ -205,8 +216,10 @@ class PgConn:
         return len(rows)
 
 
-def _connect(dsn: str, schema: str) -> psycopg.Connection[Any]:
-    raw: psycopg.Connection[Any] = psycopg.connect(dsn, **_connect_kwargs(schema))
+def _connect(dsn: str, schema: str, idle_tx_s: float) -> psycopg.Connection[Any]:
+    raw: psycopg.Connection[Any] = psycopg.connect(
+        dsn, **_connect_kwargs(schema, idle_tx_s=idle_tx_s)
+    )
     _configure(raw)
     return raw
 
@@ -252,14 +265,15 @@ class PgWriter(Writer):
     # A lone unit runs in a savepoint too, so a deadlock with another node retries it alone.
     SAVEPOINT_ALONE = True
 
-    def __init__(self, dsn: str, schema: str) -> None:
+    def __init__(self, dsn: str, schema: str, idle_tx_s: float) -> None:
         super().__init__(Path(schema))
         self.dsn = dsn
         self.schema = schema
+        self.idle_tx_s = idle_tx_s
 
     def _open_sync(self) -> None:
         try:
-            raw = _connect(self.dsn, self.schema)
+            raw = _connect(self.dsn, self.schema, self.idle_tx_s)
         except psycopg.Error as exc:
             raise StorageError(
                 "could not connect to PostgreSQL", {"detail": str(exc).strip()}
@@ -280,7 +294,7 @@ class PgWriter(Writer):
             try:
                 if conn is not None:
                     conn.raw.close()
-                self._conn = PgConn(_connect(self.dsn, self.schema))
+                self._conn = PgConn(_connect(self.dsn, self.schema, self.idle_tx_s))
             except psycopg.Error as exc:
                 self._conn = conn
                 err = StorageError("the database is unreachable", {"detail": str(exc).strip()})
@@ -332,9 +346,14 @@ class PgPool:
 
     backend = "postgresql"
 
-    def __init__(self, dsn: str, schema: str, writer: PgWriter, readers: int) -> None:
+    def __init__(
+        self, dsn: str, schema: str, writer: PgWriter, readers: int, idle_tx_s: float
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.idle_tx_s = idle_tx_s
+        self._side: psycopg.AsyncConnection[Any] | None = None
+        self._side_lock = asyncio.Lock()
         self.path = Path(schema)
         self.writer = writer
         self._size = max(1, readers)
@@ -344,19 +363,50 @@ class PgPool:
         self._open: list[PgReader] = []
 
     @classmethod
-    async def open(cls, dsn: str, readers: int = 4) -> PgPool:
+    async def open(cls, dsn: str, readers: int = 4, idle_tx_s: float = DEFAULT_IDLE_TX_S) -> PgPool:
         """Connect, migrate (once across nodes), and start the writer."""
         plain, schema = split_dsn(dsn)
-        writer = PgWriter(plain, schema)
+        writer = PgWriter(plain, schema, idle_tx_s)
         try:
             await writer.open()
         except BaseException:
             writer._thread.shutdown(wait=False)
             raise
-        return cls(plain, schema, writer, readers)
+        return cls(plain, schema, writer, readers, idle_tx_s)
+
+    async def side_write(self, sql: str, params: Any = ()) -> int:
+        """One autocommit statement on a connection of its own, not queued behind the
+        writer's units (a heartbeat must not wait for a lock another node holds); its
+        row count."""
+        async with self._side_lock:
+            conn = self._side
+            if conn is None or conn.closed or conn.broken:
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                self._side = None
+                try:
+                    conn = await psycopg.AsyncConnection.connect(
+                        self.dsn, **_connect_kwargs(self.schema, idle_tx_s=self.idle_tx_s)
+                    )
+                except psycopg.Error as exc:
+                    raise StorageError(
+                        "the database is unreachable", {"detail": str(exc).strip()}
+                    ) from exc
+                _configure(conn)
+                self._side = conn
+            try:
+                cur = await conn.execute(to_pg(sql), params)
+            except psycopg.Error as exc:
+                raise translate(exc) from exc
+            return int(cur.rowcount)
 
     async def close(self) -> None:
         """Close the readers; write what is queued and close the writer."""
+        if self._side is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._side.close()
+            self._side = None
         for reader in self._open:
             with contextlib.suppress(psycopg.Error):
                 await reader.raw.close()
