@@ -340,3 +340,30 @@ def test_close_checkpoints_the_wal(db_path: Path) -> None:
     assert before > 0
     assert after == 0
     assert rows == 50
+
+
+def test_postgresql_migrations_run_once_when_nodes_start_together(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three stores opened at once on one new schema: each migration is applied once (the
+    advisory lock), and all three see the same, latest schema."""
+    from tests.pg import pg_schema
+
+    caplog.set_level(logging.INFO, logger="hero_procd.store")
+    with pg_schema("mig") as dsn:
+
+        async def main() -> list[object]:
+            stores = await asyncio.gather(*(Store.open(dsn, node=f"n{i}") for i in range(3)))
+            try:
+                return [await _version(s) for s in stores] + [
+                    await _count(stores[0].pool, "schema_version")
+                ]
+            finally:
+                for s in stores:
+                    await s.close()
+
+        *versions, rows = asyncio.run(main())
+    assert versions == [LAST_VERSION] * 3
+    assert rows == len(MIGRATIONS)
+    applied = [r for r in caplog.records if r.getMessage() == "migrating database"]
+    assert len(applied) == len(MIGRATIONS)
