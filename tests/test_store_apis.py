@@ -776,3 +776,22 @@ def test_a_log_flush_with_a_taken_sequence_fails_whole_then_line_by_line(
     written, refused, seqs = run_store(body)
     assert written == 94 and refused == {("job", "1"): 6}
     assert seqs == list(range(1, 105))
+
+
+def test_an_actions_node_places_its_jobs_unless_the_job_says_otherwise(
+    run_store: StoreRunner,
+) -> None:
+    """action.set `node` is the placement of its jobs; a job's own `node` wins."""
+    from hero_procd.model import CommandSpec as Spec
+
+    async def body(store: Store) -> tuple[str | None, str | None, str | None]:
+        action = await store.actions.upsert("backup", Spec(command=["true"]), [], "db1")
+        from_action = await store.jobs.submit(JobRequest(spec=Spec(), action="backup"))
+        own = await store.jobs.submit(JobRequest(spec=Spec(), action="backup", node="db2"))
+        return (
+            action.node,
+            (await store.jobs.get(from_action)).pin_node,
+            (await store.jobs.get(own)).pin_node,
+        )
+
+    assert run_store(body) == ("db1", "db1", "db2")

@@ -230,7 +230,8 @@ def write_batch(
                 failed.append((index, {"code": err.code, "message": str(err)}))
                 continue
             tags = list(dict.fromkeys([*action.tags, *req.tags]))
-            req = replace(req, spec=req.spec.merged_over(action.spec), tags=tags)
+            node = req.node if req.node is not None else action.node
+            req = replace(req, spec=req.spec.merged_over(action.spec), tags=tags, node=node)
         ready.append((index, req))
     keys = sorted({r.dedup_key for _, r in ready if r.dedup_key is not None})
     held: dict[str, int] = {}

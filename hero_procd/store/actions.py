@@ -17,12 +17,15 @@ class ActionsApi:
     def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
-    async def upsert(self, name: str, spec: CommandSpec, tags: list[str]) -> Action:
-        """Create or replace the action `name`."""
+    async def upsert(
+        self, name: str, spec: CommandSpec, tags: list[str], node: str | None = None
+    ) -> Action:
+        """Create or replace the action `name` (`node`: where its jobs run)."""
         params = {
             "name": name,
             "spec": orjson.dumps(spec.to_dict()).decode(),
             "tags": orjson.dumps(tags).decode(),
+            "node": node,
             "now": now(),
         }
         row = await self.pool.write(lambda c: c.execute(Q["action_upsert"], params).fetchone())

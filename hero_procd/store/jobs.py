@@ -99,7 +99,8 @@ def resolve(
             raise NotFound("action not found", {"field": where, "name": req.action})
         merged = req.spec.merged_over(action.spec)
         tags = list(dict.fromkeys([*action.tags, *req.tags]))
-        out.append(_finalised(replace(req, spec=merged, tags=tags)))
+        node = req.node if req.node is not None else action.node
+        out.append(_finalised(replace(req, spec=merged, tags=tags, node=node)))
     return out
 
 

@@ -23,27 +23,27 @@ SELECT (SELECT count(*) FROM actions)   AS actions,
 
 -- action_upsert --
 -- Create or replace an action by name, keeping its creation time.
-INSERT INTO actions (name, spec, tags, created_at, updated_at)
-VALUES (:name, :spec, :tags, :now, :now)
+INSERT INTO actions (name, spec, tags, node, created_at, updated_at)
+VALUES (:name, :spec, :tags, :node, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tags = excluded.tags,
-                                 updated_at = excluded.updated_at
-RETURNING name, spec, tags, created_at, updated_at
+                                 node = excluded.node, updated_at = excluded.updated_at
+RETURNING name, spec, tags, node, created_at, updated_at
 
 -- action_get --
 -- One action by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions WHERE name = ?
+SELECT name, spec, tags, node, created_at, updated_at FROM actions WHERE name = ?
 
 -- action_get_many --
 -- Several actions by name (resolving the actions of a run in one read).
-SELECT name, spec, tags, created_at, updated_at FROM actions WHERE name IN ({marks})
+SELECT name, spec, tags, node, created_at, updated_at FROM actions WHERE name IN ({marks})
 
 -- action_list --
 -- Every action, by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions ORDER BY name
+SELECT name, spec, tags, node, created_at, updated_at FROM actions ORDER BY name
 
 -- action_list_by_tag --
 -- Actions carrying a tag, by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions
+SELECT name, spec, tags, node, created_at, updated_at FROM actions
 WHERE EXISTS (SELECT 1 FROM json_each(actions.tags) WHERE value = ?)
 ORDER BY name
 

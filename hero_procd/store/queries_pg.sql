@@ -5,7 +5,7 @@
 
 -- action_list_by_tag --
 -- Actions carrying a tag, by name.
-SELECT name, spec, tags, created_at, updated_at FROM actions
+SELECT name, spec, tags, node, created_at, updated_at FROM actions
 WHERE EXISTS (SELECT 1 FROM jsonb_array_elements_text(CAST(actions.tags AS jsonb)) AS t(value)
               WHERE t.value = ?)
 ORDER BY name

@@ -20,6 +20,7 @@ class Action:
     tags: list[str]
     created_at: float
     updated_at: float
+    node: str | None = None  # placement of its jobs (a job's own `node` wins)
 
     @classmethod
     def from_row(cls, row: Row) -> Action:
@@ -30,6 +31,7 @@ class Action:
             tags=orjson.loads(row["tags"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            node=row["node"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -38,6 +40,7 @@ class Action:
             "name": self.name,
             **self.spec.to_dict(),
             "tags": self.tags,
+            "node": self.node,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

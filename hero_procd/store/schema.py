@@ -179,6 +179,7 @@ CREATE TABLE nodes (
 ALTER TABLE jobs ADD COLUMN node TEXT;
 ALTER TABLE jobs ADD COLUMN pin_node TEXT;
 ALTER TABLE services ADD COLUMN node TEXT;
+ALTER TABLE actions ADD COLUMN node TEXT;
 CREATE INDEX jobs_running_node ON jobs (node) WHERE status = 'running';
 """
 
