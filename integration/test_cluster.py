@@ -376,3 +376,15 @@ def test_services_stay_on_their_node_and_show_unknown_when_it_dies(cluster: Clus
     services = {s["name"]: s for s in c1.call("service.status_all")["services"]}
     assert services["web"]["state"] == "running"
     c1.call("service.stop", name="web")
+
+
+def test_on_sqlite_the_daemon_is_the_only_node(daemon: DaemonProcess) -> None:
+    """Same code path on SQLite: one node, this daemon's, heartbeating; jobs record it."""
+    with daemon.client() as c:
+        info = c.call("system.info")
+        assert info["backend"] == "sqlite"
+        listed = c.call("node.list")
+        (only,) = listed["nodes"]
+        assert only["name"] == info["node"] == listed["self"] and only["alive"]
+        job_id = c.call("job.submit", command=["true"])["id"]
+        assert c.call("job.wait", id=job_id, timeout_s=20)["node"] == info["node"]
