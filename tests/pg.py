@@ -19,7 +19,7 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 SKIPPED: list[str] = []
 
 
-def test_dsn() -> str:
+def pg_test_dsn() -> str:
     """The database the tests use."""
     return os.environ.get("HERO_PROC_TEST_PG", DEFAULT_DSN)
 
@@ -32,10 +32,10 @@ def unreachable() -> str | None:
     except ImportError as exc:
         return f"psycopg is not installed ({exc})"
     try:
-        with psycopg.connect(test_dsn(), connect_timeout=3) as conn:
+        with psycopg.connect(pg_test_dsn(), connect_timeout=3) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as exc:
-        return f"PostgreSQL not reachable at {test_dsn()}: {str(exc).strip().splitlines()[0]}"
+        return f"PostgreSQL not reachable at {pg_test_dsn()}: {str(exc).strip().splitlines()[0]}"
     return None
 
 
@@ -65,9 +65,9 @@ def pg_schema(prefix: str = "t") -> Iterator[str]:
     require_pg()
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
-        yield with_schema(test_dsn(), schema)
+        yield with_schema(pg_test_dsn(), schema)
     finally:
-        with psycopg.connect(test_dsn(), autocommit=True) as conn:
+        with psycopg.connect(pg_test_dsn(), autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 from hero_procd.client import Client
+from integration.bench.bench_jobs import _wait_logs_stored
 from integration.bench.common import (
     TRUE,
     BenchResult,
@@ -77,6 +78,17 @@ def _batch_seconds(c: Client, n: int) -> float:
     if len(answer["submitted"]) != n:
         raise RuntimeError(f"submit_batch queued {len(answer['submitted'])} of {n}")
     return took
+
+
+def _log_seconds(c: Client, lines: int) -> float:
+    """A job printing `lines` lines: seconds until every line is stored."""
+    t0 = time.perf_counter()
+    job_id = c.call("job.submit", command=["seq", str(lines)])["id"]
+    c.call("job.wait", id=job_id, timeout_s=300)
+    counts = _wait_logs_stored(c, lines)
+    if counts["stored"] != lines:
+        raise RuntimeError(f"stored {counts} of {lines} lines")
+    return time.perf_counter() - t0
 
 
 def _status_all_ms(c: Client, calls: int) -> list[float]:
@@ -154,7 +166,34 @@ def bench_cluster(sizes: Sizes) -> BenchResult:
             Target("<=", 5.0),
         )
     )
+    lines = 20_000 if quick else 100_000
+    env = {"HERO_PROC_MAX_LOG_LINES": str(2 * lines)}
+    with pg_schema("bench") as dsn:
+        workdir = short_tmpdir("hpc")
+        proc = DaemonProcess(workdir, extra_args=NODE_ARGS, db=dsn, node="n1", env=env)
+        try:
+            proc.start()
+            with proc.client(300) as c:
+                pg_logs = _log_seconds(c, lines)
+        finally:
+            proc.stop(timeout_s=60.0)
+            cleanup(workdir)
+    with bench_daemon(env=env) as daemon, daemon.client(timeout=300) as c:
+        lite_logs = _log_seconds(c, lines)
+    result.rows.append(
+        Row(
+            f"job printing {lines:,} lines: all stored, PostgreSQL",
+            pg_logs,
+            "s",
+            lite_logs,
+            "the same on SQLite",
+            note="batched flushes (COPY on PostgreSQL)",
+        )
+    )
     result.figures = {
+        "log_lines": lines,
+        "logs_pg_s": pg_logs,
+        "logs_sqlite_s": lite_logs,
         "jobs": jobs,
         "drain_1_node_s": one,
         "drain_3_nodes_s": three,
