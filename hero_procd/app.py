@@ -9,9 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from hero_procd import __version__
 from hero_procd.config import Config
+from hero_procd.metrics import Metrics
 from hero_procd.store import Store
+from hero_procd.web.feed import Feed
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
     from hero_procd.engine.cluster import Node
     from hero_procd.engine.executor import Executor
     from hero_procd.engine.janitor import Janitor
@@ -45,6 +49,12 @@ class App:
     scheduler: Scheduler | None = None
     janitor: Janitor | None = None
     node: Node | None = None
+    # The dashboard's change feed and the Prometheus metrics (hero_procd/web, metrics.py).
+    feed: Feed = field(default_factory=Feed)
+    metrics: Metrics = field(default_factory=Metrics)
+    # The browser listener's URLs once it is bound (None: not enabled); see system.ui.
+    http_url: str | None = None
+    http_login_url: str | None = None
 
     @property
     def jobs(self) -> Executor:
@@ -62,6 +72,16 @@ class App:
         """Tell the executor that jobs were queued (no-op without one)."""
         if self.executor is not None:
             self.executor.wake()
+        self.feed.publish("jobs")
+
+    def observed(self, method: str, fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        """An RPC handler counted and timed in the metrics, publishing what it changed."""
+        return self.metrics.timed(method, fn, after=self.feed.published_by)
+
+    def logs_stored(self, rows: Sequence[Sequence[Any]], written: int) -> None:
+        """The flusher stored a batch of log lines: count them, hand them to live tails."""
+        self.metrics.log_lines_stored.inc(written)
+        self.feed.log_rows(rows)
 
     def uptime_s(self) -> float:
         """Seconds since the daemon started."""

@@ -153,6 +153,12 @@ class Config:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+    # The browser listener (hero_procd/web): "HOST:PORT", off when None.
+    http: str | None = None
+    http_allow_remote: bool = False
+    http_hosts: tuple[str, ...] = ()
+    # Stack files applied at start and on SIGHUP (--config-dir, $HERO_PROC_CONFIG_DIR).
+    config_dir: Path | None = None
 
     @property
     def db_shown(self) -> str:
@@ -177,6 +183,8 @@ class Config:
         max_parallel: int | None = None,
         node: str | None = None,
         node_timeout_s: float | None = None,
+        http: str | None = None,
+        http_allow_remote: bool | None = None,
     ) -> Config:
         """Build a config: explicit arguments win over the environment, which wins over defaults."""
         db = str(db_path) if db_path else default_db()
@@ -216,5 +224,16 @@ class Config:
             idle_timeout_s=_env_positive("HERO_PROC_IDLE_TIMEOUT_S", DEFAULT_IDLE_TIMEOUT_S, float),
             frame_timeout_s=_env_positive(
                 "HERO_PROC_FRAME_TIMEOUT_S", DEFAULT_FRAME_TIMEOUT_S, float
+            ),
+            http=http or os.environ.get("HERO_PROC_HTTP") or None,
+            http_allow_remote=(
+                http_allow_remote
+                if http_allow_remote is not None
+                else os.environ.get("HERO_PROC_HTTP_ALLOW_REMOTE", "") in ("1", "true", "yes")
+            ),
+            http_hosts=tuple(
+                h.strip()
+                for h in os.environ.get("HERO_PROC_HTTP_HOSTS", "").split(",")
+                if h.strip()
             ),
         )

@@ -10,6 +10,7 @@ reverse, and the daemon exits 1 with one line naming the cause.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from hero_procd.engine.scheduler import Scheduler
 from hero_procd.engine.supervisor import Supervisor
 from hero_procd.errors import HeroError
 from hero_procd.logs_setup import setup_logging
+from hero_procd.offload import offload
 from hero_procd.paths import DatabaseLock, StartupError, claim_socket
 from hero_procd.paths import resolve as resolve_paths
 from hero_procd.paths import resolve_socket_only as resolve_socket_paths
@@ -43,6 +45,7 @@ from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import Handler, load_methods
 from hero_procd.rpc.server import RpcServer
 from hero_procd.store import Store
+from hero_procd.web.listen import start_web
 
 log = logging.getLogger("hero_procd")
 
@@ -141,7 +144,7 @@ def _lock_release(lock: DatabaseLock) -> Callable[[], Awaitable[None]]:
     return release
 
 
-async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Config:
+async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tuple[Config, App]:
     """Take the lock and the socket, open the store, start the engines: in that order.
 
     Every stage that succeeds pushes its stop onto `teardown`; an exception
@@ -193,9 +196,16 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         # failed, could be another program's socket.
         teardown.push("server", lambda: server.close(config.shutdown_grace_s))
 
+        if config.config_dir is not None:
+            # Before the engines: the supervisor then starts what the files mark autostart.
+            # A bad file is logged and leaves the stored state as it was; start-up goes on.
+            stage = f"applying the config dir {config.config_dir}"
+            await apply_config_dir(app, config.config_dir, "start")
+
         # Only now may children run: the daemon can be reached to see and stop them.
         stage = "starting the executor"
         app.executor = Executor(app)
+        app.executor.flusher.on_stored = app.logs_stored  # metrics, live log tails
         # The node stops after the executor: it heartbeats while the attempts are ended.
         app.node = Node(app)
         teardown.push("node", app.node.stop)
@@ -218,18 +228,86 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> Co
         app.janitor = Janitor(app)
         teardown.push("janitor", app.janitor.stop)
         app.janitor.start()
+        if config.http is not None:
+            stage = f"starting the browser listener on {config.http}"
+            listener = await start_web(app, server.dispatcher, config)
+            teardown.push("http", listener.close)
     except StartupError:
         raise
     except Exception as exc:
         log.debug("start-up failed", exc_info=exc)
         raise StartupError(f"{stage}: {describe(exc)}") from exc
-    return config
+    return config, app
+
+
+async def apply_config_dir(app: App, folder: Path, why: str) -> bool:
+    """Apply every stack file of `folder` as one plan, with prune; False (logged) if refused.
+
+    All files are read and checked before anything is applied, and the plan is
+    one transaction: a bad file leaves every object as it was.
+    """
+    from hero_procd.stack import apply, describe_error, load_dir, log_plan
+    from hero_procd.stackfile import StackFileError
+
+    log.info("applying the config dir", extra={"config_dir": str(folder), "why": why})
+    try:
+        docs = await offload(lambda: load_dir(folder))
+    except StackFileError as exc:
+        log.error(f"config dir not applied, nothing changed: {exc}")
+        return False
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error(f"config dir not applied, nothing changed: {describe(exc)}")
+        return False
+    try:
+        plan = await apply(app, docs, prune=True, dry_run=False)
+    except HeroError as exc:
+        log.error(f"config dir not applied, nothing changed: {describe_error(docs, exc)}")
+        return False
+    log_plan(plan, str(folder))
+    return True
+
+
+class Reloader:
+    """SIGHUP: apply the config dir again, one reload at a time (signals meanwhile coalesce)."""
+
+    def __init__(self) -> None:
+        self.wanted = asyncio.Event()
+        self.done = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def request(self) -> None:
+        """The signal handler: ask for a reload (or log that there is nothing to reload)."""
+        self.wanted.set()
+
+    def start(self, app: App) -> None:
+        """Serve reload requests from now on."""
+        self._task = asyncio.get_running_loop().create_task(self._serve(app), name="reload")
+
+    async def _serve(self, app: App) -> None:
+        while True:
+            await self.wanted.wait()
+            self.wanted.clear()
+            folder = app.config.config_dir
+            if folder is None:
+                _on_sighup()
+                continue
+            try:
+                await apply_config_dir(app, folder, "SIGHUP")
+            except Exception:
+                log.exception("reload failed")
+
+    async def stop(self) -> None:
+        """Stop serving reloads (a reload in progress is cancelled between its steps)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def _on_sighup() -> None:
     # A closed terminal or a dropped SSH session must not take every supervised
-    # child down with the daemon. Reloading the configuration on SIGHUP comes later.
-    log.warning("SIGHUP received and ignored (the daemon keeps running)")
+    # child down with the daemon; without --config-dir there is nothing to reload.
+    log.warning("SIGHUP received and ignored (nothing to reload; the daemon keeps running)")
 
 
 async def serve(config: Config) -> None:
@@ -240,14 +318,19 @@ async def serve(config: Config) -> None:
     # the daemon cleanly once it is up, instead of killing it mid-way.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _on_sighup)
+    reloader = Reloader()
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     ready = asyncio.Event()
     teardown = Teardown()
     try:
-        config = await _start(config, teardown, ready)
+        config, app = await _start(config, teardown, ready)
     except BaseException:
         await teardown.run()
         raise
+    # The start-up apply just ran: a SIGHUP that came during start-up is served by it.
+    reloader.wanted.clear()
+    reloader.start(app)
+    teardown.push("reloader", reloader.stop)
     ready.set()
     log.info(
         "hero-procd ready",
@@ -264,7 +347,7 @@ async def serve(config: Config) -> None:
     notify("STOPPING=1")
     # Pending job.wait calls are answered with the job's state now; then the server goes:
     # no new request may start work the engines are stopping.
-    await teardown.run(first=("waits", "server"))
+    await teardown.run(first=("reloader", "waits", "http", "server"))
     log.info("stopped")
 
 
@@ -320,6 +403,25 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     default=lambda: os.environ.get("HERO_PROC_LOG_LEVEL", "info"),
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
+@click.option(
+    "--http",
+    "http",
+    metavar="HOST:PORT",
+    help="Serve the dashboard, /rpc, /metrics, /events on TCP (off by default) [$HERO_PROC_HTTP]",
+)
+@click.option(
+    "--http-allow-remote",
+    is_flag=True,
+    default=None,
+    help="Allow --http on a non-loopback address [$HERO_PROC_HTTP_ALLOW_REMOTE=1]",
+)
+@click.option(
+    "--config-dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    envvar="HERO_PROC_CONFIG_DIR",
+    help="Apply the stack files DIR/*.toml at start and on SIGHUP, with prune "
+    "[$HERO_PROC_CONFIG_DIR]",
+)
 @click.version_option(__version__, prog_name="hero-procd")
 def main(
     socket_path: Path | None,
@@ -330,6 +432,9 @@ def main(
     max_parallel: int | None,
     socket_group: str | None,
     log_level: str,
+    http: str | None,
+    http_allow_remote: bool | None,
+    config_dir: Path | None,
 ) -> None:
     """hero-procd: the process supervisor and job queue daemon."""
     setup_logging(log_level)
@@ -344,12 +449,16 @@ def main(
             readers=readers,
             socket_group=socket_group,
             max_parallel=max_parallel,
+            http=http,
+            http_allow_remote=http_allow_remote,
             node=node,
             node_timeout_s=node_timeout_s,
         )
     except ValueError as exc:
         click.echo(f"hero-procd: {exc}", err=True)
         sys.exit(2)
+    if config_dir is not None:
+        config = replace(config, config_dir=config_dir.resolve())
     import uvloop
 
     # The event loop shares the GIL with the threads that build big pages and batches

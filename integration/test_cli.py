@@ -12,6 +12,7 @@ import orjson
 
 from hero_procd.errors import NotFound
 from integration.daemon_proc import DaemonProcess
+from integration.helpers import run_done
 
 # The CLI process must never load the daemon's machinery.
 HEAVY_MODULES = ("asyncio", "uvloop", "aiosqlite", "jsonrpcserver", "h11")
@@ -151,10 +152,13 @@ def test_job_submit_get_list(daemon: DaemonProcess) -> None:
     assert (job["timeout_s"], job["retries"]) == (9.0, 1)
     assert "command" in ok(hero_proc(daemon.socket_path, "job", "get", str(job_id)))
 
+    # Newest first unless asked otherwise; --oldest-first and --after-id page up.
     tagged = ok_json(hero_proc(daemon.socket_path, "--json", "job", "list", "--tag", "cli"))
-    assert [j["id"] for j in tagged["jobs"]] == [job_id, job_id + 1]
-    assert tagged["jobs"][1]["action"] == "hello"
-    page = ok_json(hero_proc(daemon.socket_path, "--json", "job", "list", "--limit", "2"))
+    assert [j["id"] for j in tagged["jobs"]] == [job_id + 1, job_id]
+    assert tagged["jobs"][0]["action"] == "hello"
+    page = ok_json(
+        hero_proc(daemon.socket_path, "--json", "job", "list", "--oldest-first", "--limit", "2")
+    )
     assert [j["id"] for j in page["jobs"]] == [job_id, job_id + 1]
     assert page["next_after_id"] == job_id + 1
     rest = hero_proc(daemon.socket_path, "job", "list", "--after-id", str(job_id + 1))
@@ -192,7 +196,7 @@ def test_run_submit_from_file_and_stdin(daemon: DaemonProcess, workdir: Path) ->
     assert list(from_stdin["jobs"]) == ["only"]
 
     with daemon.client() as c:
-        run = c.call("run.get", id=from_file)
+        run = run_done(c, from_file)  # finished: the CLI's read below sees the same statuses
     ids = {j["key"]: j["id"] for j in run["jobs"]}
     status = {j["key"]: j["status"] for j in run["jobs"]}
     shown = ok(hero_proc(daemon.socket_path, "run", "get", str(from_file)))
@@ -204,7 +208,7 @@ def test_run_submit_from_file_and_stdin(daemon: DaemonProcess, workdir: Path) ->
         ["build", str(ids["build"]), status["build"], "fetch"],
         ["test", str(ids["test"]), status["test"], "build,", "fetch"],
     ]
-    listed = rows_of(ok(hero_proc(daemon.socket_path, "run", "list")))
+    listed = rows_of(ok(hero_proc(daemon.socket_path, "run", "list", "--oldest-first")))
     assert [row[0] for row in listed] == [str(from_file), str(from_file + 1)]
     assert listed[0][1] == "pipeline"
 
@@ -333,14 +337,17 @@ def imported_modules(stderr: str) -> set[str]:
 
 
 def test_cli_stays_import_light(daemon: DaemonProcess) -> None:
-    """Neither `ping` nor `status` imports the daemon's machinery."""
+    """The click CLI (`--json ping`, `job list`) never imports the daemon's machinery.
+
+    `status` and `ping` themselves take the fast path: see test_cli_fast.py.
+    """
     flags = ("-X", "importtime")
-    ping = hero_proc(daemon.socket_path, "ping", python_flags=flags)
-    status = hero_proc(daemon.socket_path, "status", python_flags=flags)
-    assert ping.returncode == 0 and status.returncode == 0, ping.stderr + status.stderr
-    for result in (ping, status):
+    ping = hero_proc(daemon.socket_path, "--json", "ping", python_flags=flags)
+    jobs = hero_proc(daemon.socket_path, "job", "list", python_flags=flags)
+    assert ping.returncode == 0 and jobs.returncode == 0, ping.stderr + jobs.stderr
+    for result in (ping, jobs):
         modules = imported_modules(result.stderr)
         assert "hero_procd.client" in modules  # the parse saw the real imports
         heavy = sorted(m for m in modules if m.split(".")[0] in HEAVY_MODULES)
         assert heavy == [], heavy
-    assert "click" in imported_modules(ping.stderr)
+        assert "click" in modules

@@ -97,7 +97,9 @@ def test_run_cancel_and_groups(daemon: DaemonProcess) -> None:
     sock = daemon.socket_path
     assert "at most 1" in ok(hero_proc(sock, "group", "set", "g", "1"))
     with daemon.client() as c:
-        assert c.call("group.list")["groups"] == [{"name": "g", "max_parallel": 1, "running": 0}]
+        assert c.call("group.list")["groups"] == [
+            {"name": "g", "max_parallel": 1, "running": 0, "stack": None}
+        ]
         run = c.call(
             "run.submit",
             jobs=[

@@ -111,6 +111,7 @@ TRIGGERS: dict[str, dict[str, list[Call]]] = {
         "job.logs": [("job.logs", {"id": 999})],
         "run.submit": [("run.submit", {"jobs": [{"key": "a", "action": "missing"}]})],
         "run.get": [("run.get", {"id": 999})],
+        "run.wait": [("run.wait", {"id": 999, "timeout_s": 0})],
         "run.cancel": [("run.cancel", {"id": 999})],
         "service.get": [("service.get", {"name": "missing"})],
         "service.status": [("service.status", {"name": "missing"})],
@@ -119,6 +120,7 @@ TRIGGERS: dict[str, dict[str, list[Call]]] = {
         "service.restart": [("service.restart", {"name": "missing"})],
         "service.logs": [("service.logs", {"name": "missing"})],
         "service.events": [("service.events", {"name": "missing"})],
+        "service.update": [("service.update", {"name": "missing", "restart": "always"})],
         "schedule.get": [("schedule.get", {"name": "missing"})],
         "schedule.pause": [("schedule.pause", {"name": "missing"})],
         "schedule.resume": [("schedule.resume", {"name": "missing"})],
@@ -126,6 +128,11 @@ TRIGGERS: dict[str, dict[str, list[Call]]] = {
         "secret.get": [("secret.get", {"name": "missing"})],
     },
     "conflict": {
+        # An object of another stack is not taken over.
+        "stack.apply": [
+            ("stack.apply", {"stack": "one", "groups": {"shared": {"max_parallel": 1}}}),
+            ("stack.apply", {"stack": "two", "groups": {"shared": {"max_parallel": 1}}}),
+        ],
         "job.submit": [("job.submit", {"command": ["true"], "dedup_key": "twice"})] * 2,
         "run.submit": [
             ("run.submit", {"jobs": [{"key": "a", "command": ["true"], "dedup_key": "twice"}]})

@@ -18,6 +18,7 @@ from tests.conftest import StoreRunner, write_tx
 STATUS_KEYS = {
     "name",
     "node",
+    "tags",
     "state",
     "desired",
     "pid",

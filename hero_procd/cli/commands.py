@@ -14,6 +14,7 @@ import click
 from hero_procd import __version__
 from hero_procd.cli import output
 from hero_procd.cli.jobs import group, job, run
+from hero_procd.cli.logs import logs
 from hero_procd.cli.options import (
     argv_argument,
     cwd_option,
@@ -31,6 +32,7 @@ from hero_procd.cli.options import (
 from hero_procd.cli.schedules import schedule, secret
 from hero_procd.cli.services import service
 from hero_procd.cli.session import DEFAULT_TIMEOUT_S, CliError, Session
+from hero_procd.cli.stack import apply, export
 
 # -- the command tree -----------------------------------------------------------------
 
@@ -70,6 +72,17 @@ def ping(s: Session) -> None:
     s.show(
         s.call("system.ping"), lambda r: f"pong: hero-procd {r.get('version')} on {s.socket_path}"
     )
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def ui(s: Session) -> None:
+    """Print the URL that logs a browser in to the dashboard (hero-procd --http)."""
+    result = s.call("system.ui")
+    if not result.get("enabled"):
+        raise CliError("the dashboard is off: start hero-procd with --http 127.0.0.1:PORT")
+    s.show(result, lambda r: str(r["login_url"]))
 
 
 @cli.command()
@@ -208,8 +221,10 @@ def node_list(s: Session) -> None:
     s.show(s.call("node.list"), human)
 
 
-for subgroup in (job, run, group, service, schedule, secret):
+for subgroup in (job, run, group, service, schedule, secret, logs, node):
     cli.add_command(subgroup)
+for stack_command in (apply, export):
+    cli.add_command(stack_command)
 
 
 # -- cleaning -------------------------------------------------------------------------

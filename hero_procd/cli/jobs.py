@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
 
 import click
 import orjson
 
 from hero_procd.cli import output
+from hero_procd.cli.logs import first_page_params, log_options
 from hero_procd.cli.options import (
     argv_argument,
     cwd_option,
@@ -35,12 +37,17 @@ from hero_procd.cli.session import EXIT_ERROR, CliError, Session, WaitTimeout
 
 # One job.wait call waits at most this long; a longer wait is a loop of them.
 WAIT_STEP_S = 30.0
+# ...and this long when a progress line on a terminal is redrawn after each.
+PROGRESS_STEP_S = 0.5
+# A progress line over one long call is redrawn this often.
+PROGRESS_REDRAW_S = 0.2
 # A follower waits this long for the job's end when no new line has come...
 FOLLOW_IDLE_S = 1.0
 # ...and this long after a short page, so a chatty job costs a few calls a second.
 FOLLOW_BUSY_S = 0.25
 LOG_PAGE = 2000
 POSITIVE_SECONDS = click.FloatRange(min=0, min_open=True)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def job_exit_code(job: dict[str, Any]) -> int:
@@ -53,20 +60,58 @@ def job_exit_code(job: dict[str, Any]) -> int:
     return 1
 
 
-def wait_for_job(s: Session, job_id: int, timeout_s: float | None) -> dict[str, Any]:
-    """The job once it is done (`job.wait` in bounded steps); WaitTimeout past `timeout_s`."""
+def wait_for_job(
+    s: Session, job_id: int, timeout_s: float | None, *, live: bool = False
+) -> dict[str, Any]:
+    """The job once it is done (`job.wait` in bounded steps); WaitTimeout past `timeout_s`.
+
+    With `live`, a progress line on stderr while waiting, when stderr is a terminal.
+    """
+    progress = output.Progress(f"job {job_id}") if live else None
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        step = WAIT_STEP_S
-        if deadline is not None:
-            step = min(step, max(0.0, deadline - time.monotonic()))
-        job: dict[str, Any] = s.call("job.wait", {"id": job_id, "timeout_s": step}, wait_s=step)
-        if job["done"]:
-            return job
-        if deadline is not None and time.monotonic() >= deadline:
-            # Exit 124 (like timeout(1)), never 1: a job that failed with 1 must stay
-            # distinguishable from a wait that merely gave up.
-            raise WaitTimeout(f"job {job_id} is still {job['status']} after {timeout_s:g}s")
+    try:
+        while True:
+            step = PROGRESS_STEP_S if progress is not None and progress.enabled else WAIT_STEP_S
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            job: dict[str, Any] = s.call("job.wait", {"id": job_id, "timeout_s": step}, wait_s=step)
+            if job["done"]:
+                return job
+            if progress is not None:
+                progress.update(0, 1, job["status"])
+            if deadline is not None and time.monotonic() >= deadline:
+                # Exit 124 (like timeout(1)), never 1: a job that failed with 1 must stay
+                # distinguishable from a wait that merely gave up.
+                raise WaitTimeout(f"job {job_id} is still {job['status']} after {timeout_s:g}s")
+    finally:
+        if progress is not None:
+            progress.clear()
+
+
+def wait_for_run(s: Session, run_id: int, timeout_s: float | None) -> dict[str, Any]:
+    """The run once all its jobs ended (`run.wait` in steps), a progress line on a terminal."""
+    progress = output.Progress(f"run {run_id}")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while True:
+            step = PROGRESS_STEP_S if progress.enabled else WAIT_STEP_S
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            run: dict[str, Any] = s.call("run.wait", {"id": run_id, "timeout_s": step}, wait_s=step)
+            if run["done"]:
+                return run
+            counts = run["counts"]
+            done = sum(n for k, n in counts.items() if k not in ("queued", "running"))
+            progress.update(done, len(run["jobs"]), output.counts_text(counts))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(f"run {run_id} is still {run['status']} after {timeout_s:g}s")
+    finally:
+        progress.clear()
+
+
+def run_status_line(run: dict[str, Any]) -> str:
+    """`run 3 failed: 2 succeeded, 1 failed, 1 skipped`, a finished run in one line."""
+    return f"run {run['id']} {run['status']}: {output.counts_text(run['counts']) or 'no jobs'}"
 
 
 def print_job_logs(
@@ -76,21 +121,27 @@ def print_job_logs(
     *,
     follow: bool = False,
     timeout_s: float | None = None,
+    tail: int | None = None,
+    since: float | None = None,
+    timestamps: bool = False,
 ) -> dict[str, Any]:
     """Print the job's lines after `after_seq` (all of them, or until it is done); the last page.
 
     Lines go to stdout or stderr as they were written; with --json each page is one
-    line of JSON. A follower polls with `job.wait`, so it returns as soon as the job ends.
+    line of JSON. `tail` and `since` shape the first page (the daemon skips what comes
+    before). A follower polls with `job.wait`, so it returns as soon as the job ends.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    first = first_page_params(tail, since)
     while True:
-        params = {"id": job_id, "after_seq": after_seq, "limit": LOG_PAGE}
+        params = {"id": job_id, "after_seq": after_seq, "limit": LOG_PAGE, **first}
+        first = {}
         page: dict[str, Any] = s.call("job.logs", params)
         if s.as_json:
             sys.stdout.write(orjson.dumps(page).decode() + "\n")
             sys.stdout.flush()
         else:
-            output.write_log_lines(page["lines"])
+            output.write_log_lines(page["lines"], timestamps=timestamps)
         after_seq = page["next_seq"]
         full = len(page["lines"]) >= LOG_PAGE
         if page["done"] or (not follow and not full):
@@ -192,7 +243,7 @@ def job_submit(
         final = wait_for_job(s, job_id, WAIT_STEP_S)  # the logs say done: it has finished
         click.echo(output.job_status_line(final), err=True)
     else:
-        final = wait_for_job(s, job_id, wait_timeout)
+        final = wait_for_job(s, job_id, wait_timeout, live=True)
         s.show(final, output.job_status_line)
     sys.exit(job_exit_code(final))
 
@@ -212,12 +263,73 @@ def _exit_text(j: dict[str, Any]) -> str:
     return "-" if j.get("exit_code") is None else str(j["exit_code"])
 
 
+def list_order_options(fn: F) -> F:
+    """--last, --limit, --after-id, --before-id and --oldest-first of `job list` and `run list`."""
+    for option in reversed(
+        (
+            click.option(
+                "--last",
+                type=click.IntRange(min=1),
+                metavar="N",
+                help="The newest N, newest first (the default order; N defaults to 100).",
+            ),
+            click.option(
+                "--limit", type=click.IntRange(min=1), help="At most this many (default 100)."
+            ),
+            click.option(
+                "--oldest-first", is_flag=True, help="Oldest first (paged with --after-id)."
+            ),
+            click.option(
+                "--after-id",
+                type=click.IntRange(min=0),
+                help="Oldest first, ids above this (paging).",
+            ),
+            click.option(
+                "--before-id",
+                type=click.IntRange(min=1),
+                help="Newest first, ids below this (paging).",
+            ),
+        )
+    ):
+        fn = option(fn)
+    return fn
+
+
+def list_order_params(
+    last: int | None,
+    limit: int | None,
+    oldest_first: bool,
+    after_id: int | None,
+    before_id: int | None,
+) -> dict[str, Any]:
+    """The paging params of a list: newest first unless --oldest-first or --after-id."""
+    ascending = oldest_first or after_id is not None
+    if ascending and (last is not None or before_id is not None):
+        raise click.UsageError(
+            "--last and --before-id list newest first; --oldest-first and "
+            "--after-id oldest first: give one order"
+        )
+    if last is not None and limit is not None and last != limit:
+        raise click.UsageError("give --last N or --limit N, not both")
+    count = last if last is not None else limit
+    if ascending:
+        return present(limit=count, after_id=after_id)
+    return {"order": "desc", **present(limit=count, before_id=before_id)}
+
+
+def more_hint(result: dict[str, Any]) -> None:
+    """On stderr, how to get the next page, if there is one (not with --json)."""
+    if result.get("next_before_id") is not None:
+        click.echo(f"(more: --before-id {result['next_before_id']})", err=True)
+    elif result.get("next_after_id") is not None:
+        click.echo(f"(more: --after-id {result['next_after_id']})", err=True)
+
+
 @job.command("list")
 @click.option("--status", help="Only jobs in this status (queued, running, succeeded, ...).")
 @click.option("--tag", help="Only jobs with this tag.")
 @click.option("--run-id", type=click.IntRange(min=1), help="Only the jobs of this run.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (default 100).")
-@click.option("--after-id", type=click.IntRange(min=0), help="Only ids above this (paging).")
+@list_order_options
 @json_option
 @click.pass_obj
 def job_list(
@@ -225,11 +337,17 @@ def job_list(
     status: str | None,
     tag: str | None,
     run_id: int | None,
+    last: int | None,
     limit: int | None,
+    oldest_first: bool,
     after_id: int | None,
+    before_id: int | None,
 ) -> None:
-    """List jobs in id order, a page at a time."""
-    params = present(status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id)
+    """List jobs, newest first (--oldest-first or --after-id: oldest first), a page at a time."""
+    params = {
+        **present(status=status, tag=tag, run_id=run_id),
+        **list_order_params(last, limit, oldest_first, after_id, before_id),
+    }
     result = s.call("job.list", params)
 
     def human(r: dict[str, Any]) -> str:
@@ -250,8 +368,8 @@ def job_list(
         return output.table(headers, rows, right=frozenset({0, 2, 3, 4}))
 
     s.show(result, human)
-    if not s.as_json and result.get("next_after_id") is not None:
-        click.echo(f"(more: --after-id {result['next_after_id']})", err=True)
+    if not s.as_json:
+        more_hint(result)
 
 
 @job.command("logs")
@@ -264,14 +382,25 @@ def job_list(
     metavar="N",
     help="Only the lines after line N.",
 )
+@log_options
 @json_option
 @click.pass_obj
-def job_logs(s: Session, job_id: int, follow: bool, after_seq: int) -> None:
+def job_logs(
+    s: Session,
+    job_id: int,
+    follow: bool,
+    after_seq: int,
+    tail: int | None,
+    since: float | None,
+    timestamps: bool,
+) -> None:
     """Print the job's output: stdout lines to stdout, stderr lines to stderr.
 
     With --json, each page of `job.logs` is one line of JSON.
     """
-    print_job_logs(s, job_id, after_seq, follow=follow)
+    print_job_logs(
+        s, job_id, after_seq, follow=follow, tail=tail, since=since, timestamps=timestamps
+    )
 
 
 @job.command("cancel")
@@ -295,8 +424,11 @@ def job_cancel(s: Session, job_id: int) -> None:
 @json_option
 @click.pass_obj
 def job_wait(s: Session, job_id: int, timeout_s: float | None) -> None:
-    """Wait for the job ID to finish; print its status line, exit with its exit code."""
-    final = wait_for_job(s, job_id, timeout_s)
+    """Wait for the job ID to finish; print its status line, exit with its exit code.
+
+    On a terminal, a live line on stderr shows its status and the time waited.
+    """
+    final = wait_for_job(s, job_id, timeout_s, live=True)
     s.show(final, output.job_status_line)
     sys.exit(job_exit_code(final))
 
@@ -311,21 +443,39 @@ def job_wait(s: Session, job_id: int, timeout_s: float | None) -> None:
     help='A JSON file {"jobs": [...], "defaults"?, "on_duplicate"?} (or just the list of '
     "jobs); - reads stdin.",
 )
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Then wait until every job of the batch has ended (a live line on a terminal).",
+)
+@click.option(
+    "--wait-timeout",
+    type=POSITIVE_SECONDS,
+    metavar="S",
+    help="With --wait: give up (exit 124) after S seconds; the jobs go on.",
+)
 @json_option
 @click.pass_obj
-def job_batch(s: Session, source: IO[bytes]) -> None:
+def job_batch(s: Session, source: IO[bytes], wait: bool, wait_timeout: float | None) -> None:
     """Queue many jobs in one call; prints how many were submitted, deduplicated, failed.
 
     Each job that failed is a line on stderr; the others are queued anyway, and
-    hero-proc exits 1 if any failed (0 only when every job was accepted).
+    hero-proc exits 1 if any failed (0 only when every job was accepted). On a
+    terminal, a live line shows the submission going on. With
+    --wait, it then waits for the jobs it submitted (done/total and elapsed on a
+    terminal), prints their outcome, and exits 1 unless every one succeeded.
     """
+    if wait_timeout is not None and not wait:
+        raise click.UsageError("--wait-timeout goes with --wait")
     params = load_json(source)
     if isinstance(params, list):
         params = {"jobs": params}
     if not isinstance(params, dict):
         name = getattr(source, "name", "-")
         raise CliError(f'{name}: must be a JSON object like {{"jobs": [...]}} or a list of jobs')
-    result = s.call("job.submit_batch", params)
+    items = params.get("jobs")
+    total = len(items) if isinstance(items, list) else 0
+    result = call_with_progress(s, "job.submit_batch", params, f"{total} jobs", total)
 
     def human(r: dict[str, Any]) -> str:
         return (
@@ -333,13 +483,77 @@ def job_batch(s: Session, source: IO[bytes]) -> None:
             f"superseded {len(r['superseded'])}, failed {len(r['failed'])}"
         )
 
+    ids: list[int] = result["submitted"]  # (deduplicated items name their dedup_key only)
+    finished = wait_for_jobs(s, ids, wait_timeout) if wait and ids else None
+    if finished is not None:
+        result = {**result, "finished": finished}
     s.show(result, human)
     if not s.as_json:
         for index, error in result["failed"]:
             click.echo(f"jobs[{index}]: {' '.join(str(error['message']).split())}", err=True)
+        if finished is not None:
+            click.echo(f"finished: {output.counts_text(finished['counts']) or 'none'}")
     if result["failed"]:
         # A script must notice a partial batch; the summary (or --json result) says which.
         sys.exit(EXIT_ERROR)
+    if finished is not None and finished["counts"].get("succeeded", 0) != finished["total"]:
+        sys.exit(EXIT_ERROR)
+
+
+def call_with_progress(
+    s: Session, method: str, params: dict[str, Any], label: str, total: int
+) -> Any:
+    """`s.call`, with a live line (`label: 0/total done, submitting, 1.2s`) while the daemon
+    works on a terminal: a 100,000-job batch is one call of a few seconds."""
+    progress = output.Progress(label)
+    if not progress.enabled:
+        return s.call(method, params)
+    import threading
+
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = s.call(method, params)
+        except BaseException as exc:  # handed to the main thread, raised there
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name="call", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            progress.update(0, total, "submitting")
+            worker.join(PROGRESS_REDRAW_S)
+    finally:
+        progress.clear()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def wait_for_jobs(s: Session, ids: list[int], timeout_s: float | None) -> dict[str, Any]:
+    """Until every one of `ids` has ended (`job.wait_all` in steps), a live line on a terminal."""
+    progress = output.Progress(f"{len(ids)} jobs")
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        while True:
+            step = PROGRESS_STEP_S if progress.enabled else WAIT_STEP_S
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            state: dict[str, Any] = s.call(
+                "job.wait_all", {"ids": ids, "timeout_s": step}, wait_s=step
+            )
+            if state["done"]:
+                return state
+            ended = state["ended"] + state["missing"]
+            progress.update(ended, state["total"], output.counts_text(state["counts"]))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"{state['total'] - ended} of {state['total']} jobs still going "
+                    f"after {timeout_s:g}s"
+                )
+    finally:
+        progress.clear()
 
 
 # -- run ------------------------------------------------------------------------------
@@ -393,15 +607,25 @@ def run_get(s: Session, run_id: int) -> None:
 @run.command("list")
 @click.option("--status", help="Only runs in this status.")
 @click.option("--tag", help="Only runs with this tag.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many (default 100).")
-@click.option("--after-id", type=click.IntRange(min=0), help="Only ids above this (paging).")
+@list_order_options
 @json_option
 @click.pass_obj
 def run_list(
-    s: Session, status: str | None, tag: str | None, limit: int | None, after_id: int | None
+    s: Session,
+    status: str | None,
+    tag: str | None,
+    last: int | None,
+    limit: int | None,
+    oldest_first: bool,
+    after_id: int | None,
+    before_id: int | None,
 ) -> None:
-    """List runs in id order, a page at a time."""
-    result = s.call("run.list", present(status=status, tag=tag, limit=limit, after_id=after_id))
+    """List runs, newest first (--oldest-first or --after-id: oldest first), a page at a time."""
+    params = {
+        **present(status=status, tag=tag),
+        **list_order_params(last, limit, oldest_first, after_id, before_id),
+    }
+    result = s.call("run.list", params)
 
     def human(r: dict[str, Any]) -> str:
         rows = [
@@ -419,8 +643,30 @@ def run_list(
         return output.table(headers, rows, right=frozenset({0}))
 
     s.show(result, human)
-    if not s.as_json and result.get("next_after_id") is not None:
-        click.echo(f"(more: --after-id {result['next_after_id']})", err=True)
+    if not s.as_json:
+        more_hint(result)
+
+
+@run.command("wait")
+@click.argument("run_id", metavar="ID", type=click.IntRange(min=1))
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=POSITIVE_SECONDS,
+    metavar="S",
+    help="Give up (exit 124) after S seconds; the run goes on (default: as long as it takes).",
+)
+@json_option
+@click.pass_obj
+def run_wait(s: Session, run_id: int, timeout_s: float | None) -> None:
+    """Wait until every job of the run ID has ended; exit 0 if the run succeeded, else 1.
+
+    On a terminal, a live line on stderr shows done/total, the jobs by status and the
+    time waited. Prints the run's status line (the run with --json).
+    """
+    final = wait_for_run(s, run_id, timeout_s)
+    s.show(final, run_status_line)
+    sys.exit(0 if final["status"] == "succeeded" else EXIT_ERROR)
 
 
 @run.command("cancel")

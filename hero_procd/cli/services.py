@@ -5,6 +5,7 @@ Import-light on purpose: click, orjson and hero_procd.client/errors/config only.
 
 from __future__ import annotations
 
+import os
 import signal as signal_module
 import sys
 import time
@@ -14,6 +15,7 @@ import click
 import orjson
 
 from hero_procd.cli import output
+from hero_procd.cli.logs import first_page_params, log_options
 from hero_procd.cli.options import (
     argv_argument,
     cwd_option,
@@ -35,6 +37,8 @@ SIGNALS = ("TERM", "INT", "QUIT", "HUP", "KILL", "USR1", "USR2")
 # A follower of a service's output asks for new lines this often.
 FOLLOW_POLL_S = 0.5
 LOG_PAGE = 2000
+# How long a bulk verb (service start|stop|restart --all/--tag) may take, beyond --timeout.
+BULK_WAIT_S = 600.0
 
 
 def state_paint(column: int) -> dict[int, output.Painter] | None:
@@ -306,33 +310,172 @@ wait_option = click.option(
 )
 
 
+def _bulk(
+    s: Session, verb: str, name: str | None, every: bool, tag: str | None, wait_s: float | None
+) -> None:
+    """One service by NAME, or many (--all, --tag) in dependency order with one call."""
+    chosen = [w for w, given in (("NAME", name), ("--all", every or None), ("--tag", tag)) if given]
+    if len(chosen) != 1:
+        problem = f", not {' and '.join(chosen)}" if chosen else ""
+        raise click.UsageError(f"give one of NAME, --all or --tag{problem}")
+    if name is not None:
+        if verb == "stop":
+            s.show(s.call("service.stop", {"name": name}), output.service_status_line)
+        else:
+            _started(s, f"service.{verb}", name, wait_s)
+        return
+    params: dict[str, Any] = {"all": True} if every else {"tag": tag}
+    if wait_s is not None and verb != "stop":
+        params["wait_s"] = wait_s
+    # One call does every service, each within its own stop and start times: allow long.
+    result = s.call(f"service.{verb}_many", params, wait_s=BULK_WAIT_S)
+
+    def human(r: dict[str, Any]) -> str:
+        if not r["services"]:
+            return f"no service {'defined' if every else f'tagged {tag}'}"
+        rows = [
+            [
+                x["name"],
+                "ok" if x["ok"] else "FAILED",
+                x.get("state") or "-",
+                "-" if x.get("pid") is None else str(x["pid"]),
+                x["error"]["message"] if not x["ok"] else "",
+            ]
+            for x in r["services"]
+        ]
+        return output.table(["NAME", "RESULT", "STATE", "PID", "ERROR"], rows)
+
+    s.show(result, human)
+    failed = [x["name"] for x in result["services"] if not x["ok"]]
+    if failed:
+        raise CliError(f"{verb} failed for {', '.join(failed)}")
+
+
+all_option = click.option(
+    "--all", "every", is_flag=True, help="Every service, in dependency order (one call)."
+)
+tag_select_option = click.option(
+    "--tag", metavar="TAG", help="The services carrying TAG, in dependency order (one call)."
+)
+
+
 @service.command("start")
-@click.argument("name")
+@click.argument("name", required=False)
+@all_option
+@tag_select_option
 @wait_option
 @json_option
 @click.pass_obj
-def service_start(s: Session, name: str, wait_s: float | None) -> None:
-    """Start the service NAME (and what it requires)."""
-    _started(s, "service.start", name, wait_s)
+def service_start(
+    s: Session, name: str | None, every: bool, tag: str | None, wait_s: float | None
+) -> None:
+    """Start the service NAME (and what it requires), or --all / --tag T, requirements first."""
+    _bulk(s, "start", name, every, tag, wait_s)
 
 
 @service.command("restart")
-@click.argument("name")
+@click.argument("name", required=False)
+@all_option
+@tag_select_option
 @wait_option
 @json_option
 @click.pass_obj
-def service_restart(s: Session, name: str, wait_s: float | None) -> None:
-    """Stop the service NAME's process and start it again."""
-    _started(s, "service.restart", name, wait_s)
+def service_restart(
+    s: Session, name: str | None, every: bool, tag: str | None, wait_s: float | None
+) -> None:
+    """Stop the service NAME's process and start it again, or --all / --tag T."""
+    _bulk(s, "restart", name, every, tag, wait_s)
 
 
 @service.command("stop")
-@click.argument("name")
+@click.argument("name", required=False)
+@all_option
+@tag_select_option
 @json_option
 @click.pass_obj
-def service_stop(s: Session, name: str) -> None:
-    """Stop the service NAME (and the services that require it); returns once it stopped."""
-    s.show(s.call("service.stop", {"name": name}), output.service_status_line)
+def service_stop(s: Session, name: str | None, every: bool, tag: str | None) -> None:
+    """Stop the service NAME (and what requires it), or --all / --tag T, dependents first."""
+    _bulk(s, "stop", name, every, tag, None)
+
+
+@service.command("set")
+@click.argument("name")
+@argv_argument
+@script_option
+@interpreter_option
+@env_option
+@secret_option
+@cwd_option
+@click.option("--restart", type=click.Choice(["always", "on-failure", "never"]))
+@click.option("--autostart/--no-autostart", default=None, help="Start it with the daemon.")
+@click.option("--requires", multiple=True, metavar="NAME", help="A service it needs (repeatable).")
+@click.option("--after", multiple=True, metavar="NAME", help="Start after it (repeatable).")
+@click.option("--start-secs", type=SECONDS, metavar="S")
+@click.option("--restart-delay", type=SECONDS, metavar="S")
+@click.option("--start-limit", type=click.IntRange(min=0), metavar="N")
+@click.option("--stop-signal", type=click.Choice(SIGNALS))
+@click.option("--stop-timeout", type=SECONDS, metavar="S")
+@tag_option
+@json_option
+@click.pass_obj
+def service_set(
+    s: Session,
+    name: str,
+    argv: tuple[str, ...],
+    script: str | None,
+    interpreter: str | None,
+    env: dict[str, str],
+    secrets: dict[str, str],
+    cwd: str | None,
+    restart: str | None,
+    autostart: bool | None,
+    requires: tuple[str, ...],
+    after: tuple[str, ...],
+    start_secs: float | None,
+    restart_delay: float | None,
+    start_limit: int | None,
+    stop_signal: str | None,
+    stop_timeout: float | None,
+    tags: tuple[str, ...],
+) -> None:
+    """Change some fields of the service NAME; the others keep their values.
+
+    Each option given replaces that field (--env: the whole environment, --tag:
+    all tags). A running service is restarted only if its command, script,
+    interpreter, environment, secrets or cwd changed.
+    """
+    params: dict[str, Any] = {"name": name}
+    if argv or script is not None:
+        params.update(spec_params(argv, script, interpreter, {}, None))
+    elif interpreter is not None:
+        raise click.UsageError("--interpreter goes with --script")
+    params.update(
+        present(
+            env=env,
+            env_from_secrets=secrets,
+            cwd=None if cwd is None else os.path.abspath(cwd),
+            restart=restart,
+            autostart=autostart,
+            requires=requires,
+            after=after,
+            start_secs=start_secs,
+            restart_delay_s=restart_delay,
+            start_limit=start_limit,
+            stop_signal=stop_signal,
+            stop_timeout_s=stop_timeout,
+            tags=tags,
+        )
+    )
+    if len(params) == 1:
+        raise click.UsageError("give at least one field to change (see --help)")
+
+    def human(r: dict[str, Any]) -> str:
+        if not r["changed"]:
+            return f"service {name}: no change"
+        fields = ", ".join(f["field"] for f in r["changed"])
+        return f"service {name} updated: {fields}" + ("; restarted" if r["restarted"] else "")
+
+    s.show(s.call("service.update", params, wait_s=60.0), human)
 
 
 @service.command("delete")
@@ -397,25 +540,35 @@ def service_events(s: Session, name: str, limit: int) -> None:
     metavar="N",
     help="Only the lines after line N.",
 )
+@log_options
 @click.option("--max-wait", type=POSITIVE_SECONDS, hidden=True, help="Stop following after S.")
 @json_option
 @click.pass_obj
 def service_logs(
-    s: Session, name: str, follow: bool, after_seq: int, max_wait: float | None
+    s: Session,
+    name: str,
+    follow: bool,
+    after_seq: int,
+    tail: int | None,
+    since: float | None,
+    timestamps: bool,
+    max_wait: float | None,
 ) -> None:
     """Print the service's output: stdout lines to stdout, stderr lines to stderr.
 
     With --json, each page of `service.logs` is one line of JSON.
     """
     deadline = None if max_wait is None else time.monotonic() + max_wait
+    first = first_page_params(tail, since)
     while True:
-        params = {"name": name, "after_seq": after_seq, "limit": LOG_PAGE}
+        params = {"name": name, "after_seq": after_seq, "limit": LOG_PAGE, **first}
+        first = {}
         page = s.call("service.logs", params)
         if s.as_json:
             sys.stdout.write(orjson.dumps(page).decode() + "\n")
             sys.stdout.flush()
         else:
-            output.write_log_lines(page["lines"])
+            output.write_log_lines(page["lines"], timestamps=timestamps)
         after_seq = page["next_seq"]
         if len(page["lines"]) >= LOG_PAGE:
             continue

@@ -22,6 +22,7 @@ import secrets
 import select
 import signal
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,9 @@ _PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", 
 _DRAIN_AFTER_EXIT_S = 2.0
 # How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
 _CLAIM_COALESCE_S = 0.003
+# A waiter of a run or of many jobs reads them all again at least this often (it is
+# woken by the end of one of them only).
+RUN_WAIT_RECHECK_S = 2.0
 
 
 def instance_id(db_path: str) -> str:
@@ -73,6 +77,7 @@ class RunningJob:
     terminated_for: str | None = None
     finalizing: bool = False
     handles: list[asyncio.TimerHandle] = field(default_factory=list)
+    claimed_at: float = field(default_factory=time.monotonic)  # metrics: attempt duration
 
 
 class Executor:
@@ -213,6 +218,8 @@ class Executor:
                 self._cancel_pending.discard(c.id)
                 rj.terminated_for = "cancelled"
             self.running[c.id] = rj
+        if claimed:
+            self.app.feed.publish("jobs")
         return claimed
 
     async def _schedule_backoff_wake(self) -> None:
@@ -253,11 +260,13 @@ class Executor:
             # it runs on a small pool, so the loop keeps serving meanwhile.
             child = await loop.run_in_executor(self.spawner, procs.spawn, argv, env, job.spec.cwd)
         except OSError as exc:
+            self.app.metrics.spawn_failures.inc()
             what = exc.filename if exc.filename is not None else argv[0]
             await self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
             return
         except Exception as exc:
             log.exception("launch failed", extra={"job_id": job.id})
+            self.app.metrics.spawn_failures.inc()
             await self._finalize(rj, error=f"cannot start: {exc}")
             return
         self.spawned += 1
@@ -374,6 +383,7 @@ class Executor:
             self._finishing.discard(job.id)
             if not self.running and not self._finishing:
                 self._none_running.set()
+        self.app.metrics.attempt_ended(rj)
         if finished is not None:
             self.notify(finished.done)
         self.wake()  # again once committed: a retry queued, dependents released
@@ -393,6 +403,7 @@ class Executor:
 
     def notify(self, job_ids: list[int]) -> None:
         """Wake the waiters of jobs that reached a terminal state (after the commit)."""
+        self.app.feed.publish("jobs")
         for job_id in job_ids:
             for fut in self._waiters.pop(job_id, []):
                 if not fut.done():
@@ -433,6 +444,47 @@ class Executor:
                 if not waiters:
                     del self._waiters[job_id]
         return await self.jobs.get(job_id)
+
+    async def wait_run(self, run_id: int, timeout_s: float) -> None:
+        """Until every job of the run is terminal, `timeout_s` has passed or we stop."""
+
+        async def pending() -> set[int]:
+            _, jobs, _ = await self.store.runs.get(run_id)
+            return {j.id for j in jobs if j.status not in TERMINAL_JOB_STATES}
+
+        await self._wait_ended(pending, timeout_s)
+
+    async def wait_jobs(self, ids: Sequence[int], timeout_s: float) -> dict[int, str]:
+        """Until each of `ids` is terminal (or gone), `timeout_s` has passed or we stop;
+        the statuses of those that exist."""
+        statuses: dict[int, str] = {}
+
+        async def pending() -> set[int]:
+            nonlocal statuses
+            statuses = await self.jobs.statuses(ids)
+            return {i for i, status in statuses.items() if status not in TERMINAL_JOB_STATES}
+
+        await self._wait_ended(pending, timeout_s)
+        return statuses
+
+    async def _wait_ended(
+        self, pending_jobs: Callable[[], Awaitable[set[int]]], timeout_s: float
+    ) -> None:
+        """Until `pending_jobs()` (read from the store) is empty, `timeout_s` passed or we stop.
+
+        Waits for one job at a time, the highest pending id (mostly the last to end: a
+        run's sink, a batch's tail), then reads them all again: a few reads per wait
+        whatever the number of jobs, and the database says when they are done.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            pending = await pending_jobs()
+            remaining = deadline - loop.time()
+            if not pending or remaining <= 0 or self._stopped.is_set():
+                return
+            with contextlib.suppress(NotFound):  # cleaned meanwhile: it is no longer pending
+                await self.wait(max(pending), min(remaining, RUN_WAIT_RECHECK_S))
 
     async def cancel(self, job_id: int) -> str:
         """Cancel any job not yet finished: 'cancelled' at once, or 'cancelling' (a process)."""

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hero_procd.app import Stats
@@ -92,6 +92,8 @@ class Flusher:
         self._on_relief: list[Callable[[], None]] = []
         self.flushes = 0
         self.errors = 0
+        # Told of each stored batch (rows, lines written): metrics and the dashboard's tails.
+        self.on_stored: Callable[[Sequence[LogRow], int], None] | None = None
 
     def start(self) -> None:
         """Start the background flush loop."""
@@ -258,6 +260,8 @@ class Flusher:
         self.stats.dropped_log_lines += sum(done.refused.values())
         self.stats.log_lines_trimmed += done.trimmed
         self.flushes += 1
+        if self.on_stored is not None:
+            self.on_stored(rows, done.written)
         self._progress.set()
         if self._on_relief and len(self._queue) <= self.low_water:
             callbacks, self._on_relief = self._on_relief, []

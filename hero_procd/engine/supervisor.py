@@ -144,6 +144,7 @@ class Supervisor:
 
     def state_changed(self) -> None:
         """Some owner committed a state: wake whoever waits on another service."""
+        self.app.feed.publish("services")
         self._any_change.set()
         self._any_change = asyncio.Event()
 

@@ -132,6 +132,7 @@ class Dispatcher:
 
     def _wrap(self, name: str, fn: Handler) -> Callable[..., Any]:
         app = self.app
+        fn = app.observed(name, fn)  # metrics (calls, latency) and the dashboard's change feed
 
         async def entry(*args: Any, **kwargs: Any) -> Result:
             if args:

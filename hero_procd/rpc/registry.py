@@ -35,7 +35,9 @@ def load_methods() -> dict[str, Handler]:
         runs,
         schedules,
         secrets,
+        service_ops,
         services,
+        stack,
         system,
     )
 

@@ -43,11 +43,13 @@ import h11
 import orjson
 
 from hero_procd.errors import BUSY, INVALID_REQUEST
+from hero_procd.metrics import CONTENT_TYPE as _METRICS_TYPE
 from hero_procd.rpc.dispatch import Dispatcher, error_response
 
 log = logging.getLogger(__name__)
 
 _CRED = struct.Struct("3i")
+METRICS_CTYPE = _METRICS_TYPE.encode()
 _MAX_QUEUED_FRAMES = 32
 _HTTP_METHOD_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _MAX_INCOMPLETE_HEAD = 64 * 1024
@@ -70,8 +72,9 @@ _ROUTES: dict[bytes, tuple[bytes, ...]] = {
     b"/": (b"POST", b"OPTIONS"),
     b"/openrpc.json": (b"GET", b"HEAD", b"OPTIONS"),
     b"/health": (b"GET", b"HEAD", b"OPTIONS"),
+    b"/metrics": (b"GET", b"HEAD", b"OPTIONS"),
 }
-_PATHS = ["/rpc", "/openrpc.json", "/health"]
+_PATHS = ["/rpc", "/openrpc.json", "/health", "/metrics"]
 # Host = uri-host [ ":" port ] (RFC 9110 7.2, RFC 3986 3.2.2): a reg-name or IPv4
 # address, or an IP literal in brackets; empty is allowed (RFC 9112 3.2).
 _HOST_RE = re.compile(
@@ -558,6 +561,9 @@ class Connection(asyncio.Protocol):
             await self._http_rpc(http, bytes(body))
         elif path == b"/openrpc.json":
             self._http_send_raw(http, 200, orjson.dumps(self.server.dispatcher.app.openrpc))
+        elif path == b"/metrics":  # Prometheus text (hero_procd/metrics.py)
+            app = self.server.dispatcher.app
+            self._http_send_raw(http, 200, await app.metrics.render(app), ctype=METRICS_CTYPE)
         else:
             app = self.server.dispatcher.app
             self._http_send(http, 200, {"status": "ok", "version": app.version, "pid": app.pid})
@@ -636,11 +642,12 @@ class Connection(asyncio.Protocol):
         *,
         close: bool = False,
         extra: list[tuple[bytes, bytes]] | None = None,
+        ctype: bytes = b"application/json",
     ) -> None:
         headers: list[tuple[bytes, bytes]] = [(b"date", _http_date().encode())]
         if status != 204:
             headers += [
-                (b"content-type", b"application/json"),
+                (b"content-type", ctype),
                 (b"content-length", b"%d" % len(body)),
             ]
         if close:

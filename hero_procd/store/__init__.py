@@ -27,6 +27,7 @@ from hero_procd.store.schedules import SchedulesApi
 from hero_procd.store.schema import WIPE_ORDER
 from hero_procd.store.secrets import SecretsApi
 from hero_procd.store.services import ServicesApi
+from hero_procd.store.stacks import StacksApi
 
 __all__ = ["BatchResult", "CleanResult", "Store", "is_dsn"]
 
@@ -88,6 +89,7 @@ class Store:
         self.secrets = SecretsApi(pool)
         self.schedules = SchedulesApi(pool)
         self.nodes = NodesApi(pool, node)
+        self.stacks = StacksApi(pool, node)
 
     @classmethod
     async def open(

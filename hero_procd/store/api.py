@@ -71,6 +71,10 @@ class JobStore(Protocol):
         """One job, or NotFound."""
         ...
 
+    async def statuses(self, ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of `ids` that exists."""
+        ...
+
 
 class LogStore(Protocol):
     """Log lines: appended in batches with each owner's counters."""

@@ -21,6 +21,11 @@ class GroupsApi:
         rows = await self.pool.fetch_all(Q["group_list"])
         return {r["name"]: int(r["max_parallel"]) for r in rows}
 
+    async def entries(self) -> list[tuple[str, int, str | None]]:
+        """Every group: (name, limit, stack or None if made by hand), by name."""
+        rows = await self.pool.fetch_all(Q["group_list"])
+        return [(r["name"], int(r["max_parallel"]), r["stack"]) for r in rows]
+
     async def delete(self, name: str) -> int:
         """Delete a group's limit; the rows deleted."""
         return await self.pool.write(lambda c: c.execute(Q["group_delete"], (name,)).rowcount)

@@ -30,6 +30,7 @@ from hero_procd.model import (
     now,
 )
 from hero_procd.offload import offload
+from hero_procd.params import INT64_MAX
 from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.notify import notify
 from hero_procd.store.pool import Conn, DbPool, chunks, is_postgres
@@ -672,10 +673,29 @@ class JobsApi:
         return blob, len(rows), rows[-1]["id"] if rows else None
 
     async def _list_rows(self, filters: dict[str, Any]) -> builtins.list[sqlite3.Row]:
-        sql = Q["job_list"] if filters.get("tag") is None else Q["job_list_by_tag"]
-        params = {"status": None, "tag": None, "run_id": None, "limit": 100, "after_id": 0}
+        """Rows of a page: oldest first after `after_id`, or with `newest_first` below
+        `before_id`."""
+        name = "job_list" if filters.get("tag") is None else "job_list_by_tag"
+        params = {"status": None, "tag": None, "run_id": None, "limit": 100}
         params.update(filters)
-        return await self.pool.fetch_all(sql, params)
+        newest_first = params.pop("newest_first", False)
+        before_id = params.pop("before_id", None)
+        if newest_first:
+            params.pop("after_id", None)
+            params["before_id"] = INT64_MAX if before_id is None else before_id
+            name += "_desc"
+        else:
+            params.setdefault("after_id", 0)
+        return await self.pool.fetch_all(Q[name], params)
+
+    async def statuses(self, ids: Sequence[int]) -> dict[int, str]:
+        """The status of each of `ids` that exists, read in chunks on one connection."""
+        out: dict[int, str] = {}
+        async with self.pool.reader() as conn:
+            for chunk in chunks(ids):
+                async with conn.execute(with_marks("job_statuses", len(chunk)), chunk) as cur:
+                    out.update((int(r[0]), str(r[1])) for r in await cur.fetchall())
+        return out
 
     async def delete_many(self, ids: Sequence[int]) -> int:
         """Delete jobs by id in one transaction; the rows deleted."""

@@ -159,10 +159,43 @@ class LogsApi:
         self, owner_kind: str, owner_id: str, after_seq: int = 0, limit: int = 1000
     ) -> list[LogLine]:
         """A page of an owner's lines after `after_seq`, in order."""
-        rows = await self.pool.fetch_all(Q["log_read"], (owner_kind, owner_id, after_seq, limit))
-        return [
+        lines, _ = await self.page(owner_kind, owner_id, after_seq, limit)
+        return lines
+
+    async def page(
+        self,
+        owner_kind: str,
+        owner_id: str,
+        after_seq: int = 0,
+        limit: int = 1000,
+        *,
+        since: float | None = None,
+        tail: int | None = None,
+    ) -> tuple[list[LogLine], int]:
+        """A page of an owner's lines after `after_seq`, in order, and where it started.
+
+        `since` keeps the lines stamped at or after that Unix time. `tail` starts the
+        page at the owner's last `tail` such lines (0: after its last line), so a
+        reader of the end never fetches what comes before. The second value is the
+        seq the page starts after (`after_seq`, or later with `tail`): the next
+        `after_seq` when the page is empty.
+        """
+        params: dict[str, object] = {"kind": owner_kind, "owner": owner_id, "since": since}
+        start = after_seq
+        async with self.pool.reader() as conn:  # one connection: the start and the page agree
+            if tail is not None:
+                query = {**params, "after_seq": after_seq, "tail": tail}
+                async with conn.execute(Q["log_tail_start"], query) as cur:
+                    row = await cur.fetchone()
+                if row is not None:
+                    start = max(after_seq, int(row[0]))
+            query = {**params, "after_seq": start, "limit": limit}
+            async with conn.execute(Q["log_read"], query) as cur:
+                rows = await cur.fetchall()
+        lines = [
             LogLine(owner_kind, owner_id, r["seq"], r["stream"], r["ts"], r["text"]) for r in rows
         ]
+        return lines, start
 
     async def last_seq(self, owner_kind: str, owner_id: str) -> int:
         """The owner's sequence high-water mark: the counter, or its stored lines (0 if none)."""

@@ -79,6 +79,12 @@ _OVERRIDES: dict[str, str] = {Q[name]: text for name, text in load("queries_pg.s
 _MARKS = re.compile(r"IN \((\?(?:,\?)*)\)")
 _NAMED = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 _INDEXED = re.compile(r"\s+INDEXED BY \w+")
+# `(:p IS NULL OR …)`: PostgreSQL types a parameter where it first meets it, and
+# `IS NULL` tells it nothing; the test goes last, after the comparison that types it.
+_PARAM_IS_NULL_OR = re.compile(r"\((:[A-Za-z_]\w*) IS NULL OR ")
+# SQLite's JSON functions, as the tags and specs (JSON text) use them.
+_JSON_EACH = re.compile(r"json_each\(([\w.]+)\) WHERE value =")
+_JSON_EXTRACT = re.compile(r"json_extract\(([\w.]+), '\$\.(\w+)'\)")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -95,7 +101,24 @@ def to_pg(sql: str) -> str:
     if text is None:
         text = sql
     text = _INDEXED.sub("", text).replace("%", "%%")
+    text = _null_test_last(text)
+    text = _JSON_EACH.sub(
+        r"jsonb_array_elements_text(CAST(\1 AS jsonb)) AS je(value) WHERE je.value =", text
+    )
+    text = _JSON_EXTRACT.sub(r"(CAST(\1 AS jsonb) ->> '\2')", text)
     return _NAMED.sub(r"%(\1)s", text).replace("?", "%s")
+
+
+def _null_test_last(text: str) -> str:
+    """`(:p IS NULL OR expr)` → `(expr OR :p IS NULL)` (see _PARAM_IS_NULL_OR)."""
+    while (found := _PARAM_IS_NULL_OR.search(text)) is not None:
+        depth, end = 1, found.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(text[end], 0)
+            end += 1
+        expr = text[found.end() : end - 1]
+        text = f"{text[: found.start()]}({expr} OR {found.group(1)} IS NULL){text[end:]}"
+    return text
 
 
 def migration_to_pg(script: str) -> str:

@@ -27,23 +27,23 @@ INSERT INTO actions (name, spec, tags, node, created_at, updated_at)
 VALUES (:name, :spec, :tags, :node, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tags = excluded.tags,
                                  node = excluded.node, updated_at = excluded.updated_at
-RETURNING name, spec, tags, node, created_at, updated_at
+RETURNING name, spec, tags, node, stack, created_at, updated_at
 
 -- action_get --
 -- One action by name.
-SELECT name, spec, tags, node, created_at, updated_at FROM actions WHERE name = ?
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions WHERE name = ?
 
 -- action_get_many --
 -- Several actions by name (resolving the actions of a run in one read).
-SELECT name, spec, tags, node, created_at, updated_at FROM actions WHERE name IN ({marks})
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions WHERE name IN ({marks})
 
 -- action_list --
 -- Every action, by name.
-SELECT name, spec, tags, node, created_at, updated_at FROM actions ORDER BY name
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions ORDER BY name
 
 -- action_list_by_tag --
 -- Actions carrying a tag, by name.
-SELECT name, spec, tags, node, created_at, updated_at FROM actions
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions
 WHERE EXISTS (SELECT 1 FROM json_each(actions.tags) WHERE value = ?)
 ORDER BY name
 
@@ -82,6 +82,26 @@ WHERE id > :after_id
   AND (:status IS NULL OR status = :status)
   AND (:run_id IS NULL OR run_id = :run_id)
 ORDER BY id LIMIT :limit
+
+-- job_list_desc --
+-- A page of jobs newest first (ids below :before_id), optionally by status and run.
+SELECT * FROM jobs
+WHERE id < :before_id
+  AND (:status IS NULL OR status = :status)
+  AND (:run_id IS NULL OR run_id = :run_id)
+ORDER BY id DESC LIMIT :limit
+
+-- job_list_by_tag_desc --
+-- A page of jobs carrying a tag, newest first (ids below :before_id).
+SELECT j.* FROM job_tags t JOIN jobs j ON j.id = t.job_id
+WHERE t.tag = :tag AND t.job_id < :before_id
+  AND (:status IS NULL OR j.status = :status)
+  AND (:run_id IS NULL OR j.run_id = :run_id)
+ORDER BY t.job_id DESC LIMIT :limit
+
+-- job_statuses --
+-- The status of each of a chunk of jobs (those that exist).
+SELECT id, status FROM jobs WHERE id IN ({marks})
 
 -- job_list_by_tag --
 -- A page of jobs carrying a tag, in id order, optionally by status and run.
@@ -138,6 +158,14 @@ WHERE id > :after_id
   AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = :tag))
 ORDER BY id LIMIT :limit
 
+-- run_list_desc --
+-- A page of runs newest first (ids below :before_id), optionally by status and tag.
+SELECT * FROM runs
+WHERE id < :before_id
+  AND (:status IS NULL OR status = :status)
+  AND (:tag IS NULL OR EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = :tag))
+ORDER BY id DESC LIMIT :limit
+
 -- run_delete_empty --
 -- Delete those of a chunk of runs that have no job left.
 DELETE FROM runs
@@ -165,13 +193,13 @@ DELETE FROM services WHERE name = ?
 -- service_status_all --
 -- The live status of every service in one read.
 SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent, node
+       memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
 FROM services ORDER BY name
 
 -- service_status_one --
 -- The live status of one service.
 SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent, node
+       memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
 FROM services WHERE name = ?
 
 -- log_insert --
@@ -179,10 +207,18 @@ FROM services WHERE name = ?
 INSERT INTO log_lines (owner_kind, owner_id, seq, stream, ts, text) VALUES (?, ?, ?, ?, ?, ?)
 
 -- log_read --
--- A page of an owner's log lines after a sequence number.
+-- A page of an owner's log lines after a sequence number (and at or after a time).
 SELECT seq, stream, ts, text FROM log_lines
-WHERE owner_kind = ? AND owner_id = ? AND seq > ?
-ORDER BY seq LIMIT ?
+WHERE owner_kind = :kind AND owner_id = :owner AND seq > :after_seq
+  AND (:since IS NULL OR ts >= :since)
+ORDER BY seq LIMIT :limit
+
+-- log_tail_start --
+-- The seq just before an owner's last :tail lines after :after_seq (and at or after :since).
+SELECT seq FROM log_lines
+WHERE owner_kind = :kind AND owner_id = :owner AND seq > :after_seq
+  AND (:since IS NULL OR ts >= :since)
+ORDER BY seq DESC LIMIT 1 OFFSET :tail
 
 -- log_last_seq --
 -- The last sequence number of an owner's log lines.
@@ -313,7 +349,7 @@ ON CONFLICT (name) DO UPDATE SET max_parallel = excluded.max_parallel
 
 -- group_list --
 -- Every concurrency group.
-SELECT name, max_parallel FROM groups ORDER BY name
+SELECT name, max_parallel, stack FROM groups ORDER BY name
 
 -- group_delete --
 -- Delete a concurrency group.
@@ -575,3 +611,56 @@ SELECT EXISTS (SELECT 1 FROM groups)
 SELECT g.name, g.max_parallel - count(j.id) AS room FROM groups g
 LEFT JOIN jobs j ON j.grp = g.name AND j.status = 'running'
 GROUP BY g.name, g.max_parallel
+
+-- stack_services --
+-- Every service's definition and stack (the current state a stack plan starts from).
+SELECT name, spec, stack FROM services ORDER BY name
+
+-- stack_actions --
+-- Every action's definition and stack.
+SELECT name, spec, tags, stack FROM actions ORDER BY name
+
+-- stack_schedules --
+-- Every schedule's definition and stack.
+SELECT name, cron, tz, target, overlap, paused, stack FROM schedules ORDER BY name
+
+-- stack_groups --
+-- Every concurrency group and its stack.
+SELECT name, max_parallel, stack FROM groups ORDER BY name
+
+-- stack_service_upsert --
+-- Create or redefine a service for a stack; its live state (and its node) is kept.
+INSERT INTO services (name, spec, stack, node, created_at, updated_at)
+VALUES (:name, :spec, :stack, :node, :now, :now)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, stack = excluded.stack,
+                                 updated_at = excluded.updated_at
+
+-- stack_action_upsert --
+-- Create or replace an action for a stack.
+INSERT INTO actions (name, spec, tags, stack, created_at, updated_at)
+VALUES (:name, :spec, :tags, :stack, :now, :now)
+ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tags = excluded.tags,
+                                 stack = excluded.stack, updated_at = excluded.updated_at
+
+-- stack_schedule_upsert --
+-- Create or replace a schedule for a stack (as schedule_upsert, with its stack).
+INSERT INTO schedules (name, cron, tz, target, overlap, paused, next_fire_at, stack,
+                       created_at, updated_at)
+VALUES (:name, :cron, :tz, :target, :overlap, :paused, :next_fire_at, :stack, :now, :now)
+ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz, target = excluded.target,
+    overlap = excluded.overlap, paused = excluded.paused, next_fire_at = excluded.next_fire_at,
+    queued = CASE WHEN excluded.overlap = 'queue' THEN queued ELSE 0 END,
+    stack = excluded.stack, updated_at = excluded.updated_at
+
+-- stack_group_upsert --
+-- Create or change a concurrency group for a stack.
+INSERT INTO groups (name, max_parallel, stack) VALUES (?, ?, ?)
+ON CONFLICT (name) DO UPDATE SET max_parallel = excluded.max_parallel, stack = excluded.stack
+
+-- stack_service_spec --
+-- One service's definition, read inside the unit that updates it.
+SELECT spec FROM services WHERE name = ?
+
+-- stack_service_set_spec --
+-- A service's new definition (service.update); its live state and stack are kept.
+UPDATE services SET spec = ?, updated_at = ? WHERE name = ?

@@ -21,6 +21,7 @@ class Action:
     created_at: float
     updated_at: float
     node: str | None = None  # placement of its jobs (a job's own `node` wins)
+    stack: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Action:
@@ -32,6 +33,7 @@ class Action:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             node=row["node"],
+            stack=row["stack"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,6 +43,7 @@ class Action:
             **self.spec.to_dict(),
             "tags": self.tags,
             "node": self.node,
+            "stack": self.stack,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -222,6 +225,7 @@ class Service:
     created_at: float
     updated_at: float
     node: str | None = None
+    stack: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Service:
@@ -240,13 +244,16 @@ class Service:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             node=row["node"],
+            stack=row["stack"],
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The service as the RPC shows it."""
         return {
             "name": self.name,
+            "tags": [],  # a service defined before tags existed has none
             **self.spec,
+            "stack": self.stack,
             "desired": self.desired,
             "state": self.state,
             "pid": self.pid,
@@ -283,4 +290,5 @@ def status_from_row(
         "uptime_s": round(now - started, 3) if live else None,
         "memory_bytes": row["memory_bytes"] if live else None,
         "cpu_percent": row["cpu_percent"] if live else None,
+        "tags": orjson.loads(row["tags"]) if row["tags"] else [],
     }

@@ -9,6 +9,7 @@ import orjson
 
 from hero_procd.errors import NotFound
 from hero_procd.model import RunStatus, now
+from hero_procd.params import INT64_MAX
 from hero_procd.store.pool import Conn, DbPool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job, Run
@@ -40,10 +41,17 @@ class RunsApi:
         tag: str | None = None,
         limit: int = 100,
         after_id: int = 0,
+        before_id: int | None = None,
+        newest_first: bool = False,
     ) -> list[Run]:
-        """A page of runs in id order."""
-        params = {"status": status, "tag": tag, "limit": limit, "after_id": after_id}
-        return [Run.from_row(r) for r in await self.pool.fetch_all(Q["run_list"], params)]
+        """A page of runs: in id order after `after_id`, or newest first below `before_id`."""
+        params: dict[str, Any] = {"status": status, "tag": tag, "limit": limit}
+        if newest_first:
+            params["before_id"] = INT64_MAX if before_id is None else before_id
+            rows = await self.pool.fetch_all(Q["run_list_desc"], params)
+        else:
+            rows = await self.pool.fetch_all(Q["run_list"], {**params, "after_id": after_id})
+        return [Run.from_row(r) for r in rows]
 
 
 def insert_run(conn: Conn, name: str | None, tags: list[str]) -> int:

@@ -35,6 +35,7 @@ class Schedule:
     queued: int
     created_at: float
     updated_at: float
+    stack: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Schedule:
@@ -55,6 +56,7 @@ class Schedule:
             queued=row["queued"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            stack=row["stack"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +75,7 @@ class Schedule:
             "fires": self.fires,
             "skipped": self.skipped,
             "queued": self.queued,
+            "stack": self.stack,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

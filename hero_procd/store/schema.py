@@ -165,9 +165,18 @@ V3 = """
 ALTER TABLE schedules ADD COLUMN queued INTEGER NOT NULL DEFAULT 0;
 """
 
+# Stack files (hero_procd/stack.py): the stack that declared each service, action,
+# schedule and group; NULL for an object made by hand, which no prune ever deletes.
+V4 = """
+ALTER TABLE services ADD COLUMN stack TEXT;
+ALTER TABLE actions ADD COLUMN stack TEXT;
+ALTER TABLE schedules ADD COLUMN stack TEXT;
+ALTER TABLE groups ADD COLUMN stack TEXT;
+"""
+
 # Nodes (several daemons on one PostgreSQL queue; SQLite has one): each node's heartbeat,
 # the node that runs (ran) a job's attempt, and an optional placement of a job on a node.
-V4 = """
+V5 = """
 CREATE TABLE nodes (
     name          TEXT PRIMARY KEY,
     version       TEXT NOT NULL,
@@ -188,6 +197,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (2, V2),
     (3, V3),
     (4, V4),
+    (5, V5),
 ]
 
 # Every table a wipe empties, children before parents.

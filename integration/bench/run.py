@@ -41,7 +41,9 @@ from integration.bench.bench_cluster import bench_cluster
 from integration.bench.bench_jobs import bench_logs, bench_throughput
 from integration.bench.bench_latency import bench_clients, bench_ping
 from integration.bench.bench_services import bench_idle, bench_service_start, bench_status_all
+from integration.bench.bench_stack import bench_stack_apply
 from integration.bench.bench_store import bench_batch, bench_clean, bench_submit
+from integration.bench.bench_web import bench_web_idle, bench_web_pages
 from integration.bench.common import (
     DAEMON_ENV,
     FULL,
@@ -139,9 +141,12 @@ BENCHMARKS: dict[str, Callable[[Sizes], BenchResult]] = {
     "logs": bench_logs,
     "service_start": bench_service_start,
     "status_all": bench_status_all,
+    "stack_apply": bench_stack_apply,
     "cli": bench_cli,
     "idle": bench_idle,
     "cluster": bench_cluster,
+    "web_pages": bench_web_pages,
+    "web_idle": bench_web_idle,
     "soak": bench_soak,
 }
 ON_REQUEST = {"soak"}  # not in the default run: --soak or --only soak

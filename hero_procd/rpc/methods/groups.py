@@ -26,7 +26,7 @@ async def group_set(app: App, p: Params) -> dict[str, Any]:
 async def group_list(app: App, p: Params) -> dict[str, Any]:
     """Every group with its limit and how many of its jobs run now."""
     p.finish()
-    limits = await app.store.groups.all()
+    entries = await app.store.groups.entries()
     running: dict[str, int] = {}
     if app.executor is not None:
         for rj in app.executor.running.values():
@@ -34,7 +34,8 @@ async def group_list(app: App, p: Params) -> dict[str, Any]:
                 running[rj.claim.group] = running.get(rj.claim.group, 0) + 1
     return {
         "groups": [
-            {"name": n, "max_parallel": m, "running": running.get(n, 0)} for n, m in limits.items()
+            {"name": n, "max_parallel": m, "running": running.get(n, 0), "stack": stack}
+            for n, m, stack in entries
         ]
     }
 

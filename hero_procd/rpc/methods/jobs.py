@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from hero_procd.model import (
     parse_job_request,
 )
 from hero_procd.offload import offload
-from hero_procd.params import Params
+from hero_procd.params import INT64_MAX, Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store import MAX_BATCH_ITEMS, BatchResult
 from hero_procd.store.logs import to_wire
@@ -47,18 +48,46 @@ async def job_get(app: App, p: Params) -> dict[str, Any]:
 
 @rpc("job.list")
 async def job_list(app: App, p: Params) -> dict[str, Any]:
-    """A page of jobs in id order; pass `next_after_id` back as `after_id` for the next page."""
+    """A page of jobs in id order; pass `next_after_id` back as `after_id` for the next page.
+
+    `order: "desc"` gives the newest first; its next page is `before_id: next_before_id`.
+    """
     status = p.choice("status", tuple(s.value for s in JobStatus))
     tag = p.text("tag")
     run_id = p.integer("run_id", minimum=1)
     limit = p.integer("limit", default=100, minimum=1, maximum=MAX_PAGE) or 100
-    after_id = p.integer("after_id", default=0, minimum=0) or 0
+    order, after_id, before_id = page_order(p)
     p.finish()
     # Built and serialised off the loop in one go, handed to the answer as it is.
     blob, count, last_id = await app.store.jobs.list_json(
-        status=status, tag=tag, run_id=run_id, limit=limit, after_id=after_id
+        status=status,
+        tag=tag,
+        run_id=run_id,
+        limit=limit,
+        after_id=after_id,
+        before_id=before_id,
+        newest_first=order == "desc",
     )
-    return {"jobs": orjson.Fragment(blob), "next_after_id": last_id if count == limit else None}
+    return {"jobs": orjson.Fragment(blob), **next_page(order, last_id if count == limit else None)}
+
+
+def page_order(p: Params) -> tuple[str, int, int]:
+    """(order, after_id, before_id) of a list call: `after_id` pages up, `before_id` down."""
+    order = p.choice("order", ("asc", "desc"), default="asc") or "asc"
+    after_id = p.integer("after_id", minimum=0)
+    before_id = p.integer("before_id", minimum=1)
+    if order == "asc" and before_id is not None:
+        raise InvalidParams("before_id", 'goes with order "desc" (use after_id)')
+    if order == "desc" and after_id is not None:
+        raise InvalidParams("after_id", 'goes with order "asc" (use before_id)')
+    return order, after_id or 0, before_id if before_id is not None else INT64_MAX
+
+
+def next_page(order: str, last_id: int | None) -> dict[str, int | None]:
+    """Where the next page starts: `next_after_id` (and `next_before_id` when newest first)."""
+    if order == "desc":
+        return {"next_after_id": None, "next_before_id": last_id}
+    return {"next_after_id": last_id}
 
 
 @rpc("job.clean_by_tag")
@@ -127,18 +156,59 @@ async def job_wait(app: App, p: Params) -> dict[str, Any]:
     return out
 
 
+@rpc("job.wait_all")
+async def job_wait_all(app: App, p: Params) -> dict[str, Any]:
+    """Until each job has ended (or `timeout_s`, default 30, passed): counts by status."""
+    ids = _id_list(p, "ids")
+    timeout_s = p.number("timeout_s", default=30.0, minimum=0) or 0.0
+    p.finish()
+    unique = list(dict.fromkeys(ids))
+    statuses = await app.jobs.wait_jobs(unique, min(timeout_s, 3600.0))
+    counts = Counter(statuses.values())  # C-speed: 100,000 ids hold the loop ~3 ms
+    ended = sum(n for status, n in counts.items() if status in TERMINAL_JOB_STATES)
+    missing = len(unique) - len(statuses)
+    return {
+        "total": len(unique),
+        "ended": ended,
+        "missing": missing,
+        "counts": dict(counts),
+        "done": ended + missing == len(unique),
+    }
+
+
+def _id_list(p: Params, name: str) -> list[int]:
+    """A required, non-empty list of job ids (at most MAX_BATCH_ITEMS)."""
+    value = p.raw(name)
+    if value is None:
+        raise InvalidParams(name, "is required")
+    if not isinstance(value, list):
+        raise InvalidParams(name, "must be a list of ids")
+    if not value:
+        raise InvalidParams(name, "must not be empty")
+    if len(value) > MAX_BATCH_ITEMS:
+        raise InvalidParams(name, f"at most {MAX_BATCH_ITEMS} ids")
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not 1 <= item <= INT64_MAX:
+            raise InvalidParams(f"{name}[{i}]", f"must be an integer from 1 to {INT64_MAX}")
+    return value
+
+
 @rpc("job.logs")
 async def job_logs(app: App, p: Params) -> dict[str, Any]:
     """A page of a job's output after `after_seq`; `done` once it ended and all is read."""
     job_id = p.req_integer("id", minimum=1)
     after_seq = p.integer("after_seq", default=0, minimum=0) or 0
     limit = p.integer("limit", default=1000, minimum=1, maximum=MAX_PAGE) or 1000
+    since = p.number("since", minimum=0)
+    tail = p.integer("tail", minimum=0)
     p.finish()
     job = await app.store.jobs.get(job_id)  # status first: a finished job's lines are all written
-    lines = await app.store.logs.read("job", str(job_id), after_seq, limit)
+    lines, start = await app.store.logs.page(
+        "job", str(job_id), after_seq, limit, since=since, tail=tail
+    )
     return {
         "lines": to_wire(lines),
-        "next_seq": lines[-1].seq if lines else after_seq,
+        "next_seq": lines[-1].seq if lines else start,
         "done": job.status in TERMINAL_JOB_STATES and len(lines) < limit,
         "status": job.status,
     }

@@ -35,7 +35,7 @@ async def service_define(app: App, p: Params) -> dict[str, Any]:
     return service.to_dict()
 
 
-async def _ours(app: App, name: str) -> None:
+async def check_own_node(app: App, name: str) -> None:
     """Refuse a verb on another node's service (NotFound for an unknown one)."""
     service = await app.store.services.get(name)
     if service.node is not None and service.node != app.config.node:
@@ -70,7 +70,7 @@ async def service_delete(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     p.finish()
     with contextlib.suppress(NotFound):
-        await _ours(app, name)
+        await check_own_node(app, name)
     if app.supervisor is not None:
         # The owner stops it, writes out its last lines, then deletes row, lines, history.
         return {"deleted": await app.supervisor.delete_service(name)}
@@ -89,7 +89,7 @@ async def service_start(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     wait_s = p.number("wait_s", default=0.0, minimum=0) or 0.0
     p.finish()
-    await _ours(app, name)
+    await check_own_node(app, name)
     await app.services.start_service(name, wait_s=min(wait_s, 600.0))
     return await _status_after(app, name)
 
@@ -99,7 +99,7 @@ async def service_stop(app: App, p: Params) -> dict[str, Any]:
     """Stop a service (the services that require it first); returns once it has stopped."""
     name = p.req_text("name")
     p.finish()
-    await _ours(app, name)
+    await check_own_node(app, name)
     await app.services.stop_service(name)
     return await _status_after(app, name)
 
@@ -110,7 +110,7 @@ async def service_restart(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     wait_s = p.number("wait_s", default=0.0, minimum=0) or 0.0
     p.finish()
-    await _ours(app, name)
+    await check_own_node(app, name)
     await app.services.restart_service(name, wait_s=min(wait_s, 600.0))
     return await _status_after(app, name)
 
@@ -131,12 +131,16 @@ async def service_logs(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     after_seq = p.integer("after_seq", default=0, minimum=0) or 0
     limit = p.integer("limit", default=1000, minimum=1, maximum=MAX_PAGE) or 1000
+    since = p.number("since", minimum=0)
+    tail = p.integer("tail", minimum=0)
     p.finish()
     service = await app.store.services.get(name)
-    lines = await app.store.logs.read("service", name, after_seq, limit)
+    lines, start = await app.store.logs.page(
+        "service", name, after_seq, limit, since=since, tail=tail
+    )
     return {
         "lines": to_wire(lines),
-        "next_seq": lines[-1].seq if lines else after_seq,
+        "next_seq": lines[-1].seq if lines else start,
         "state": service.state,
     }
 

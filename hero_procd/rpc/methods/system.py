@@ -78,6 +78,17 @@ async def wipe_all(app: App, p: Params) -> dict[str, Any]:
             app.supervisor.reopen()
 
 
+@rpc("system.ui")
+async def ui(app: App, p: Params) -> dict[str, Any]:
+    """The browser listener's URL and the URL that logs in with its token (null when off)."""
+    p.finish()
+    return {
+        "enabled": app.http_url is not None,
+        "url": app.http_url,
+        "login_url": app.http_login_url,
+    }
+
+
 @rpc("rpc.discover")
 async def discover(app: App, p: Params) -> dict[str, Any]:
     """The OpenRPC document describing every method."""

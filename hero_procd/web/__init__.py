@@ -1,0 +1,1 @@
+"""The browser listener: dashboard pages, /rpc, /metrics and /events (Server-Sent Events)."""
