@@ -21,7 +21,7 @@ STAMP  := $(VENV)/.installed
 
 all: lint test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py hero_procd/engine/_spawn.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

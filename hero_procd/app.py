@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from hero_procd.engine.cluster import Node
+    from hero_procd.engine.contain import Containment
     from hero_procd.engine.executor import Executor
     from hero_procd.engine.janitor import Janitor
     from hero_procd.engine.scheduler import Scheduler
@@ -49,12 +51,15 @@ class App:
     scheduler: Scheduler | None = None
     janitor: Janitor | None = None
     node: Node | None = None
+    containment: Containment | None = None
     # The dashboard's change feed and the Prometheus metrics (hero_procd/web, metrics.py).
     feed: Feed = field(default_factory=Feed)
     metrics: Metrics = field(default_factory=Metrics)
     # The browser listener's URLs once it is bound (None: not enabled); see system.ui.
     http_url: str | None = None
     http_login_url: str | None = None
+    # One stack apply at a time, its carry-out included (hero_procd/stack.py).
+    stack_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def jobs(self) -> Executor:
@@ -67,6 +72,20 @@ class App:
         """The service supervisor (present once the daemon has started it)."""
         assert self.supervisor is not None, "supervisor not started"
         return self.supervisor
+
+    @property
+    def contain(self) -> Containment:
+        """How children are contained: what the daemon set up, else process groups."""
+        if self.containment is None:
+            from hero_procd.engine.contain import ProcessGroupContainment
+
+            self.containment = ProcessGroupContainment("no containment was set up")
+        return self.containment
+
+    def check_limits(self, spec: dict[str, Any], path: str = "") -> None:
+        """Refuse limit fields this daemon cannot enforce (-32602 naming the controller)."""
+        if self.containment is not None:
+            self.containment.check_limits(spec, path)
 
     def wake_jobs(self) -> None:
         """Tell the executor that jobs were queued (no-op without one)."""

@@ -14,7 +14,7 @@ import os
 import select
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -108,9 +108,12 @@ class Client:
         assert self._sock is not None
         req_id = next(self._ids)
         try:
-            self._sock.sendall(
-                _request(method, params if params is not None else (kw or None), req_id)
-            )
+            try:
+                self._sock.sendall(
+                    _request(method, params if params is not None else (kw or None), req_id)
+                )
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                self._refused_while_sending(exc)
             line = self._read_line()
         except TimeoutError as exc:
             self.close()
@@ -119,6 +122,21 @@ class Client:
             self.close()
             raise _unavailable(self.socket_path, exc) from exc
         return _result(line, req_id)
+
+    def _refused_while_sending(self, exc: OSError) -> NoReturn:
+        """The daemon closed while a request was still being sent: it may have refused it
+        (a frame over its limit) and said why first; raise that answer, else `exc`."""
+        try:
+            line = self._read_line()
+            answer = orjson.loads(line)
+        except (OSError, orjson.JSONDecodeError, ProtocolError):
+            raise exc from None
+        finally:
+            self.close()
+        err = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(err, dict):
+            raise exc
+        raise from_wire(int(err.get("code", -32603)), str(err.get("message", "")), err.get("data"))
 
     def _read_line(self) -> bytes:
         assert self._sock is not None

@@ -153,6 +153,10 @@ class Config:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S
+    # auto | cgroup2 | process-group (engine/contain.py), and the cgroup subtree of the
+    # daemon's cells (None: <own cgroup>/hero-procd-<instance>).
+    containment: str = "auto"
+    cgroup: str | None = None
     # The browser listener (hero_procd/web): "HOST:PORT", off when None.
     http: str | None = None
     http_allow_remote: bool = False
@@ -183,6 +187,8 @@ class Config:
         max_parallel: int | None = None,
         node: str | None = None,
         node_timeout_s: float | None = None,
+        containment: str | None = None,
+        cgroup: str | None = None,
         http: str | None = None,
         http_allow_remote: bool | None = None,
     ) -> Config:
@@ -225,6 +231,8 @@ class Config:
             frame_timeout_s=_env_positive(
                 "HERO_PROC_FRAME_TIMEOUT_S", DEFAULT_FRAME_TIMEOUT_S, float
             ),
+            containment=_containment_mode(containment),
+            cgroup=cgroup or os.environ.get("HERO_PROC_CGROUP") or None,
             http=http or os.environ.get("HERO_PROC_HTTP") or None,
             http_allow_remote=(
                 http_allow_remote
@@ -237,3 +245,15 @@ class Config:
                 if h.strip()
             ),
         )
+
+
+CONTAINMENT_MODES = ("auto", "cgroup2", "process-group")
+
+
+def _containment_mode(flag: str | None) -> str:
+    value = flag or os.environ.get("HERO_PROC_CONTAINMENT") or "auto"
+    if value not in CONTAINMENT_MODES:
+        raise ValueError(
+            f"HERO_PROC_CONTAINMENT must be one of {', '.join(CONTAINMENT_MODES)}, got {value!r}"
+        )
+    return value

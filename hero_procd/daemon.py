@@ -31,7 +31,8 @@ from hero_procd import __version__
 from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.engine.cluster import Node
-from hero_procd.engine.executor import Executor
+from hero_procd.engine.contain import make_containment
+from hero_procd.engine.executor import Executor, instance_id, instance_key
 from hero_procd.engine.janitor import Janitor
 from hero_procd.engine.scheduler import Scheduler
 from hero_procd.engine.supervisor import Supervisor
@@ -196,6 +197,13 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
         # failed, could be another program's socket.
         teardown.push("server", lambda: server.close(config.shutdown_grace_s))
 
+        # Before the stack files: their limits are checked against the usable controllers.
+        stage = "setting up containment"
+        app.containment = await asyncio.to_thread(
+            make_containment, config.containment, config.cgroup, instance_id(instance_key(config))
+        )
+        teardown.push("containment", app.containment.close)
+
         if config.config_dir is not None:
             # Before the engines: the supervisor then starts what the files mark autostart.
             # A bad file is logged and leaves the stored state as it was; start-up goes on.
@@ -327,8 +335,8 @@ async def serve(config: Config) -> None:
     except BaseException:
         await teardown.run()
         raise
-    # The start-up apply just ran: a SIGHUP that came during start-up is served by it.
-    reloader.wanted.clear()
+    # A SIGHUP that came during start-up is served now: the start-up apply may have read
+    # the files before they changed (one more apply of unchanged files changes nothing).
     reloader.start(app)
     teardown.push("reloader", reloader.stop)
     ready.set()
@@ -399,6 +407,15 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     "--socket-group", help="Group allowed on the socket (mode 0660) [$HERO_PROC_SOCKET_GROUP]"
 )
 @click.option(
+    "--containment",
+    type=click.Choice(["auto", "cgroup2", "process-group"]),
+    help="Cells of jobs and services: cgroup v2 or process groups [auto, $HERO_PROC_CONTAINMENT]",
+)
+@click.option(
+    "--cgroup",
+    help="cgroup v2 subtree for the cells [<own cgroup>/hero-procd-<id>, $HERO_PROC_CGROUP]",
+)
+@click.option(
     "--log-level",
     default=lambda: os.environ.get("HERO_PROC_LOG_LEVEL", "info"),
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -431,6 +448,8 @@ def main(
     readers: int | None,
     max_parallel: int | None,
     socket_group: str | None,
+    containment: str | None,
+    cgroup: str | None,
     log_level: str,
     http: str | None,
     http_allow_remote: bool | None,
@@ -449,6 +468,8 @@ def main(
             readers=readers,
             socket_group=socket_group,
             max_parallel=max_parallel,
+            containment=containment,
+            cgroup=cgroup,
             http=http,
             http_allow_remote=http_allow_remote,
             node=node,

@@ -53,6 +53,7 @@ class Scraped:
     jobs: dict[str, int] = field(default_factory=dict)
     services: dict[str, int] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    manual_restarts: dict[str, int] = field(default_factory=dict)
     health: dict[str, str | None] = field(default_factory=dict)
     spawns: int = 0
     dropped_log_lines: int = 0
@@ -136,6 +137,14 @@ class _ScrapedCollector(Collector):
         for name, n in sorted(f.restarts.items()):
             restarts.add_metric([name], n)
         yield restarts
+        manual = CounterMetricFamily(
+            f"{PREFIX}_service_manual_restarts",
+            "Restarts of each service asked for by service.restart (its `manual_restarts`)",
+            labels=["service"],
+        )
+        for name, n in sorted(f.manual_restarts.items()):
+            manual.add_metric([name], n)
+        yield manual
         health = GaugeMetricFamily(
             f"{PREFIX}_service_health",
             "1 for the health status each service with a health check is in",
@@ -261,6 +270,7 @@ class Metrics:
             jobs=await reads.jobs_by_status(),
             services=await reads.services_by_state(),
             restarts={s["name"]: int(s["restarts"] or 0) for s in statuses},
+            manual_restarts={s["name"]: int(s["manual_restarts"] or 0) for s in statuses},
             health={s["name"]: s["health"] for s in statuses},
             spawns=executor.spawned if executor is not None else 0,
             dropped_log_lines=await app.store.logs.dropped_total(),

@@ -7,13 +7,13 @@ has an explicit transition table (walked by tests/test_model.py).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
 from hero_procd.errors import InvalidParams
-from hero_procd.params import MAX_SECONDS, NAME_RE, NUL, Params, check_env_name
+from hero_procd.params import INT64_MAX, MAX_SECONDS, NAME_RE, NUL, Params, check_env_name
 
 DEFAULT_INTERPRETER = ["/bin/sh"]
 DEFAULT_KILL_TIMEOUT_S = 5.0
@@ -83,6 +83,35 @@ RUNNING_SERVICE_STATES = frozenset(
 )
 STOPPED_SERVICE_STATES = frozenset({ServiceState.STOPPED, ServiceState.EXITED, ServiceState.FATAL})
 
+# The service fields that shape its process: a change restarts a running service
+# (stack.apply, service.update); the others take effect at its next start.
+PROCESS_FIELDS = frozenset(
+    {
+        "command",
+        "script",
+        "interpreter",
+        "env",
+        "env_from_secrets",
+        "cwd",
+        # Containment (engine/contain.py): the cell's limits and how the process is watched.
+        "type",
+        "pid_file",
+        "memory_max",
+        "cpu_max",
+        "pids_max",
+        "io_weight",
+    }
+)
+
+
+def process_part(spec: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a service definition that shape its process."""
+    part = {k: spec.get(k) for k in PROCESS_FIELDS}
+    # Definitions stored before `type` existed are simple services: not a change.
+    part["type"] = part["type"] or "simple"
+    return part
+
+
 SERVICE_TRANSITIONS: dict[ServiceState, frozenset[ServiceState]] = {
     ServiceState.STOPPED: frozenset({ServiceState.STARTING}),
     ServiceState.STARTING: frozenset(
@@ -125,6 +154,11 @@ class CommandSpec:
     retries: int | None = None
     retry_delay_s: float | None = None
     env_from_secrets: dict[str, str] | None = None
+    # Resource limits, applied to the cgroup of each attempt or run (engine/contain.py).
+    memory_max: int | None = None
+    cpu_max: float | None = None
+    pids_max: int | None = None
+    io_weight: int | None = None
 
     def merged_over(self, base: CommandSpec) -> CommandSpec:
         """This spec's fields where set, the base's elsewhere; env is merged key by key."""
@@ -150,7 +184,15 @@ class CommandSpec:
             if self.retry_delay_s is not None
             else base.retry_delay_s,
             env_from_secrets=secrets or None,
+            memory_max=self.memory_max if self.memory_max is not None else base.memory_max,
+            cpu_max=self.cpu_max if self.cpu_max is not None else base.cpu_max,
+            pids_max=self.pids_max if self.pids_max is not None else base.pids_max,
+            io_weight=self.io_weight if self.io_weight is not None else base.io_weight,
         )
+
+    def limits(self) -> dict[str, Any]:
+        """The resource limits set on this spec (memory_max, cpu_max, pids_max, io_weight)."""
+        return {name: value for name in _LIMIT_FIELDS if (value := getattr(self, name)) is not None}
 
     def with_defaults(self) -> CommandSpec:
         """The spec as it will run: default interpreter, retries and kill timeout filled in."""
@@ -195,6 +237,26 @@ class CommandSpec:
 
 
 _SPEC_FIELDS = tuple(f.name for f in fields(CommandSpec))
+_LIMIT_FIELDS = ("memory_max", "cpu_max", "pids_max", "io_weight")
+# Bounds of the limit fields: (smallest, largest) as the kernel takes them.
+_LIMIT_BOUNDS: dict[str, tuple[float, float]] = {
+    "memory_max": (4096, INT64_MAX),
+    "cpu_max": (0.01, 1024.0),
+    "pids_max": (1, 4_194_304),
+    "io_weight": (1, 10_000),
+}
+
+
+def _limit(value: Any, path: str, name: str) -> int | float:
+    low, high = _LIMIT_BOUNDS[name]
+    integral = name != "cpu_max"
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise InvalidParams(_where(path, name), "must be a number")
+    if integral and not isinstance(value, int):
+        raise InvalidParams(_where(path, name), "must be an integer")
+    if not low <= value <= high:
+        raise InvalidParams(_where(path, name), f"must be between {low:g} and {high:g}")
+    return value if integral else float(value)
 
 
 _COMMAND_KEYS = frozenset(_SPEC_FIELDS)
@@ -321,7 +383,15 @@ def command_spec_from(raw: Mapping[str, Any], path: str, *, require_command: boo
             else _number(retry_delay_s, path, "retry_delay_s", positive=False)
         ),
         env_from_secrets=env_from_secrets,
+        memory_max=_opt_int_limit(get("memory_max"), path, "memory_max"),
+        cpu_max=None if get("cpu_max") is None else float(_limit(get("cpu_max"), path, "cpu_max")),
+        pids_max=_opt_int_limit(get("pids_max"), path, "pids_max"),
+        io_weight=_opt_int_limit(get("io_weight"), path, "io_weight"),
     )
+
+
+def _opt_int_limit(value: Any, path: str, name: str) -> int | None:
+    return None if value is None else int(_limit(value, path, name))
 
 
 def parse_command_spec(p: Params, *, require_command: bool) -> CommandSpec:
@@ -479,7 +549,17 @@ def parse_service_spec(p: Params) -> dict[str, Any]:
         "after": p.text_list("after", name_like=True) or [],
         "tags": p.text_list("tags") or [],
         "restart_on_unhealthy": p.boolean("restart_on_unhealthy", default=False),
+        # `forking`: the program puts itself in the background; the service lives
+        # while its cgroup holds a process (systemd's Type=forking).
+        "type": p.choice("type", ("simple", "forking"), default="simple"),
     }
+    pid_file = p.text("pid_file")
+    if pid_file is not None:
+        if opts["type"] != "forking":
+            raise InvalidParams(p.path("pid_file"), "only goes with type forking")
+        if not pid_file.startswith("/") and not spec.get("cwd"):
+            raise InvalidParams(p.path("pid_file"), "must be absolute (or the service has a cwd)")
+        opts["pid_file"] = pid_file
     health = p.obj("health")
     if health is not None:
         opts["health"] = _parse_health(health)
@@ -505,45 +585,54 @@ def _parse_health(h: Params) -> dict[str, Any]:
 
 
 def dependency_order(graph: dict[str, list[str]], wanted: Iterable[str]) -> list[str]:
-    """`wanted` and what they depend on, dependencies first (stable by name)."""
+    """`wanted` and what they depend on, dependencies first (stable by name).
+
+    A walk with its own stack, not recursion: a stack file may declare a chain of
+    thousands of services, deeper than Python's recursion limit. A cycle is cut
+    where it closes (bounded whatever the graph).
+    """
     order: list[str] = []
     seen: set[str] = set()
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        if name in seen or name in path:
-            return
-        for dep in sorted(graph.get(name, [])):
-            visit(dep, (*path, name))
-        seen.add(name)
-        order.append(name)
-
-    for name in sorted(wanted):
-        visit(name, ())
+    for root in sorted(wanted):
+        if root in seen:
+            continue
+        on_path = {root}
+        todo: list[tuple[str, Iterator[str]]] = [(root, iter(sorted(graph.get(root, []))))]
+        while todo:
+            name, deps = todo[-1]
+            for dep in deps:
+                if dep not in seen and dep not in on_path:
+                    on_path.add(dep)
+                    todo.append((dep, iter(sorted(graph.get(dep, [])))))
+                    break
+            else:
+                todo.pop()
+                on_path.discard(name)
+                seen.add(name)
+                order.append(name)
     return order
 
 
 def find_cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """A dependency cycle of `graph` as a list of names, or None."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(name: str) -> list[str] | None:
-        state[name] = 1
-        stack.append(name)
-        for dep in graph.get(name, []):
-            if state.get(dep) == 1:
-                return [*stack[stack.index(dep) :], dep]
-            if dep not in state:
-                found = visit(dep)
-                if found:
-                    return found
-        stack.pop()
-        state[name] = 2
-        return None
-
-    for name in sorted(graph):
-        if name not in state:
-            found = visit(name)
-            if found:
-                return found
+    """A dependency cycle of `graph` as a list of names, or None (no recursion: see above)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in sorted(graph):
+        if start in state:
+            continue
+        state[start] = 1
+        path = [start]
+        todo: list[Iterator[str]] = [iter(graph.get(start, []))]
+        while todo:
+            for dep in todo[-1]:
+                seen = state.get(dep)
+                if seen == 1:
+                    return [*path[path.index(dep) :], dep]
+                if seen is None:
+                    state[dep] = 1
+                    path.append(dep)
+                    todo.append(iter(graph.get(dep, [])))
+                    break
+            else:
+                todo.pop()
+                state[path.pop()] = 2
     return None

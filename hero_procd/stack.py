@@ -8,22 +8,26 @@ exactly what they accept and is refused with the same field paths.
 
 `apply` computes a plan (create / update / unchanged / delete, field by
 field) inside ONE store unit, against what that unit reads, and writes it in
-the same unit: two applies at once are serialised, each plans against what
-the other wrote. Every object written carries its stack's name; a prune
-deletes only objects of that stack that the file no longer declares.
+the same unit. Applies are serialised whole (App.stack_lock), carry-out
+included: each plans against what the one before did, deletes included.
+Every object written carries its stack's name; a prune deletes only objects
+of that stack that the file no longer declares.
 
 After the commit, what the new definitions ask of running processes is
 done: a service whose process-shaping fields changed (PROCESS_FIELDS) is
-restarted if it was running; other fields (restart policy, health, tags…)
-take effect at its next start, as with `service.define`. Services are
-deleted by a prune after the commit, through their owners (which stop the
-process and write its last lines first); a daemon that dies in between
-deletes them at the next apply with prune.
+restarted if it was running, as its owner decides (Supervisor.refresh);
+other fields (restart policy, health, tags…) take effect at its next start,
+as with `service.define`. Services are deleted by a prune after the commit,
+through their owners (which stop the process and write its last lines
+first); a daemon that dies in between deletes them at the next apply with
+prune.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from hero_procd.errors import Conflict, HeroError, InvalidParams
 from hero_procd.model import (
+    PROCESS_FIELDS,
     dependency_order,
     find_cycle,
     now,
@@ -46,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The service fields that shape its process: a change restarts a running service.
-PROCESS_FIELDS = frozenset({"command", "script", "interpreter", "env", "env_from_secrets", "cwd"})
 OVERLAP = ("skip", "queue", "allow")
 KIND_NOUN = {"services": "service", "actions": "action", "schedules": "schedule", "groups": "group"}
 
@@ -147,9 +150,36 @@ def read_doc(p: Params) -> StackDoc:
     return StackDoc(stack, objects, fires)
 
 
+# A stack file larger than a request frame could not be sent by `hero-proc apply` either.
+MAX_STACK_FILE = 16 * 1024 * 1024
+
+
+def read_regular(path: Path) -> str:
+    """The text of a regular file, else StackFileError: never blocks on a named pipe.
+
+    Opened non-blocking and checked on the open descriptor: a FIFO named *.toml
+    would otherwise hold the offload thread (and every call that offloads) until
+    someone writes to it.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StackFileError(str(path), None, None, "not a regular file")
+        if info.st_size > MAX_STACK_FILE:
+            raise StackFileError(str(path), None, None, "larger than 16 MiB")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_STACK_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_STACK_FILE:
+        raise StackFileError(str(path), None, None, "larger than 16 MiB")
+    return data.decode("utf-8")
+
+
 def load_file(path: Path) -> StackDoc:
     """Read and check one stack file; StackFileError names file, line and field."""
-    text = path.read_text("utf-8")
+    text = read_regular(path)
     doc = parse(text, str(path))
     try:
         stack = read_doc(Params(doc))
@@ -160,10 +190,17 @@ def load_file(path: Path) -> StackDoc:
 
 
 def load_dir(folder: Path) -> list[StackDoc]:
-    """Every `*.toml` of a config folder, all checked before any is applied."""
+    """Every `*.toml` of a config folder, all checked before any is applied.
+
+    Hidden names (`.#web.toml`, emacs' lock, a dangling symlink; an editor's
+    `.web.toml.tmp.toml`) are not stack files: they are skipped, as run-parts
+    and systemd's drop-in folders skip them.
+    """
     docs: list[StackDoc] = []
     seen: dict[str, str] = {}
     for path in sorted(folder.glob("*.toml")):
+        if path.name.startswith("."):
+            continue
         doc = load_file(path)
         if doc.stack in seen:
             raise StackFileError(
@@ -185,13 +222,21 @@ def describe_error(docs: list[StackDoc], exc: HeroError) -> str:
     if isinstance(exc, Conflict):
         problem = exc.message
     if isinstance(where, str):
-        parts = where.split(".")
-        for doc in docs:
-            if doc.source is None or len(parts) < 2:
-                continue
-            if parts[1] in doc.objects.get(parts[0], {}):
-                line = locate(doc.text or "", where)
-                return str(StackFileError(doc.source, line, where, str(problem)))
+        # Compared as paths, the longest name first: a name may hold dots (web and web.1).
+        # A conflict with the stack that owns the object is the other file's doing.
+        owner = data.get("stack") if isinstance(exc, Conflict) else None
+        found = [
+            (len(name), -i)
+            for i, doc in enumerate(docs)
+            if doc.source is not None and doc.stack != owner
+            for kind, objects in doc.objects.items()
+            for name in objects
+            if where == f"{kind}.{name}" or where.startswith((f"{kind}.{name}.", f"{kind}.{name}["))
+        ]
+        if found:
+            doc = docs[-max(found)[1]]
+            line = locate(doc.text or "", where)
+            return str(StackFileError(str(doc.source), line, where, str(problem)))
     return str(exc)
 
 
@@ -280,18 +325,37 @@ class Plan:
                     if owner == doc.stack and name not in doc.objects[kind]:
                         action = "delete" if self.prune else "orphan"
                         self.changes.append(Change(doc.stack, kind, name, action))
-        self._check_cycles(state)
+        self._check_graph(state)
         return self
 
-    def _check_cycles(self, state: State) -> None:
+    def _check_graph(self, state: State) -> None:
+        """No dependency cycle after the plan, and no service it keeps requiring one it
+        deletes (deleting it would stop that service, which the plan says nothing of)."""
         specs = {name: spec for name, (spec, _) in state["services"].items()}
+        doomed: set[str] = set()
         for c in self.changes:
             if c.kind != "services":
                 continue
             if c.action == "delete":
                 specs.pop(c.name, None)
+                doomed.add(c.name)
             elif c.action in ("create", "update"):
                 specs[c.name] = self._definition(c)
+        declared = {c.name for c in self.changes if c.kind == "services" and c.action != "delete"}
+        for name, spec in sorted(specs.items()):
+            for req in spec.get("requires", []):
+                if req not in doomed:
+                    continue
+                if name in declared:
+                    raise InvalidParams(
+                        f"services.{name}.requires", f"requires {req}, which this plan deletes"
+                    )
+                owner = state["services"][name][1]
+                raise InvalidParams(
+                    f"services.{req}",
+                    f"required by service {name} ({f'stack {owner}' if owner else 'made by hand'}),"
+                    " which would be stopped: change or delete it first",
+                )
         graph = {n: [*s.get("requires", []), *s.get("after", [])] for n, s in specs.items()}
         cycle = find_cycle(graph)
         if cycle is not None:
@@ -349,16 +413,22 @@ def restart_wanted(change: Change) -> bool:
 
 
 async def apply(app: App, docs: list[StackDoc], *, prune: bool, dry_run: bool) -> Plan:
-    """Plan and write `docs` in one unit, then restart, start and delete what it asks."""
+    """Plan and write `docs` in one unit, then restart, start and delete what it asks.
+
+    One apply at a time, carry-out included: an apply that planned against a prune's
+    commit must not see the pruned services deleted after it answered (it declared
+    them "unchanged"; they would be gone).
+    """
     plan = Plan(docs, prune, dry_run)
-    await app.store.stacks.apply(plan.compute)
-    sup = app.supervisor
-    for c in plan.changes:
-        if restart_wanted(c):
-            c.restart = sup is not None and sup.is_live(c.name)
-    if dry_run:
-        return plan
-    await carry_out(app, plan)
+    async with app.stack_lock:
+        await app.store.stacks.apply(plan.compute)
+        if dry_run:
+            sup = app.supervisor
+            for c in plan.changes:
+                if restart_wanted(c):
+                    c.restart = sup is not None and sup.is_live(c.name)
+            return plan
+        await carry_out(app, plan)
     return plan
 
 
@@ -383,8 +453,10 @@ async def carry_out(app: App, plan: Plan) -> None:
         if c.kind != "services" or sup is None:
             continue
         try:
-            if c.restart:
-                await sup.restart_service(c.name)
+            if restart_wanted(c):
+                # The owner decides (see Supervisor.refresh): not from is_live here, which a
+                # stop or a start queued meanwhile would make stale.
+                c.restart = await sup.refresh(c.name)
             elif c.action == "create" and self_starting(plan, c):
                 await sup.start_service(c.name)
                 c.started = True

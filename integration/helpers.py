@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from hero_procd.client import Client
+from hero_procd.engine.contain import cgroup2_mount, own_cgroup
 from hero_procd.engine.executor import instance_id
 from hero_procd.engine.procs import find_marked
 from hero_procd.errors import HeroError
@@ -90,10 +91,43 @@ def daemon_running(
 
 def kill_leftovers(db_path: Path | str) -> None:
     """SIGKILL the groups of any process still marked as a job of the daemon of `db_path`
-    (or of the instance key of a daemon on PostgreSQL, see DaemonProcess.instance_key)."""
+    (or of the instance key of a daemon on PostgreSQL, see DaemonProcess.instance_key),
+    and everything in its cgroup cells, removing them (a daemon killed by -9 cannot)."""
     for pid in find_marked(instance_id(str(db_path))):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
+    remove_cells(db_path)
+
+
+def remove_cells(db_path: Path | str) -> None:
+    """Kill and remove the default cgroup subtree of the daemon of `db_path` (if any)."""
+    mount, own = cgroup2_mount(), own_cgroup()
+    if mount is None or own is None:
+        return
+    root = os.path.join(mount, own.lstrip("/"), f"hero-procd-{instance_id(str(db_path))}")
+    if not os.path.isdir(root):
+        return
+    for entry in os.scandir(root):
+        if entry.is_dir():
+            _kill_and_remove(entry.path)
+    _rmdir(root)
+
+
+def _kill_and_remove(cell: str) -> None:
+    with contextlib.suppress(OSError), open(os.path.join(cell, "cgroup.kill"), "w") as f:
+        f.write("1")
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: True if _rmdir(cell) else None, "a cell to be removed", 10.0)
+
+
+def _rmdir(path: str) -> bool:
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def refused(argv: list[str], timeout_s: float = 20.0) -> tuple[str, float]:

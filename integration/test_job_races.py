@@ -93,12 +93,18 @@ def _leader_exited_with_pipe_held(c: Client, tmp_path: Path, name: str) -> tuple
     return job_id, pid
 
 
-def test_cancel_after_the_leader_exited_keeps_its_real_outcome(c: Client, tmp_path: Path) -> None:
+# An escapee can hold a finished job's output only where cells are process groups: a
+# cgroup cell is killed whole when the leader ends (integration/test_containment.py).
+PROCESS_GROUPS = {"HERO_PROC_CONTAINMENT": "process-group"}
+
+
+def test_cancel_after_the_leader_exited_keeps_its_real_outcome(tmp_path: Path) -> None:
     """Finding 2: a cancel that lands while a finished leader's output drains does not turn
     a success into `cancelled`."""
-    job_id, _ = _leader_exited_with_pipe_held(c, tmp_path, "drain")
-    assert c.call("job.cancel", id=job_id)["result"] == "cancelling"
-    job = finish(c, job_id)
+    with daemon_running(env=PROCESS_GROUPS) as proc, proc.client() as c:
+        job_id, _ = _leader_exited_with_pipe_held(c, tmp_path, "drain")
+        assert c.call("job.cancel", id=job_id)["result"] == "cancelling"
+        job = finish(c, job_id)
     assert job["status"] == "succeeded", job
     assert job["exit_code"] == 0
     assert job["cancel_requested"] is True
@@ -107,7 +113,7 @@ def test_cancel_after_the_leader_exited_keeps_its_real_outcome(c: Client, tmp_pa
 def test_graceful_stop_never_runs_a_finished_job_again(workdir: Path, tmp_path: Path) -> None:
     """Finding 2: SIGTERM while a finished leader's output drains; after restart the job is
     `succeeded` and ran once."""
-    proc = DaemonProcess(workdir).start()
+    proc = DaemonProcess(workdir, env=PROCESS_GROUPS).start()
     try:
         with proc.client() as c:
             job_id, _ = _leader_exited_with_pipe_held(c, tmp_path, "stop")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 from hero_procd.client import Client
 from hero_procd.engine.executor import instance_id
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import (
+    DEADLINE_S,
     IGNORES_TERM,
     all_pids,
     define,
@@ -23,6 +25,7 @@ from integration.helpers import (
     status,
     wait_dead,
     wait_state,
+    wait_status,
 )
 
 SLEEPER = ["sleep", "1000"]
@@ -169,3 +172,44 @@ def test_autostart_follows_after_order(workdir: Path) -> None:
         first.stop()
         if second is not None:
             second.stop()
+
+
+def restart_to_new_pid(c: Client, name: str) -> dict[str, Any]:
+    """service.restart, then wait for its new process; the status then."""
+    old = {status(c, name)["pid"], None}
+    c.call("service.restart", name=name, wait_s=DEADLINE_S)
+    return wait_status(c, name, lambda s: s["pid"] not in old, f"a new pid of {name}")
+
+
+def test_manual_restarts_are_counted_apart_kept_across_daemon_restarts_and_reset_by_delete(
+    workdir: Path,
+) -> None:
+    """service.restart of a live service counts in `manual_restarts` (never in `restarts`);
+    a restart of a stopped one is a start; the count is stored, and goes with a delete."""
+    daemons: list[DaemonProcess] = []
+    try:
+        daemons.append(DaemonProcess(workdir).start())
+        with daemons[-1].client() as c:
+            define(c, "web", SLEEPER)
+            c.call("service.restart", name="web", wait_s=DEADLINE_S)  # stopped: a start
+            first = wait_state(c, "web", "running")
+            assert (first["restarts"], first["manual_restarts"]) == (0, 0)
+            for n in (1, 2):
+                st = restart_to_new_pid(c, "web")
+                assert (st["restarts"], st["manual_restarts"]) == (0, n)
+            assert c.call("service.get", name="web")["manual_restarts"] == 2
+            listed = c.call("service.status_all")["services"]
+            assert [s["manual_restarts"] for s in listed if s["name"] == "web"] == [2]
+        assert daemons[-1].stop() == 0
+        daemons.append(DaemonProcess(workdir).start())
+        with daemons[-1].client() as c:
+            assert status(c, "web")["manual_restarts"] == 2  # stored, not in memory
+            start_running(c, "web")
+            st = restart_to_new_pid(c, "web")
+            assert st["manual_restarts"] == 3
+            c.call("service.delete", name="web")
+            define(c, "web", SLEEPER)
+            assert status(c, "web")["manual_restarts"] == 0
+    finally:
+        for daemon in daemons:
+            daemon.stop()

@@ -198,6 +198,10 @@ def test_metrics_agree_with_the_rpc_answers(web: Web) -> None:
         wait_for(
             lambda: c.call("service.status", name="m-ok")["state"] == "running" or None, "m-ok"
         )
+        c.call("service.restart", name="m-ok", wait_s=30)
+        wait_for(
+            lambda: c.call("service.status", name="m-ok")["state"] == "running" or None, "m-ok"
+        )
         status, headers, body = web.request("GET", "/metrics", bearer=True)
         assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
         m = _metrics(body.decode())
@@ -212,6 +216,9 @@ def test_metrics_agree_with_the_rpc_answers(web: Web) -> None:
         assert m[("hero_proc_services", (("state", state),))] == want
     for s in services:
         assert m[("hero_proc_service_restarts_total", (("service", s["name"]),))] == s["restarts"]
+        manual = m[("hero_proc_service_manual_restarts_total", (("service", s["name"]),))]
+        assert manual == s["manual_restarts"]
+    assert m[("hero_proc_service_manual_restarts_total", (("service", "m-ok"),))] == 1
     assert m[("hero_proc_log_lines_dropped_total", ())] == info["dropped_log_lines_total"]
     assert m[("hero_proc_spawn_failures_total", ())] >= 1
     assert m[("hero_proc_spawns_total", ())] >= 4

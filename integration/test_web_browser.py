@@ -11,6 +11,7 @@ A screenshot of every page is saved in the test's tmp dir (and in
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,11 +123,17 @@ def test_login_then_see_three_services_and_restart_one_live(
     beta = page.locator('tr[data-service="beta"]')
     pid_before = beta.locator(".pid").inner_text()
     assert pid_before.isdigit()
+    expect(beta.locator(".restarts")).to_have_text("0")
     beta.locator("button.restart").click()
-    # The row changes in place (SSE → htmx re-fetch of the table): a new process.
+    # The row changes in place (SSE → htmx re-fetch of the table): its restart count
+    # (the manual one, apart from the policy's) and a new process.
+    expect(beta.locator(".restarts")).to_have_text("0 (+1 manual)")
     expect(beta.locator(".pid")).not_to_have_text(pid_before)
     expect(beta.locator(".state-cell")).to_have_text("running")
     expect(page.locator("#flash")).to_contain_text("service.restart beta: done")
+    with web.daemon.client() as c:
+        status = c.call("service.status", name="beta")
+    assert (status["restarts"], status["manual_restarts"]) == (0, 1)
     # The restart count of a service restarted by its policy climbs, live as well.
     with web.daemon.client() as c:
         c.call("service.start", name="flappy")
@@ -280,3 +287,49 @@ def test_more_tabs_than_the_browsers_six_connections_when_hidden(
     finally:
         for tab in pages[1:]:
             tab.close()
+
+
+XSS = [
+    "<img src=x onerror=\"window.__xss = 'img'\">",
+    "<script>window.__xss = 'script'</script>",
+    '"><svg onload="window.__xss = \'svg\'">',
+    "data: event: services",
+]
+
+
+def test_markup_in_log_lines_and_run_keys_is_shown_as_text_not_run(page: Any, web: Web) -> None:
+    """Job output (in the page and arriving live over SSE) and run keys in the graph are
+    text: the browser shows them and runs none of them."""
+    gate = web.daemon.workdir / "xss-gate"
+    with web.daemon.client() as c:
+        script = (
+            f"printf '%s\\n' {' '.join(shlex.quote(x) for x in XSS)}; "
+            f"while [ ! -e {gate} ]; do sleep 0.05; done; printf '%s\\n' {shlex.quote(XSS[0])}"
+        )
+        job_id = submit(c, command=sh(script))
+        wait_for(lambda: "svg" in str(c.call("job.logs", id=job_id)) or None, "the first lines")
+    page.goto(web.url + f"jobs/{job_id}")
+    expect(page.locator("#log .line")).to_have_count(len(XSS))
+    gate.touch()  # one more, live over SSE
+    expect(page.locator("#log .line")).to_have_count(len(XSS) + 1)
+    texts = page.locator("#log .line").all_inner_texts()
+    for want, got in zip([*XSS, XSS[0]], texts, strict=True):
+        assert got.endswith(want), (want, got)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#log img, #log script, #log svg").count() == 0
+    with web.daemon.client() as c:
+        finish(c, job_id)
+        jobs = [{"key": XSS[0], "command": ["true"]}]
+        jobs += [{"key": k, "command": ["true"], "depends_on": [XSS[0]]} for k in XSS[1:]]
+        run = c.call("run.submit", name=XSS[2], jobs=jobs)
+        for ident in run["jobs"].values():
+            finish(c, ident)
+    for path in (f"runs/{run['id']}", "runs", "jobs", ""):
+        page.goto(web.url + path)
+        expect(page.locator("h1")).to_be_visible()
+        assert page.evaluate("window.__xss") is None, path
+    page.goto(web.url + f"runs/{run['id']}")
+    nodes = page.locator("svg.run-graph a.node")
+    expect(nodes).to_have_count(len(XSS))
+    assert sorted(n.get_attribute("data-key") or "" for n in nodes.all()) == sorted(XSS)
+    assert page.locator("svg.run-graph image, svg.run-graph script").count() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -21,6 +23,8 @@ from hero_procd.model import (
     JobStatus,
     ServiceState,
     check_run_graph,
+    dependency_order,
+    find_cycle,
     parse_job_request,
     parse_service_spec,
 )
@@ -351,6 +355,7 @@ SERVICE_DEFAULTS: dict[str, Any] = {
     "after": [],
     "tags": [],
     "restart_on_unhealthy": False,
+    "type": "simple",
 }
 
 
@@ -468,3 +473,75 @@ def test_service_spec_errors(raw: dict[str, Any], field: str, problem: str | Non
     assert err.field == field
     if problem is not None:
         assert err.problem == problem
+
+
+# -- dependency graphs: deep chains and cycles (a stack file can declare thousands) --------
+
+
+def _order_recursive(graph: dict[str, list[str]], wanted: list[str]) -> list[str]:
+    """The first, recursive dependency_order: the reference for the order it gives."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in seen or name in path:
+            return
+        for dep in sorted(graph.get(name, [])):
+            visit(dep, (*path, name))
+        seen.add(name)
+        order.append(name)
+
+    for name in sorted(wanted):
+        visit(name, ())
+    return order
+
+
+def _is_cycle(graph: dict[str, list[str]], cycle: list[str]) -> bool:
+    return (
+        len(cycle) >= 2
+        and cycle[0] == cycle[-1]
+        and all(b in graph.get(a, []) for a, b in itertools.pairwise(cycle))
+    )
+
+
+def test_a_dependency_chain_deeper_than_the_stack_is_ordered_and_checked() -> None:
+    # s0 requires s1 requires ... s4999: a recursive walk ran out of stack at ~1000.
+    n = 5000
+    graph = {f"s{i}": [f"s{i + 1}"] if i + 1 < n else [] for i in range(n)}
+    order = dependency_order(graph, ["s0"])
+    assert order == [f"s{i}" for i in reversed(range(n))]
+    assert find_cycle(graph) is None
+    graph[f"s{n - 1}"] = ["s0"]
+    cycle = find_cycle(graph)
+    assert cycle is not None and _is_cycle(graph, cycle) and len(cycle) == n + 1
+    assert len(dependency_order(graph, ["s0"])) == n  # bounded on a cycle too
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_dependency_order_and_find_cycle_on_random_graphs(seed: int) -> None:
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(rng.randint(1, 12))]
+    graph = {
+        n: rng.sample([*names, "missing"], rng.randint(0, min(3, len(names) + 1)))
+        for n in names
+        if rng.random() < 0.9
+    }
+    wanted = rng.sample(names, rng.randint(0, len(names)))
+    assert dependency_order(graph, wanted) == _order_recursive(graph, wanted)
+    cycle = find_cycle(graph)
+    has_cycle = any(_order_reaches(graph, n, n) for n in graph)
+    assert (cycle is not None) == has_cycle, (graph, cycle)
+    if cycle is not None:
+        assert _is_cycle(graph, cycle), (graph, cycle)
+
+
+def _order_reaches(graph: dict[str, list[str]], start: str, goal: str) -> bool:
+    todo, seen = list(graph.get(start, [])), set()
+    while todo:
+        n = todo.pop()
+        if n == goal:
+            return True
+        if n not in seen:
+            seen.add(n)
+            todo.extend(graph.get(n, []))
+    return False

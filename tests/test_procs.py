@@ -1,16 +1,20 @@
-"""The spawner: both implementations (glibc posix_spawn by ctypes, and the Popen fallback)."""
+"""The spawner: every implementation (the _spawn extension, glibc posix_spawn by ctypes, and
+the Popen fallback), and spawning straight into a cgroup."""
 
 from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from hero_procd.engine import procs
+from hero_procd.engine.contain import cgroup2_mount, own_cgroup
 
 Spawner = Callable[[list[str], dict[str, str], str | None], tuple[int, int, int]]
 
@@ -19,6 +23,12 @@ def _spawners() -> list[tuple[str, Spawner]]:
     out: list[tuple[str, Spawner]] = [("popen", procs._popen)]
     if procs._POSIX_SPAWN is not None:
         out.append(("posix_spawn", procs._POSIX_SPAWN.spawn))
+    if procs._EXT is not None:
+
+        def ext(argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[int, int, int]:
+            return procs._ext_spawn(argv, env, cwd, None, True)
+
+        out.append(("extension", ext))
     return out
 
 
@@ -88,3 +98,84 @@ def test_missing_program_and_bad_cwd_name_the_culprit(
     with pytest.raises(OSError) as bad_cwd:
         spawn(["true"], env, gone)
     assert bad_cwd.value.filename == gone
+
+
+def test_extension_is_built_where_a_compiler_is() -> None:
+    """`make install` builds the _spawn extension wherever a C compiler is installed."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: the daemon spawns with posix_spawn")
+    assert procs._EXT is not None
+    assert procs.spawner_name() in ("clone3", "clone")
+
+
+@pytest.fixture
+def cgroup_dir() -> Iterator[str]:
+    """A fresh cgroup v2 directory under this process's own cgroup (skip where none)."""
+    mount, own = cgroup2_mount(), own_cgroup()
+    if mount is None or own is None:
+        pytest.skip("no cgroup v2 hierarchy here")
+    path = os.path.join(mount, own.lstrip("/"), f"hp-test-{os.getpid()}")
+    try:
+        os.mkdir(path)
+    except OSError as exc:
+        pytest.skip(f"cannot create a cgroup here: {exc}")
+    try:
+        yield path
+    finally:
+        with open(os.path.join(path, "cgroup.kill"), "w") as fh:
+            fh.write("1")
+        for _ in range(200):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.01)
+
+
+def _cgroup_lines(out: bytes) -> list[str]:
+    return [ln for ln in out.decode().splitlines() if ln.startswith("0::")]
+
+
+@pytest.mark.parametrize("how", ["clone3", "clone+write"])
+def test_child_is_in_its_cgroup_from_its_first_instruction(
+    how: str, cgroup_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The program's first read of /proc/self/cgroup, and its child's, show the cell."""
+    if how == "clone+write":
+        monkeypatch.setattr(procs, "_clone3_works", False)
+    script = "cat /proc/self/cgroup; sh -c 'cat /proc/self/cgroup'"
+    child = procs.spawn(["sh", "-c", script], dict(os.environ), None, cgroup=cgroup_dir)
+    out = _read_all(child.stdout_fd)
+    _read_all(child.stderr_fd)
+    assert procs.reap_blocking(child.pid) == 0
+    os.close(child.pidfd)
+    want = "0::/" + os.path.relpath(cgroup_dir, cgroup2_mount() or "/")
+    assert _cgroup_lines(out) == [want, want], out
+
+
+def test_a_cgroup_that_is_gone_fails_the_spawn_naming_it(cgroup_dir: str) -> None:
+    """Nothing runs when the cell cannot be joined; the error names the cgroup."""
+    gone = os.path.join(cgroup_dir, "gone")
+    with pytest.raises(OSError) as info:
+        procs.spawn(["true"], dict(os.environ), None, cgroup=gone)
+    assert info.value.filename == gone
+
+
+def test_without_the_extension_the_leader_is_moved_right_after_spawn(
+    cgroup_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The posix_spawn fallback writes the pid to cgroup.procs once spawned. (A child the
+    program forks at once can be born before that: with `sh -c 'cat …; sh -c …'` here
+    both read the daemon's cgroup, which is why the extension clones into the cell.)"""
+    monkeypatch.setattr(procs, "_EXT", None)
+    child = procs.spawn(["sleep", "30"], dict(os.environ), None, cgroup=cgroup_dir)
+    try:
+        text = Path(f"/proc/{child.pid}/cgroup").read_text()
+        want = "0::/" + os.path.relpath(cgroup_dir, cgroup2_mount() or "/")
+        assert want in text.splitlines(), text
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        procs.reap_blocking(child.pid)
+        os.close(child.pidfd)
+        os.close(child.stdout_fd)
+        os.close(child.stderr_fd)

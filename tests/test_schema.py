@@ -26,6 +26,7 @@ from hero_procd import __version__
 from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.daemon import load_openrpc
+from hero_procd.engine.contain import ProcessGroupContainment
 from hero_procd.engine.executor import Executor
 from hero_procd.engine.janitor import Janitor
 from hero_procd.engine.scheduler import Scheduler
@@ -354,6 +355,11 @@ async def open_harness(db_path: Path, *, paused: bool = True) -> AsyncIterator[H
     store = await Store.open(db_path, readers=2)
     config = Config(socket_path=db_path.with_suffix(".sock"), db_path=db_path)
     app = App(config=config, store=store, openrpc=DOC)
+    # The document is the same on every host: the harness takes every limit the document
+    # allows, whatever controllers this host has (integration/test_containment.py holds
+    # the daemon to refusing them where a controller is missing).
+    app.containment = ProcessGroupContainment("schema tests")
+    app.containment.controllers = ("memory", "cpu", "pids", "io")
     executor = Executor(app)
     app.executor = executor
     await executor.start()

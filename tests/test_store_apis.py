@@ -23,6 +23,7 @@ STATUS_KEYS = {
     "desired",
     "pid",
     "restarts",
+    "manual_restarts",
     "exit_code",
     "signal",
     "health",

@@ -20,6 +20,7 @@ from hero_procd.model import CommandSpec, JobRequest
 from hero_procd.store import Store
 from hero_procd.store.dashboard import DashboardApi
 from hero_procd.web import graph
+from hero_procd.web.app import LOG_EVENT_BYTES, log_events
 from hero_procd.web.auth import (
     AuthError,
     Guard,
@@ -28,7 +29,7 @@ from hero_procd.web.auth import (
     load_or_create_token,
     token_path,
 )
-from hero_procd.web.feed import MAX_PENDING_LINES, Feed
+from hero_procd.web.feed import MAX_PENDING_BYTES, MAX_PENDING_LINES, Feed
 from hero_procd.web.listen import parse_address
 from tests.conftest import StoreRunner
 
@@ -114,6 +115,41 @@ def test_a_slow_tail_is_told_it_missed_lines_and_memory_stays_bounded() -> None:
         assert not missed and lines == []
 
     asyncio.run(body())
+
+
+def test_a_slow_tail_of_long_lines_is_bounded_by_bytes_too() -> None:
+    """Fewer lines than the line bound, but long ones: the bytes held stay bounded."""
+
+    async def body() -> None:
+        feed = Feed()
+        sub = feed.subscribe([], ("job", "7"))
+        line = "x" * 16_000
+        feed.log_rows([("job", "7", i, "stdout", 0.0, line) for i in range(1, 1001)])
+        _, lines, missed = sub.take()
+        assert missed and 0 < sum(len(r[5]) for r in lines) <= MAX_PENDING_BYTES
+        assert lines[-1][2] == 1000  # the newest lines are the ones kept
+        feed.log_rows([("job", "7", 1001, "stdout", 0.0, line)])
+        _, lines, missed = sub.take()
+        assert not missed and [r[2] for r in lines] == [1001]
+
+    asyncio.run(body())
+
+
+def test_log_events_are_cut_into_pieces_that_keep_every_line_once() -> None:
+    rng = random.Random(7)
+    rows = [("job", "1", seq, "stdout", 0.0, "<&>" * rng.randint(0, 6000)) for seq in range(1, 301)]
+    events = list(log_events(rows))
+    assert len(events) > 10
+    seen: list[int] = []
+    for event in events:
+        head, _, data = event.decode().partition("data: ")
+        assert data.endswith("\n\n") and "\n" not in data[:-2]
+        seqs = [int(m) for m in re.findall(r'data-seq="(\d+)"', data)]
+        assert head.startswith(f"id: {seqs[-1]}\n")
+        assert sum(len(r[5]) for r in rows if r[2] in seqs[:-1]) < LOG_EVENT_BYTES
+        seen += seqs
+    assert seen == list(range(1, 301))
+    assert list(log_events([])) == []
 
 
 # -- auth --------------------------------------------------------------------------------

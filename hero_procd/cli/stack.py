@@ -108,11 +108,14 @@ def placed(exc: HeroError, path: str, text: str) -> HeroError:
 @click.pass_obj
 def apply(s: Session, path: str, dry_run: bool, prune: bool) -> None:
     """Apply the stack file FILE: show the plan (field by field) and carry it out."""
-    from hero_procd.stackfile import StackFileError, parse
+    from hero_procd.stackfile import StackFileError, locate, not_json, parse
 
     text = _read(path)
     try:
         doc = parse(text, path)
+        bad = not_json(doc)
+        if bad is not None:
+            raise StackFileError(path, locate(text, bad[0]), *bad)
     except StackFileError as exc:
         raise StackError(str(exc), {"file": path, "line": exc.line, "field": exc.field}) from exc
     try:

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hero_procd.app import App
+from hero_procd.config import Config
 from hero_procd.engine import procs
+from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import HeroError, InvalidState, NotFound, StorageError
+from hero_procd.errors import HeroError, InvalidParams, InvalidState, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
 from hero_procd.store.api import JobStore
 from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
@@ -48,6 +50,12 @@ _CLAIM_COALESCE_S = 0.003
 # A waiter of a run or of many jobs reads them all again at least this often (it is
 # woken by the end of one of them only).
 RUN_WAIT_RECHECK_S = 2.0
+
+
+def instance_key(config: Config) -> str:
+    """What this daemon's instance id is made from: its SQLite file, or on PostgreSQL the
+    database and its node (several nodes share the database, each marks its own children)."""
+    return str(config.db_path) if config.db_url is None else f"{config.db_url}#{config.node}"
 
 
 def instance_id(db_path: str) -> str:
@@ -68,6 +76,7 @@ class RunningJob:
 
     claim: ClaimedJob
     child: procs.Child | None = None
+    cell: Cell | None = None
     output: OutputCapture | None = None
     owner: OwnerLog | None = None
     exited: bool = False
@@ -88,11 +97,8 @@ class Executor:
         self.store = app.store
         self.jobs: JobStore = app.store.jobs
         self.config = app.config
-        self.instance = (
-            instance_id(str(app.config.db_path))
-            if app.config.db_url is None
-            else instance_id(f"{app.config.db_url}#{app.config.node}")
-        )
+        self.instance = instance_id(instance_key(app.config))
+        self.contain = app.contain
         self.flusher = Flusher(
             app.store,
             app.stats,
@@ -143,6 +149,8 @@ class Executor:
             else:
                 self._terminate(rj, "interrupted")
         await self._wait_no_running(timeout_s=max(10.0, self._max_kill_timeout() + 5.0))
+        if self._tasks:  # cells being removed
+            await asyncio.wait(list(self._tasks), timeout=10.0)
         await self.flusher.drain()
         self.spawner.shutdown(wait=False)
 
@@ -255,10 +263,16 @@ class Executor:
                 return
         loop = asyncio.get_running_loop()
         try:
+            self.contain.check_limits(job.spec.to_dict())
+        except InvalidParams as exc:  # an action defined where the controller was enabled
+            await self._finalize(rj, error=f"cannot start: {exc.field}: {exc.problem}")
+            return
+        rj.cell = self.contain.cell(f"job-{job.id}-{job.attempt}", job.spec.limits())
+        try:
             rj.owner = await self.flusher.open_owner("job", str(job.id), job.last_seq)
             # fork/exec blocks for about a millisecond and releases the GIL:
             # it runs on a small pool, so the loop keeps serving meanwhile.
-            child = await loop.run_in_executor(self.spawner, procs.spawn, argv, env, job.spec.cwd)
+            child = await loop.run_in_executor(self.spawner, rj.cell.spawn, argv, env, job.spec.cwd)
         except OSError as exc:
             self.app.metrics.spawn_failures.inc()
             what = exc.filename if exc.filename is not None else argv[0]
@@ -298,9 +312,10 @@ class Executor:
         assert child is not None
         loop = asyncio.get_running_loop()
         loop.remove_reader(child.pidfd)
-        # The leader is a zombie until reaped, so its group id is still ours:
-        # take down whatever it left behind in its group, then reap it.
-        procs.signal_group(child.pid, signal.SIGKILL)
+        # A job never outlives its main process: kill whatever it left in its cell
+        # (for a process group the leader, a zombie until reaped, keeps its id ours).
+        assert rj.cell is not None
+        rj.cell.kill()
         rj.exit_code, rj.signal = procs.reap(child.pid)
         os.close(child.pidfd)
         rj.exited = True
@@ -334,7 +349,8 @@ class Executor:
         if rj.terminated_for is not None:
             return  # already on its way down
         rj.terminated_for = reason
-        procs.signal_group(child.pid, signal.SIGTERM)
+        if rj.cell is not None:
+            rj.cell.signal(signal.SIGTERM)
         grace = rj.claim.spec.kill_timeout_s
         grace = 5.0 if grace is None else grace
         if grace_s is not None:
@@ -343,8 +359,8 @@ class Executor:
         rj.handles.append(loop.call_later(grace, self._kill, rj))
 
     def _kill(self, rj: RunningJob) -> None:
-        if rj.child is not None and not rj.exited:
-            procs.signal_group(rj.child.pid, signal.SIGKILL)
+        if rj.cell is not None and not rj.exited:
+            rj.cell.kill()
 
     def _backoff(self, job: ClaimedJob) -> float:
         base = job.spec.retry_delay_s
@@ -360,6 +376,11 @@ class Executor:
         how = rj.terminated_for or "exited"
         if how == "timed_out":
             error = f"timed out after {job.spec.timeout_s}s"
+        elif rj.cell is not None and error is None and rj.cell.oom_killed():
+            error = f"killed by the OOM killer (memory_max {job.spec.memory_max})"
+        if rj.cell is not None:
+            self._spawn_task(rj.cell.release())  # kill what is left, remove the cgroup
+            rj.cell = None
         end = AttemptEnd(
             how=how,
             exit_code=rj.exit_code,
@@ -572,7 +593,14 @@ class Executor:
 
     # -- crash recovery ------------------------------------------------------------
     async def recover(self) -> None:
-        """Settle jobs a previous daemon left running; no process of theirs survives."""
+        """Settle jobs a previous daemon left running; no process of theirs survives.
+
+        Its cells first (every process of a cgroup, escapees included), then, for
+        what was in no cell (process groups), by pid plus start time and by mark.
+        """
+        cells = await self.contain.recover()
+        if cells:
+            log.warning("killed the cells of a previous daemon", extra={"cells": cells})
         # On a shared database only this node's attempts are ours to recover (the others'
         # belong to live nodes, or to the dead-node sweep).
         rows = await self.jobs.running_rows(mine=self.store.backend != "sqlite")

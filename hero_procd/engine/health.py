@@ -1,25 +1,39 @@
 """Health checks of services: exec, tcp, http and unix, each bounded by its timeout.
 
-An exec check runs as the leader of a new session, so it and everything it
-starts share one process group; that whole group is killed when the check
-ends — passed, failed, timed out, or cancelled because its service stops —
-so a check never leaves a process behind.
+An exec check runs in a cell of its own (engine/contain.py: a cgroup, or its
+process group as the leader of a new session); the whole cell is killed when
+the check ends — passed, failed, timed out, or cancelled because its service
+stops — so a check never leaves a process behind, setsid escapees included
+where the cell is a cgroup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import os
-import signal
 import urllib.parse
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
+
+from hero_procd.engine import procs
+from hero_procd.engine.contain import Containment
 
 log = logging.getLogger(__name__)
 
 
-async def run_check(check: dict[str, Any], env: dict[str, str] | None = None) -> bool:
+@dataclass
+class CheckRunner:
+    """What an exec check needs: the daemon's containment, its spawner pool, a label."""
+
+    containment: Containment
+    spawner: Executor | None
+    label: str
+
+
+async def run_check(check: dict[str, Any], env: dict[str, str], runner: CheckRunner) -> bool:
     """Run one health check; True if it passed within its timeout.
 
     `env` is an exec check's environment: it carries the daemon's instance mark,
@@ -27,14 +41,14 @@ async def run_check(check: dict[str, Any], env: dict[str, str] | None = None) ->
     """
     timeout = float(check.get("timeout_s", 5.0))
     try:
-        return await asyncio.wait_for(_run(check, env), timeout)
+        return await asyncio.wait_for(_run(check, env, runner), timeout)
     except (TimeoutError, OSError):
         return False
 
 
-async def _run(check: dict[str, Any], env: dict[str, str] | None) -> bool:
+async def _run(check: dict[str, Any], env: dict[str, str], runner: CheckRunner) -> bool:
     if "exec" in check:
-        return await _exec_ok(list(check["exec"]), env)
+        return await _exec_ok(list(check["exec"]), env, runner)
     if "tcp" in check:
         host, _, port = str(check["tcp"]).rpartition(":")
         _, writer = await asyncio.open_connection(host or "127.0.0.1", int(port))
@@ -49,25 +63,30 @@ async def _run(check: dict[str, Any], env: dict[str, str] | None) -> bool:
     return False
 
 
-async def _exec_ok(argv: list[str], env: dict[str, str] | None = None) -> bool:
-    """Run argv in a session of its own; exit 0 passes. Its group never outlives the check."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
+async def _exec_ok(argv: list[str], env: dict[str, str], runner: CheckRunner) -> bool:
+    """Run argv in a cell of its own; exit 0 passes. Its cell never outlives the check."""
+    loop = asyncio.get_running_loop()
+    cell = runner.containment.cell(runner.label)
     try:
-        return await proc.wait() == 0
+        child = await loop.run_in_executor(
+            runner.spawner, functools.partial(cell.spawn, argv, env, None, capture=False)
+        )
+    except BaseException:
+        await asyncio.shield(cell.release())
+        raise
+    reaped = False
+    try:
+        code, _ = await procs.wait_child(child)
+        reaped = True
+        return code == 0
     finally:
-        # The leader is the group: kill the group (a `sleep &` it left, a timed-out
-        # leader) even when the leader has exited, and even on cancellation.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if proc.returncode is None:
-            await proc.wait()  # killed just now: immediate
+        # Whatever it left (a `sleep &`, a setsid daemon), and the leader itself when
+        # the check timed out or was cancelled: killed, reaped, the cell removed.
+        cell.kill()
+        if not reaped:
+            with contextlib.suppress(OSError):
+                await asyncio.shield(procs.wait_child(child))
+        await asyncio.shield(cell.release())
 
 
 async def _http_ok(url: str) -> bool:

@@ -1,17 +1,20 @@
 """Child processes: spawn in a new session, signal a whole process group, identify by start time.
 
 One spawner and one way to signal, shared by the job executor and the
-service supervisor. Spawning calls glibc's posix_spawn through ctypes (the
-GIL is released during the call, so spawns on the pool overlap each other
-and the event loop), with subprocess.Popen as the fallback where that is not
-available. os.posix_spawn was measured and rejected: it holds the GIL for
-the whole call (612-802 jobs/s against 807-869 with Popen) and cannot set a
-cwd. A missing binary or a bad cwd is an OSError naming it. The exit is
-watched with a pidfd on the loop, never with a blocking wait.
+service supervisor. Spawning calls the `_spawn` extension (clone3 straight
+into the child's cgroup, see _spawn.c) where it was built, else glibc's
+posix_spawn through ctypes (the GIL is released during either call, so
+spawns on the pool overlap each other and the event loop), with
+subprocess.Popen as the last fallback. os.posix_spawn was measured and
+rejected: it holds the GIL for the whole call (612-802 jobs/s against
+807-869 with Popen) and cannot set a cwd. A missing binary or a bad cwd
+is an OSError naming it. The exit is watched with a pidfd on the loop,
+never with a blocking wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import errno
@@ -22,6 +25,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Every child carries this variable; recovery finds orphans of a crashed daemon by it.
 INSTANCE_ENV = "HERO_PROC_INSTANCE"
@@ -44,20 +48,133 @@ def _nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
 
 
-def spawn(argv: list[str], env: dict[str, str], cwd: str | None) -> Child:
+def spawn(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    cgroup: str | None = None,
+    *,
+    capture: bool = True,
+) -> Child:
     """Start argv as the leader of a new session with stdin from /dev/null and piped output.
 
+    With `cgroup` (a cgroup v2 directory), the child is in that cgroup before it
+    execs: born there by clone3 (the `_spawn` extension), or, without the
+    extension, moved there right after posix_spawn returns (a program that forks
+    at once could leave a child behind in the daemon's cgroup in that instant).
     Raises OSError (FileNotFoundError, PermissionError, NotADirectoryError, …)
-    when the program or the cwd cannot be used; nothing is left running then.
+    when the program, the cwd or the cgroup cannot be used; nothing is left
+    running then. Without `capture`, output goes to /dev/null (the Child's fds are -1).
     """
-    if _POSIX_SPAWN is not None:
-        pid, out_fd, err_fd = _POSIX_SPAWN.spawn(argv, env, cwd)
+    if _EXT is not None:
+        pid, out_fd, err_fd = _ext_spawn(argv, env, cwd, cgroup, capture)
     else:
-        pid, out_fd, err_fd = _popen(argv, env, cwd)
-    _nonblocking(out_fd)
-    _nonblocking(err_fd)
+        if _POSIX_SPAWN is not None:
+            pid, out_fd, err_fd = _POSIX_SPAWN.spawn(argv, env, cwd, capture)
+        else:
+            pid, out_fd, err_fd = _popen(argv, env, cwd, capture)
+        if cgroup is not None:
+            try:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as fh:
+                    fh.write(str(pid))
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
+                for fd in (out_fd, err_fd):
+                    if fd >= 0:
+                        os.close(fd)
+                raise
+    for fd in (out_fd, err_fd):
+        if fd >= 0:
+            _nonblocking(fd)
     pidfd = os.pidfd_open(pid)
     return Child(pid, process_start_time(pid), pidfd, out_fd, err_fd)
+
+
+def _resolve(program: str, env: dict[str, str]) -> str:
+    path = program if "/" in program else shutil.which(program, path=env.get("PATH", os.defpath))
+    if path is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return path
+
+
+# What the extension's child was doing when it failed (see _spawn.c).
+_STAGE_CGROUP, _STAGE_CHDIR, _STAGE_EXEC, _STAGE_SETUP, _STAGE_CLONE = 1, 2, 3, 4, 5
+# clone3 without CLONE_INTO_CGROUP (a kernel before 5.7): join by cgroup.procs instead.
+_NO_CLONE3 = (errno.ENOSYS, errno.EINVAL, errno.E2BIG)
+_clone3_works = True
+
+
+def _output_pipes(capture: bool) -> tuple[int, int, int, int]:
+    """(stdout read, stdout write, stderr read, stderr write); /dev/null twice, no reads, if not
+    `capture` (the two write ends are then one descriptor: close it once)."""
+    if not capture:
+        null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        return -1, null, -1, null
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    return out_r, out_w, err_r, err_w
+
+
+def _close_writes(out_w: int, err_w: int) -> None:
+    os.close(out_w)
+    if err_w != out_w:
+        os.close(err_w)
+
+
+def _close_reads(out_r: int, err_r: int) -> None:
+    for fd in (out_r, err_r):
+        if fd >= 0:
+            os.close(fd)
+
+
+def _ext_spawn(
+    argv: list[str], env: dict[str, str], cwd: str | None, cgroup: str | None, capture: bool
+) -> tuple[int, int, int]:
+    assert _EXT is not None
+    path = _resolve(argv[0], env)
+    c_argv = [os.fsencode(a) for a in argv]
+    c_env = [os.fsencode(f"{k}={v}") for k, v in env.items()]
+    global _clone3_works
+    cg_fd = procs_fd = -1
+    if cgroup is not None:
+        if _EXT.HAVE_CLONE3 and _clone3_works:
+            cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            procs_fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+    out_r, out_w, err_r, err_w = _output_pipes(capture)
+    try:
+        pid, err, stage = _EXT.spawn(
+            os.fsencode(path),
+            c_argv,
+            c_env,
+            None if cwd is None else os.fsencode(cwd),
+            out_w,
+            err_w,
+            cg_fd,
+            procs_fd,
+        )
+    finally:
+        _close_writes(out_w, err_w)
+        for fd in (cg_fd, procs_fd):
+            if fd >= 0:
+                os.close(fd)
+    if pid < 0:
+        _close_reads(out_r, err_r)
+        if stage == _STAGE_CLONE and cg_fd >= 0 and err in _NO_CLONE3:
+            _clone3_works = False
+            return _ext_spawn(argv, env, cwd, cgroup, capture)
+        culprit: str | None = None
+        if stage == _STAGE_CHDIR:
+            culprit = cwd
+        elif stage == _STAGE_EXEC:
+            culprit = argv[0]
+        elif stage in (_STAGE_CGROUP, _STAGE_CLONE):
+            culprit = cgroup
+        raise OSError(err, os.strerror(err), culprit)
+    return pid, out_r, err_r
 
 
 class _LibcPosixSpawn:
@@ -112,20 +229,17 @@ class _LibcPosixSpawn:
         if libc.posix_spawnattr_setflags(self._attr, flags) != 0:
             raise OSError("posix_spawnattr_setflags failed")
 
-    def spawn(self, argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[int, int, int]:
+    def spawn(
+        self, argv: list[str], env: dict[str, str], cwd: str | None, capture: bool = True
+    ) -> tuple[int, int, int]:
         """(pid, stdout read end, stderr read end) of a new child, or OSError naming the culprit."""
         program = argv[0]
-        path = (
-            program if "/" in program else shutil.which(program, path=env.get("PATH", os.defpath))
-        )
-        if path is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+        path = _resolve(program, env)
         c_argv = (ctypes.c_char_p * (len(argv) + 1))(*[os.fsencode(a) for a in argv], None)
         c_env = (ctypes.c_char_p * (len(env) + 1))(
             *[os.fsencode(f"{k}={v}") for k, v in env.items()], None
         )
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w, err_r, err_w = _output_pipes(capture)
         actions = ctypes.create_string_buffer(512)
         self._init_fa(actions)
         pid = ctypes.c_int()
@@ -140,14 +254,31 @@ class _LibcPosixSpawn:
             )
         finally:
             self._destroy_fa(actions)
-            os.close(out_w)
-            os.close(err_w)
+            _close_writes(out_w, err_w)
         if err != 0:
-            os.close(out_r)
-            os.close(err_r)
+            _close_reads(out_r, err_r)
             culprit = cwd if cwd is not None and not os.path.isdir(cwd) else program
             raise OSError(err, os.strerror(err), culprit)
         return pid.value, out_r, err_r
+
+
+async def wait_child(child: Child) -> tuple[int | None, int | None]:
+    """Wait on the event loop for a child to end (its pidfd), reap it: (exit code, signal)."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(child.pidfd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(child.pidfd)
+    result = reap(child.pid)
+    os.close(child.pidfd)
+    return result
 
 
 def _libc_posix_spawn() -> _LibcPosixSpawn | None:
@@ -160,12 +291,35 @@ def _libc_posix_spawn() -> _LibcPosixSpawn | None:
 _POSIX_SPAWN = _libc_posix_spawn()
 
 
-def _popen(argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[int, int, int]:
+def _load_extension() -> Any:
+    if os.environ.get("HERO_PROC_NO_SPAWN_EXT"):  # measure or test the fallback
+        return None
+    try:
+        from hero_procd.engine import _spawn
+    except ImportError:  # not built (no compiler at install): posix_spawn does
+        return None
+    return _spawn
+
+
+_EXT = _load_extension()
+
+
+def spawner_name() -> str:
+    """Which spawner this daemon uses (shown by system.info)."""
+    if _EXT is not None:
+        return "clone3" if _EXT.HAVE_CLONE3 and _clone3_works else "clone"
+    return "posix_spawn" if _POSIX_SPAWN is not None else "popen"
+
+
+def _popen(
+    argv: list[str], env: dict[str, str], cwd: str | None, capture: bool = True
+) -> tuple[int, int, int]:
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=out,
+        stderr=out,
         env=env,
         cwd=cwd,
         start_new_session=True,
@@ -174,6 +328,8 @@ def _popen(argv: list[str], env: dict[str, str], cwd: str | None) -> tuple[int, 
     # The Popen object is dropped: the pidfd does the waiting, and marking it
     # reaped keeps its finaliser from warning or waiting.
     proc.returncode = 0
+    if not capture:
+        return proc.pid, -1, -1
     assert proc.stdout is not None and proc.stderr is not None
     out_fd, err_fd = os.dup(proc.stdout.fileno()), os.dup(proc.stderr.fileno())
     proc.stdout.close()
@@ -189,6 +345,27 @@ def reap(pid: int) -> tuple[int | None, int | None]:
         return None, None
     code = os.waitstatus_to_exitcode(status)
     return (code, None) if code >= 0 else (None, -code)
+
+
+def peek_exit(pid: int) -> int | None:
+    """An ended child's exit code (None if killed by a signal), leaving it unreaped.
+
+    While unreaped, a process-group leader's id stays its group's: signal the group
+    first, then `reap`.
+    """
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return None
+    if info is None or info.si_code != os.CLD_EXITED:
+        return None
+    return info.si_status
+
+
+def reap_blocking(pid: int) -> int:
+    """Wait for a child (blocking: for tests and threads, never the loop); its exit code."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from hero_procd.app import App
+from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher
 from hero_procd.engine.services.owner import FINAL_STATES, ServiceOwner
 from hero_procd.errors import InvalidState, NotFound
@@ -211,6 +212,21 @@ class Supervisor:
         if wait_s > 0:
             await self._wait_started(name, wait_s)
 
+    async def refresh(self, name: str) -> bool:
+        """After a definition changed without the owner: restart `name` if its life runs an
+        older process definition (what it requires first, as a restart does); True if so.
+
+        A stopped service is never started by this. Without an owner no life exists,
+        and a start still on its way reads the definition when its owner serves it,
+        after the change was committed.
+        """
+        if name not in self.owners:
+            return False
+        if self.is_live(name) and any(not self.is_live(r) for r in await self._requirements(name)):
+            await self._start_requirements(name)
+        restarted: bool = await self.owner(name).call("refresh")
+        return restarted
+
     async def delete_service(self, name: str) -> int:
         """Stop a service (and what requires it), delete it with its lines; rows deleted."""
         with contextlib.suppress(NotFound):
@@ -293,11 +309,11 @@ class Supervisor:
             await self._sample_soon.wait()
             self._sample_soon.clear()
             self._sampled_at = time.monotonic()
-            live = {n: o.pid for n, o in self.owners.items() if o.pid is not None}
+            live = {n: o.cell for n, o in self.owners.items() if o.cell is not None}
             if not live:
                 continue
             try:
-                stats = await asyncio.to_thread(sample_groups, live)
+                stats = await asyncio.to_thread(sample_cells, live)
             except Exception:
                 log.exception("sampling failed")
                 continue
@@ -325,6 +341,35 @@ def _graph(services: list[Service], *, with_after: bool) -> dict[str, list[str]]
         deps = [*s.spec.get("requires", []), *(s.spec.get("after", []) if with_after else [])]
         graph[s.name] = [d for d in deps if d in names]
     return graph
+
+
+def sample_cells(cells: dict[str, Cell]) -> dict[str, tuple[int, float]]:
+    """(memory bytes, CPU seconds) of each service's cell.
+
+    A cgroup tells its CPU (cpu.stat) and, with the memory controller, its memory
+    (memory.current); otherwise memory is the RSS of its processes (psutil). A
+    process group is summed from one scan of the process table.
+    """
+    import psutil
+
+    out: dict[str, tuple[int, float]] = {}
+    groups: dict[str, int] = {}
+    for name, cell in cells.items():
+        figures = cell.figures()
+        if figures is None:
+            if cell.leader is not None:
+                groups[name] = cell.leader
+            continue
+        memory = figures.memory
+        if memory is None:
+            memory = 0
+            for pid in cell.pids():
+                with contextlib.suppress(psutil.Error):
+                    memory += psutil.Process(pid).memory_info().rss
+        out[name] = (memory, figures.cpu_s)
+    if groups:
+        out.update(sample_groups(groups))
+    return out
 
 
 def sample_groups(groups: dict[str, int]) -> dict[str, tuple[int, float]]:

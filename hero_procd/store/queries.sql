@@ -192,14 +192,14 @@ DELETE FROM services WHERE name = ?
 
 -- service_status_all --
 -- The live status of every service in one read.
-SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
+SELECT name, state, desired, pid, restarts, manual_restarts, exit_code, signal, health,
+       started_at, memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
 FROM services ORDER BY name
 
 -- service_status_one --
 -- The live status of one service.
-SELECT name, state, desired, pid, restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
+SELECT name, state, desired, pid, restarts, manual_restarts, exit_code, signal, health,
+       started_at, memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
 FROM services WHERE name = ?
 
 -- log_insert --
@@ -357,8 +357,8 @@ DELETE FROM groups WHERE name = ?
 
 -- service_set_state --
 -- The live state of a service, as the supervisor sees it.
-UPDATE services SET state = ?, pid = ?, pid_start_time = ?, restarts = ?, exit_code = ?, signal = ?,
-                    health = ?, started_at = ?, updated_at = ?
+UPDATE services SET state = ?, pid = ?, pid_start_time = ?, restarts = ?, manual_restarts = ?,
+                    exit_code = ?, signal = ?, health = ?, started_at = ?, updated_at = ?
 WHERE name = ?
 
 -- service_set_stats --

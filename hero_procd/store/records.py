@@ -226,6 +226,7 @@ class Service:
     updated_at: float
     node: str | None = None
     stack: str | None = None
+    manual_restarts: int = 0
 
     @classmethod
     def from_row(cls, row: Row) -> Service:
@@ -245,6 +246,7 @@ class Service:
             updated_at=row["updated_at"],
             node=row["node"],
             stack=row["stack"],
+            manual_restarts=row["manual_restarts"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,6 +260,7 @@ class Service:
             "state": self.state,
             "pid": self.pid,
             "restarts": self.restarts,
+            "manual_restarts": self.manual_restarts,
             "exit_code": self.exit_code,
             "signal": self.signal,
             "health_status": self.health,
@@ -284,6 +287,7 @@ def status_from_row(
         "desired": row["desired"],
         "pid": row["pid"],
         "restarts": row["restarts"],
+        "manual_restarts": row["manual_restarts"],
         "exit_code": row["exit_code"],
         "signal": row["signal"],
         "health": row["health"],

@@ -174,9 +174,15 @@ ALTER TABLE schedules ADD COLUMN stack TEXT;
 ALTER TABLE groups ADD COLUMN stack TEXT;
 """
 
+# Restarts asked for by service.restart, counted apart from the automatic ones
+# (`restarts`, like systemd's NRestarts); reset with them when the service is deleted.
+V5 = """
+ALTER TABLE services ADD COLUMN manual_restarts INTEGER NOT NULL DEFAULT 0;
+"""
+
 # Nodes (several daemons on one PostgreSQL queue; SQLite has one): each node's heartbeat,
 # the node that runs (ran) a job's attempt, and an optional placement of a job on a node.
-V5 = """
+V6 = """
 CREATE TABLE nodes (
     name          TEXT PRIMARY KEY,
     version       TEXT NOT NULL,
@@ -198,6 +204,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (3, V3),
     (4, V4),
     (5, V5),
+    (6, V6),
 ]
 
 # Every table a wipe empties, children before parents.

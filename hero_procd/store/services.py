@@ -91,6 +91,7 @@ class ServicesApi:
             fields.get("pid"),
             fields.get("pid_start_time"),
             fields.get("restarts", 0),
+            fields.get("manual_restarts", 0),
             fields.get("exit_code"),
             fields.get("signal"),
             fields.get("health"),

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from html import escape
 from importlib import resources
 from typing import Any
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 50
 LOG_TAIL = 500
 HEARTBEAT_S = 20.0
+LOG_EVENT_BYTES = 32 * 1024  # of line text per `log` event (HTML-escaped: up to 6x)
 _STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 _TEXT = "text/plain; charset=utf-8"
 _SERVICE_VERBS = ("start", "stop", "restart")
@@ -86,6 +87,18 @@ def log_html(rows: Sequence[Sequence[Any]]) -> str:
             f'<span class="seq">{int(seq)}</span>{escape(text)}</div>'
         )
     return "".join(out)
+
+
+def log_events(rows: Sequence[Sequence[Any]]) -> Iterator[bytes]:
+    """Log rows as `log` events of at most about LOG_EVENT_BYTES of text each, so that
+    a stream writes (and waits for its reader) a piece at a time, never a whole tail."""
+    start, size = 0, 0
+    for i, row in enumerate(rows):
+        size += len(row[5])
+        if size >= LOG_EVENT_BYTES or i == len(rows) - 1:
+            piece = rows[start : i + 1]
+            yield _sse("log", log_html(piece), int(piece[-1][2]))
+            start, size = i + 1, 0
 
 
 def _sse(event: str, data: str, event_id: int | None = None) -> bytes:
@@ -394,7 +407,8 @@ class Dashboard:
                 if backlog:
                     rows = [(None, None, ln.seq, ln.stream, ln.ts, ln.text) for ln in backlog]
                     last = backlog[-1].seq
-                    yield _sse("log", log_html(rows), last)
+                    for event in log_events(rows):
+                        yield event
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(sub.wakeup.wait(), HEARTBEAT_S)
@@ -409,7 +423,8 @@ class Dashboard:
                 fresh = [row for row in lines if row[2] > last]
                 if fresh:
                     last = fresh[-1][2]
-                    yield _sse("log", log_html(fresh), last)
+                    for event in log_events(fresh):
+                        yield event
         finally:
             feed.unsubscribe(sub)
 

@@ -46,8 +46,10 @@ _TOPIC_OF_AREA = {
     "system": TOPICS,
     "stack": ("services", "schedules", "jobs"),
 }
-# Lines held for one slow subscriber before it is told it missed some (it reloads its tail).
+# Lines (and bytes of text) held for one slow subscriber before it is told it missed
+# some (it reloads its tail): a stream that reads nothing holds at most this much.
 MAX_PENDING_LINES = 2000
+MAX_PENDING_BYTES = 1024 * 1024
 
 LogKey = tuple[str, str]
 
@@ -60,6 +62,7 @@ class Subscriber:
         self.log_owner = log_owner
         self.changed: set[str] = set()
         self.lines: deque[Sequence[Any]] = deque()
+        self.pending_bytes = 0
         self.missed_lines = False
         self.wakeup = asyncio.Event()
 
@@ -70,10 +73,13 @@ class Subscriber:
             self.wakeup.set()
 
     def _line(self, row: Sequence[Any]) -> None:
-        if len(self.lines) >= MAX_PENDING_LINES:
+        size = len(row[5])
+        if len(self.lines) >= MAX_PENDING_LINES or self.pending_bytes + size > MAX_PENDING_BYTES:
             self.lines.clear()
+            self.pending_bytes = 0
             self.missed_lines = True
         self.lines.append(row)
+        self.pending_bytes += size
         self.wakeup.set()
 
     def take(self) -> tuple[set[str], list[Sequence[Any]], bool]:
@@ -81,6 +87,7 @@ class Subscriber:
         changed, self.changed = self.changed, set()
         lines = list(self.lines)
         self.lines.clear()
+        self.pending_bytes = 0
         missed, self.missed_lines = self.missed_lines, False
         self.wakeup.clear()
         return changed, lines, missed

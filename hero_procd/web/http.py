@@ -8,10 +8,15 @@ stays small on purpose: routing and auth live in `hero_procd.web.app`; a web
 framework (and its second event-loop integration) would have added more
 code than it saved.
 
-Bounds: at most `max_connections` connections (more are closed at once),
+Bounds: at most `max_connections` connections (past that a new one takes
+the place of the one that has waited longest for its next request (or for
+the rest of one), or is
+closed at once if every connection is busy, so that peers which connect
+and send nothing, before any auth, cannot keep the dashboard from anyone),
 a request head of 64 KiB, a body of `max_body` bytes, `idle_timeout_s`
-without a request on a kept-alive connection, and `frame_timeout_s` between
-two reads of a request once it has begun.
+without a request on a kept-alive connection, and `frame_timeout_s` for a
+whole request (head and body) from its first byte, as on the RPC socket: a
+peer dribbling a byte now and then cannot hold a connection.
 """
 
 from __future__ import annotations
@@ -65,6 +70,13 @@ class Streamed:
 Handler = Callable[[Request], Awaitable[Response | Streamed]]
 
 
+@dataclass
+class _Deadline:
+    """When the request being read must be complete (set at its first byte)."""
+
+    ends_at: float | None = None
+
+
 class HttpListener:
     """Accepts TCP connections on host:port and answers them with `handler`."""
 
@@ -89,6 +101,8 @@ class HttpListener:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
+        # Connections between requests (or reading one), with since when.
+        self._waiting: dict[asyncio.StreamWriter, float] = {}
 
     async def start(self) -> None:
         """Bind; `port` then holds the bound port (0 asks the kernel for a free one)."""
@@ -113,8 +127,12 @@ class HttpListener:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._writers) >= self.max_connections:
-            writer.close()
-            return
+            if not self._waiting:
+                writer.close()
+                return
+            oldest = min(self._waiting, key=self._waiting.__getitem__)
+            del self._waiting[oldest]
+            oldest.close()  # its task sees the connection end, and ends
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -130,25 +148,39 @@ class HttpListener:
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
+            self._waiting.pop(writer, None)
             writer.close()
 
-    async def _next_event(self, conn: h11.Connection, reader: asyncio.StreamReader) -> object:
+    async def _next_event(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, request: _Deadline
+    ) -> object:
         """The next h11 event: between requests a connection may idle for `idle_timeout_s`;
-        once a request has begun, each read must come within `frame_timeout_s`."""
+        once a request has begun, all of it must come within `frame_timeout_s`."""
+        loop = asyncio.get_running_loop()
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
             between = conn.their_state is h11.IDLE and not conn.trailing_data[0]
-            timeout_s = self.idle_timeout_s if between else self.frame_timeout_s
+            if between:
+                timeout_s = self.idle_timeout_s
+            else:
+                if request.ends_at is None:
+                    request.ends_at = loop.time() + self.frame_timeout_s
+                timeout_s = request.ends_at - loop.time()
+                if timeout_s <= 0:
+                    raise TimeoutError
             data = await asyncio.wait_for(reader.read(_READ_SIZE), timeout_s)
             conn.receive_data(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
+        loop = asyncio.get_running_loop()
         while True:
+            request_time = _Deadline()
+            self._waiting[writer] = loop.time()
             try:
-                event = await self._next_event(conn, reader)
+                event = await self._next_event(conn, reader, request_time)
             except h11.RemoteProtocolError as exc:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(
@@ -167,7 +199,7 @@ class HttpListener:
             body = bytearray()
             too_large = int(headers.get(b"content-length", b"0") or 0) > self.max_body
             while not too_large:
-                part = await self._next_event(conn, reader)
+                part = await self._next_event(conn, reader, request_time)
                 if isinstance(part, h11.Data):
                     body += part.data
                     too_large = len(body) > self.max_body
@@ -179,6 +211,9 @@ class HttpListener:
                 resp = Response(413, b"body too large\n", "text/plain")
                 await self._send(conn, writer, resp, close=True)
                 return
+            # Read whole: from here on it is busy, never closed for a newcomer. Not before:
+            # a peer sending a slow body (auth is checked only once it is read) is not busy.
+            self._waiting.pop(writer, None)
             target = urlsplit(event.target.decode("latin-1"))
             request = Request(
                 method=event.method.decode("ascii"),

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hero_procd.engine import procs
-from hero_procd.engine.health import run_check
+from hero_procd.engine.contain import Cell
+from hero_procd.engine.health import CheckRunner, run_check
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import InvalidState, NotFound
-from hero_procd.model import CommandSpec, ServiceState, find_cycle, now
+from hero_procd.errors import InvalidParams, InvalidState, NotFound
+from hero_procd.model import CommandSpec, ServiceState, find_cycle, now, process_part
 
 if TYPE_CHECKING:
     from hero_procd.engine.supervisor import Supervisor
@@ -81,15 +82,20 @@ class ServiceOwner:
         self.pid: int | None = None
         self.pid_start_time: float | None = None
         self.started_at: float | None = None
-        self.restarts = 0
+        self.restarts = 0  # automatic (the restart policy), like systemd's NRestarts
+        self.manual_restarts = 0  # asked for by service.restart while a life was in progress
         self.exit_code: int | None = None
         self.signal: int | None = None
         self.health: str | None = None
+        # The cell (cgroup or process group) of the current run, while there is one.
+        self.cell: Cell | None = None
         # Why the last life gave up before spawning (a required service never ran).
         self.failure: str | None = None
         self.changed = asyncio.Event()
         self._queue: asyncio.Queue[Command] = asyncio.Queue()
         self._life: asyncio.Task[None] | None = None
+        # The definition the current life spawns its processes from.
+        self._life_spec: dict[str, Any] = {}
         self._stop_life = asyncio.Event()
         self._stop_reason = "stop"
         self._captures: set[OutputCapture] = set()
@@ -137,6 +143,7 @@ class ServiceOwner:
         with contextlib.suppress(NotFound):
             row = await self.store.services.get(self.name)
             self.restarts, self.exit_code, self.signal = row.restarts, row.exit_code, row.signal
+            self.manual_restarts = row.manual_restarts
         self._loaded = True
 
     async def close(self) -> None:
@@ -186,9 +193,28 @@ class ServiceOwner:
     async def _do_restart(self) -> None:
         service = await self.store.services.get(self.name)
         await self.store.services.set_desired(self.name, "running")
+        if self.live:  # a restart of a stopped service is a start: not counted
+            self.manual_restarts += 1
         await self._end_life("restart")
         await self._set_state(ServiceState.STARTING)
         self._begin_life(service.spec)
+
+    async def _do_refresh(self) -> bool:
+        """The definition was changed without this owner (stack.apply, service.update): a
+        life spawning from an older process definition is restarted with the stored one;
+        a service that is not live stays as it is. True if restarted.
+
+        Decided here, after every verb queued before it: a stop served first leaves
+        the service stopped; a start that read the definition before the change is
+        live by now and restarted.
+        """
+        service = await self.store.services.get(self.name)
+        if not self.live or process_part(self._life_spec) == process_part(service.spec):
+            return False
+        await self._end_life("restart")
+        await self._set_state(ServiceState.STARTING)
+        self._begin_life(service.spec)
+        return True
 
     async def _do_halt(self) -> None:
         """Daemon shutdown: end the life, keep the desired state for the next daemon."""
@@ -209,7 +235,7 @@ class ServiceOwner:
         # The counter stays in log_owners: a service of this name goes on from it.
         self.sup.flusher.forget_owner("service", self.name)
         self.retired = True
-        self.restarts, self.exit_code, self.signal = 0, None, None
+        self.restarts, self.manual_restarts, self.exit_code, self.signal = 0, 0, None, None
         self.state, self.health, self.failure = ServiceState.STOPPED, None, None
         return deleted
 
@@ -218,6 +244,7 @@ class ServiceOwner:
         self._stop_life = asyncio.Event()
         self._stop_reason = "stop"
         self.failure = None
+        self._life_spec = spec
         loop = asyncio.get_running_loop()
         self._life = loop.create_task(self._live(spec), name=f"svc-life:{self.name}")
 
@@ -237,6 +264,7 @@ class ServiceOwner:
             pid=self.pid,
             pid_start_time=self.pid_start_time,
             restarts=self.restarts,
+            manual_restarts=self.manual_restarts,
             exit_code=self.exit_code,
             signal=self.signal,
             health=self.health,
@@ -371,6 +399,9 @@ class ServiceOwner:
         env[procs.INSTANCE_ENV] = self.sup.instance
         return env
 
+    def _checker(self) -> CheckRunner:
+        return CheckRunner(self.sup.app.contain, self.sup.spawner, f"check-{self.name}")
+
     def _check_env(self) -> dict[str, str]:
         # The daemon's environment with its instance mark (not the service's own mark:
         # a check is not a process of the service), found by recovery after a kill -9.
@@ -386,13 +417,16 @@ class ServiceOwner:
             return False, None
         loop = asyncio.get_running_loop()
         env = self._env(spec)
+        cell = self.sup.app.contain.cell(f"svc-{self.name}", command.limits())
         try:
+            self.sup.app.contain.check_limits(spec)
             if command.env_from_secrets:
                 env.update(await self.store.secrets.resolve(command.env_from_secrets))
             child = await loop.run_in_executor(
-                self.sup.spawner, procs.spawn, command.argv(), env, command.cwd
+                self.sup.spawner, cell.spawn, command.argv(), env, command.cwd
             )
-        except (NotFound, OSError) as exc:
+        except (NotFound, OSError, InvalidParams) as exc:
+            await cell.release()
             if isinstance(exc, OSError):
                 what = exc.filename if exc.filename is not None else command.argv()[0]
                 error = f"{what}: {exc.strerror}"
@@ -401,6 +435,18 @@ class ServiceOwner:
             log.warning("service cannot start", extra={"service": self.name, "error": error})
             self.exit_code = 127
             return False, Exit(None, 127, None, 0.0, f"cannot start: {error}")
+        self.cell = cell
+        try:
+            return await self._watch_run(spec, cell, child)
+        finally:
+            self.cell = None
+            await cell.release()
+
+    async def _watch_run(
+        self, spec: dict[str, Any], cell: Cell, child: procs.Child
+    ) -> tuple[bool, Exit]:
+        """Watch one spawned run until it ends (stopped, exited, unhealthy); how it ended."""
+        loop = asyncio.get_running_loop()
         self.pid, self.pid_start_time, self.started_at = child.pid, child.start_time, now()
         began = time.monotonic()
         exited: asyncio.Future[None] = loop.create_future()
@@ -414,9 +460,21 @@ class ServiceOwner:
         self._captures.add(output)
         output.attach(child.stdout_fd, child.stderr_fd)
 
+        forking = spec.get("type") == "forking"
+        followers: list[asyncio.Task[None]] = []
+        ending = ["exited"]
+
         def on_exit() -> None:
             loop.remove_reader(child.pidfd)
-            procs.signal_group(child.pid, signal.SIGKILL)  # what it left in its group
+            if forking and procs.peek_exit(child.pid) == 0 and not exited.done():
+                # It went into the background: the service lives while its cell does.
+                self.exit_code, self.signal = procs.reap(child.pid)
+                os.close(child.pidfd)
+                followers.append(loop.create_task(self._follow(spec, cell, exited, ending)))
+                return
+            # A service's main process ended: so does what it left behind (killed while
+            # the leader is unreaped, so that its process group is still its own).
+            cell.kill()
             self.exit_code, self.signal = procs.reap(child.pid)
             os.close(child.pidfd)
             if not exited.done():
@@ -443,18 +501,26 @@ class ServiceOwner:
                 if health_task is not None and health_task.done() and health_task.result():
                     reason = "unhealthy"
             if not exited.done():
-                await self._terminate(spec, child.pid, exited)
+                await self._terminate(spec, cell, exited)
         finally:
             if health_task is not None and not health_task.done():
                 health_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await health_task
             if not exited.done():
-                await self._terminate(spec, child.pid, exited)
+                await self._terminate(spec, cell, exited)
+            for task in followers:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             # A grandchild that left the group may hold the pipes: read what they hold later.
             loop.call_later(2.0, output.close_all)
         if self._stop_life.is_set() and reason == "exited":
             reason = self._stop_reason
+        elif reason == "exited" and cell.oom_killed():
+            reason = f"killed by the OOM killer (memory_max {spec.get('memory_max')})"
+        elif reason == "exited" and ending[0] != "exited":
+            reason = ending[0]
         elif self.signal is not None and reason == "exited":
             reason = f"killed by signal {self.signal}"
         ran = round(time.monotonic() - began, 3)
@@ -477,7 +543,7 @@ class ServiceOwner:
             while not exited.done() and not self._stop_life.is_set():
                 # The check is cancelled (its process group killed) if the process exits
                 # or a stop comes first.
-                probe = asyncio.ensure_future(run_check(check, self._check_env()))
+                probe = asyncio.ensure_future(run_check(check, self._check_env(), self._checker()))
                 done, _ = await asyncio.wait(
                     {exited, stop, probe}, return_when=asyncio.FIRST_COMPLETED
                 )
@@ -504,7 +570,7 @@ class ServiceOwner:
         failures = 0
         while not exited.done():
             await asyncio.sleep(float(check["interval_s"]))
-            ok = await run_check(check, self._check_env())
+            ok = await run_check(check, self._check_env(), self._checker())
             failures = 0 if ok else failures + 1
             health = "healthy" if failures < int(check["retries"]) else "degraded"
             if health != self.health:
@@ -515,19 +581,93 @@ class ServiceOwner:
                 return True
         return False
 
-    async def _terminate(
-        self, spec: dict[str, Any], pid: int, exited: asyncio.Future[None]
+    async def _follow(
+        self, spec: dict[str, Any], cell: Cell, exited: asyncio.Future[None], ending: list[str]
     ) -> None:
-        """stop_signal to the process group, SIGKILL after stop_timeout_s."""
+        """A forking service after its launcher exited 0: alive while its cell holds a process.
+
+        With a `pid_file`, the process it names is the main one (shown as the pid):
+        when it ends, what it left is killed, as for a simple service's main process.
+        """
+        try:
+            main = await self._main_from_pid_file(spec, cell)
+            if main is not None:
+                self.pid, self.pid_start_time = main, procs.process_start_time(main)
+                await self._set_state(self.state)
+                await self._wait_pid(main)
+                cell.kill()
+                ending[0] = "its main process (pid file) exited"
+                await cell.wait_empty()
+            else:
+                left = await asyncio.to_thread(cell.pids)
+                if left:
+                    self.pid, self.pid_start_time = left[0], procs.process_start_time(left[0])
+                    await self._set_state(self.state)
+                await cell.wait_empty()
+                ending[0] = "its cgroup emptied"
+            self.exit_code = None
+        finally:
+            if not exited.done():
+                exited.set_result(None)
+
+    async def _main_from_pid_file(self, spec: dict[str, Any], cell: Cell) -> int | None:
+        """The pid its pid_file names, once written (within start_secs + 5 s), or None."""
+        pid_file = spec.get("pid_file")
+        if not pid_file:
+            return None
+        path = os.path.join(spec.get("cwd") or "/", pid_file)
+        deadline = time.monotonic() + float(spec.get("start_secs", 1.0)) + 5.0
+        while time.monotonic() < deadline and cell.populated():
+            try:
+                text = await asyncio.to_thread(_read_small, path)
+                pid = int(text.split()[0])
+            except (OSError, ValueError, IndexError):
+                await asyncio.sleep(0.05)
+                continue
+            if pid > 1:
+                return pid
+            await asyncio.sleep(0.05)
+        log.warning("service wrote no usable pid file", extra={"service": self.name})
+        return None
+
+    async def _wait_pid(self, pid: int) -> None:
+        """Until process `pid` (not our child) ends: its pidfd on the loop."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        loop.add_reader(pidfd, readable)
+        try:
+            await gone
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+    async def _terminate(
+        self, spec: dict[str, Any], cell: Cell, exited: asyncio.Future[None]
+    ) -> None:
+        """stop_signal to every process of the cell, SIGKILL to all after stop_timeout_s."""
         if exited.done():
             return
         if self.state != ServiceState.STOPPING:
             await self._set_state(ServiceState.STOPPING)
         sig = procs.SIGNALS.get(str(spec.get("stop_signal", "TERM")), signal.SIGTERM)
-        procs.signal_group(pid, sig)
+        cell.signal(sig)
         try:
             await asyncio.wait_for(asyncio.shield(exited), float(spec.get("stop_timeout_s", 10.0)))
         except TimeoutError:
             log.warning("service ignored its stop signal; killing", extra={"service": self.name})
-            procs.signal_group(pid, signal.SIGKILL)
+            cell.kill()
             await exited
+
+
+def _read_small(path: str) -> str:
+    with open(path, encoding="ascii", errors="replace") as fh:
+        return fh.read(64)

@@ -21,6 +21,7 @@ async def action_set(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if node is not None and not 0 < len(node) <= 255:
         raise InvalidParams("node", "must be a node name (1 to 255 characters)")
+    app.check_limits(spec.limits())
     return (await app.store.actions.upsert(name, spec, tags, node)).to_dict()
 
 

@@ -31,6 +31,7 @@ _OFF_LOOP_ITEMS = 500
 async def job_submit(app: App, p: Params) -> dict[str, Any]:
     """Queue one job: an action, a command (argv) or a script with an interpreter."""
     request = parse_job_request(p)
+    app.check_limits(request.spec.limits())
     job_id = await app.store.jobs.submit(request)
     app.wake_jobs()
     return {"id": job_id, "status": JobStatus.QUEUED.value}
@@ -112,16 +113,17 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
     base: dict[str, Any] = {}
     if defaults is not None:
         raw = p.raw("defaults")
-        job_request_from(raw, "defaults", partial=True)  # checks the defaults
+        # Checks the defaults (and their limits, against the controllers usable here).
+        app.check_limits(job_request_from(raw, "defaults", partial=True).spec.limits(), "defaults")
         base = dict(raw)
     if len(items) > MAX_BATCH_ITEMS:
         raise InvalidParams("jobs", f"at most {MAX_BATCH_ITEMS} items per batch")
     result = BatchResult()
     if len(items) > _OFF_LOOP_ITEMS:
         # Validating 50,000 items takes a while: off the loop, so other calls go on.
-        requests = await offload(lambda: _parse_items(items, base, result))
+        requests = await offload(lambda: _parse_items(items, base, result, app))
     else:
-        requests = _parse_items(items, base, result)
+        requests = _parse_items(items, base, result, app)
     if requests:
         await app.store.submit_batch(requests, on_duplicate, result)
         if result.settled is not None and app.executor is not None:
@@ -215,14 +217,16 @@ async def job_logs(app: App, p: Params) -> dict[str, Any]:
 
 
 def _parse_items(
-    items: list[Any], base: dict[str, Any], result: BatchResult
+    items: list[Any], base: dict[str, Any], result: BatchResult, app: App
 ) -> list[tuple[int, JobRequest]]:
     """Each item as a request (over the defaults); invalid ones go to `result.failed`."""
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
         try:
             merged = _with_defaults(base, item) if base and isinstance(item, dict) else item
-            requests.append((i, job_request_from(merged, f"jobs[{i}]")))
+            request = job_request_from(merged, f"jobs[{i}]")
+            app.check_limits(request.spec.limits(), f"jobs[{i}]")
+            requests.append((i, request))
         except HeroError as exc:
             result.failed.append((i, {"code": exc.code, "message": str(exc)}))
     return requests

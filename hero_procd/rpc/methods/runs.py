@@ -22,6 +22,8 @@ async def run_submit(app: App, p: Params) -> dict[str, Any]:
     items = p.obj_list("jobs", required=True, non_empty=True)
     p.finish()
     jobs = [job_request_from(item, f"jobs[{i}]", in_run=True) for i, item in enumerate(items)]
+    for i, job in enumerate(jobs):
+        app.check_limits(job.spec.limits(), f"jobs[{i}]")
     run_id, by_key = await app.store.submit_run(name, tags, jobs)
     app.wake_jobs()
     return {"id": run_id, "jobs": by_key}

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from hero_procd.app import App
-from hero_procd.errors import HeroError, InvalidParams
-from hero_procd.model import dependency_order, find_cycle, parse_service_spec
+from hero_procd.errors import HeroError, InvalidParams, InvalidState
+from hero_procd.model import PROCESS_FIELDS, dependency_order, find_cycle, parse_service_spec
 from hero_procd.params import Params
 from hero_procd.rpc.methods.services import check_own_node
 from hero_procd.rpc.registry import rpc
-from hero_procd.stack import PROCESS_FIELDS, diff
+from hero_procd.stack import diff
 
 # What a command or a script replaces in a stored definition.
 _COMMAND_FIELDS = ("command", "script", "interpreter")
@@ -33,6 +33,7 @@ async def service_update(app: App, p: Params) -> dict[str, Any]:
         q = Params(merged)
         spec = parse_service_spec(q)
         q.finish()
+        app.check_limits(spec)  # -32602 naming a controller this host cannot use
         graph[name] = [*spec.get("requires", []), *spec.get("after", [])]
         cycle = find_cycle(graph)
         if cycle is not None:
@@ -43,15 +44,17 @@ async def service_update(app: App, p: Params) -> dict[str, Any]:
     changed = diff(old, new)
     restarted = False
     sup = app.supervisor
-    if sup is not None and any(f["field"] in PROCESS_FIELDS for f in changed) and sup.is_live(name):
-        await sup.restart_service(name)
-        restarted = True
+    if sup is not None and any(f["field"] in PROCESS_FIELDS for f in changed):
+        # The owner decides, after any verb queued before: a stop served first leaves it
+        # stopped, a start that read the old definition is restarted with the new one.
+        restarted = await sup.refresh(name)
     service = (await app.store.services.get(name)).to_dict()
     return {**service, "changed": changed, "restarted": restarted}
 
 
 async def _selected(app: App, p: Params) -> tuple[list[str], dict[str, list[str]]]:
-    """The services a bulk verb names (all, a tag or names), and the dependency graph."""
+    """The services a bulk verb names (all, a tag or names), in dependency order, and
+    what each requires."""
     everything = p.boolean("all")
     tag = p.text("tag")
     names = p.text_list("names", non_empty=True, name_like=True)
@@ -80,24 +83,31 @@ async def _selected(app: App, p: Params) -> tuple[list[str], dict[str, list[str]
     chosen = set(wanted)
     order = [n for n in dependency_order(graph, [w for w in wanted if w in defined]) if n in chosen]
     # Unknown names last: each is answered NotFound.
-    return order + [n for n in wanted if n not in defined], graph
+    requires = {s.name: list(s.spec.get("requires", [])) for s in services}
+    return order + [n for n in wanted if n not in defined], requires
 
 
 async def _bulk(app: App, p: Params, verb: str) -> dict[str, Any]:
     wait_s = 0.0 if verb == "stop" else p.number("wait_s", default=0.0, minimum=0) or 0.0
     wait_s = min(wait_s, 600.0)
-    names, _ = await _selected(app, p)
+    names, requires = await _selected(app, p)
     p.finish()
     if verb == "stop":
         names.reverse()  # dependents before what they require
     sup = app.services
     out: list[dict[str, Any]] = []
+    failed: set[str] = set()
     for name in names:
         entry: dict[str, Any] = {"name": name}
         try:
-            await check_own_node(
-                app, name
-            )  # another node's, by name: refused, as service.start does
+            await check_own_node(app, name)  # another node's, by name: refused
+            # A service whose requirement failed in this call is not tried: its start
+            # would wait (30 s and more) for a requirement known not to run.
+            down = [r for r in requires.get(name, []) if r in failed]
+            if verb != "stop" and down:
+                raise InvalidState(
+                    f"not started: it requires {down[0]}, which did not start", {"name": name}
+                )
             if verb == "start":
                 await sup.start_service(name, wait_s=wait_s)
             elif verb == "stop":
@@ -105,8 +115,18 @@ async def _bulk(app: App, p: Params, verb: str) -> dict[str, Any]:
             else:
                 await sup.restart_service(name, wait_s=wait_s)
             status = await app.store.services.status(name)
+            up = status["state"] == "running" or (
+                status["state"] == "exited" and status["exit_code"] == 0
+            )
+            if verb != "stop" and wait_s > 0 and not up:
+                # As `service start NAME --wait`: not up in time is a failure.
+                raise InvalidState(
+                    f"not running after {wait_s:g}s (state {status['state']})",
+                    {"name": name, "state": status["state"]},
+                )
             entry.update(ok=True, state=status["state"], pid=status["pid"])
         except HeroError as exc:
+            failed.add(name)
             entry.update(ok=False, error={"code": exc.code, "message": str(exc)})
         out.append(entry)
     return {"services": out}

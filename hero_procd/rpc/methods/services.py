@@ -25,6 +25,7 @@ async def service_define(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if node is not None and not 0 < len(node) <= 255:
         raise InvalidParams("node", "must be a node name (1 to 255 characters)")
+    app.check_limits(spec)
     # Through the service's owner (serialised with its other verbs); the cycle check
     # reads the other definitions in the same unit as the write. Another node's service
     # is only written: its own daemon supervises it.

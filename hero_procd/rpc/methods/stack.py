@@ -9,6 +9,7 @@ from hero_procd.offload import offload
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.stack import apply, export_doc, read_doc
+from hero_procd.store.stacks import State
 
 DEFAULT_EXPORT_NAME = "default"
 
@@ -31,4 +32,15 @@ async def stack_export(app: App, p: Params) -> dict[str, Any]:
     stack = p.text("stack", name_like=True)
     p.finish()
     state = await app.store.stacks.state()
-    return export_doc(state, stack, stack or DEFAULT_EXPORT_NAME)
+    return export_doc(state, stack, stack or free_stack_name(state))
+
+
+def free_stack_name(state: State) -> str:
+    """`default`, or `default-N` if taken: the hand-made objects' file must never name an
+    existing stack (applied with prune, it would delete that stack's objects)."""
+    taken = {owner for kind in state.values() for _, owner in kind.values()}
+    name, n = DEFAULT_EXPORT_NAME, 0
+    while name in taken:
+        n += 1
+        name = f"{DEFAULT_EXPORT_NAME}-{n}"
+    return name

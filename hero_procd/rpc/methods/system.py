@@ -41,6 +41,8 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "log_lines_trimmed": app.stats.log_lines_trimmed,
         "retention": app.janitor.settings() if app.janitor else None,
         "last_retention": app.janitor.last if app.janitor else None,
+        # cgroup2 | process-group, the controllers usable for limits, the cells' subtree.
+        **(app.containment.info() if app.containment else {"containment": None}),
     }
 
 
