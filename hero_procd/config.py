@@ -163,6 +163,9 @@ class Config:
     http_hosts: tuple[str, ...] = ()
     # Stack files applied at start and on SIGHUP (--config-dir, $HERO_PROC_CONFIG_DIR).
     config_dir: Path | None = None
+    # None: $HERO_PROC_SECRETS_KEY_FILE, a systemd credential, or beside the database
+    # (hero_procd/secretbox.py: key_file_path).
+    secrets_key_file: Path | None = None
 
     @property
     def db_shown(self) -> str:
@@ -191,6 +194,7 @@ class Config:
         cgroup: str | None = None,
         http: str | None = None,
         http_allow_remote: bool | None = None,
+        secrets_key_file: str | os.PathLike[str] | None = None,
     ) -> Config:
         """Build a config: explicit arguments win over the environment, which wins over defaults."""
         db = str(db_path) if db_path else default_db()
@@ -244,6 +248,7 @@ class Config:
                 for h in os.environ.get("HERO_PROC_HTTP_HOSTS", "").split(",")
                 if h.strip()
             ),
+            secrets_key_file=Path(secrets_key_file) if secrets_key_file else None,
         )
 
 

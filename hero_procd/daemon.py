@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import click
 import orjson
 
-from hero_procd import __version__
+from hero_procd import __version__, gcpause
 from hero_procd.app import App
 from hero_procd.config import Config
 from hero_procd.engine.cluster import Node
@@ -45,6 +45,7 @@ from hero_procd.paths import resolve_socket_only as resolve_socket_paths
 from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import Handler, load_methods
 from hero_procd.rpc.server import RpcServer
+from hero_procd.secretbox import KeyFileError, SecretBox, key_file_path, load_key_file
 from hero_procd.store import Store
 from hero_procd.web.listen import start_web
 
@@ -182,6 +183,8 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             node_timeout_s=config.node_timeout_s,
         )
         teardown.push("store", store.close)
+        stage = "unlocking the secrets"
+        await _unlock_secrets(store, paths.db, config.secrets_key_file)
         stage = "loading the OpenRPC document"
         app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))
 
@@ -242,6 +245,8 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             teardown.push("http", listener.close)
     except StartupError:
         raise
+    except KeyFileError as exc:
+        raise StartupError(str(exc)) from exc
     except Exception as exc:
         log.debug("start-up failed", exc_info=exc)
         raise StartupError(f"{stage}: {describe(exc)}") from exc
@@ -312,6 +317,35 @@ class Reloader:
                 await self._task
 
 
+async def _unlock_secrets(store: Store, db: Path, explicit: Path | None) -> None:
+    """Load (or create, at first start) the secrets key and check it against the database.
+
+    A database whose secrets were sealed with a key never gets a new one made
+    for it: a missing key file then stops the start, as does another key.
+    """
+    path, may_create = key_file_path(db, explicit)
+    had_key = await store.secrets.has_key()
+    try:
+        key, created = await asyncio.to_thread(
+            load_key_file, path, create=may_create and not had_key
+        )
+    except KeyFileError as exc:
+        if had_key and not path.exists():
+            raise KeyFileError(
+                f"{exc}; this database's secrets were sealed with a key kept there: "
+                "restore that file (nothing was changed)"
+            ) from exc
+        raise
+    if created:
+        log.info("created the secrets key file", extra={"key_file": str(path)})
+    unlocked = await store.secrets.unlock(SecretBox(key, path))
+    if unlocked.sealed_rows:
+        log.info(
+            "sealed the secrets stored in clear by an older version",
+            extra={"secrets": unlocked.sealed_rows, "key_file": str(path)},
+        )
+
+
 def _on_sighup() -> None:
     # A closed terminal or a dropped SSH session must not take every supervised
     # child down with the daemon; without --config-dir there is nothing to reload.
@@ -339,6 +373,8 @@ async def serve(config: Config) -> None:
     # the files before they changed (one more apply of unchanged files changes nothing).
     reloader.start(app)
     teardown.push("reloader", reloader.stop)
+    # Everything built at start-up lives as long as the daemon: out of the collector's walks.
+    gcpause.freeze_startup()
     ready.set()
     log.info(
         "hero-procd ready",
@@ -416,6 +452,13 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     help="cgroup v2 subtree for the cells [<own cgroup>/hero-procd-<id>, $HERO_PROC_CGROUP]",
 )
 @click.option(
+    "--secrets-key-file",
+    type=click.Path(path_type=Path),
+    help="Key that seals secrets at rest, created 0600 if missing "
+    "[$HERO_PROC_SECRETS_KEY_FILE, else $CREDENTIALS_DIRECTORY/hero-proc-secrets-key, "
+    "else <db>.secrets-key]",
+)
+@click.option(
     "--log-level",
     default=lambda: os.environ.get("HERO_PROC_LOG_LEVEL", "info"),
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
@@ -450,6 +493,7 @@ def main(
     socket_group: str | None,
     containment: str | None,
     cgroup: str | None,
+    secrets_key_file: Path | None,
     log_level: str,
     http: str | None,
     http_allow_remote: bool | None,
@@ -474,6 +518,7 @@ def main(
             http_allow_remote=http_allow_remote,
             node=node,
             node_timeout_s=node_timeout_s,
+            secrets_key_file=secrets_key_file,
         )
     except ValueError as exc:
         click.echo(f"hero-procd: {exc}", err=True)

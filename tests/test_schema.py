@@ -10,6 +10,7 @@ per session and copied for each test.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from hero_procd.params import Params
 from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import load_methods
 from hero_procd.rpc.schema_doc import load_document, main, method_params, render, resolve
+from hero_procd.secretbox import KEY_BYTES, SecretBox
 from hero_procd.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -349,10 +351,15 @@ class Harness:
         return error
 
 
+# One key for every harness of the session: a database reopened keeps its key.
+SECRETS_KEY = os.urandom(KEY_BYTES)
+
+
 @asynccontextmanager
 async def open_harness(db_path: Path, *, paused: bool = True) -> AsyncIterator[Harness]:
     """Open the store at `db_path` with an executor; `paused` keeps queued jobs queued."""
     store = await Store.open(db_path, readers=2)
+    await store.secrets.unlock(SecretBox(SECRETS_KEY, db_path.with_suffix(".key")))
     config = Config(socket_path=db_path.with_suffix(".sock"), db_path=db_path)
     app = App(config=config, store=store, openrpc=DOC)
     # The document is the same on every host: the harness takes every limit the document

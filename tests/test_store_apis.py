@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from hero_procd.errors import Conflict, InvalidParams, NotFound
 from hero_procd.model import CommandSpec, JobRequest
-from hero_procd.store import CleanResult, Store
+from hero_procd.store import BatchResult, CleanResult, Store
+from hero_procd.store.jobs import AttemptEnd, GroupRoom
 from hero_procd.store.logs import LogLine, delete_owners
 from hero_procd.store.pool import DbPool
 from hero_procd.store.records import Job
@@ -721,6 +723,56 @@ def test_wipe_all_counts_what_existed(run_store: StoreRunner) -> None:
     assert second == dict.fromkeys(EXPECTED_COUNTS, 0)
 
 
+def test_job_list_json_is_the_record_as_shown_in_every_state(run_store: StoreRunner) -> None:
+    """SQLite's JSON of a page equals Job.to_dict(): odd floats, nulls, text, every state."""
+
+    async def body(store: Store) -> None:
+        spec = CommandSpec(
+            script='echo "quoted" \\ back\nline ünï',
+            interpreter=["/bin/bash", "-e"],
+            env={"A": "1", "Ü": 'x"y'},
+            cwd="/tmp",
+            timeout_s=0.1 + 0.2,
+            kill_timeout_s=1e-7,
+            retries=2,
+            retry_delay_s=123456.78901234567,
+        )
+        await store.jobs.submit(JobRequest(spec=spec, tags=["t", "ü"], dedup_key='d"k'))
+        for i in range(4):
+            await store.jobs.submit(cmd("sleep", str(i), priority=-(2**31) + i, group="g"))
+        claimed = await store.jobs.claim(3, "tok", GroupRoom(set(), {}), at=1796026072.6272097)
+        assert len(claimed) == 3
+        done = await store.jobs.finish(
+            claimed[0].id, "tok", AttemptEnd("exited", exit_code=3, error='bad "x"\n')
+        )
+        assert done is not None
+        await store.jobs.cancel(claimed[1].id)  # running: the intent is recorded
+        slow = [j.to_dict() for j in await store.jobs.list(limit=50)]
+        assert any(j["cancel_requested"] for j in slow) and any(j["finished_at"] for j in slow)
+        blob, count, last_id = await store.jobs.list_json(limit=50)
+        assert orjson.loads(blob) == slow and count == 5 and last_id == slow[-1]["id"]
+        for a, b in zip(orjson.loads(blob), slow, strict=True):
+            for key, value in b.items():
+                if isinstance(value, float):
+                    assert a[key] == value and isinstance(a[key], float), key
+        page, count, last_id = await store.jobs.list_json(limit=2, after_id=slow[0]["id"])
+        assert orjson.loads(page) == slow[1:3] and last_id == slow[2]["id"]
+        many = [(i, cmd("true", str(i), tags=["many"], priority=i % 7)) for i in range(600)]
+        await store.submit_batch(many, "skip", BatchResult())
+        for tag in (None, "many"):
+            page, count, last_id = await store.jobs.list_json(tag=tag, limit=500, after_id=3)
+            ids = [j["id"] for j in orjson.loads(page)]
+            want = [j.id for j in await store.jobs.list(tag=tag, limit=500, after_id=3)]
+            assert ids == want and count == 500 and last_id == want[-1], tag
+            page, count, last_id = await store.jobs.list_json(tag=tag, newest_first=True)
+            ids = [j["id"] for j in orjson.loads(page)]
+            assert ids == sorted(ids, reverse=True) and count == 100 and last_id == ids[-1]
+        running, _, _ = await store.jobs.list_json(status="running")
+        assert [j["id"] for j in orjson.loads(running)] == sorted([claimed[1].id, claimed[2].id])
+
+    run_store(body)
+
+
 def test_job_wire_is_the_record_as_shown(run_store: StoreRunner) -> None:
     """job.list's fast path gives exactly what Job.from_row(...).to_dict() gives."""
 
@@ -732,6 +784,12 @@ def test_job_wire_is_the_record_as_shown(run_store: StoreRunner) -> None:
         slow = [j.to_dict() for j in await store.jobs.list(limit=50)]
         fast = await store.jobs.list_wire(limit=50)
         assert fast == slow and len(fast) == 4
+        # The JSON SQLite builds is the same again, every float exactly.
+        blob, count, last_id = await store.jobs.list_json(limit=50)
+        assert orjson.loads(blob) == slow and count == 4 and last_id == slow[-1]["id"]
+        by_tag, count, _ = await store.jobs.list_json(tag="a", limit=50)
+        assert orjson.loads(by_tag) == [slow[1]] and count == 1
+        assert await store.jobs.list_json(after_id=slow[-1]["id"]) == (b"[]", 0, None)
 
     run_store(body)
 

@@ -8,6 +8,7 @@ import logging
 import random
 import sqlite3
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -190,6 +191,34 @@ def test_cancelled_caller_never_wedges_the_writer(run_store: StoreRunner) -> Non
     rows = run_store(body)
     # Every y row is there; an x row is there if its unit ran (a cancelled caller's unit runs).
     assert 60 <= rows <= 120
+
+
+def test_writer_keeps_nothing_of_a_written_unit(run_store: StoreRunner) -> None:
+    """Once a unit is answered, the writer holds neither it nor its result (a unit's closure
+    may hold a 50,000-job batch: kept until the next write, it stayed alive for nothing)."""
+
+    class Batch:
+        """Stands for a big request a unit's closure holds."""
+
+    async def body(store: Store) -> None:
+        for _ in range(3):
+            batch = Batch()
+            gone = weakref.ref(batch)
+
+            def unit(conn: sqlite3.Connection, batch: Batch = batch) -> Batch:
+                conn.execute("SELECT 1")
+                return batch
+
+            assert await store.pool.write(unit) is batch
+            del batch, unit
+            # The worker thread drops its work item just after handing the result over.
+            for _ in range(200):
+                if gone() is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert gone() is None, "the writer still holds the last unit or its result"
+
+    run_store(body)
 
 
 def test_integrity_error_becomes_conflict(run_store: StoreRunner) -> None:

@@ -24,6 +24,7 @@ from jsonrpcserver import Error, Success, async_dispatch_to_serializable
 from jsonrpcserver.result import Result
 from jsonrpcserver.sentinels import NODATA
 
+from hero_procd import gcpause
 from hero_procd.app import App
 from hero_procd.errors import (
     INTERNAL_ERROR,
@@ -44,6 +45,8 @@ _ID_TYPES = (str, int, float, orjson.Fragment, type(None))
 # Frames larger than this are parsed off the event loop thread, so other
 # connections keep being served meanwhile.
 _PARSE_IN_THREAD_BYTES = 1 << 20
+# Frames larger than this are handled with the garbage collector paused (~5,000 jobs).
+_PAUSE_GC_BYTES = 128 << 10
 
 
 class _RawNumber(str):
@@ -166,7 +169,20 @@ class Dispatcher:
         answers as soon as they are serialized.
         """
         self.app.stats.requests += 1
-        doc = await self._parse(payload)
+        # A big frame is parsed, checked, written and answered with the garbage collector
+        # paused (hero_procd/gcpause.py), and its objects die before the pause ends; no
+        # `yield` in the block, so an answer never left unread can hold the pause.
+        answer: bytes | None = None
+        with gcpause.paused(len(payload) > _PAUSE_GC_BYTES):
+            doc = await self._parse(payload)
+            if not isinstance(doc, bytes | list):
+                if _has_float_id(doc):
+                    doc["id"] = (await self._source_ids(payload)).get("id")
+                one = await self._one(doc)
+                doc = None
+                if one is not None:
+                    answer = orjson.dumps(one)
+                del one
         if isinstance(doc, bytes):
             yield doc  # a parse error, already serialized
             return
@@ -174,11 +190,8 @@ class Dispatcher:
             async for piece in self._batch(payload, doc):
                 yield piece
             return
-        if _has_float_id(doc):
-            doc["id"] = (await self._source_ids(payload)).get("id")
-        answer = await self._one(doc)
         if answer is not None:
-            yield orjson.dumps(answer)
+            yield answer
 
     async def _parse(self, payload: bytes | str) -> Any:
         big = len(payload) > _PARSE_IN_THREAD_BYTES

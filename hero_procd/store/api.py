@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from hero_procd.secretbox import SecretBox
 from hero_procd.store.jobs import (
     AttemptEnd,
     CancelOutcome,
@@ -23,6 +24,7 @@ from hero_procd.store.jobs import (
 )
 from hero_procd.store.logs import BatchWritten, LogRow, LogsApi
 from hero_procd.store.records import Job
+from hero_procd.store.secrets import SecretsApi, Unlocked
 
 
 class JobStore(Protocol):
@@ -94,6 +96,36 @@ class LogStore(Protocol):
         ...
 
 
-def _conforms(jobs: JobsApi, logs: LogsApi) -> tuple[JobStore, LogStore]:
+class SecretStore(Protocol):
+    """Secrets: values sealed with a key kept outside the database (hero_procd/secretbox.py).
+
+    Every backend stores only `SecretBox.seal` output and a key check, and refuses
+    (KeyFileError naming the key file, changing nothing) a key that is not its own.
+    """
+
+    async def has_key(self) -> bool:
+        """Whether the database's secrets were already sealed with some key."""
+        ...
+
+    async def unlock(self, box: SecretBox) -> Unlocked:
+        """Check the key against the database's, then seal values stored in clear."""
+        ...
+
+    async def set(self, name: str, value: str) -> None:
+        """Create or replace a secret (stored sealed)."""
+        ...
+
+    async def get(self, name: str) -> str:
+        """A secret's value, or NotFound."""
+        ...
+
+    async def resolve(self, wanted: dict[str, str]) -> dict[str, str]:
+        """{VAR: secret name} → {VAR: value}; NotFound names the first missing secret."""
+        ...
+
+
+def _conforms(
+    jobs: JobsApi, logs: LogsApi, secrets: SecretsApi
+) -> tuple[JobStore, LogStore, SecretStore]:
     """Never called: mypy checks here that the SQLite store implements the interface."""
-    return jobs, logs
+    return jobs, logs, secrets

@@ -275,6 +275,8 @@ class Writer:
                         unit.future.set_result(value)
                     else:
                         unit.future.set_exception(value)
+                # Not kept until the next group: a unit's closure may hold a 50,000-job batch.
+                del group, results, unit, value
 
     def _run_group(self, group: list[_Unit]) -> list[tuple[bool, Any]]:
         conn: Conn | None = self._conn

@@ -111,6 +111,27 @@ WHERE t.tag = :tag AND t.job_id > :after_id
   AND (:run_id IS NULL OR j.run_id = :run_id)
 ORDER BY t.job_id LIMIT :limit
 
+-- job_page_of --
+-- One of the job_list* pages ({rows} stands for its statement) as one JSON array of the
+-- objects job.list shows (records.job_wire), its row count and its lowest and highest id,
+-- built by SQLite in one step while the GIL is released. Reals go through
+-- printf('%!.17g'), which round-trips (json_object writes 15 digits); the spec's fields
+-- (never null) are merged in by json_patch. The page statement's order is the array's.
+SELECT json_group_array(json_patch(json_object(
+    'id', j.id, 'run_id', j.run_id, 'key', j.key, 'action', j.action, 'tags', json(j.tags),
+    'status', j.status, 'priority', j.priority, 'group', j.grp, 'dedup_key', j.dedup_key,
+    'attempt', j.attempt, 'max_attempts', j.max_attempts,
+    'not_before', json(printf('%!.17g', j.not_before)),
+    'pid', j.pid, 'exit_code', j.exit_code, 'signal', j.signal, 'error', j.error,
+    'created_at', json(printf('%!.17g', j.created_at)),
+    'started_at', iif(j.started_at IS NULL, NULL, json(printf('%!.17g', j.started_at))),
+    'finished_at', iif(j.finished_at IS NULL, NULL, json(printf('%!.17g', j.finished_at))),
+    'cancel_requested', json(iif(j.cancel_requested, 'true', 'false')),
+    'dropped_log_lines', 0, 'node', j.node, 'pin_node', j.pin_node
+), j.spec)) AS page, count(*) AS n, min(j.id) AS low_id,
+       max(j.id) AS high_id
+FROM ({rows}) AS j
+
 -- job_tagged_for_clean --
 -- Ids, run ids and statuses of every job with a tag (clean_by_tag's selection).
 SELECT j.id, j.run_id, j.status FROM job_tags t JOIN jobs j ON j.id = t.job_id
@@ -380,17 +401,34 @@ WHERE node = ? OR node IS NULL
 UPDATE services SET node = ? WHERE node IS NULL OR node != ?
 
 -- secret_set --
--- Create or replace a secret.
-INSERT INTO secrets (name, value, updated_at) VALUES (?, ?, ?)
-ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+-- Create or replace a secret (the value sealed with the key, never in clear).
+INSERT INTO secrets (name, value, updated_at, sealed) VALUES (?, ?, ?, 1)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at,
+    sealed = 1
 
 -- secret_get --
--- One secret's value.
-SELECT value FROM secrets WHERE name = ?
+-- One secret's stored value and whether it is sealed.
+SELECT value, sealed FROM secrets WHERE name = ?
 
 -- secret_get_many --
--- Several secrets' values (resolved at spawn time).
-SELECT name, value FROM secrets WHERE name IN ({marks})
+-- Several secrets' stored values (resolved at spawn time).
+SELECT name, value, sealed FROM secrets WHERE name IN ({marks})
+
+-- secret_clear_rows --
+-- Values an older hero-procd stored in clear, to be sealed at start-up.
+SELECT name, value FROM secrets WHERE sealed = 0
+
+-- secret_seal_row --
+-- Replace a clear value by its sealed form.
+UPDATE secrets SET value = ?, sealed = 1 WHERE name = ? AND sealed = 0
+
+-- secret_key_check --
+-- The known text sealed with the key of this database's secrets (none before the first key).
+SELECT check_token FROM secrets_key WHERE id = 1
+
+-- secret_key_check_set --
+-- Remember which key seals this database's secrets.
+INSERT INTO secrets_key (id, check_token, created_at) VALUES (1, ?, ?)
 
 -- secret_list --
 -- Secret names (never values) and when they changed.

@@ -180,9 +180,22 @@ V5 = """
 ALTER TABLE services ADD COLUMN manual_restarts INTEGER NOT NULL DEFAULT 0;
 """
 
+# Secrets encrypted at rest (hero_procd/secretbox.py): `sealed` tells the values sealed
+# with the key from the rows an older hero-procd wrote in clear, which the daemon seals
+# at its first start with a key (SecretsApi.unlock); `secrets_key` keeps a known text
+# sealed with that key, so a start with another key is refused before anything changes.
+V6 = """
+ALTER TABLE secrets ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE secrets_key (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    check_token TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+"""
+
 # Nodes (several daemons on one PostgreSQL queue; SQLite has one): each node's heartbeat,
 # the node that runs (ran) a job's attempt, and an optional placement of a job on a node.
-V6 = """
+V7 = """
 CREATE TABLE nodes (
     name          TEXT PRIMARY KEY,
     version       TEXT NOT NULL,
@@ -205,6 +218,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, V4),
     (5, V5),
     (6, V6),
+    (7, V7),
 ]
 
 # Every table a wipe empties, children before parents.

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from hero_procd import gcpause
 from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams
 from hero_procd.model import (
@@ -16,7 +17,7 @@ from hero_procd.model import (
     job_request_from,
     parse_job_request,
 )
-from hero_procd.offload import offload
+from hero_procd.offload import discard, offload
 from hero_procd.params import INT64_MAX, Params
 from hero_procd.rpc.registry import rpc
 from hero_procd.store import MAX_BATCH_ITEMS, BatchResult
@@ -60,15 +61,17 @@ async def job_list(app: App, p: Params) -> dict[str, Any]:
     order, after_id, before_id = page_order(p)
     p.finish()
     # Built and serialised off the loop in one go, handed to the answer as it is.
-    blob, count, last_id = await app.store.jobs.list_json(
-        status=status,
-        tag=tag,
-        run_id=run_id,
-        limit=limit,
-        after_id=after_id,
-        before_id=before_id,
-        newest_first=order == "desc",
-    )
+    # A big page lives and dies with the collector paused (gcpause).
+    with gcpause.paused(limit > _OFF_LOOP_ITEMS):
+        blob, count, last_id = await app.store.jobs.list_json(
+            status=status,
+            tag=tag,
+            run_id=run_id,
+            limit=limit,
+            after_id=after_id,
+            before_id=before_id,
+            newest_first=order == "desc",
+        )
     return {"jobs": orjson.Fragment(blob), **next_page(order, last_id if count == limit else None)}
 
 
@@ -129,6 +132,10 @@ async def job_submit_batch(app: App, p: Params) -> dict[str, Any]:
         if result.settled is not None and app.executor is not None:
             app.executor.notify(result.settled.done)  # waiters of the replaced jobs
         app.wake_jobs()
+    if len(items) > _OFF_LOOP_ITEMS:
+        # Freed on the offload thread in slices, while the answer goes out, rather than
+        # on the loop in one go when this call returns (tens of ms for 50,000 jobs).
+        discard(requests, items)
     return {
         "submitted": result.submitted,
         "deduplicated": result.deduplicated,

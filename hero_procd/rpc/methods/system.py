@@ -31,6 +31,7 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "db": app.config.db_shown,
         "backend": app.store.backend,
         "node": app.config.node,
+        "secrets_key_file": str(box.source) if (box := app.store.secrets.box) else None,
         "counts": counts,
         "requests": app.stats.requests,
         "dropped_log_lines": app.stats.dropped_log_lines,
