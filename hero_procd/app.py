@@ -17,6 +17,7 @@ from hero_procd.web.feed import Feed
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from hero_procd.engine.cluster import Node
     from hero_procd.engine.contain import Containment
     from hero_procd.engine.executor import Executor
     from hero_procd.engine.janitor import Janitor
@@ -49,6 +50,7 @@ class App:
     supervisor: Supervisor | None = None
     scheduler: Scheduler | None = None
     janitor: Janitor | None = None
+    node: Node | None = None
     containment: Containment | None = None
     # The dashboard's change feed and the Prometheus metrics (hero_procd/web, metrics.py).
     feed: Feed = field(default_factory=Feed)

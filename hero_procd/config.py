@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_READERS = 4
@@ -65,6 +67,21 @@ def client_socket_path() -> Path:
     return default_socket_path()
 
 
+def is_db_url(db: str | os.PathLike[str]) -> bool:
+    """Whether a `--db` value names a PostgreSQL database rather than a SQLite file."""
+    return str(db).startswith(("postgresql://", "postgres://"))
+
+
+def default_db() -> str:
+    """`$HERO_PROC_DB` (a SQLite path or a PostgreSQL URL), else the default SQLite path."""
+    return os.environ.get("HERO_PROC_DB") or str(default_db_path())
+
+
+def default_node() -> str:
+    """`$HERO_PROC_NODE`, else the host's name."""
+    return os.environ.get("HERO_PROC_NODE") or socket.gethostname()
+
+
 def default_db_path() -> Path:
     """`$HERO_PROC_DB`, else `~/hero/var/hero_proc/hero_proc.db`."""
     env = os.environ.get("HERO_PROC_DB")
@@ -109,6 +126,13 @@ class Config:
 
     socket_path: Path = field(default_factory=default_socket_path)
     db_path: Path = field(default_factory=default_db_path)
+    # A PostgreSQL URL (`--db postgresql://…`): then db_path is not used.
+    db_url: str | None = None
+    # This daemon's name among the nodes sharing a PostgreSQL queue.
+    node: str = field(default_factory=default_node)
+    # A node whose heartbeat is older than this is dead; its own lease is half of it.
+    node_timeout_s: float = 15.0
+    heartbeat_s: float = 2.0
     readers: int = DEFAULT_READERS
     max_frame: int = DEFAULT_MAX_FRAME
     socket_group: str | None = None
@@ -143,6 +167,18 @@ class Config:
     # (hero_procd/secretbox.py: key_file_path).
     secrets_key_file: Path | None = None
 
+    @property
+    def db_shown(self) -> str:
+        """The database as system.info and the logs show it (a URL without its password)."""
+        if self.db_url is None:
+            return str(self.db_path)
+        parts = urlsplit(self.db_url)
+        if parts.password is not None:
+            host = parts.hostname or ""
+            netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+        return self.db_url
+
     @classmethod
     def from_env(
         cls,
@@ -152,6 +188,8 @@ class Config:
         max_frame: int | None = None,
         socket_group: str | None = None,
         max_parallel: int | None = None,
+        node: str | None = None,
+        node_timeout_s: float | None = None,
         containment: str | None = None,
         cgroup: str | None = None,
         http: str | None = None,
@@ -159,9 +197,19 @@ class Config:
         secrets_key_file: str | os.PathLike[str] | None = None,
     ) -> Config:
         """Build a config: explicit arguments win over the environment, which wins over defaults."""
+        db = str(db_path) if db_path else default_db()
+        if node is not None and not node.strip():
+            raise ValueError("--node must not be empty")
         return cls(
             socket_path=Path(socket_path) if socket_path else default_socket_path(),
-            db_path=Path(db_path) if db_path else default_db_path(),
+            db_path=default_db_path() if is_db_url(db) else Path(db),
+            db_url=db if is_db_url(db) else None,
+            node=node or default_node(),
+            node_timeout_s=(
+                node_timeout_s
+                if node_timeout_s is not None
+                else _env_positive("HERO_PROC_NODE_TIMEOUT_S", 15.0, float)
+            ),
             readers=readers
             if readers is not None
             else _env_int("HERO_PROC_READERS", DEFAULT_READERS),

@@ -30,8 +30,9 @@ import orjson
 from hero_procd import __version__, gcpause
 from hero_procd.app import App
 from hero_procd.config import Config
+from hero_procd.engine.cluster import Node
 from hero_procd.engine.contain import make_containment
-from hero_procd.engine.executor import Executor, instance_id
+from hero_procd.engine.executor import Executor, instance_id, instance_key
 from hero_procd.engine.janitor import Janitor
 from hero_procd.engine.scheduler import Scheduler
 from hero_procd.engine.supervisor import Supervisor
@@ -40,6 +41,7 @@ from hero_procd.logs_setup import setup_logging
 from hero_procd.offload import offload
 from hero_procd.paths import DatabaseLock, StartupError, claim_socket
 from hero_procd.paths import resolve as resolve_paths
+from hero_procd.paths import resolve_socket_only as resolve_socket_paths
 from hero_procd.rpc.dispatch import Dispatcher
 from hero_procd.rpc.registry import Handler, load_methods
 from hero_procd.rpc.server import RpcServer
@@ -154,20 +156,32 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
     """
     stage = "checking the files"
     try:
-        paths = await asyncio.to_thread(
-            resolve_paths, config.db_path, config.socket_path, config.socket_group
-        )
+        if config.db_url is None:
+            paths = await asyncio.to_thread(
+                resolve_paths, config.db_path, config.socket_path, config.socket_group
+            )
+        else:
+            # PostgreSQL: no database file to check or lock (several nodes share the database).
+            paths = await asyncio.to_thread(
+                resolve_socket_paths, config.db_path, config.socket_path, config.socket_group
+            )
         # Resolved once: every later use (store, socket, recovery marks, system.info)
         # sees the same real paths, whatever symlinks the flags went through.
         config = replace(config, db_path=paths.db, socket_path=paths.socket)
-        stage = "locking the database"
-        lock = await asyncio.to_thread(DatabaseLock.acquire, paths.db)
-        teardown.push("lock", _lock_release(lock))
+        if config.db_url is None:
+            stage = "locking the database"
+            lock = await asyncio.to_thread(DatabaseLock.acquire, paths.db)
+            teardown.push("lock", _lock_release(lock))
         stage = f"claiming the socket {paths.socket}"
         await asyncio.to_thread(claim_socket, paths.socket, paths.socket_gid)
 
-        stage = f"opening the database {paths.db}"
-        store = await Store.open(paths.db, config.readers)
+        stage = f"opening the database {config.db_shown}"
+        store = await Store.open(
+            config.db_url or paths.db,
+            config.readers,
+            node=config.node,
+            node_timeout_s=config.node_timeout_s,
+        )
         teardown.push("store", store.close)
         stage = "unlocking the secrets"
         await _unlock_secrets(store, paths.db, config.secrets_key_file)
@@ -189,7 +203,7 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
         # Before the stack files: their limits are checked against the usable controllers.
         stage = "setting up containment"
         app.containment = await asyncio.to_thread(
-            make_containment, config.containment, config.cgroup, instance_id(str(paths.db))
+            make_containment, config.containment, config.cgroup, instance_id(instance_key(config))
         )
         teardown.push("containment", app.containment.close)
 
@@ -203,9 +217,14 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
         stage = "starting the executor"
         app.executor = Executor(app)
         app.executor.flusher.on_stored = app.logs_stored  # metrics, live log tails
+        # The node stops after the executor: it heartbeats while the attempts are ended.
+        app.node = Node(app)
+        teardown.push("node", app.node.stop)
         teardown.push("executor", app.executor.stop)
         teardown.push("waits", app.executor.answer_waits)
         await app.executor.start()  # recovery first: no process of a previous daemon survives
+        stage = f"joining the nodes as {config.node}"
+        await app.node.start()
         stage = "starting the supervisor"
         app.supervisor = Supervisor(
             app, app.executor.flusher, app.executor.spawner, app.executor.instance
@@ -362,7 +381,8 @@ async def serve(config: Config) -> None:
         extra={
             "version": __version__,
             "socket": str(config.socket_path),
-            "db": str(config.db_path),
+            "db": config.db_shown,
+            "node": config.node,
         },
     )
     notify("READY=1")
@@ -402,7 +422,16 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
     help="Unix socket [$HERO_PROC_SOCKET]",
 )
 @click.option(
-    "--db", "db_path", type=click.Path(path_type=Path), help="SQLite database [$HERO_PROC_DB]"
+    "--db",
+    "db_path",
+    help="SQLite database file, or postgresql://… URL (?schema=… [hero_proc]) [$HERO_PROC_DB]",
+)
+@click.option("--node", help="This daemon's node name [$HERO_PROC_NODE, else the host name]")
+@click.option(
+    "--node-timeout",
+    "node_timeout_s",
+    type=click.FloatRange(1.0, 3600.0),
+    help="Seconds without heartbeat before a node is dead [15, $HERO_PROC_NODE_TIMEOUT_S]",
 )
 @click.option("--readers", type=click.IntRange(1, 64), help="Reader connections [4]")
 @click.option(
@@ -456,7 +485,9 @@ def _exit_after_startup_failure(message: str) -> NoReturn:
 @click.version_option(__version__, prog_name="hero-procd")
 def main(
     socket_path: Path | None,
-    db_path: Path | None,
+    db_path: str | None,
+    node: str | None,
+    node_timeout_s: float | None,
     readers: int | None,
     max_parallel: int | None,
     socket_group: str | None,
@@ -485,6 +516,8 @@ def main(
             cgroup=cgroup,
             http=http,
             http_allow_remote=http_allow_remote,
+            node=node,
+            node_timeout_s=node_timeout_s,
             secrets_key_file=secrets_key_file,
         )
     except ValueError as exc:

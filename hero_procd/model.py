@@ -441,9 +441,10 @@ class JobRequest:
     dedup_key: str | None = None
     key: str | None = None
     depends_on: list[str] = field(default_factory=list)
+    node: str | None = None  # placement: only this node may claim it
 
 
-_JOB_KEYS = _COMMAND_KEYS | {"action", "tags", "priority", "group", "dedup_key"}
+_JOB_KEYS = _COMMAND_KEYS | {"action", "tags", "priority", "group", "dedup_key", "node"}
 _RUN_JOB_KEYS = _JOB_KEYS | {"key", "depends_on"}
 _JOB_ONLY_KEYS = _JOB_KEYS - _COMMAND_KEYS
 _INT32 = 2**31
@@ -490,6 +491,9 @@ def job_request_from(
     dedup_key = get("dedup_key")
     if dedup_key is not None and not isinstance(dedup_key, str):
         raise InvalidParams(_where(path, "dedup_key"), "must be a string")
+    node = get("node")
+    if node is not None and (not isinstance(node, str) or not 0 < len(node) <= 255):
+        raise InvalidParams(_where(path, "node"), "must be a node name (1 to 255 characters)")
     key: str | None = None
     depends_on: list[str] = []
     if in_run:
@@ -501,7 +505,7 @@ def job_request_from(
             if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
                 raise InvalidParams(_where(path, "depends_on"), "must be a list of strings")
             depends_on = deps
-    return JobRequest(spec, action, tags, priority, group, dedup_key, key, depends_on)
+    return JobRequest(spec, action, tags, priority, group, dedup_key, key, depends_on, node)
 
 
 def parse_job_request(p: Params, *, in_run: bool = False, partial: bool = False) -> JobRequest:

@@ -191,6 +191,17 @@ def resolve(db: Path, sock: Path, socket_group: str | None) -> DaemonPaths:
     return DaemonPaths(db=db_real, socket=sock_real, socket_gid=gid)
 
 
+def resolve_socket_only(db: Path, sock: Path, socket_group: str | None) -> DaemonPaths:
+    """`resolve` for a daemon whose database is not a file (PostgreSQL): the socket only."""
+    gid = socket_group_id(socket_group)
+    sock_real = resolve_socket(sock)
+    created = make_folders(sock_real.parent, gid)
+    check_socket_folder(sock_real.parent)
+    if gid is not None and not created:
+        warn_if_group_cannot_reach(sock_real.parent, gid)
+    return DaemonPaths(db=db, socket=sock_real, socket_gid=gid)
+
+
 class DatabaseLock:
     """The single-instance lock: flocks on the database file and on `<db>.lock` beside it."""
 

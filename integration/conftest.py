@@ -10,6 +10,14 @@ import pytest
 from hero_procd.client import Client
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 from integration.helpers import daemon_running, kill_leftovers
+from tests.pg import summary_line
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One visible line when the PostgreSQL tests were skipped (integration/ run alone)."""
+    line = summary_line()
+    if line is not None:
+        terminalreporter.write_line(line, yellow=True)
 
 
 @pytest.fixture
@@ -60,4 +68,4 @@ def started() -> Iterator[list[DaemonProcess]]:
     for proc in procs:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
-        kill_leftovers(proc.db_path)
+        kill_leftovers(proc.instance_key)

@@ -24,12 +24,20 @@ class DaemonProcess:
     """One hero-procd process on its own socket and database."""
 
     def __init__(
-        self, workdir: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        db: str | None = None,
+        node: str | None = None,
     ):
         self.workdir = workdir
-        self.socket_path = workdir / "hp.sock"
+        self.socket_path = workdir / (f"{node}.sock" if node else "hp.sock")
         self.db_path = workdir / "hp.db"
-        self.log_path = workdir / "daemon.log"
+        # A PostgreSQL URL instead of the SQLite file, and this daemon's node name.
+        self.db = db
+        self.node = node
+        self.log_path = workdir / (f"{node}.log" if node else "daemon.log")
         self.extra_args = extra_args or []
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -39,9 +47,17 @@ class DaemonProcess:
         """The command line that starts this daemon."""
         return [
             sys.executable, "-m", "hero_procd.daemon",
-            "--socket", str(self.socket_path), "--db", str(self.db_path),
+            "--socket", str(self.socket_path), "--db", self.db or str(self.db_path),
+            *(["--node", self.node] if self.node else []),
             *self.extra_args,
         ]  # fmt: skip
+
+    @property
+    def instance_key(self) -> str:
+        """What the daemon's instance id (the mark on its children) is made from."""
+        if self.db is None:
+            return str(self.db_path)
+        return f"{self.db}#{self.node}"
 
     def start(self, timeout_s: float = 20.0) -> DaemonProcess:
         """Start the daemon and wait until it answers `system.ping`."""

@@ -89,8 +89,9 @@ def daemon_running(
             cleanup(path)
 
 
-def kill_leftovers(db_path: Path) -> None:
-    """SIGKILL the groups of any process still marked as a job of the daemon of `db_path`,
+def kill_leftovers(db_path: Path | str) -> None:
+    """SIGKILL the groups of any process still marked as a job of the daemon of `db_path`
+    (or of the instance key of a daemon on PostgreSQL, see DaemonProcess.instance_key),
     and everything in its cgroup cells, removing them (a daemon killed by -9 cannot)."""
     for pid in find_marked(instance_id(str(db_path))):
         with contextlib.suppress(ProcessLookupError):
@@ -98,7 +99,7 @@ def kill_leftovers(db_path: Path) -> None:
     remove_cells(db_path)
 
 
-def remove_cells(db_path: Path) -> None:
+def remove_cells(db_path: Path | str) -> None:
     """Kill and remove the default cgroup subtree of the daemon of `db_path` (if any)."""
     mount, own = cgroup2_mount(), own_cgroup()
     if mount is None or own is None:

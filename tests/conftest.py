@@ -1,4 +1,5 @@
-"""Shared fixtures of the fast tests: a real SQLite store in pytest's tmp_path.
+"""Shared fixtures of the fast tests: a real store — a SQLite file in pytest's tmp_path,
+and the same tests again on PostgreSQL (a schema of their own, see tests/pg.py).
 
 aiosqlite connections belong to the event loop that opened them, so a store
 is opened, used and closed inside one `asyncio.run`: a test hands an async
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import pytest
 
 from hero_procd.store import Store
+from tests.pg import pg_schema, summary_line
 
 T = TypeVar("T")
 
@@ -29,8 +30,8 @@ class StoreRunner(Protocol):
         ...
 
 
-def run_with_store(path: Path, body: Callable[[Store], Awaitable[T]], readers: int = 4) -> T:
-    """Open the store at `path`, await `body(store)` and close it, all on one new loop."""
+def run_with_store(path: Path | str, body: Callable[[Store], Awaitable[T]], readers: int = 4) -> T:
+    """Open the store at `path` (or URL), await `body(store)` and close it, on one new loop."""
 
     async def main() -> T:
         store = await Store.open(path, readers=readers)
@@ -48,14 +49,37 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "t.db"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The store backend a contract test runs on (every such test runs on both)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def run_store(db_path: Path) -> StoreRunner:
-    """A `StoreRunner` over the test's database file (one file per test, reopened per call)."""
+def db_url(backend: str, db_path: Path) -> Iterator[Path | str]:
+    """The test's database: its SQLite file, or a PostgreSQL schema of its own."""
+    if backend == "sqlite":
+        yield db_path
+        return
+    with pg_schema() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def run_store(db_url: Path | str) -> StoreRunner:
+    """A `StoreRunner` over the test's database (one per test, reopened per call)."""
 
     def run(body: Callable[[Store], Awaitable[T]], *, readers: int = 4) -> T:
-        return run_with_store(db_path, body, readers)
+        return run_with_store(db_url, body, readers)
 
     return run
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One visible line when the PostgreSQL side of the tests was skipped."""
+    line = summary_line()
+    if line is not None:
+        terminalreporter.write_line(line, yellow=True)
 
 
 class Statements:
@@ -79,7 +103,7 @@ async def write_tx(store: Store) -> AsyncIterator[Statements]:
     recorded = Statements()
     yield recorded
 
-    def unit(conn: sqlite3.Connection) -> None:
+    def unit(conn: Any) -> None:
         for how, sql, params in recorded.calls:
             getattr(conn, how)(sql, params)
 

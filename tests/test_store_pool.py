@@ -17,7 +17,8 @@ import pytest
 
 from hero_procd.errors import Conflict, StorageError
 from hero_procd.store import Store
-from hero_procd.store.pool import CHUNK, Pool, chunks, placeholders
+from hero_procd.store import pool as pool_mod
+from hero_procd.store.pool import CHUNK, DbPool, Pool, chunks, placeholders
 from hero_procd.store.queries import with_marks
 from hero_procd.store.schema import MIGRATIONS
 from tests.conftest import StoreRunner, write_tx
@@ -25,10 +26,20 @@ from tests.conftest import StoreRunner, write_tx
 LAST_VERSION = MIGRATIONS[-1][0]
 
 
-async def _count(pool: Pool, table: str) -> int:
+async def _count(pool: DbPool, table: str) -> int:
     row = await pool.fetch_one(f"SELECT count(*) FROM {table}")  # test-chosen table names only
     assert row is not None
     return int(row[0])
+
+
+async def _version(store: Store) -> object:
+    """The schema version the database records (SQLite's user_version, PostgreSQL's table)."""
+    if store.backend == "sqlite":
+        async with store.pool.reader() as conn:
+            return await _pragma(conn, "user_version")
+    row = await store.pool.fetch_one("SELECT max(version) FROM schema_version")
+    assert row is not None
+    return row[0]
 
 
 async def _pragma(conn: aiosqlite.Connection, name: str) -> object:
@@ -38,8 +49,10 @@ async def _pragma(conn: aiosqlite.Connection, name: str) -> object:
     return row[0]
 
 
-def test_new_database_pragmas(run_store: StoreRunner) -> None:
+def test_new_database_pragmas(run_store: StoreRunner, backend: str) -> None:
     """A new database is WAL, incremental auto_vacuum, migrated, with foreign keys on."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's pragmas")
 
     async def body(store: Store) -> dict[str, object]:
         out: dict[str, object] = {}
@@ -82,7 +95,7 @@ def test_reopen_applies_no_migration_twice(
     run_store: StoreRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A second open finds the schema current: no migration runs and the data stays."""
-    caplog.set_level(logging.INFO, logger="hero_procd.store.pool")
+    caplog.set_level(logging.INFO, logger="hero_procd.store")
 
     async def create(store: Store) -> None:
         async with write_tx(store) as conn:
@@ -94,9 +107,7 @@ def test_reopen_applies_no_migration_twice(
     caplog.clear()
 
     async def reopen(store: Store) -> tuple[object, int]:
-        async with store.pool.reader() as conn:
-            version = await _pragma(conn, "user_version")
-        return version, await _count(store.pool, "groups")
+        return await _version(store), await _count(store.pool, "groups")
 
     version, groups = run_store(reopen)
     assert [r for r in caplog.records if r.getMessage() == "migrating database"] == []
@@ -220,7 +231,7 @@ def test_integrity_error_becomes_conflict(run_store: StoreRunner) -> None:
 
     err, left = run_store(body)
     assert not isinstance(err, sqlite3.Error)
-    assert err.data is not None and "UNIQUE" in err.data["detail"]
+    assert err.data is not None and "UNIQUE" in err.data["detail"].upper()
     assert left == 0
 
 
@@ -292,7 +303,7 @@ def test_reader_connections_are_query_only(run_store: StoreRunner) -> None:
 
     err, count = run_store(body)
     assert not isinstance(err, sqlite3.Error)
-    assert isinstance(err.__cause__, sqlite3.Error)
+    assert isinstance(err.__cause__, pool_mod.DB_ERRORS)
     assert count == 0
 
 
@@ -358,3 +369,30 @@ def test_close_checkpoints_the_wal(db_path: Path) -> None:
     assert before > 0
     assert after == 0
     assert rows == 50
+
+
+def test_postgresql_migrations_run_once_when_nodes_start_together(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three stores opened at once on one new schema: each migration is applied once (the
+    advisory lock), and all three see the same, latest schema."""
+    from tests.pg import pg_schema
+
+    caplog.set_level(logging.INFO, logger="hero_procd.store")
+    with pg_schema("mig") as dsn:
+
+        async def main() -> list[object]:
+            stores = await asyncio.gather(*(Store.open(dsn, node=f"n{i}") for i in range(3)))
+            try:
+                return [await _version(s) for s in stores] + [
+                    await _count(stores[0].pool, "schema_version")
+                ]
+            finally:
+                for s in stores:
+                    await s.close()
+
+        *versions, rows = asyncio.run(main())
+    assert versions == [LAST_VERSION] * 3
+    assert rows == len(MIGRATIONS)
+    applied = [r for r in caplog.records if r.getMessage() == "migrating database"]
+    assert len(applied) == len(MIGRATIONS)

@@ -192,7 +192,36 @@ def status(s: Session) -> None:
     s.show(s.call("service.status_all"), lambda r: output.status_table(r, colour=colour))
 
 
-for subgroup in (job, run, group, service, schedule, secret, logs):
+@cli.group()
+def node() -> None:
+    """The daemons sharing this daemon's database (on SQLite, this one)."""
+
+
+@node.command("list")
+@json_option
+@click.pass_obj
+def node_list(s: Session) -> None:
+    """Every node: name, version, heartbeat age, alive, jobs running."""
+
+    def human(r: dict[str, Any]) -> str:
+        rows = [
+            [
+                n["name"] + (" *" if n["name"] == r["self"] else ""),
+                n["version"],
+                f"{n['heartbeat_age_s']:.1f}s",
+                n["state"],
+                str(n["jobs_running"]),
+            ]
+            for n in r["nodes"]
+        ]
+        return output.table(
+            ["NODE", "VERSION", "HEARTBEAT", "STATE", "RUNNING"], rows, right=frozenset({2, 4})
+        )
+
+    s.show(s.call("node.list"), human)
+
+
+for subgroup in (job, run, group, service, schedule, secret, logs, node):
     cli.add_command(subgroup)
 for stack_command in (apply, export):
     cli.add_command(stack_command)

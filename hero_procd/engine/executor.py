@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hero_procd.app import App
+from hero_procd.config import Config
 from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import InvalidParams, InvalidState, NotFound, StorageError
+from hero_procd.errors import HeroError, InvalidParams, InvalidState, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
 from hero_procd.store.api import JobStore
 from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
@@ -51,9 +52,16 @@ _CLAIM_COALESCE_S = 0.003
 RUN_WAIT_RECHECK_S = 2.0
 
 
+def instance_key(config: Config) -> str:
+    """What this daemon's instance id is made from: its SQLite file, or on PostgreSQL the
+    database and its node (several nodes share the database, each marks its own children)."""
+    return str(config.db_path) if config.db_url is None else f"{config.db_url}#{config.node}"
+
+
 def instance_id(db_path: str) -> str:
     """A stable id of this daemon's database, put in every child's environment."""
-    return hashlib.sha256(os.path.realpath(db_path).encode()).hexdigest()[:16]
+    key = db_path if "://" in db_path else os.path.realpath(db_path)  # a URL is no path
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def exited_already(pidfd: int) -> bool:
@@ -89,7 +97,7 @@ class Executor:
         self.store = app.store
         self.jobs: JobStore = app.store.jobs
         self.config = app.config
-        self.instance = instance_id(str(app.config.db_path))
+        self.instance = instance_id(instance_key(app.config))
         self.contain = app.contain
         self.flusher = Flusher(
             app.store,
@@ -106,6 +114,7 @@ class Executor:
         self._stopped = asyncio.Event()
         self._claimed_recently = False
         self._cancel_pending: set[int] = set()
+        self._claims_in_flight = 0
         self._finishing: set[int] = set()  # ended, their end not yet committed
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -183,7 +192,12 @@ class Executor:
                     break
                 self._claimed_recently = bool(claimed)
                 if not claimed:
-                    await self._schedule_backoff_wake()
+                    try:
+                        await self._schedule_backoff_wake()
+                    except HeroError:
+                        # The database went away (a cut-off node): look again shortly.
+                        log.warning("could not read the next backoff; retrying shortly")
+                        self._backoff_handle = asyncio.get_running_loop().call_later(1.0, self.wake)
                     break
                 for job in claimed:
                     self._spawn_task(self._launch(self.running[job.id]))
@@ -199,7 +213,11 @@ class Executor:
 
     async def _claim(self, n: int) -> list[ClaimedJob]:
         token = secrets.token_hex(8)
-        claimed = await self.jobs.claim(n, token, self._group_room())
+        self._claims_in_flight += 1
+        try:
+            claimed = await self.jobs.claim(n, token, self._group_room())
+        finally:
+            self._claims_in_flight -= 1
         # Registered in the same loop step as the commit is seen: a cancel answered
         # 'cancelling' after this finds the job here, or in _cancel_pending.
         for c in claimed:
@@ -313,7 +331,7 @@ class Executor:
     def _on_timeout(self, rj: RunningJob) -> None:
         self._terminate(rj, "timed_out")
 
-    def _terminate(self, rj: RunningJob, reason: str) -> None:
+    def _terminate(self, rj: RunningJob, reason: str, grace_s: float | None = None) -> None:
         """SIGTERM to the job's process group, SIGKILL after its kill timeout.
 
         The first reason sticks (a cancel is not turned into an interruption by a
@@ -335,6 +353,8 @@ class Executor:
             rj.cell.signal(signal.SIGTERM)
         grace = rj.claim.spec.kill_timeout_s
         grace = 5.0 if grace is None else grace
+        if grace_s is not None:
+            grace = min(grace, grace_s)
         loop = asyncio.get_running_loop()
         rj.handles.append(loop.call_later(grace, self._kill, rj))
 
@@ -423,9 +443,20 @@ class Executor:
             job = await self.jobs.get(job_id)  # it may have finished meanwhile
             if job.status in TERMINAL_JOB_STATES:
                 return job
-            await asyncio.wait(
-                [fut, stopped], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            deadline = time.monotonic() + timeout_s
+            while True:
+                left = deadline - time.monotonic()
+                # On a shared database another node may end the job: a NOTIFY wakes this
+                # waiter, and a look once a second covers a missed one.
+                step = left if self.store.backend == "sqlite" else min(left, 1.0)
+                await asyncio.wait(
+                    [fut, stopped], timeout=step, return_when=asyncio.FIRST_COMPLETED
+                )
+                if fut.done() or stopped.done() or time.monotonic() >= deadline:
+                    break
+                job = await self.jobs.get(job_id)
+                if job.status in TERMINAL_JOB_STATES:
+                    return job
         finally:
             stopped.cancel()
             waiters = self._waiters.get(job_id)
@@ -491,7 +522,9 @@ class Executor:
             return  # its process is gone; the end being written reads the intent
         rj = self.running.get(job_id)
         if rj is None:
-            self._cancel_pending.add(job_id)  # claimed, about to be registered
+            if self._claims_in_flight:
+                self._cancel_pending.add(job_id)  # perhaps claimed, about to be registered
+            # else another node runs it: that node stops it (it reads the intent)
         else:
             self._terminate(rj, "cancelled")
 
@@ -522,6 +555,26 @@ class Executor:
         self._paused = max(0, self._paused - 1)
         self.wake()
 
+    def lease_lost(self, grace_s: float) -> None:
+        """This node lost its lease: stop claiming (until `resume()`) and terminate every
+        running attempt within `grace_s` (each ends `interrupted`: queued again, the attempt
+        not counted, once its end can be written — unless a live node settled it first)."""
+        self._paused += 1
+        for rj in list(self.running.values()):
+            self._terminate(rj, "interrupted", grace_s=grace_s)
+
+    def cancel_asked(self, job_ids: list[int]) -> None:
+        """Stop the attempts of ours whose cancel was asked, possibly through another node
+        (the intent is in the database; its end reads it)."""
+        for job_id in job_ids:
+            rj = self.running.get(job_id)
+            if rj is not None and rj.terminated_for is None:
+                self._terminate(rj, "cancelled")
+
+    def notify_all(self) -> None:
+        """Wake every waiter to look at its job again (too many ended to name them)."""
+        self.notify(list(self._waiters))
+
     def _max_kill_timeout(self) -> float:
         values = [rj.claim.spec.kill_timeout_s or 5.0 for rj in self.running.values()]
         return max(values, default=5.0)
@@ -548,7 +601,9 @@ class Executor:
         cells = await self.contain.recover()
         if cells:
             log.warning("killed the cells of a previous daemon", extra={"cells": cells})
-        rows = await self.jobs.running_rows()
+        # On a shared database only this node's attempts are ours to recover (the others'
+        # belong to live nodes, or to the dead-node sweep).
+        rows = await self.jobs.running_rows(mine=self.store.backend != "sqlite")
         groups: set[int] = set()
         for r in rows:
             pid, started = r["pid"], r["pid_start_time"]

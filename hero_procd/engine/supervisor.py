@@ -63,8 +63,10 @@ class Supervisor:
     # -- life cycle ----------------------------------------------------------
     async def start(self) -> None:
         """Reset live states (no process of ours survived recovery) and start what should run."""
-        await self.store.services.reset_all()
-        services = await self.store.services.list()
+        # SQLite has one node: this daemon adopts every service. On PostgreSQL a daemon
+        # supervises only its own node's services.
+        await self.store.services.reset_all(adopt=self.store.backend == "sqlite")
+        services = [s for s in await self.store.services.list() if s.node == self.app.config.node]
         wanted = [s.name for s in services if s.desired == "running" or s.spec.get("autostart")]
         order = dependency_order(_graph(services, with_after=True), wanted)
         loop = asyncio.get_running_loop()

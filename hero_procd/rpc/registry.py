@@ -31,6 +31,7 @@ def load_methods() -> dict[str, Handler]:
         actions,
         groups,
         jobs,
+        nodes,
         runs,
         schedules,
         secrets,

@@ -1,4 +1,4 @@
-"""The store: every read and write of hero-procd's SQLite database.
+"""The store: every read and write of hero-procd's database (SQLite, or PostgreSQL).
 
 `Store` holds one sub-API per table and the few operations that span tables
 (`submit_run`, `clean_by_tag`, `wipe_all`), each one transaction.
@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hero_procd.config import default_node
 from hero_procd.errors import InvalidParams, NotFound
 from hero_procd.model import JobRequest, check_run_graph
 from hero_procd.store import jobs as jobs_sql
@@ -18,7 +19,8 @@ from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.groups import GroupsApi
 from hero_procd.store.jobs import JobsApi, Settled, write_run
 from hero_procd.store.logs import LogsApi, delete_owners
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store.nodes import NodesApi
+from hero_procd.store.pool import Conn, DbPool, Pool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.runs import RunsApi, delete_empty
 from hero_procd.store.schedules import SchedulesApi
@@ -27,7 +29,13 @@ from hero_procd.store.secrets import SecretsApi
 from hero_procd.store.services import ServicesApi
 from hero_procd.store.stacks import StacksApi
 
-__all__ = ["BatchResult", "CleanResult", "Store"]
+__all__ = ["BatchResult", "CleanResult", "Store", "is_dsn"]
+
+
+def is_dsn(db: Path | str) -> bool:
+    """Whether `--db` names a PostgreSQL database (a URL) rather than a SQLite file."""
+    return str(db).startswith(("postgresql://", "postgres://"))
+
 
 # The most items one job.submit_batch may carry: all are written in ONE transaction.
 MAX_BATCH_ITEMS = 100_000
@@ -67,26 +75,50 @@ class BatchResult:
 class Store:
     """The database and its sub-APIs."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool, node: str | None = None) -> None:
+        node = node or default_node()
         self.pool = pool
+        self.backend = pool.backend
+        self.node = node
         self.actions = ActionsApi(pool)
-        self.jobs = JobsApi(pool, self.actions)
+        self.jobs = JobsApi(pool, self.actions, node)
         self.runs = RunsApi(pool)
-        self.services = ServicesApi(pool)
+        self.services = ServicesApi(pool, node)
         self.logs = LogsApi(pool)
         self.groups = GroupsApi(pool)
         self.secrets = SecretsApi(pool)
         self.schedules = SchedulesApi(pool)
-        self.stacks = StacksApi(pool)
+        self.nodes = NodesApi(pool, node)
+        self.stacks = StacksApi(pool, node)
 
     @classmethod
-    async def open(cls, path: Path, readers: int = 4) -> Store:
-        """Open (creating and migrating) the database at `path`."""
-        return cls(await Pool.open(path, readers))
+    async def open(
+        cls,
+        db: Path | str,
+        readers: int = 4,
+        node: str | None = None,
+        node_timeout_s: float = 15.0,
+    ) -> Store:
+        """Open (creating and migrating) the database: a SQLite file, or a PostgreSQL URL;
+        `node` names this daemon among those sharing the database."""
+        if is_dsn(db):
+            from hero_procd.store.postgres import PgPool  # psycopg only when asked for
+
+            # A node cut off mid-transaction loses its session (and locks) within its lease.
+            idle_tx_s = max(1.0, node_timeout_s / 2)
+            return cls(await PgPool.open(str(db), readers, idle_tx_s), node)
+        return cls(await Pool.open(Path(db), readers), node)
 
     async def close(self) -> None:
         """Checkpoint and close every connection."""
         await self.pool.close()
+
+    async def listen(self, on_message: Callable[[str], None]) -> None:
+        """Deliver the other nodes' wake-ups (see store/notify.py) until cancelled; returns at
+        once on SQLite, where there is no other node."""
+        listen = getattr(self.pool, "listen", None)
+        if listen is not None:
+            await listen(on_message)
 
     async def submit_run(
         self, name: str | None, tags: list[str], jobs: list[JobRequest]
@@ -147,7 +179,10 @@ class Store:
     async def reclaim_space(self, pages: int) -> tuple[int, int]:
         """Give up to `pages` free pages back to the file system; (pages freed, page size)."""
 
-        def unit(conn: Conn) -> tuple[int, int]:
+        if self.backend != "sqlite":
+            return 0, 0  # PostgreSQL's autovacuum reclaims space
+
+        def unit(conn: Any) -> tuple[int, int]:
             page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
             before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             if before:
@@ -160,6 +195,8 @@ class Store:
 
     async def checkpoint(self) -> None:
         """Copy the WAL into the database and cut it back (to journal_size_limit)."""
+        if self.backend != "sqlite":
+            return
         await self.pool.maintenance(
             lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         )
@@ -195,7 +232,8 @@ def write_batch(
                 failed.append((index, {"code": err.code, "message": str(err)}))
                 continue
             tags = list(dict.fromkeys([*action.tags, *req.tags]))
-            req = replace(req, spec=req.spec.merged_over(action.spec), tags=tags)
+            node = req.node if req.node is not None else action.node
+            req = replace(req, spec=req.spec.merged_over(action.spec), tags=tags, node=node)
         ready.append((index, req))
     keys = sorted({r.dedup_key for _, r in ready if r.dedup_key is not None})
     held: dict[str, int] = {}

@@ -6,7 +6,7 @@ import orjson
 
 from hero_procd.errors import NotFound
 from hero_procd.model import CommandSpec, now
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store.pool import Conn, DbPool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Action
 
@@ -14,15 +14,18 @@ from hero_procd.store.records import Action
 class ActionsApi:
     """Reads and writes of the `actions` table."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
-    async def upsert(self, name: str, spec: CommandSpec, tags: list[str]) -> Action:
-        """Create or replace the action `name`."""
+    async def upsert(
+        self, name: str, spec: CommandSpec, tags: list[str], node: str | None = None
+    ) -> Action:
+        """Create or replace the action `name` (`node`: where its jobs run)."""
         params = {
             "name": name,
             "spec": orjson.dumps(spec.to_dict()).decode(),
             "tags": orjson.dumps(tags).decode(),
+            "node": node,
             "now": now(),
         }
         row = await self.pool.write(lambda c: c.execute(Q["action_upsert"], params).fetchone())

@@ -56,8 +56,13 @@ class JobStore(Protocol):
         """Settle the attempts a previous daemon left running."""
         ...
 
-    async def running_rows(self) -> list[Any]:
-        """Jobs the store says are running (id, pid, pid_start_time, …)."""
+    async def running_rows(self, mine: bool = False) -> list[Any]:
+        """Jobs the store says are running (id, pid, pid_start_time, …); `mine`: only
+        those of this node (or of no node)."""
+        ...
+
+    async def cancel_requested_mine(self) -> list[int]:
+        """This node's running attempts whose cancel was asked (through any node)."""
         ...
 
     async def next_ready_at(self, at: float) -> float | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from hero_procd.offload import offload
 from hero_procd.store.logs import LogLine
-from hero_procd.store.pool import Pool
+from hero_procd.store.pool import DbPool
 from hero_procd.store.queries import load
 from hero_procd.store.records import Run, job_wire
 
@@ -22,7 +22,7 @@ _OFFLOAD_ROWS = 500
 class DashboardApi:
     """Read-only views for the dashboard and /metrics."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def _counts(self, name: str) -> dict[str, int]:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from hero_procd.store.pool import Pool
+from hero_procd.store.pool import DbPool
 from hero_procd.store.queries import Q
 
 
 class GroupsApi:
     """Reads and writes of the `groups` table."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def set(self, name: str, max_parallel: int) -> None:

@@ -8,11 +8,11 @@ are counted per owner (`log_owners.dropped`).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store import pool as pool_mod
+from hero_procd.store.pool import Conn, DbPool, chunks, is_postgres
 from hero_procd.store.queries import Q, with_marks
 
 
@@ -41,8 +41,14 @@ def to_wire(lines: Sequence[LogLine]) -> list[dict[str, object]]:
     return [{"seq": ln.seq, "stream": ln.stream, "ts": ln.ts, "text": ln.text} for ln in lines]
 
 
+_LOG_COLUMNS = ("owner_kind", "owner_id", "seq", "stream", "ts", "text")
+
+
 def append(conn: Conn, rows: Sequence[LogRow]) -> int:
-    """Append rows (see `as_row`) with one executemany inside a unit; the rows written."""
+    """Append rows (see `as_row`) inside a unit, in one batch: one executemany, or on
+    PostgreSQL one COPY for a flush of many lines; the rows written."""
+    if is_postgres(conn) and len(rows) >= 64:
+        return int(getattr(conn, "copy_rows")("log_lines", _LOG_COLUMNS, rows))  # noqa: B009
     return conn.executemany(Q["log_insert"], rows).rowcount
 
 
@@ -105,7 +111,7 @@ def write_batch(
             conn.execute("SAVEPOINT line")
             try:
                 append(conn, [row])
-            except sqlite3.IntegrityError:
+            except pool_mod.INTEGRITY_ERRORS:
                 conn.execute("ROLLBACK TO line")
                 key = (row[0], row[1])
                 refused[key] = refused.get(key, 0) + 1
@@ -120,7 +126,7 @@ def write_batch(
 class LogsApi:
     """Reads and writes of `log_lines` and `log_owners`."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def insert_many(self, lines: Sequence[LogLine]) -> int:

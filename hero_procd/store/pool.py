@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -47,8 +47,52 @@ CLOSE_TIMEOUT_S = 10.0
 OPEN_TIMEOUT_S = 5.0
 
 Row = sqlite3.Row
-Conn = sqlite3.Connection
 T = TypeVar("T")
+
+
+class Cursor(Protocol):
+    """What a unit uses of a cursor (sqlite3's, or the PostgreSQL adapter's)."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Any: ...
+
+
+class Conn(Protocol):
+    """What a unit uses of a connection: sqlite3.Connection, or the PostgreSQL adapter
+    (store/postgres.py), which runs the same SQL texts translated to its dialect."""
+
+    @property
+    def in_transaction(self) -> bool: ...
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Cursor: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Cursor: ...
+
+
+# Driver errors of the backends: sqlite3's, and those the PostgreSQL backend registers.
+DB_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError,)
+
+
+def register_driver(error: type[Exception], integrity: type[Exception]) -> None:
+    """Make a second driver's errors known to the translation (and to units that catch
+    a constraint violation)."""
+    global DB_ERRORS, INTEGRITY_ERRORS
+    if error not in DB_ERRORS:
+        DB_ERRORS = (*DB_ERRORS, error)
+        INTEGRITY_ERRORS = (*INTEGRITY_ERRORS, integrity)
+
+
+def is_postgres(conn: Conn) -> bool:
+    """Whether a unit runs on the PostgreSQL backend (the few places the dialects differ
+    in more than SQL text)."""
+    return getattr(conn, "dialect", "sqlite") == "postgres"
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -62,9 +106,9 @@ def placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
-def translate(exc: sqlite3.Error) -> HeroError:
+def translate(exc: BaseException) -> HeroError:
     """Map a driver error onto the domain's exceptions."""
-    if isinstance(exc, sqlite3.IntegrityError):
+    if isinstance(exc, INTEGRITY_ERRORS):
         return Conflict("constraint violated", {"detail": str(exc)})
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
@@ -75,7 +119,7 @@ def translate(exc: sqlite3.Error) -> HeroError:
 def _failure(exc: BaseException) -> BaseException:
     """What the caller of a unit that raised `exc` is told (never a BaseException the
     event loop would re-raise: KeyboardInterrupt, SystemExit, a cancellation)."""
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, DB_ERRORS):
         return translate(exc)
     if isinstance(exc, Exception):
         return exc
@@ -129,10 +173,15 @@ class _Unit:
 class Writer:
     """The thread that owns the writing connection, and its queue of units."""
 
+    # How a group transaction starts (SQLite: take the write lock at once).
+    BEGIN = "BEGIN IMMEDIATE"
+    # Whether a group of one unit runs in a savepoint as well (SQLite: no need).
+    SAVEPOINT_ALONE = False
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-writer")
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Any = None
         self._queue: list[_Unit] = []
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -182,6 +231,10 @@ class Writer:
         # A caller cancelled here does not cancel the unit: it runs and commits as queued.
         return await fut
 
+    def _retryable(self, exc: BaseException) -> bool:
+        """Whether a unit that raised `exc` may run again in the same group (SQLite: never)."""
+        return False
+
     def pending(self) -> int:
         """Units waiting for the next group."""
         return len(self._queue)
@@ -226,7 +279,7 @@ class Writer:
                 del group, results, unit, value
 
     def _run_group(self, group: list[_Unit]) -> list[tuple[bool, Any]]:
-        conn = self._conn
+        conn: Conn | None = self._conn
         assert conn is not None
         if not group[0].in_transaction:
             try:
@@ -234,13 +287,13 @@ class Writer:
             except BaseException as exc:
                 return [(False, _failure(exc))]
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            conn.execute(self.BEGIN)
+        except DB_ERRORS as exc:
             err = translate(exc)
             return [(False, err) for _ in group]
         out: list[tuple[bool, Any]] = []
         try:
-            if len(group) == 1:
+            if len(group) == 1 and not self.SAVEPOINT_ALONE:
                 try:
                     out.append((True, group[0].fn(conn)))
                 except BaseException as exc:
@@ -253,6 +306,18 @@ class Writer:
                     try:
                         value = unit.fn(conn)
                     except BaseException as exc:
+                        if self._retryable(exc) and conn.in_transaction:
+                            # Another node's transaction deadlocked this unit (PostgreSQL):
+                            # its savepoint is undone; run it once more.
+                            conn.execute("ROLLBACK TO unit")
+                            try:
+                                value = unit.fn(conn)
+                            except BaseException as again:
+                                exc = again
+                            else:
+                                conn.execute("RELEASE unit")
+                                out.append((True, value))
+                                continue
                         if not conn.in_transaction:
                             # SQLite rolled the whole transaction back (disk full, I/O
                             # error): nothing of the group is written; say why.
@@ -265,10 +330,10 @@ class Writer:
                         conn.execute("RELEASE unit")
                         out.append((True, value))
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except DB_ERRORS as exc:
             # COMMIT (or a savepoint statement) failed: nothing of the group is written.
             if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
+                with contextlib.suppress(*DB_ERRORS):
                     conn.execute("ROLLBACK")
             err = translate(exc)
             return [(False, err) for _ in group]
@@ -316,8 +381,35 @@ class Writer:
         self._conn = None
 
 
+class DbPool(Protocol):
+    """What the sub-APIs use of a backend's connections (Pool here, PgPool for PostgreSQL)."""
+
+    backend: str
+
+    @property
+    def writer(self) -> Writer: ...
+
+    async def write(self, fn: Callable[[Any], T]) -> T: ...
+
+    async def side_write(self, sql: str, params: Any = ()) -> int: ...
+
+    async def maintenance(self, fn: Callable[[Any], T]) -> T: ...
+
+    def reader(self) -> contextlib.AbstractAsyncContextManager[Any]: ...
+
+    async def fetch_all(
+        self, sql: str, params: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[Any]: ...
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
 class Pool:
     """The daemon's connections to one SQLite database."""
+
+    backend = "sqlite"
 
     def __init__(self, path: Path, writer: Writer, readers: list[aiosqlite.Connection]):
         self.path = path
@@ -359,6 +451,10 @@ class Pool:
     async def write(self, fn: Callable[[Conn], T]) -> T:
         """Run `fn(conn)` as one unit of the next group transaction; its result, committed."""
         return await self.writer.run(fn)
+
+    async def side_write(self, sql: str, params: Any = ()) -> int:
+        """One statement, committed; its row count (SQLite has one writer: a unit)."""
+        return await self.writer.run(lambda c: int(c.execute(sql, params).rowcount))
 
     async def maintenance(self, fn: Callable[[Conn], T]) -> T:
         """Run `fn(conn)` on the writer outside any transaction (PRAGMAs that need it)."""

@@ -4,6 +4,10 @@
 -- The last id handed out for an AUTOINCREMENT table (ids are never reused).
 SELECT seq FROM sqlite_sequence WHERE name = ?
 
+-- ids_allocate_pg --
+-- PostgreSQL only: n new ids of a table, from its sequence (other nodes draw meanwhile).
+SELECT nextval(pg_get_serial_sequence(?, 'id')) FROM generate_series(1, ?)
+
 -- count_rows_actions --
 -- Row count of actions.
 SELECT count(*) FROM actions
@@ -19,27 +23,27 @@ SELECT (SELECT count(*) FROM actions)   AS actions,
 
 -- action_upsert --
 -- Create or replace an action by name, keeping its creation time.
-INSERT INTO actions (name, spec, tags, created_at, updated_at)
-VALUES (:name, :spec, :tags, :now, :now)
+INSERT INTO actions (name, spec, tags, node, created_at, updated_at)
+VALUES (:name, :spec, :tags, :node, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, tags = excluded.tags,
-                                 updated_at = excluded.updated_at
-RETURNING name, spec, tags, stack, created_at, updated_at
+                                 node = excluded.node, updated_at = excluded.updated_at
+RETURNING name, spec, tags, node, stack, created_at, updated_at
 
 -- action_get --
 -- One action by name.
-SELECT name, spec, tags, stack, created_at, updated_at FROM actions WHERE name = ?
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions WHERE name = ?
 
 -- action_get_many --
 -- Several actions by name (resolving the actions of a run in one read).
-SELECT name, spec, tags, stack, created_at, updated_at FROM actions WHERE name IN ({marks})
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions WHERE name IN ({marks})
 
 -- action_list --
 -- Every action, by name.
-SELECT name, spec, tags, stack, created_at, updated_at FROM actions ORDER BY name
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions ORDER BY name
 
 -- action_list_by_tag --
 -- Actions carrying a tag, by name.
-SELECT name, spec, tags, stack, created_at, updated_at FROM actions
+SELECT name, spec, tags, node, stack, created_at, updated_at FROM actions
 WHERE EXISTS (SELECT 1 FROM json_each(actions.tags) WHERE value = ?)
 ORDER BY name
 
@@ -50,16 +54,16 @@ DELETE FROM actions WHERE name = ?
 -- job_insert --
 -- One new job with an id allocated in the same transaction.
 INSERT INTO jobs (id, run_id, key, action, spec, tags, status, priority, grp, dedup_key,
-                  attempt, max_attempts, not_before, deps_pending, created_at)
-VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?)
+                  attempt, max_attempts, not_before, deps_pending, created_at, pin_node)
+VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?, ?)
 
 -- job_tag_insert --
 -- One tag of a job.
-INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?, ?)
+INSERT INTO job_tags (tag, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING
 
 -- job_dep_insert --
 -- One dependency edge between jobs of a run.
-INSERT OR IGNORE INTO job_deps (job_id, depends_on) VALUES (?, ?)
+INSERT INTO job_deps (job_id, depends_on) VALUES (?, ?) ON CONFLICT DO NOTHING
 
 -- job_get --
 -- One job by id, with the count of its log lines dropped.
@@ -123,7 +127,7 @@ SELECT json_group_array(json_patch(json_object(
     'started_at', iif(j.started_at IS NULL, NULL, json(printf('%!.17g', j.started_at))),
     'finished_at', iif(j.finished_at IS NULL, NULL, json(printf('%!.17g', j.finished_at))),
     'cancel_requested', json(iif(j.cancel_requested, 'true', 'false')),
-    'dropped_log_lines', 0
+    'dropped_log_lines', 0, 'node', j.node, 'pin_node', j.pin_node
 ), j.spec)) AS page, count(*) AS n, min(j.id) AS low_id,
        max(j.id) AS high_id
 FROM ({rows}) AS j
@@ -190,7 +194,8 @@ WHERE id IN ({marks}) AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.run_id = run
 
 -- service_upsert --
 -- Define or redefine a service; its live state is kept.
-INSERT INTO services (name, spec, created_at, updated_at) VALUES (:name, :spec, :now, :now)
+INSERT INTO services (name, spec, node, created_at, updated_at)
+VALUES (:name, :spec, :node, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at
 RETURNING *
 
@@ -208,14 +213,14 @@ DELETE FROM services WHERE name = ?
 
 -- service_status_all --
 -- The live status of every service in one read.
-SELECT name, state, desired, pid, restarts, manual_restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent, json_extract(spec, '$.tags') AS tags
+SELECT name, state, desired, pid, restarts, manual_restarts, exit_code, signal, health,
+       started_at, memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
 FROM services ORDER BY name
 
 -- service_status_one --
 -- The live status of one service.
-SELECT name, state, desired, pid, restarts, manual_restarts, exit_code, signal, health, started_at,
-       memory_bytes, cpu_percent, json_extract(spec, '$.tags') AS tags
+SELECT name, state, desired, pid, restarts, manual_restarts, exit_code, signal, health,
+       started_at, memory_bytes, cpu_percent, node, json_extract(spec, '$.tags') AS tags
 FROM services WHERE name = ?
 
 -- log_insert --
@@ -250,18 +255,21 @@ DELETE FROM log_lines WHERE owner_kind = ? AND owner_id IN ({marks})
 -- (3 ms a claim with 10,000 queued, against 0.03 ms).
 SELECT id, grp FROM jobs INDEXED BY jobs_claim
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (pin_node IS NULL OR pin_node = ?)
 ORDER BY priority DESC, id LIMIT ?
 
 -- job_claim_candidates_excluding --
--- The same, leaving out the groups that are at their limit (the first parameter is the time).
+-- The same, leaving out the groups that are at their limit (the first parameters: time, node).
 SELECT id, grp FROM jobs INDEXED BY jobs_claim
 WHERE status = 'queued' AND deps_pending = 0 AND not_before <= ?
+  AND (pin_node IS NULL OR pin_node = ?)
   AND (grp IS NULL OR grp NOT IN ({marks}))
 ORDER BY priority DESC, id LIMIT ?
 
 -- job_claim --
 -- Claim a chunk of queued jobs for one executor: running, with its token, one more attempt.
-UPDATE jobs SET status = 'running', claim_token = ?, attempt = attempt + 1, started_at = ?,
+UPDATE jobs SET status = 'running', claim_token = ?, node = ?, attempt = attempt + 1,
+                started_at = ?,
                 finished_at = NULL, pid = NULL, pid_start_time = NULL, exit_code = NULL,
                 signal = NULL, error = NULL
 WHERE id IN ({marks}) AND status = 'queued'
@@ -383,9 +391,14 @@ UPDATE services SET memory_bytes = ?, cpu_percent = ? WHERE name = ?
 UPDATE services SET desired = ?, updated_at = ? WHERE name = ?
 
 -- service_reset_all --
--- At start-up no service process of ours is alive: every live state is stopped.
+-- At start-up no service process of this node is alive: their live states are stopped.
 UPDATE services SET state = 'stopped', pid = NULL, pid_start_time = NULL, health = NULL,
                     memory_bytes = NULL, cpu_percent = NULL, started_at = NULL
+WHERE node = ? OR node IS NULL
+
+-- service_adopt_all --
+-- SQLite has one node: every service is this daemon's (its host name may have changed).
+UPDATE services SET node = ? WHERE node IS NULL OR node != ?
 
 -- secret_set --
 -- Create or replace a secret (the value sealed with the key, never in clear).
@@ -432,7 +445,7 @@ INSERT INTO schedules (name, cron, tz, target, overlap, paused, next_fire_at, cr
 VALUES (:name, :cron, :tz, :target, :overlap, :paused, :next_fire_at, :now, :now)
 ON CONFLICT (name) DO UPDATE SET cron = excluded.cron, tz = excluded.tz, target = excluded.target,
     overlap = excluded.overlap, paused = excluded.paused, next_fire_at = excluded.next_fire_at,
-    queued = CASE WHEN excluded.overlap = 'queue' THEN queued ELSE 0 END,
+    queued = CASE WHEN excluded.overlap = 'queue' THEN schedules.queued ELSE 0 END,
     updated_at = excluded.updated_at
 RETURNING *
 
@@ -574,6 +587,69 @@ UNION
 SELECT id FROM jobs WHERE run_id = :run_id AND status IN ('queued', 'running')
 ORDER BY id
 
+-- notify_pg --
+-- PostgreSQL only: tell the other nodes (LISTEN "hero_proc:<schema>") at commit.
+SELECT pg_notify('hero_proc:' || current_schema(), ?)
+
+-- node_register --
+-- Write or revive this node's row, heartbeating now.
+INSERT INTO nodes (name, version, pid, started_at, heartbeat_at, state)
+VALUES (:name, :version, :pid, :now, :now, 'alive')
+ON CONFLICT (name) DO UPDATE SET version = excluded.version, pid = excluded.pid,
+    started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, state = 'alive'
+
+-- node_heartbeat --
+-- Renew a live node's heartbeat (a node declared dead must register again).
+UPDATE nodes SET heartbeat_at = :now WHERE name = :name AND state = 'alive'
+
+-- node_stopped --
+-- A node stopped gracefully.
+UPDATE nodes SET state = 'stopped' WHERE name = ?
+
+-- node_list --
+-- Every node, the age of its heartbeat and how many jobs it runs.
+SELECT n.name, n.version, n.pid, n.started_at, n.state, :now - n.heartbeat_at AS age,
+       (SELECT count(*) FROM jobs j WHERE j.node = n.name AND j.status = 'running') AS running
+FROM nodes n ORDER BY n.name
+
+-- node_mark_dead --
+-- Declare dead the live nodes (other than the sweeper) whose heartbeat is too old.
+UPDATE nodes SET state = 'dead'
+WHERE state = 'alive' AND name != :name AND heartbeat_at < :now - :timeout
+RETURNING name
+
+-- job_running_of_node --
+-- The attempts a node runs.
+SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs
+WHERE status = 'running' AND node = ?
+
+-- job_running_mine --
+-- Jobs left running by this node (a previous daemon of the same node, at start-up).
+SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs
+WHERE status = 'running' AND (node = ? OR node IS NULL)
+
+-- job_cancel_requested_of_node --
+-- A node's running attempts whose cancel was asked (possibly through another node).
+SELECT id FROM jobs WHERE status = 'running' AND node = ? AND cancel_requested = 1
+
+-- claim_lock_pg --
+-- PostgreSQL only: claims within group limits take turns across the nodes.
+SELECT pg_advisory_xact_lock(hashtext('hero_proc.claim:' || current_schema()))
+
+-- node_sweep_lock_pg --
+-- PostgreSQL only: one live node at a time declares others dead (false: another one is).
+SELECT pg_try_advisory_xact_lock(hashtext('hero_proc.sweep:' || current_schema()))
+
+-- group_any --
+-- Whether any concurrency group has a limit.
+SELECT EXISTS (SELECT 1 FROM groups)
+
+-- group_room --
+-- Free slots of every limited group over all nodes (running attempts, whoever runs them).
+SELECT g.name, g.max_parallel - count(j.id) AS room FROM groups g
+LEFT JOIN jobs j ON j.grp = g.name AND j.status = 'running'
+GROUP BY g.name, g.max_parallel
+
 -- stack_services --
 -- Every service's definition and stack (the current state a stack plan starts from).
 SELECT name, spec, stack FROM services ORDER BY name
@@ -591,9 +667,9 @@ SELECT name, cron, tz, target, overlap, paused, stack FROM schedules ORDER BY na
 SELECT name, max_parallel, stack FROM groups ORDER BY name
 
 -- stack_service_upsert --
--- Create or redefine a service for a stack; its live state is kept.
-INSERT INTO services (name, spec, stack, created_at, updated_at)
-VALUES (:name, :spec, :stack, :now, :now)
+-- Create or redefine a service for a stack; its live state (and its node) is kept.
+INSERT INTO services (name, spec, stack, node, created_at, updated_at)
+VALUES (:name, :spec, :stack, :node, :now, :now)
 ON CONFLICT (name) DO UPDATE SET spec = excluded.spec, stack = excluded.stack,
                                  updated_at = excluded.updated_at
 

@@ -20,6 +20,7 @@ class Action:
     tags: list[str]
     created_at: float
     updated_at: float
+    node: str | None = None  # placement of its jobs (a job's own `node` wins)
     stack: str | None = None
 
     @classmethod
@@ -31,6 +32,7 @@ class Action:
             tags=orjson.loads(row["tags"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            node=row["node"],
             stack=row["stack"],
         )
 
@@ -40,6 +42,7 @@ class Action:
             "name": self.name,
             **self.spec.to_dict(),
             "tags": self.tags,
+            "node": self.node,
             "stack": self.stack,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
@@ -74,6 +77,8 @@ class Job:
     finished_at: float | None
     cancel_requested: bool = False
     dropped_log_lines: int = 0
+    node: str | None = None
+    pin_node: str | None = None
 
     @classmethod
     def from_row(cls, row: Row) -> Job:
@@ -103,6 +108,8 @@ class Job:
             finished_at=row["finished_at"],
             cancel_requested=bool(row["cancel_requested"]),
             dropped_log_lines=row["dropped_log_lines"] if "dropped_log_lines" in row.keys() else 0,  # noqa: SIM118
+            node=row["node"],
+            pin_node=row["pin_node"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,6 +137,8 @@ class Job:
             "finished_at": self.finished_at,
             "cancel_requested": self.cancel_requested,
             "dropped_log_lines": self.dropped_log_lines,
+            "node": self.node,
+            "pin_node": self.pin_node,
         }
 
 
@@ -159,6 +168,8 @@ def job_wire(row: Row) -> dict[str, Any]:
         "finished_at": row["finished_at"],
         "cancel_requested": bool(row["cancel_requested"]),
         "dropped_log_lines": row["dropped_log_lines"] if "dropped_log_lines" in row.keys() else 0,  # noqa: SIM118
+        "node": row["node"],
+        "pin_node": row["pin_node"],
     }
 
 
@@ -213,6 +224,7 @@ class Service:
     started_at: float | None
     created_at: float
     updated_at: float
+    node: str | None = None
     stack: str | None = None
     manual_restarts: int = 0
 
@@ -232,6 +244,7 @@ class Service:
             started_at=row["started_at"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            node=row["node"],
             stack=row["stack"],
             manual_restarts=row["manual_restarts"],
         )
@@ -253,16 +266,24 @@ class Service:
             "health_status": self.health,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
+            "node": self.node,
         }
 
 
-def status_from_row(row: Row, now: float) -> dict[str, Any]:
-    """One entry of `service.status_all` from a `service_status_*` row."""
+def status_from_row(
+    row: Row, now: float, dead_nodes: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """One entry of `service.status_all` from a `service_status_*` row; the state of a
+    service whose node is dead is `unknown` (nobody supervises it now)."""
     started = row["started_at"]
-    live = row["state"] in ("starting", "running", "stopping") and started is not None
+    unknown = row["node"] in dead_nodes
+    live = (
+        not unknown and row["state"] in ("starting", "running", "stopping") and started is not None
+    )
     return {
         "name": row["name"],
-        "state": row["state"],
+        "node": row["node"],
+        "state": "unknown" if unknown else row["state"],
         "desired": row["desired"],
         "pid": row["pid"],
         "restarts": row["restarts"],

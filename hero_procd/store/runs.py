@@ -10,7 +10,7 @@ import orjson
 from hero_procd.errors import NotFound
 from hero_procd.model import RunStatus, now
 from hero_procd.params import INT64_MAX
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store.pool import Conn, DbPool, chunks
 from hero_procd.store.queries import Q, with_marks
 from hero_procd.store.records import Job, Run
 
@@ -18,7 +18,7 @@ from hero_procd.store.records import Job, Run
 class RunsApi:
     """Reads and writes of the `runs` table."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def get(self, run_id: int) -> tuple[Run, list[Job], list[tuple[int, int]]]:

@@ -11,7 +11,8 @@ import orjson
 from hero_procd.errors import NotFound
 from hero_procd.model import job_request_from, now
 from hero_procd.store.jobs import insert_many, resolve, write_run
-from hero_procd.store.pool import Conn, Pool, Row
+from hero_procd.store.notify import notify
+from hero_procd.store.pool import Conn, DbPool, Row
 from hero_procd.store.queries import Q
 
 
@@ -85,7 +86,7 @@ class SchedulesApi:
     # transaction, guarded by the slot they replace.
     """Reads and writes of the `schedules` table."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
 
     async def upsert(
@@ -109,7 +110,13 @@ class SchedulesApi:
             "next_fire_at": next_fire_at,
             "now": now(),
         }
-        row = await self.pool.write(lambda c: c.execute(Q["schedule_upsert"], params).fetchone())
+
+        def unit(conn: Conn) -> Any:
+            row = conn.execute(Q["schedule_upsert"], params).fetchone()
+            notify(conn, "schedules")  # the other nodes' schedulers look again
+            return row
+
+        row = await self.pool.write(unit)
         assert row is not None
         return Schedule.from_row(row)
 
@@ -131,7 +138,12 @@ class SchedulesApi:
     async def set_paused(self, name: str, paused: bool, next_fire_at: float | None) -> None:
         """Pause or resume."""
         params = (int(paused), next_fire_at, now(), name)
-        await self.pool.write(lambda c: c.execute(Q["schedule_set_paused"], params))
+
+        def unit(conn: Conn) -> None:
+            conn.execute(Q["schedule_set_paused"], params)
+            notify(conn, "schedules")
+
+        await self.pool.write(unit)
 
     async def due(self, at: float) -> builtins.list[Schedule]:
         """Schedules whose next fire has come."""

@@ -193,6 +193,24 @@ CREATE TABLE secrets_key (
 );
 """
 
+# Nodes (several daemons on one PostgreSQL queue; SQLite has one): each node's heartbeat,
+# the node that runs (ran) a job's attempt, and an optional placement of a job on a node.
+V7 = """
+CREATE TABLE nodes (
+    name          TEXT PRIMARY KEY,
+    version       TEXT NOT NULL,
+    pid           INTEGER,
+    started_at    REAL NOT NULL,
+    heartbeat_at  REAL NOT NULL,
+    state         TEXT NOT NULL DEFAULT 'alive'
+);
+ALTER TABLE jobs ADD COLUMN node TEXT;
+ALTER TABLE jobs ADD COLUMN pin_node TEXT;
+ALTER TABLE services ADD COLUMN node TEXT;
+ALTER TABLE actions ADD COLUMN node TEXT;
+CREATE INDEX jobs_running_node ON jobs (node) WHERE status = 'running';
+"""
+
 MIGRATIONS: list[tuple[int, str]] = [
     (1, V1),
     (2, V2),
@@ -200,6 +218,7 @@ MIGRATIONS: list[tuple[int, str]] = [
     (4, V4),
     (5, V5),
     (6, V6),
+    (7, V7),
 ]
 
 # Every table a wipe empties, children before parents.

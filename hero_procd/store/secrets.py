@@ -15,7 +15,7 @@ from typing import Any
 from hero_procd.errors import HeroError, NotFound, StorageError
 from hero_procd.model import now
 from hero_procd.secretbox import KeyFileError, SecretBox, WrongKey
-from hero_procd.store.pool import Conn, Pool, chunks
+from hero_procd.store.pool import Conn, DbPool, chunks
 from hero_procd.store.queries import Q, with_marks
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class Unlocked:
 class SecretsApi:
     """Reads and writes of the `secrets` table. Values never leave through logs or errors."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool) -> None:
         self.pool = pool
         self.box: SecretBox | None = None
 

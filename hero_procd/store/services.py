@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 
-from hero_procd.errors import InvalidParams, NotFound
+from hero_procd.errors import InvalidParams, InvalidState, NotFound
 from hero_procd.model import now
 from hero_procd.store.logs import delete_owner_lines
-from hero_procd.store.pool import Conn, Pool
+from hero_procd.store.pool import Conn, DbPool
 from hero_procd.store.queries import Q
 from hero_procd.store.records import Service, status_from_row
 
@@ -24,14 +24,21 @@ CycleCheck = Callable[[dict[str, list[str]]], "list[str] | None"]
 class ServicesApi:
     """Reads and writes of `services` and `service_events`."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool, node: str = "local") -> None:
         self.pool = pool
+        self.node = node
 
     async def define(
-        self, name: str, spec: dict[str, Any], find_cycle: CycleCheck | None = None
+        self,
+        name: str,
+        spec: dict[str, Any],
+        find_cycle: CycleCheck | None = None,
+        node: str | None = None,
     ) -> Service:
-        """Create or redefine a service; the dependency check and the write are one unit."""
-        params = {"name": name, "spec": orjson.dumps(spec).decode(), "now": now()}
+        """Create or redefine a service of `node` (default this daemon's); the dependency
+        check and the write are one unit. A service stays on the node it was defined on."""
+        wanted = node or self.node
+        params = {"name": name, "spec": orjson.dumps(spec).decode(), "now": now(), "node": wanted}
 
         def unit(conn: Conn) -> Any:
             if find_cycle is not None:
@@ -43,7 +50,13 @@ class ServicesApi:
                 cycle = find_cycle(graph)
                 if cycle is not None:
                     raise InvalidParams("requires", f"dependency cycle: {' -> '.join(cycle)}")
-            return conn.execute(Q["service_upsert"], params).fetchone()
+            row = conn.execute(Q["service_upsert"], params).fetchone()
+            if row["node"] is not None and row["node"] != wanted:
+                raise InvalidState(
+                    "the service belongs to another node (delete it there first)",
+                    {"name": name, "node": row["node"]},
+                )
+            return row
 
         row = await self.pool.write(unit)
         assert row is not None
@@ -97,9 +110,16 @@ class ServicesApi:
         """Sampled (memory, cpu, name) of several services in one unit."""
         await self.pool.write(lambda c: c.executemany(Q["service_set_stats"], rows))
 
-    async def reset_all(self) -> None:
-        """At start-up no service process of ours is alive: every live state is stopped."""
-        await self.pool.write(lambda c: c.execute(Q["service_reset_all"]))
+    async def reset_all(self, adopt: bool = False) -> None:
+        """At start-up no service process of this node is alive: their live states are
+        stopped (`adopt`: every service becomes this node's first — SQLite's one node)."""
+
+        def unit(conn: Conn) -> None:
+            if adopt:
+                conn.execute(Q["service_adopt_all"], (self.node, self.node))
+            conn.execute(Q["service_reset_all"], (self.node,))
+
+        await self.pool.write(unit)
 
     async def record_exit(self, name: str, **event: Any) -> None:
         """Append one exit to the service's history, keeping the last EVENTS_KEPT."""
@@ -138,11 +158,14 @@ class ServicesApi:
             for r in rows
         ]
 
-    async def status_all(self) -> builtins.list[dict[str, Any]]:
-        """The live status of every service, from one read."""
+    async def status_all(
+        self, dead_nodes: frozenset[str] = frozenset()
+    ) -> builtins.list[dict[str, Any]]:
+        """The live status of every service (every node's), from one read; those of
+        `dead_nodes` are `unknown`."""
         rows = await self.pool.fetch_all(Q["service_status_all"])
         ts = now()
-        return [status_from_row(r, ts) for r in rows]
+        return [status_from_row(r, ts, dead_nodes) for r in rows]
 
     async def status(self, name: str) -> dict[str, Any]:
         """The live status of one service, or NotFound."""

@@ -16,7 +16,7 @@ import orjson
 
 from hero_procd.errors import NotFound
 from hero_procd.model import now
-from hero_procd.store.pool import Conn, Pool
+from hero_procd.store.pool import Conn, DbPool
 from hero_procd.store.queries import Q
 
 # kind -> name -> (definition as a stack file gives it, normalised; the owning stack)
@@ -56,8 +56,9 @@ class Writable(Protocol):
 class StacksApi:
     """Reads and writes of the four tables a stack file declares."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: DbPool, node: str | None = None) -> None:
         self.pool = pool
+        self.node = node  # the node a new service of a stack belongs to (this daemon's)
 
     async def apply(self, planner: Callable[[State], P]) -> P:
         """Read the state, plan against it and (unless a dry run) write, in ONE unit."""
@@ -65,7 +66,7 @@ class StacksApi:
         def unit(conn: Conn) -> P:
             plan = planner(read_state(conn))
             if not plan.dry_run:
-                write(conn, plan.writes())
+                write(conn, plan.writes(), self.node)
             return plan
 
         return await self.pool.write(unit)
@@ -124,15 +125,16 @@ def read_state(conn: Conn) -> State:
     return state
 
 
-def write(conn: Conn, writes: Writes) -> None:
-    """The plan's creates, updates and deletes (not of services: their owners delete them)."""
+def write(conn: Conn, writes: Writes, node: str | None = None) -> None:
+    """The plan's creates, updates and deletes (not of services: their owners delete them);
+    a new service belongs to `node`."""
     ts = now()
     for w in writes.items:
         d = w.definition
         if w.kind == "services":
             assert d is not None, "services are deleted through their owners"
             params = {"name": w.name, "spec": orjson.dumps(d).decode(), "stack": w.stack}
-            conn.execute(Q["stack_service_upsert"], {**params, "now": ts})
+            conn.execute(Q["stack_service_upsert"], {**params, "now": ts, "node": node})
         elif w.kind == "actions":
             if d is None:
                 conn.execute(Q["action_delete"], (w.name,))

@@ -438,7 +438,7 @@ def job_rows(
     tag_rows: list[tuple[str, int]] = []
     for job_id in range(first_id, first_id + n):
         key = f"j{job_id - first_id}" if keyed else None
-        rows.append((job_id, run_id, key, None, spec, tags_json, 0, None, None, 1, 0, ts))
+        rows.append((job_id, run_id, key, None, spec, tags_json, 0, None, None, 1, 0, ts, None))
         tag_rows.extend((tag, job_id) for tag in tags)
     return rows, tag_rows
 

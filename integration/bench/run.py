@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from integration.bench.bench_cli import bench_cli
+from integration.bench.bench_cluster import bench_cluster
 from integration.bench.bench_jobs import bench_logs, bench_throughput
 from integration.bench.bench_latency import bench_clients, bench_ping
 from integration.bench.bench_services import bench_idle, bench_service_start, bench_status_all
@@ -143,6 +144,7 @@ BENCHMARKS: dict[str, Callable[[Sizes], BenchResult]] = {
     "stack_apply": bench_stack_apply,
     "cli": bench_cli,
     "idle": bench_idle,
+    "cluster": bench_cluster,
     "web_pages": bench_web_pages,
     "web_idle": bench_web_idle,
     "soak": bench_soak,

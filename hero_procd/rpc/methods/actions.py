@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hero_procd.app import App
+from hero_procd.errors import InvalidParams
 from hero_procd.model import parse_command_spec
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
@@ -16,9 +17,12 @@ async def action_set(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name", name_like=True)
     spec = parse_command_spec(p, require_command=True)
     tags = p.text_list("tags") or []
+    node = p.text("node")
     p.finish()
+    if node is not None and not 0 < len(node) <= 255:
+        raise InvalidParams("node", "must be a node name (1 to 255 characters)")
     app.check_limits(spec.limits())
-    return (await app.store.actions.upsert(name, spec, tags)).to_dict()
+    return (await app.store.actions.upsert(name, spec, tags, node)).to_dict()
 
 
 @rpc("action.get")

@@ -8,6 +8,7 @@ from hero_procd.app import App
 from hero_procd.errors import HeroError, InvalidParams, InvalidState
 from hero_procd.model import PROCESS_FIELDS, dependency_order, find_cycle, parse_service_spec
 from hero_procd.params import Params
+from hero_procd.rpc.methods.services import check_own_node
 from hero_procd.rpc.registry import rpc
 from hero_procd.stack import diff
 
@@ -70,10 +71,12 @@ async def _selected(app: App, p: Params) -> tuple[list[str], dict[str, list[str]
         s.name: [d for d in [*s.spec.get("requires", []), *s.spec.get("after", [])] if d in defined]
         for s in services
     }
+    # `all` and a tag select this node's services (another node's daemon runs its own).
+    mine = [s for s in services if s.node in (None, app.config.node)]
     if everything:
-        wanted = sorted(defined)
+        wanted = sorted(s.name for s in mine)
     elif tag is not None:
-        wanted = sorted(s.name for s in services if tag in s.spec.get("tags", []))
+        wanted = sorted(s.name for s in mine if tag in s.spec.get("tags", []))
     else:
         assert names is not None
         wanted = list(dict.fromkeys(names))
@@ -97,6 +100,7 @@ async def _bulk(app: App, p: Params, verb: str) -> dict[str, Any]:
     for name in names:
         entry: dict[str, Any] = {"name": name}
         try:
+            await check_own_node(app, name)  # another node's, by name: refused
             # A service whose requirement failed in this call is not tried: its start
             # would wait (30 s and more) for a requirement known not to run.
             down = [r for r in requires.get(name, []) if r in failed]

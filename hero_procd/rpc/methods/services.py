@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from hero_procd.app import App
+from hero_procd.errors import InvalidParams, InvalidState, NotFound
 from hero_procd.model import find_cycle, parse_service_spec
 from hero_procd.params import Params
 from hero_procd.rpc.registry import rpc
@@ -18,16 +20,30 @@ MAX_PAGE = 10_000
 async def service_define(app: App, p: Params) -> dict[str, Any]:
     """Create or redefine a service (a running one picks the new spec up at its next start)."""
     name = p.req_text("name", name_like=True)
+    node = p.text("node")
     spec = parse_service_spec(p)
     p.finish()
+    if node is not None and not 0 < len(node) <= 255:
+        raise InvalidParams("node", "must be a node name (1 to 255 characters)")
     app.check_limits(spec)
     # Through the service's owner (serialised with its other verbs); the cycle check
-    # reads the other definitions in the same unit as the write.
-    if app.supervisor is not None:
+    # reads the other definitions in the same unit as the write. Another node's service
+    # is only written: its own daemon supervises it.
+    if app.supervisor is not None and node in (None, app.config.node):
         service = await app.supervisor.define(name, spec)
     else:
-        service = await app.store.services.define(name, spec, find_cycle)
+        service = await app.store.services.define(name, spec, find_cycle, node)
     return service.to_dict()
+
+
+async def check_own_node(app: App, name: str) -> None:
+    """Refuse a verb on another node's service (NotFound for an unknown one)."""
+    service = await app.store.services.get(name)
+    if service.node is not None and service.node != app.config.node:
+        raise InvalidState(
+            "the service belongs to another node: call that node's daemon",
+            {"name": name, "node": service.node},
+        )
 
 
 @rpc("service.get")
@@ -54,6 +70,8 @@ async def service_delete(app: App, p: Params) -> dict[str, Any]:
     """Stop a service (and what requires it), then delete it; `deleted` is 0 if there was none."""
     name = p.req_text("name")
     p.finish()
+    with contextlib.suppress(NotFound):
+        await check_own_node(app, name)
     if app.supervisor is not None:
         # The owner stops it, writes out its last lines, then deletes row, lines, history.
         return {"deleted": await app.supervisor.delete_service(name)}
@@ -72,6 +90,7 @@ async def service_start(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     wait_s = p.number("wait_s", default=0.0, minimum=0) or 0.0
     p.finish()
+    await check_own_node(app, name)
     await app.services.start_service(name, wait_s=min(wait_s, 600.0))
     return await _status_after(app, name)
 
@@ -81,6 +100,7 @@ async def service_stop(app: App, p: Params) -> dict[str, Any]:
     """Stop a service (the services that require it first); returns once it has stopped."""
     name = p.req_text("name")
     p.finish()
+    await check_own_node(app, name)
     await app.services.stop_service(name)
     return await _status_after(app, name)
 
@@ -91,6 +111,7 @@ async def service_restart(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name")
     wait_s = p.number("wait_s", default=0.0, minimum=0) or 0.0
     p.finish()
+    await check_own_node(app, name)
     await app.services.restart_service(name, wait_s=min(wait_s, 600.0))
     return await _status_after(app, name)
 
@@ -141,4 +162,5 @@ async def service_status_all(app: App, p: Params) -> dict[str, Any]:
     p.finish()
     if app.supervisor is not None:
         app.supervisor.watched()
-    return {"services": await app.store.services.status_all()}
+    dead = frozenset(await app.store.nodes.dead_names(app.config.node_timeout_s))
+    return {"services": await app.store.services.status_all(dead)}

@@ -1,0 +1,164 @@
+"""This daemon as a node: heartbeat, lease, dead-node recovery and wake-ups from the others.
+
+- Heartbeat: the node's row is renewed every `heartbeat_s` (~2 s).
+- Lease: a node that has not renewed its heartbeat for half the node timeout
+  stops claiming and terminates its running attempts (they end `interrupted`:
+  queued again without counting an attempt, once the database takes the write)
+  before any other node may declare it dead — so a cut-off node never runs an
+  attempt that another node runs too. It resumes by itself when a heartbeat
+  succeeds again.
+- Sweep: a live node declares the nodes whose heartbeat is older than the node
+  timeout dead and settles their running attempts by their retry policy (one
+  sweeper at a time: an advisory lock on PostgreSQL).
+- Wake-ups (PostgreSQL): NOTIFY from the other nodes' units wakes the
+  dispatcher (jobs queued), the waiters (jobs ended) and the cancels (a job of
+  ours asked to stop through another node); a once-a-second look covers a
+  missed one. On SQLite the node is the only one: the same heartbeat, no lease, sweep
+  or wake-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from hero_procd import __version__
+from hero_procd.errors import HeroError
+
+if TYPE_CHECKING:
+    from hero_procd.app import App
+
+log = logging.getLogger(__name__)
+
+# At rest, how often a PostgreSQL node looks for work and cancels it was not told about.
+_POLL_S = 1.0
+
+
+class Node:
+    """The tasks that keep this daemon a live member of the nodes sharing its database."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.store = app.store
+        self.name = app.config.node
+        self.timeout_s = app.config.node_timeout_s
+        self.heartbeat_s = min(app.config.heartbeat_s, self.timeout_s / 4)
+        self.shared = app.store.backend != "sqlite"
+        self.last_ok = time.monotonic()
+        self.lease_lost = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Register this node, then heartbeat, watch the lease, sweep and listen."""
+        await self.store.nodes.register(__version__, os.getpid())
+        self.last_ok = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="node-heartbeat"))
+        if self.shared:
+            # The lease guards against another node taking our attempts over: SQLite has
+            # none, and a slow disk must not stop its jobs.
+            self._tasks.append(loop.create_task(self._lease_loop(), name="node-lease"))
+            self._tasks.append(loop.create_task(self._sweep_loop(), name="node-sweep"))
+            self._tasks.append(loop.create_task(self._poll_loop(), name="node-poll"))
+            self._tasks.append(
+                loop.create_task(self.store.listen(self._on_message), name="node-listen")
+            )
+
+    async def stop(self) -> None:
+        """Stop the tasks; mark the node stopped (its jobs are settled by now)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        with contextlib.suppress(HeroError, TimeoutError):
+            await asyncio.wait_for(self.store.nodes.stopped(), 5.0)
+
+    def lease_left_s(self) -> float:
+        """Seconds until this node must stop its jobs if no heartbeat succeeds."""
+        return self.timeout_s / 2 - (time.monotonic() - self.last_ok)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            began = time.monotonic()
+            try:
+                ok = await asyncio.wait_for(self.store.nodes.heartbeat(), self.timeout_s / 2)
+                if not ok:
+                    # Declared dead while cut off (its jobs were terminated by the lease
+                    # by then, and settled by the sweeper): join again.
+                    log.warning("this node was declared dead; registering again")
+                    await self.store.nodes.register(__version__, os.getpid())
+            except (HeroError, TimeoutError) as exc:
+                log.warning("heartbeat failed", extra={"error": str(exc)})
+                continue
+            # The lease runs from when the heartbeat was sent: its row says no later.
+            self.last_ok = began
+            if self.lease_lost:
+                self.lease_lost = False
+                log.warning("database reachable again: this node claims jobs again")
+                self.app.jobs.resume()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(0.25, self.heartbeat_s / 4))
+            if not self.lease_lost and self.lease_left_s() <= 0:
+                self.lease_lost = True
+                log.error(
+                    "heartbeat not renewed within half the node timeout: stopping this "
+                    "node's jobs before other nodes take them over",
+                    extra={"node_timeout_s": self.timeout_s},
+                )
+                self.app.jobs.lease_lost(grace_s=self.timeout_s / 4)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.lease_lost:
+                continue
+            try:
+                dead = await self.store.nodes.sweep(self.timeout_s)
+            except HeroError as exc:
+                log.warning("dead-node sweep failed", extra={"error": str(exc)})
+                continue
+            if dead.nodes:
+                log.warning(
+                    "nodes declared dead; their attempts settled",
+                    extra={"nodes": dead.nodes, "jobs": dead.jobs, "lost": dead.lost},
+                )
+                self.app.jobs.notify(dead.settled.done)
+                self.app.jobs.wake()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_POLL_S)
+            if self.lease_lost:
+                continue
+            self.app.jobs.wake()
+            try:
+                asked = await self.store.jobs.cancel_requested_mine()
+            except HeroError:
+                continue
+            self.app.jobs.cancel_asked(asked)
+
+    def _on_message(self, payload: str) -> None:
+        kind, _, rest = payload.partition(":")
+        ids = [int(x) for x in rest.split(",") if x.isdigit()] if rest and rest != "*" else []
+        jobs = self.app.jobs
+        if kind == "jobs":
+            jobs.wake()
+        elif kind == "done":
+            if rest == "*":
+                jobs.notify_all()
+            else:
+                jobs.notify(ids)
+            jobs.wake()
+        elif kind == "cancel":
+            jobs.cancel_asked(ids)
+        elif kind == "schedules" and self.app.scheduler is not None:
+            self.app.scheduler.wake()

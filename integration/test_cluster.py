@@ -1,0 +1,394 @@
+"""Three real daemons (nodes n1 to n3, three sockets) sharing one PostgreSQL queue.
+
+Each test has a schema of its own (tests/pg.py); without PostgreSQL they are
+skipped with one line, or fail under HERO_PROC_REQUIRE_PG=1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from hero_procd.client import Client
+from hero_procd.errors import HeroError
+from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
+from integration.helpers import kill_leftovers, wait_for
+from integration.tcp_proxy import CuttableProxy
+from integration.test_cli import hero_proc
+from tests.pg import pg_schema
+
+NODE_TIMEOUT_S = 3.0
+NODES = ("n1", "n2", "n3")
+
+
+class Cluster:
+    """The three daemons of a test, and a client per node."""
+
+    def __init__(
+        self, workdir: Path, dsn: str, max_parallel: int, dsns: dict[str, str] | None = None
+    ) -> None:
+        self.workdir = workdir
+        self.dsn = dsn
+        args = ["--node-timeout", str(NODE_TIMEOUT_S), "--max-parallel", str(max_parallel)]
+        self.procs = {
+            n: DaemonProcess(workdir, extra_args=args, db=(dsns or {}).get(n, dsn), node=n)
+            for n in NODES
+        }
+        self.clients: dict[str, Client] = {}
+
+    def start(self) -> Cluster:
+        """Start every node; a client for each."""
+        for name, proc in self.procs.items():
+            proc.start()
+            self.clients[name] = proc.client()
+        return self
+
+    def close(self) -> None:
+        """Stop the nodes still running (SIGTERM; every one, even after one failed to stop
+        cleanly), and any job process left behind; then say which did not exit 0."""
+        for client in self.clients.values():
+            client.close()
+        bad: list[str] = []
+        for proc in self.procs.values():
+            if proc.proc is not None and proc.proc.poll() is None:
+                code = proc.stop()
+                if code != 0:
+                    bad.append(f"{proc.node} exited {code}:\n{proc.log()}")
+            kill_leftovers(proc.instance_key)
+        assert not bad, "\n".join(bad)
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """Three nodes on a fresh schema (max parallel per node: the test's `max_parallel` mark)."""
+    mark = request.node.get_closest_marker("max_parallel")
+    max_parallel = mark.args[0] if mark else 8
+    with pg_schema("cl") as dsn:
+        workdir = short_tmpdir()
+        cl = Cluster(workdir, dsn, max_parallel)
+        try:
+            yield cl.start()
+        finally:
+            try:
+                cl.close()
+            finally:
+                cleanup(workdir)
+
+
+def all_jobs(c: Client) -> list[dict[str, Any]]:
+    """Every job, paging through job.list."""
+    out: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = c.call("job.list", after_id=after, limit=1000)["jobs"]
+        if not page:
+            return out
+        out.extend(page)
+        after = page[-1]["id"]
+
+
+def all_succeeded(c: Client) -> list[dict[str, Any]] | None:
+    """Every job, once all have succeeded (None before)."""
+    jobs = all_jobs(c)
+    return jobs if all(j["status"] == "succeeded" for j in jobs) else None
+
+
+def lines(path: Path) -> list[str]:
+    """The lines of a file the jobs append to (none yet: empty)."""
+    try:
+        return path.read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def test_nodes_see_each_other_and_system_info_names_backend_and_node(cluster: Cluster) -> None:
+    """node.list on any node shows all three alive; system.info says postgresql and the node."""
+    for name, c in cluster.clients.items():
+        info = c.call("system.info")
+        assert info["backend"] == "postgresql" and info["node"] == name
+        listed = c.call("node.list")
+        assert listed["self"] == name
+        assert [n["name"] for n in listed["nodes"]] == list(NODES)
+        assert all(n["alive"] and n["heartbeat_age_s"] < NODE_TIMEOUT_S for n in listed["nodes"])
+    shown = hero_proc(cluster.procs["n2"].socket_path, "node", "list")
+    assert shown.returncode == 0, shown.stderr
+    table = shown.stdout.splitlines()
+    assert table[0].split() == ["NODE", "VERSION", "HEARTBEAT", "STATE", "RUNNING"]
+    assert [row.split()[:2] for row in table[1:]] == [["n1", "0.1.0"], ["n2", "*"], ["n3", "0.1.0"]]
+
+
+@pytest.mark.max_parallel(16)
+def test_3000_jobs_on_three_nodes_each_run_exactly_once(cluster: Cluster) -> None:
+    """Every id appended exactly once, all succeeded, and every node took a share."""
+    out = cluster.workdir / "ids"
+    script = f'echo "$HERO_PROC_JOB_ID" >> {out}'
+    res = cluster.clients["n1"].call(
+        "job.submit_batch", jobs=[{"script": script}] * 3000, defaults={"tags": ["bulk"]}
+    )
+    ids = res["submitted"]
+    assert len(ids) == 3000
+    wait_for(lambda: True if len(lines(out)) >= 3000 else None, "3000 appends", timeout_s=240)
+    c2 = cluster.clients["n2"]
+    jobs = wait_for(lambda: all_succeeded(c2), "every job to succeed", timeout_s=60)
+    seen = Counter(int(x) for x in lines(out))
+    assert sorted(seen) == sorted(ids) and set(seen.values()) == {1}
+    assert all(j["attempt"] == 1 for j in jobs)
+    per_node = Counter(j["node"] for j in jobs)
+    assert set(per_node) == set(NODES), per_node
+
+
+@pytest.mark.max_parallel(4)
+def test_kill_9_of_a_node_its_attempts_recovered_by_the_others_never_twice_at_once(
+    cluster: Cluster,
+) -> None:
+    """n2 dies mid-run: its attempts run again elsewhere within node_timeout_s + 5 s, and no
+    job's attempts overlap in time (each attempt writes its start and end)."""
+    out = cluster.workdir / "spans"
+    script = (
+        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N)" >> {out}; '
+        f'sleep 1; echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}'
+    )
+    c1 = cluster.clients["n1"]
+    ids = c1.call("job.submit_batch", jobs=[{"script": script, "retries": 2}] * 24)["submitted"]
+
+    def n2_busy() -> list[int] | None:
+        running = [j for j in all_jobs(c1) if j["status"] == "running" and j["node"] == "n2"]
+        return [j["id"] for j in running] or None
+
+    on_n2 = wait_for(n2_busy, "n2 to run jobs")
+    cluster.procs["n2"].kill()
+    killed_at = time.time()
+
+    def all_done() -> list[dict[str, Any]] | None:
+        js = all_jobs(c1)
+        return js if all(j["status"] in ("succeeded", "failed", "lost") for j in js) else None
+
+    jobs = {j["id"]: j for j in wait_for(all_done, "every job to end", timeout_s=90)}
+    assert {j["status"] for j in jobs.values()} == {"succeeded"}, jobs
+    for job_id in on_n2:
+        job = jobs[job_id]
+        assert job["attempt"] >= 2 and job["node"] != "n2", job
+        assert job["started_at"] <= killed_at + NODE_TIMEOUT_S + 5.0, (job, killed_at)
+    listed = {n["name"]: n for n in c1.call("node.list")["nodes"]}
+    assert not listed["n2"]["alive"] and listed["n2"]["state"] == "dead"
+    spans: dict[tuple[str, str], dict[str, float]] = {}
+    for line in out.read_text().splitlines():
+        jid, attempt, what, at = line.split()
+        spans.setdefault((jid, attempt), {})[what] = float(at)
+    by_job: dict[str, list[tuple[float, float]]] = {}
+    for (jid, _), s in spans.items():
+        by_job.setdefault(jid, []).append((s["start"], s.get("end", math.inf)))
+    assert {int(j) for j in by_job} == set(ids)
+    for jid, attempts in by_job.items():
+        attempts.sort()
+        for (_, end), (start, _) in itertools.pairwise(attempts):
+            assert start >= end, f"job {jid} ran twice at once: {attempts}"
+
+
+def test_a_per_second_schedule_on_three_nodes_fires_once_per_second(cluster: Cluster) -> None:
+    """Every node's scheduler sees the slot; one fire per second in total."""
+    c1 = cluster.clients["n1"]
+    t_set = time.time()
+    c1.call("schedule.set", name="tick", cron="* * * * * *", job={"command": ["true"]})
+    time.sleep(5.2)
+    cluster.clients["n3"].call("schedule.delete", name="tick")
+    t_deleted = time.time()
+    jobs = all_jobs(c1)
+    slots = Counter(math.floor(j["created_at"]) for j in jobs)
+    assert max(slots.values()) == 1, slots
+    crossed = math.floor(t_deleted) - math.floor(t_set)
+    assert abs(len(jobs) - crossed) <= 1, (len(jobs), crossed)
+
+
+@pytest.mark.max_parallel(4)
+def test_group_cap_of_2_holds_across_nodes(cluster: Cluster) -> None:
+    """30 jobs of group io (cap 2, set through n1) spread over three nodes: never 3 at once."""
+    out = cluster.workdir / "io"
+    script = f'echo "start $(date +%s.%N)" >> {out}; sleep 0.2; echo "end $(date +%s.%N)" >> {out}'
+    c1 = cluster.clients["n1"]
+    c1.call("group.set", name="io", max_parallel=2)
+    c1.call("job.submit_batch", jobs=[{"script": script, "group": "io"}] * 30)
+    jobs = wait_for(lambda: all_succeeded(c1), "the group's jobs to succeed", timeout_s=90)
+    events = sorted(
+        (float(at), 1 if what == "start" else -1)
+        for what, at in (line.split() for line in out.read_text().splitlines())
+    )
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    assert peak == 2, peak
+    assert len({j["node"] for j in jobs}) >= 2
+
+
+def test_cancel_and_logs_of_a_job_on_n2_through_n1(cluster: Cluster) -> None:
+    """A job placed on n2 is seen, logged and cancelled through n1; job.wait on n3 answers."""
+    c1, c3 = cluster.clients["n1"], cluster.clients["n3"]
+    job = c1.call(
+        "job.submit",
+        script="echo started; exec sleep 60",
+        node="n2",
+    )
+    job_id = job["id"]
+
+    def started() -> dict[str, Any] | None:
+        got: dict[str, Any] = c1.call("job.get", id=job_id)
+        logs = c1.call("job.logs", id=job_id)["lines"]
+        return got if got["status"] == "running" and logs else None
+
+    got = wait_for(started, "the job to run on n2 and log")
+    assert got["node"] == "n2" and got["pin_node"] == "n2"
+    assert [ln["text"] for ln in c1.call("job.logs", id=job_id)["lines"]] == ["started"]
+    began = time.monotonic()
+    assert c1.call("job.cancel", id=job_id)["result"] == "cancelling"
+    waited = c3.call("job.wait", id=job_id, timeout_s=20)
+    assert waited["status"] == "cancelled", waited
+    assert time.monotonic() - began < 5.0
+
+
+def spans_of(path: Path) -> dict[int, list[tuple[float, float, str]]]:
+    """Per job: (start, end, attempt) of each attempt, from the lines the attempts wrote."""
+    seen: dict[tuple[int, str], dict[str, float]] = {}
+    for line in path.read_text().splitlines():
+        job_text, attempt, what, at = line.split()
+        seen.setdefault((int(job_text), attempt), {})[what] = float(at)
+    out: dict[int, list[tuple[float, float, str]]] = {}
+    for (jid, att), s in seen.items():
+        out.setdefault(jid, []).append((s["start"], s.get("end", math.inf), att))
+    for attempts in out.values():
+        attempts.sort()
+    return out
+
+
+def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_them() -> None:
+    """n3 reaches PostgreSQL through a proxy that the test cuts: n3 terminates its attempts
+    within its lease (half the node timeout), the others declare it dead and run them again
+    (never two at once); when the network returns n3 joins again and claims work."""
+    out_name = "cutspans"
+    script = (
+        'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N)" >> {out}; '
+        'trap \'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}; '
+        "exit 143' TERM; sleep 3 & wait; "
+        'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}'
+    )
+    with pg_schema("cut") as dsn:
+        parts = urlsplit(dsn)
+        target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        proxy = CuttableProxy(target).start()
+        host = (
+            f"{parts.username}@127.0.0.1:{proxy.port}"
+            if parts.username
+            else f"127.0.0.1:{proxy.port}"
+        )
+        via_proxy = urlunsplit(parts._replace(netloc=host))
+        workdir = short_tmpdir()
+        cl = Cluster(workdir, dsn, 4, dsns={"n3": via_proxy})
+        try:
+            cl.start()
+            out = workdir / out_name
+            c1 = cl.clients["n1"]
+            jobs = [{"script": script.format(out=out), "retries": 2}] * 12
+            ids = c1.call("job.submit_batch", jobs=jobs)["submitted"]
+
+            def n3_busy() -> list[int] | None:
+                running = [j for j in all_jobs(c1) if j["status"] == "running"]
+                return [j["id"] for j in running if j["node"] == "n3"] or None
+
+            on_n3 = wait_for(n3_busy, "n3 to run jobs")
+            proxy.cut()
+            cut_at = time.time()
+
+            def taken_over() -> bool | None:
+                by_id = {j["id"]: j for j in all_jobs(c1)}
+                moved = all(by_id[i]["attempt"] >= 2 and by_id[i]["node"] != "n3" for i in on_n3)
+                return True if moved else None
+
+            wait_for(taken_over, "n3's jobs to run elsewhere", timeout_s=NODE_TIMEOUT_S + 10)
+            listed = {n["name"]: n for n in c1.call("node.list")["nodes"]}
+            assert listed["n3"]["state"] == "dead" and not listed["n3"]["alive"]
+
+            def restarted() -> dict[int, list[tuple[float, float, str]]] | None:
+                # Claimed elsewhere is committed before the new process writes its start.
+                spans = spans_of(out)
+                return spans if all(len(spans[j]) >= 2 for j in on_n3) else None
+
+            spans = wait_for(restarted, "the taken-over attempts to start")
+            for jid in on_n3:
+                first, *later = spans[jid]
+                assert first[1] < cut_at + NODE_TIMEOUT_S, (jid, first, cut_at)
+                for (_, end, _), (start, _, _) in itertools.pairwise(spans[jid]):
+                    assert start >= end, f"job {jid} ran twice at once: {spans[jid]}"
+                assert later, spans[jid]
+
+            proxy.restore()
+
+            def n3_back() -> bool | None:
+                nodes = {n["name"]: n for n in c1.call("node.list")["nodes"]}
+                return True if nodes["n3"]["alive"] else None
+
+            wait_for(n3_back, "n3 to join again", timeout_s=30)
+            pinned = c1.call("job.submit", command=["true"], node="n3")["id"]
+            done = c1.call("job.wait", id=pinned, timeout_s=30)
+            assert done["status"] == "succeeded" and done["node"] == "n3", done
+            final = wait_for(lambda: all_succeeded(c1), "every job to succeed", timeout_s=60)
+            assert {j["id"] for j in final} >= set(ids)
+            for jid, attempts in spans_of(out).items():
+                for (_, end, _), (start, _, _) in itertools.pairwise(attempts):
+                    assert start >= end, f"job {jid} ran twice at once: {attempts}"
+        finally:
+            try:
+                cl.close()
+            finally:
+                proxy.close()
+                if os.environ.get("HERO_PROC_KEEP_LOGS"):
+                    print(f"logs kept in {workdir}")
+                else:
+                    cleanup(workdir)
+
+
+def test_services_stay_on_their_node_and_show_unknown_when_it_dies(cluster: Cluster) -> None:
+    """A service defined for n2 (through n1) is started by n2 only; status_all on any node
+    shows every node's services with their node, and `unknown` once that node is dead."""
+    c1, c2, c3 = (cluster.clients[n] for n in NODES)
+    c1.call("service.define", name="web", command=["sleep", "600"])
+    defined = c1.call("service.define", name="worker", command=["sleep", "600"], node="n2")
+    assert defined["node"] == "n2"
+    with pytest.raises(HeroError) as refused:
+        c1.call("service.start", name="worker")
+    assert refused.value.data == {"name": "worker", "node": "n2"}
+    assert c2.call("service.start", name="worker", wait_s=10)["state"] == "running"
+    assert c1.call("service.start", name="web", wait_s=10)["state"] == "running"
+    every = {s["name"]: s for s in c3.call("service.status_all")["services"]}
+    assert (every["web"]["node"], every["web"]["state"]) == ("n1", "running")
+    assert (every["worker"]["node"], every["worker"]["state"]) == ("n2", "running")
+    cluster.procs["n2"].kill()
+
+    def worker_unknown() -> bool | None:
+        services = {s["name"]: s for s in c3.call("service.status_all")["services"]}
+        return True if services["worker"]["state"] == "unknown" else None
+
+    wait_for(worker_unknown, "n2's service to be unknown", timeout_s=NODE_TIMEOUT_S + 10)
+    services = {s["name"]: s for s in c1.call("service.status_all")["services"]}
+    assert services["web"]["state"] == "running"
+    c1.call("service.stop", name="web")
+
+
+def test_on_sqlite_the_daemon_is_the_only_node(daemon: DaemonProcess) -> None:
+    """Same code path on SQLite: one node, this daemon's, heartbeating; jobs record it."""
+    with daemon.client() as c:
+        info = c.call("system.info")
+        assert info["backend"] == "sqlite"
+        listed = c.call("node.list")
+        (only,) = listed["nodes"]
+        assert only["name"] == info["node"] == listed["self"] and only["alive"]
+        job_id = c.call("job.submit", command=["true"])["id"]
+        assert c.call("job.wait", id=job_id, timeout_s=20)["node"] == info["node"]
