@@ -60,6 +60,7 @@ class Scraped:
     write_queue: int = 0
     log_queue: int = 0
     jobs_running_here: int = 0
+    job_waiters: int = 0
     db_bytes: int = 0
     wal_bytes: int = 0
     uptime_s: float = 0.0
@@ -176,6 +177,11 @@ class _ScrapedCollector(Collector):
             "Attempts this daemon's executor holds a slot for",
             value=f.jobs_running_here,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_job_waiters",
+            "Calls waiting for a job to end (job.wait, run.wait, job.wait_all)",
+            value=f.job_waiters,
+        )
         yield GaugeMetricFamily(f"{PREFIX}_db_bytes", "Size of the database file", value=f.db_bytes)
         yield GaugeMetricFamily(f"{PREFIX}_wal_bytes", "Size of the WAL file", value=f.wal_bytes)
         yield GaugeMetricFamily(
@@ -277,6 +283,7 @@ class Metrics:
             write_queue=app.store.pool.writer.pending(),
             log_queue=executor.flusher.pending() if executor is not None else 0,
             jobs_running_here=len(executor.running) if executor is not None else 0,
+            job_waiters=executor.waiters() if executor is not None else 0,
             db_bytes=db_bytes,
             wal_bytes=wal_bytes,
             uptime_s=app.uptime_s(),

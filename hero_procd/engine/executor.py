@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hero_procd.app import App
+from hero_procd.caller import peer_gone
 from hero_procd.config import Config
 from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
@@ -422,6 +423,10 @@ class Executor:
                 continue
             return finished.settled if finished is not None else None
 
+    def waiters(self) -> int:
+        """Calls waiting for a job to end (job.wait, run.wait, job.wait_all)."""
+        return sum(len(futs) for futs in self._waiters.values())
+
     def notify(self, job_ids: list[int]) -> None:
         """Wake the waiters of jobs that reached a terminal state (after the commit)."""
         self.app.feed.publish("jobs")
@@ -439,6 +444,10 @@ class Executor:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(job_id, []).append(fut)
         stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
+        ends: list[asyncio.Future[Any]] = [fut, stopped]
+        gone = peer_gone()
+        if gone is not None:  # the asker disconnected: nobody reads the answer (caller.py)
+            ends.append(asyncio.ensure_future(gone.wait()))
         try:
             job = await self.jobs.get(job_id)  # it may have finished meanwhile
             if job.status in TERMINAL_JOB_STATES:
@@ -449,16 +458,15 @@ class Executor:
                 # On a shared database another node may end the job: a NOTIFY wakes this
                 # waiter, and a look once a second covers a missed one.
                 step = left if self.store.backend == "sqlite" else min(left, 1.0)
-                await asyncio.wait(
-                    [fut, stopped], timeout=step, return_when=asyncio.FIRST_COMPLETED
-                )
-                if fut.done() or stopped.done() or time.monotonic() >= deadline:
+                await asyncio.wait(ends, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+                if any(f.done() for f in ends) or time.monotonic() >= deadline:
                     break
                 job = await self.jobs.get(job_id)
                 if job.status in TERMINAL_JOB_STATES:
                     return job
         finally:
-            stopped.cancel()
+            for end in ends[1:]:
+                end.cancel()
             waiters = self._waiters.get(job_id)
             if waiters is not None and fut in waiters:
                 waiters.remove(fut)
@@ -499,11 +507,14 @@ class Executor:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        gone = peer_gone()
         while True:
             pending = await pending_jobs()
             remaining = deadline - loop.time()
             if not pending or remaining <= 0 or self._stopped.is_set():
                 return
+            if gone is not None and gone.is_set():
+                return  # the asker disconnected (caller.py)
             with contextlib.suppress(NotFound):  # cleaned meanwhile: it is no longer pending
                 await self.wait(max(pending), min(remaining, RUN_WAIT_RECHECK_S))
 

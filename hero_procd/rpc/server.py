@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import resource
+import select
 import socket
 import struct
 import time
@@ -42,6 +43,7 @@ from urllib.parse import urlsplit
 import h11
 import orjson
 
+from hero_procd.caller import PEER_GONE
 from hero_procd.errors import BUSY, INVALID_REQUEST
 from hero_procd.metrics import CONTENT_TYPE as _METRICS_TYPE
 from hero_procd.rpc.dispatch import Dispatcher, error_response
@@ -252,6 +254,7 @@ class Connection(asyncio.Protocol):
         self.last_active = self.opened
         self.frame_started: float | None = None  # first byte of a frame not yet complete
         self.http_method: bytes | None = None  # of the request being answered
+        self.gone = asyncio.Event()  # set when the connection is lost: waits end (caller.py)
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -270,6 +273,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.gone.set()
         server = self.server
         server._connections.discard(self)
         server._refusing.discard(self)
@@ -363,8 +367,26 @@ class Connection(asyncio.Protocol):
             self.frames.append(bytes(self.buffer))  # a last request without its newline
             self.buffer.clear()
         self.stopping = True
+        if self._peer_closed():
+            self.gone.set()  # not a half-close: nobody will read an answer (caller.py)
         self.wakeup.set()
         return True  # keep the write side open until our answers are out
+
+    def _peer_closed(self) -> bool:
+        """True if the peer closed its socket, not only its write side (shutdown).
+
+        An AF_UNIX stream socket whose peer is closed is shut down both ways and
+        polls POLLHUP; after the peer's shutdown(SHUT_WR) it polls only POLLRDHUP.
+        """
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        poller = select.poll()
+        try:
+            poller.register(sock.fileno(), select.POLLHUP)
+            return any(events & select.POLLHUP for _, events in poller.poll(0))
+        except (OSError, ValueError):
+            return True
 
     # -- newline-delimited JSON -------------------------------------------
     def _split_lines(self, data: bytes) -> None:
@@ -664,6 +686,7 @@ class Connection(asyncio.Protocol):
     # -- common ---------------------------------------------------------------
     async def _serve(self) -> None:
         assert self.transport is not None
+        PEER_GONE.set(self.gone)  # this task's context: every call served on this connection
         try:
             sock = self.transport.get_extra_info("socket")
             pid, uid, gid = peer_credentials(sock)
