@@ -32,7 +32,7 @@ from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import InvalidParams, InvalidState, NotFound, StorageError
+from hero_procd.errors import HeroError, InvalidParams, InvalidState, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
 from hero_procd.store.api import JobStore
 from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
@@ -240,7 +240,7 @@ class Executor:
         if job.spec.env_from_secrets:
             try:
                 env.update(await self.store.secrets.resolve(job.spec.env_from_secrets))
-            except NotFound as exc:
+            except HeroError as exc:  # missing, or a sealed value that does not open
                 await self._finalize(rj, error=f"cannot start: {exc}")
                 return
         loop = asyncio.get_running_loop()

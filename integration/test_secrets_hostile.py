@@ -1,0 +1,70 @@
+"""Hostile review of secrets at rest over the real daemon: tampered rows, the key's reach.
+
+A row whose sealed value was moved onto another name must never hand out the
+other value, and a job or service that needs it must end with an error that
+says so (not hang); the key file's path never reaches a child's environment.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+import pytest
+
+from hero_procd.errors import HeroError
+from integration.helpers import daemon_running, finish, wait_for
+
+
+def _swap(db: Path, a: str, b: str) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        va = conn.execute("SELECT value FROM secrets WHERE name = ?", (a,)).fetchone()[0]
+        vb = conn.execute("SELECT value FROM secrets WHERE name = ?", (b,)).fetchone()[0]
+        conn.execute("UPDATE secrets SET value = ? WHERE name = ?", (vb, a))
+        conn.execute("UPDATE secrets SET value = ? WHERE name = ?", (va, b))
+    finally:
+        conn.close()
+
+
+def test_swapped_rows_refused_job_and_service_fail(workdir: Path) -> None:
+    """Two rows' sealed values swapped in the file: no value handed out, the job fails."""
+    va, vb = f"a-{uuid.uuid4().hex}", f"b-{uuid.uuid4().hex}"
+    out = workdir / "out"
+    with daemon_running(workdir) as d, d.client() as c:
+        c.call("secret.set", name="a", value=va)
+        c.call("secret.set", name="b", value=vb)
+        _swap(d.db_path, "a", "b")
+        with pytest.raises(HeroError) as err:
+            c.call("secret.get", name="a")
+        assert "does not open" in str(err.value) and vb not in str(err.value)
+        job = c.call(
+            "job.submit",
+            command=["sh", "-c", 'printf %s "$T" > "$1"', "sh", str(out)],
+            env_from_secrets={"T": "a"},
+            timeout_s=30,
+        )["id"]
+        done = finish(c, job)
+        assert done["status"] == "failed", done
+        assert "does not open" in (done["error"] or ""), done
+        assert not out.exists()
+        c.call(
+            "service.define",
+            name="svc",
+            command=["sh", "-c", 'printf %s "$T" > "$1"; sleep 30', "sh", str(out)],
+            env_from_secrets={"T": "b"},
+            restart="never",
+        )
+        c.call("service.start", name="svc")
+
+        def ended() -> dict[str, object] | None:
+            st: dict[str, object] = c.call("service.status", name="svc")
+            return st if st["state"] not in ("starting", "running", "stopped") else None
+
+        st = wait_for(ended, "the service to give up")
+        assert not out.exists(), st
+        assert "Traceback" not in d.log()
+        # The daemon keeps serving, and a value set again opens.
+        c.call("secret.set", name="a", value=va)
+        assert c.call("secret.get", name="a")["value"] == va
