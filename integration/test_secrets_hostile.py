@@ -68,3 +68,29 @@ def test_swapped_rows_refused_job_and_service_fail(workdir: Path) -> None:
         # The daemon keeps serving, and a value set again opens.
         c.call("secret.set", name="a", value=va)
         assert c.call("secret.get", name="a")["value"] == va
+
+
+def test_key_file_never_named_to_children(workdir: Path) -> None:
+    """Jobs and services see neither the key nor where it is (flag's env var, credential dir)."""
+    key = workdir / "k" / "secrets.key"
+    creds = workdir / "creds"
+    creds.mkdir(mode=0o700)
+    env = {"HERO_PROC_SECRETS_KEY_FILE": str(key), "CREDENTIALS_DIRECTORY": str(creds)}
+    job_env, svc_env = workdir / "job.env", workdir / "svc.env"
+    dump = 'env -0 > "$1"; [ "$2" = svc ] && exec sleep 30; true'
+    with daemon_running(workdir, env=env) as d, d.client() as c:
+        assert c.call("system.info")["secrets_key_file"] == str(key)
+        job = c.call("job.submit", command=["sh", "-c", dump, "sh", str(job_env), "job"])["id"]
+        assert finish(c, job)["status"] == "succeeded"
+        c.call("service.define", name="dump", command=["sh", "-c", dump, "sh", str(svc_env), "svc"])
+        c.call("service.start", name="dump")
+        wait_for(lambda: svc_env.stat().st_size or None if svc_env.exists() else None, "dump")
+        c.call("service.stop", name="dump")
+    secret_key = key.read_bytes()
+    for path in (job_env, svc_env):
+        data = path.read_bytes()
+        names = {item.split(b"=", 1)[0] for item in data.split(b"\0") if item}
+        assert b"HERO_PROC_SECRETS_KEY_FILE" not in names, path
+        assert b"CREDENTIALS_DIRECTORY" not in names, path
+        assert str(key).encode() not in data and secret_key not in data, path
+        assert b"HERO_PROC_INSTANCE" in names  # the dump is real
