@@ -94,3 +94,40 @@ def test_key_file_never_named_to_children(workdir: Path) -> None:
         assert b"CREDENTIALS_DIRECTORY" not in names, path
         assert str(key).encode() not in data and secret_key not in data, path
         assert b"HERO_PROC_INSTANCE" in names  # the dump is real
+
+
+def _v3_with_history(db: Path, live: dict[str, str], gone: list[str]) -> None:
+    """A schema-3 database (secrets in clear) whose `gone` values were overwritten or deleted."""
+    from integration.test_secrets_at_rest import _v3_database
+
+    _v3_database(db, {**live, **{f"tmp{i}": v for i, v in enumerate(gone)}})
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        # As SQLite builds without SECURE_DELETE by default do (Debian's has it on).
+        conn.execute("PRAGMA secure_delete=OFF")
+        for i in range(len(gone)):
+            if i % 2:
+                conn.execute("DELETE FROM secrets WHERE name = ?", (f"tmp{i}",))
+            else:  # rotated: a value of another length replaces it
+                conn.execute(
+                    "UPDATE secrets SET value = ? WHERE name = ?", ("r" * (i + 3), f"tmp{i}")
+                )
+    finally:
+        conn.close()
+
+
+def test_upgrade_leaves_no_overwritten_or_deleted_value(workdir: Path) -> None:
+    """Values an older version overwrote or deleted are gone from the file after the upgrade."""
+    db = workdir / "hp.db"
+    live = {f"live{i}": f"live-{uuid.uuid4().hex}" for i in range(20)}
+    gone = [f"gone-{uuid.uuid4().hex}" for _ in range(20)]
+    gone.append("G" * 6000 + uuid.uuid4().hex)  # on overflow pages
+    _v3_with_history(db, live, gone)
+    raw = db.read_bytes()
+    assert any(v.encode() in raw for v in gone[:-1])  # the old version left them there
+    with daemon_running(workdir) as d, d.client() as c:
+        for name, value in live.items():
+            assert c.call("secret.get", name=name)["value"] == value
+    data = b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    for value in [*live.values(), *gone[:-1], gone[-1][-32:]]:
+        assert value.encode() not in data, value
