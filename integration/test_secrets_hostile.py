@@ -131,3 +131,28 @@ def test_upgrade_leaves_no_overwritten_or_deleted_value(workdir: Path) -> None:
     data = b"".join(p.read_bytes() for p in (db, db.with_name(db.name + "-wal")) if p.exists())
     for value in [*live.values(), *gone[:-1], gone[-1][-32:]]:
         assert value.encode() not in data, value
+
+
+def test_clear_row_planted_after_start_is_not_handed_out(workdir: Path) -> None:
+    """A row written in clear into the file of a running daemon is refused, not used as is."""
+    out = workdir / "out"
+    with daemon_running(workdir) as d, d.client() as c:
+        c.call("secret.set", name="tok", value=f"real-{uuid.uuid4().hex}")
+        conn = sqlite3.connect(d.db_path, isolation_level=None)
+        try:
+            conn.execute("UPDATE secrets SET value = 'planted', sealed = 0 WHERE name = 'tok'")
+        finally:
+            conn.close()
+        with pytest.raises(HeroError) as err:
+            c.call("secret.get", name="tok")
+        assert "planted" not in str(err.value) and "tok" in str(err.value)
+        job = c.call(
+            "job.submit",
+            command=["sh", "-c", 'printf %s "$T" > "$1"', "sh", str(out)],
+            env_from_secrets={"T": "tok"},
+        )["id"]
+        assert finish(c, job)["status"] == "failed"
+        assert not out.exists()
+    # At the next start an unsealed row is what an older version left: it is sealed.
+    with daemon_running(workdir) as d, d.client() as c:
+        assert c.call("secret.get", name="tok")["value"] == "planted"

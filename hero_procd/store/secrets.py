@@ -102,7 +102,13 @@ class SecretsApi:
 
     def _open(self, name: str, stored: str, sealed: int) -> str:
         if not sealed:
-            return stored  # only until unlock has sealed it; never after
+            # unlock sealed every clear row before any read: one now was written into the
+            # file behind the daemon's back. Never handed out (it could be anyone's value).
+            raise HeroError(
+                f"secret {name!r} is stored in clear, not sealed: it was written into the "
+                "database by something other than this daemon; set it again",
+                {"name": name},
+            )
         try:
             return self._box().open(name, stored)
         except WrongKey as exc:
