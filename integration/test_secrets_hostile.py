@@ -7,14 +7,21 @@ says so (not hang); the key file's path never reaches a child's environment.
 
 from __future__ import annotations
 
+import random
+import shutil
 import sqlite3
+import subprocess
+import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from hero_procd.errors import HeroError
-from integration.helpers import daemon_running, finish, wait_for
+from integration.daemon_proc import DaemonProcess
+from integration.helpers import daemon_running, finish, kill_leftovers, wait_for
+from integration.test_secrets_at_rest import _v3_database
 
 
 def _swap(db: Path, a: str, b: str) -> None:
@@ -98,8 +105,6 @@ def test_key_file_never_named_to_children(workdir: Path) -> None:
 
 def _v3_with_history(db: Path, live: dict[str, str], gone: list[str]) -> None:
     """A schema-3 database (secrets in clear) whose `gone` values were overwritten or deleted."""
-    from integration.test_secrets_at_rest import _v3_database
-
     _v3_database(db, {**live, **{f"tmp{i}": v for i, v in enumerate(gone)}})
     conn = sqlite3.connect(db, isolation_level=None)
     try:
@@ -161,15 +166,6 @@ def test_clear_row_planted_after_start_is_not_handed_out(workdir: Path) -> None:
 def test_kill_during_upgrade_loses_nothing(workdir: Path) -> None:
     """kill -9 at random points of the first start on a clear database: the next start seals
     every row exactly once; each value reads back as it was."""
-    import random
-    import shutil
-    import subprocess
-    import time
-
-    from integration.daemon_proc import DaemonProcess
-    from integration.helpers import kill_leftovers
-    from integration.test_secrets_at_rest import _v3_database
-
     template = workdir / "template.db"
     secrets = {f"s{i:05d}": f"v{i}-{uuid.uuid4().hex}" for i in range(2000)}
     secrets["wide"] = "ü€😀" * 3000  # non-ASCII, over a page
@@ -183,7 +179,7 @@ def test_kill_during_upgrade_loses_nothing(workdir: Path) -> None:
         with open(d.log_path, "wb") as log:
             proc = subprocess.Popen(d.argv, stderr=log, start_new_session=True)
         # Killed from just before the sealing transaction (~50 ms here) to just after.
-        wait_for(lambda: "migrating database" in d.log() or None, "the migration")
+        wait_for(partial(_logged, d, "migrating database"), "the migration")
         time.sleep(rng.uniform(0.0, 0.12))
         proc.kill()
         proc.wait()
@@ -197,6 +193,10 @@ def test_kill_during_upgrade_loses_nothing(workdir: Path) -> None:
         assert all(r[1].startswith("v1.") and r[1].count("v1.") == 1 for r in rows)
         data = (run / "hp.db").read_bytes()
         assert secrets["s00000"].encode() not in data and secrets["s01999"].encode() not in data
+
+
+def _logged(d: DaemonProcess, text: str) -> bool | None:
+    return text in d.log() or None
 
 
 def _rows_of(db: Path) -> list[tuple[str, str, int]]:
