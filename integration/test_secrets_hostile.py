@@ -205,3 +205,62 @@ def _rows_of(db: Path) -> list[tuple[str, str, int]]:
         return conn.execute("SELECT name, value, sealed FROM secrets ORDER BY name").fetchall()
     finally:
         conn.close()
+
+
+def test_values_nowhere_in_clear_at_debug_level(workdir: Path) -> None:
+    """ASCII, non-ASCII and 1 MiB values: absent from the db, WAL, the daemon's debug log and
+    every answer but secret.get (records, export, info, errors); children get them exact."""
+    values = {
+        "ascii": f"pw-{uuid.uuid4().hex}",
+        "uni": f"пароль-€-😀-{uuid.uuid4().hex}",
+        "big": "B" * ((1 << 20) - 40) + uuid.uuid4().hex,
+    }
+    marks = [values["ascii"], values["uni"], values["big"][-32:]]
+    out = workdir / "out"
+    answers: list[object] = []
+    with daemon_running(workdir, extra_args=["--log-level", "debug"]) as d, d.client() as c:
+        for name, value in values.items():
+            c.call("secret.set", name=name, value=value)
+        for name, value in values.items():
+            assert c.call("secret.get", name=name)["value"] == value
+        for bad in (values["ascii"] + "\0", values["big"] + "x" * 100):
+            with pytest.raises(HeroError) as err:
+                c.call("secret.set", name="ascii", value=bad)
+            answers.append((str(err.value), err.value.data))
+        job = c.call(
+            "job.submit",
+            command=["sh", "-c", 'printf %s "$U" > "$1"', "sh", str(out)],
+            env_from_secrets={"U": "uni", "A": "ascii"},
+        )["id"]
+        answers.append(finish(c, job))
+        # Over the kernel's 128 KiB per variable: refused at spawn, the value not repeated.
+        too_big = c.call("job.submit", command=["true"], env_from_secrets={"B": "big"})["id"]
+        failed = finish(c, too_big)
+        assert failed["status"] == "failed" and "too long" in failed["error"], failed
+        answers.append(failed)
+        assert out.read_text() == values["uni"]
+        c.call(
+            "service.define",
+            name="svc",
+            command=["sleep", "30"],
+            env_from_secrets={"A": "ascii"},
+        )
+        c.call("service.start", name="svc")
+        answers += [
+            c.call("job.get", id=job),
+            c.call("job.list"),
+            c.call("service.get", name="svc"),
+            c.call("service.status_all"),
+            c.call("stack.export"),
+            c.call("system.info"),
+            c.call("secret.list"),
+        ]
+        c.call("service.stop", name="svc")
+        db_bytes = b"".join(
+            p.read_bytes() for p in (d.db_path, d.db_path.with_name(d.db_path.name + "-wal"))
+        )
+    log = d.log()
+    for mark in marks:
+        assert mark.encode() not in db_bytes, mark
+        assert mark not in log, mark
+        assert mark not in repr(answers), mark
