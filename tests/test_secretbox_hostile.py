@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 from hero_procd.secretbox import KEY_BYTES, KeyFileError, SecretBox, load_key_file
+from hero_procd.store import Store
+from hero_procd.store.pool import Conn
+from tests.conftest import StoreRunner
 
 
 def test_racing_creators_all_get_the_key_on_disk(tmp_path: Path) -> None:
@@ -21,7 +24,12 @@ def test_racing_creators_all_get_the_key_on_disk(tmp_path: Path) -> None:
         keys: list[bytes] = []
         errors: list[BaseException] = []
 
-        def create() -> None:
+        def create(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            keys: list[bytes] = keys,
+            errors: list[BaseException] = errors,
+        ) -> None:
             try:
                 barrier.wait()
                 if rng.random() < 0.5:
@@ -64,3 +72,31 @@ def test_each_seal_takes_a_fresh_nonce() -> None:
     sealed = {box.seal("n", "same value") for _ in range(10_000)}
     assert len(sealed) == 10_000
     assert len({s[3:19] for s in sealed}) == 10_000  # the nonce leads the base64 text
+
+
+def test_upgrade_leaves_the_writers_secure_delete_as_it_was(
+    db_path: Path, run_store: StoreRunner
+) -> None:
+    """Sealing clear rows turns secure_delete on for itself only: afterwards the writer has
+    the setting it had before (a SQLite built with SECURE_DELETE keeps it on)."""
+
+    async def make(store: Store) -> None:
+        await store.pool.write(
+            lambda c: c.execute(
+                "INSERT INTO secrets (name, value, updated_at) VALUES ('a', 'x', 0)"
+            )
+        )
+
+    run_store(make)
+
+    def secure_delete(conn: Conn) -> int:
+        return int(conn.execute("PRAGMA secure_delete").fetchone()[0])
+
+    async def upgrade(store: Store) -> tuple[int, int, int]:
+        before = await store.pool.maintenance(secure_delete)
+        unlocked = await store.secrets.unlock(SecretBox(os.urandom(KEY_BYTES), Path("k")))
+        return before, await store.pool.maintenance(secure_delete), unlocked.sealed_rows
+
+    before, after, sealed = run_store(upgrade)
+    assert sealed == 1
+    assert after == before

@@ -70,6 +70,7 @@ class SecretsApi:
             rows = conn.execute(Q["secret_clear_rows"]).fetchall()
             if not rows:
                 return 0
+            was = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
             conn.execute("PRAGMA secure_delete=ON")
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -85,8 +86,8 @@ class SecretsApi:
                 # The clear bytes may sit in WAL frames of earlier transactions.
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             finally:
-                with contextlib.suppress(Exception):
-                    conn.execute("PRAGMA secure_delete=OFF")
+                with contextlib.suppress(Exception):  # as it was (a build's default may be on)
+                    conn.execute(f"PRAGMA secure_delete={was}")
             return len(rows)
 
         sealed = await self.pool.maintenance(seal_clear_rows)
