@@ -7,6 +7,7 @@ says so (not hang); the key file's path never reaches a child's environment.
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
@@ -20,7 +21,14 @@ import pytest
 
 from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess
-from integration.helpers import daemon_running, finish, kill_leftovers, wait_for
+from integration.helpers import (
+    daemon_running,
+    finish,
+    kill_leftovers,
+    refused,
+    wait_for,
+    wait_running,
+)
 from integration.test_secrets_at_rest import _v3_database
 
 
@@ -264,3 +272,36 @@ def test_values_nowhere_in_clear_at_debug_level(workdir: Path) -> None:
         assert mark.encode() not in db_bytes, mark
         assert mark not in log, mark
         assert mark not in repr(answers), mark
+
+
+def _dump(db: Path) -> list[str]:
+    conn = sqlite3.connect(db)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def test_wrong_key_start_changes_nothing_at_all(workdir: Path) -> None:
+    """After a crash with a job running, a start with another key changes no row of any table
+    (the job is not recovered, no mark is written) and the right key then recovers it."""
+    d = DaemonProcess(workdir).start()
+    try:
+        with d.client() as c:
+            c.call("secret.set", name="s", value="v")
+            job = c.call("job.submit", command=["sleep", "60"])["id"]
+            wait_running(c, job)
+    finally:
+        d.kill()
+        kill_leftovers(d.db_path)
+    key = d.db_path.with_name(d.db_path.name + ".secrets-key")
+    good = key.read_bytes()
+    before = _dump(d.db_path)
+    key.write_bytes(os.urandom(len(good)))
+    reason, _ = refused(d.argv)
+    assert "is not the key" in reason, reason
+    assert _dump(d.db_path) == before, "a refused start changed the database"
+    key.write_bytes(good)
+    with daemon_running(workdir) as d2, d2.client() as c:
+        assert c.call("job.get", id=job)["status"] in ("lost", "queued", "failed")
+        assert c.call("secret.get", name="s")["value"] == "v"
