@@ -12,6 +12,7 @@ import random
 import shutil
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from functools import partial
@@ -305,3 +306,34 @@ def test_wrong_key_start_changes_nothing_at_all(workdir: Path) -> None:
     with daemon_running(workdir) as d2, d2.client() as c:
         assert c.call("job.get", id=job)["status"] in ("lost", "queued", "failed")
         assert c.call("secret.get", name="s")["value"] == "v"
+
+
+_CRASHED_OLD_DAEMON = """
+import os, sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("PRAGMA journal_mode=WAL")
+conn.execute("PRAGMA wal_autocheckpoint=0")
+conn.execute("PRAGMA secure_delete=OFF")
+for i, value in enumerate(sys.argv[2:]):
+    conn.execute("UPDATE secrets SET value = ? WHERE name = ?", (value, f"s{i}"))
+os._exit(0)  # killed: no checkpoint, the WAL stays with the values in it
+"""
+
+
+def test_upgrade_after_a_crash_leaves_no_value_in_the_wal(workdir: Path) -> None:
+    """An older version killed with secrets written only to its WAL: after the upgrade neither
+    the WAL nor the file holds them."""
+    db = workdir / "hp.db"
+    first = {f"s{i}": f"first-{uuid.uuid4().hex}" for i in range(10)}
+    _v3_database(db, first)
+    later = [f"later-{uuid.uuid4().hex}" for _ in range(10)]
+    subprocess.run(
+        [sys.executable, "-c", _CRASHED_OLD_DAEMON, str(db), *later], check=True, timeout=60
+    )
+    wal = db.with_name(db.name + "-wal")
+    assert later[0].encode() in wal.read_bytes()
+    with daemon_running(workdir) as d, d.client() as c:
+        assert c.call("secret.get", name="s3")["value"] == later[3]
+        data = db.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+        for value in [*first.values(), *later]:
+            assert value.encode() not in data, value
