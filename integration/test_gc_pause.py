@@ -8,6 +8,7 @@ collection on and no pause held.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from hero_procd.client import Client
 from integration.helpers import daemon_running, wait_for
@@ -107,12 +109,12 @@ SCENARIOS: list[Callable[[Path], None]] = [
 ]
 
 
-def _collector_back(c: Client) -> dict[str, Any]:
+def _collector_back(c: Client, timeout_s: float = 20.0) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         gc: dict[str, Any] = c.call("system.info")["gc"]
         return gc if gc["paused_by"] == 0 else None
 
-    gc = wait_for(probe, "every gc pause to end")
+    gc = wait_for(probe, "every gc pause to end", timeout_s)
     assert gc["enabled"] is True, gc
     return gc
 
@@ -151,3 +153,42 @@ def test_overlapping_big_frames_lift_the_pause(workdir: Path) -> None:
             assert not errors, errors
             _collector_back(c)
         assert "Traceback" not in d.log()
+
+
+def _padded(method: str, **params: Any) -> bytes:
+    """A frame over the pause threshold by whitespace alone (valid JSON)."""
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    return body + b" " * BIG + b"\n"
+
+
+def test_a_waiting_big_frame_does_not_keep_the_collector_paused(workdir: Path) -> None:
+    """A big frame that waits (job.wait, job.wait_all, run.wait, a service verb) lets the
+    collector run while it waits: a padded frame could otherwise pause it for an hour."""
+    with daemon_running(workdir) as d, d.client() as c:
+        job = c.call("job.submit", command=["sleep", "60"])["id"]
+        run = c.call("run.submit", jobs=[{"key": "a", "command": ["sleep", "60"]}])["id"]
+        c.call(
+            "service.define",
+            name="slow",
+            command=["sh", "-c", "trap '' TERM; sleep 60"],
+            stop_timeout_s=6,
+        )
+        c.call("service.start", name="slow")
+        waits = [
+            _padded("job.wait", id=job, timeout_s=40),
+            _padded("job.wait_all", ids=[job], timeout_s=40),
+            _padded("run.wait", id=run, timeout_s=40),
+            _padded("service.stop", name="slow"),
+        ]
+        for frame in waits:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                s.connect(str(d.socket_path))
+                s.sendall(frame)
+                # The pause of its parse and check ends, while the call still waits.
+                _collector_back(c, 5.0)
+                s.settimeout(0)
+                with contextlib.suppress(BlockingIOError):  # still waiting, as it should
+                    pytest.fail(f"answered before its wait ended: {s.recv(64)!r}")
+        c.call("job.cancel", id=job)
+        c.call("run.cancel", id=run)
+        _collector_back(c)

@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hero_procd import gcpause
 from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.health import CheckRunner, run_check
@@ -111,7 +112,8 @@ class ServiceOwner:
             raise _closing(self.name)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Command(verb, future, args))
-        return await future
+        with gcpause.lifted():  # a start or stop can take long: not with the collector paused
+            return await future
 
     @property
     def live(self) -> bool:
