@@ -174,11 +174,14 @@ def test_a_waiting_big_frame_does_not_keep_the_collector_paused(workdir: Path) -
             stop_timeout_s=6,
         )
         c.call("service.start", name="slow")
+        # Counted running after 30 s only: a start with wait_s waits past the spawn.
+        c.call("service.define", name="never", command=["sleep", "60"], start_secs=30)
         waits = [
             _padded("job.wait", id=job, timeout_s=40),
             _padded("job.wait_all", ids=[job], timeout_s=40),
             _padded("run.wait", id=run, timeout_s=40),
             _padded("service.stop", name="slow"),
+            _padded("service.start", name="never", wait_s=30),
         ]
         for frame in waits:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

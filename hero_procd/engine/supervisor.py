@@ -20,6 +20,7 @@ import os
 import time
 from typing import Any
 
+from hero_procd import gcpause
 from hero_procd.app import App
 from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
@@ -244,8 +245,9 @@ class Supervisor:
                 )
 
     async def _wait_started(self, name: str, wait_s: float) -> None:
-        if await self.wait_running(name, wait_s):
-            return
+        with gcpause.lifted():  # up to 600 s: not with a big request's collector pause
+            if await self.wait_running(name, wait_s):
+                return
         owner = self.owners.get(name)
         if owner is not None and owner.failure is not None:
             raise InvalidState(owner.failure, {"name": name, "state": str(owner.state)})
