@@ -119,7 +119,9 @@ def _create_key(path: Path) -> bytes:
     finally:
         os.close(fd)
     try:
-        os.link(tmp, path)  # fails if the name exists: never replaces a key
+        # Fails if the name exists: never replaces a key. The temporary name is linked as
+        # it is (a symlink swapped in for it is not followed to another file).
+        os.link(tmp, path, follow_symlinks=False)
     except FileExistsError:
         return _read_key(path)  # another daemon made it first: use theirs
     finally:

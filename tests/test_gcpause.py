@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import random
 import threading
@@ -101,3 +102,54 @@ def test_discard_frees_on_the_worker_with_the_collector_paused_until_done() -> N
         time.sleep(0.001)
     assert big == [] and other == [] and gcpause.holders() == 0
     assert gc.isenabled()
+
+
+def test_lifted_lets_go_of_the_blocks_it_is_inside_of() -> None:
+    """Inside nested paused blocks (even in a task made inside them), a lifted block turns the
+    collector on; its end takes the pauses back; outside any block it does nothing."""
+
+    async def request() -> None:
+        with gcpause.paused(), gcpause.paused():
+            assert gcpause.holders() == 2
+
+            async def method() -> None:  # jsonrpcserver runs the method in a task of its own
+                with gcpause.lifted():
+                    assert gc.isenabled() and gcpause.holders() == 0
+                    await asyncio.sleep(0)
+                assert not gc.isenabled() and gcpause.holders() == 2
+
+            await asyncio.gather(method())
+        assert gc.isenabled() and gcpause.holders() == 0
+        with gcpause.lifted():
+            assert gcpause.holders() == 0
+        assert gcpause.holders() == 0
+
+    asyncio.run(request())
+
+
+def test_a_cancelled_wait_and_an_ended_block_balance_the_count() -> None:
+    """A wait cancelled inside lifted, and a block that ends while a task it made still
+    waits lifted: the count ends at zero, the collector on."""
+
+    async def main() -> None:
+        with gcpause.paused():
+
+            async def waits() -> None:
+                with gcpause.lifted():
+                    await asyncio.sleep(30)
+
+            task = asyncio.ensure_future(waits())
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert gcpause.holders() == 1
+            orphan = asyncio.ensure_future(waits())  # outlives the block
+            await asyncio.sleep(0.01)
+        assert gcpause.holders() == 0 and gc.isenabled()
+        orphan.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await orphan
+        assert gcpause.holders() == 0 and gc.isenabled()
+
+    asyncio.run(main())

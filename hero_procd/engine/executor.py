@@ -42,8 +42,6 @@ from hero_procd.store.records import Job
 
 log = logging.getLogger(__name__)
 
-# Variables of the daemon's own environment that must not leak into children.
-_PRIVATE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")
 # After a job's leader exits, how long its pipes may stay open (a process that left the group).
 _DRAIN_AFTER_EXIT_S = 2.0
 # How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
@@ -123,7 +121,7 @@ class Executor:
         self._stopping = False
         self._paused = 0
         self._backoff_handle: asyncio.TimerHandle | None = None
-        self._base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        self._base_env = procs.child_base_env()
         self.spawned = 0
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
@@ -259,7 +257,7 @@ class Executor:
         if job.spec.env_from_secrets:
             try:
                 env.update(await self.store.secrets.resolve(job.spec.env_from_secrets))
-            except NotFound as exc:
+            except HeroError as exc:  # missing, or a sealed value that does not open
                 await self._finalize(rj, error=f"cannot start: {exc}")
                 return
         loop = asyncio.get_running_loop()

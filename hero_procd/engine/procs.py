@@ -29,6 +29,28 @@ from typing import Any
 
 # Every child carries this variable; recovery finds orphans of a crashed daemon by it.
 INSTANCE_ENV = "HERO_PROC_INSTANCE"
+# Variables of the daemon's own environment that no child gets: systemd's hand-over
+# (notify socket, watchdog, sockets) and where the secrets key is (the key file's
+# path, the daemon's credentials): a child is given secrets by `env_from_secrets`.
+PRIVATE_ENV = frozenset(
+    {
+        "NOTIFY_SOCKET",
+        "WATCHDOG_PID",
+        "WATCHDOG_USEC",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "HERO_PROC_SECRETS_KEY_FILE",
+        "CREDENTIALS_DIRECTORY",
+    }
+)
+
+
+def child_base_env() -> dict[str, str]:
+    """The daemon's environment without its private variables: what every child starts from."""
+    return {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

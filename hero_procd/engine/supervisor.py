@@ -20,7 +20,9 @@ import os
 import time
 from typing import Any
 
+from hero_procd import gcpause
 from hero_procd.app import App
+from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher
 from hero_procd.engine.services.owner import FINAL_STATES, ServiceOwner
@@ -47,11 +49,7 @@ class Supervisor:
         # Set by halt_all(forget=True): no owner may be made (no process started) until
         # reopen(), so nothing spawns between a wipe's halt and its delete of the rows.
         self._closed = False
-        self.base_env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID")
-        }
+        self.base_env = procs.child_base_env()
         self._any_change = asyncio.Event()
         self._sampler: asyncio.Task[None] | None = None
         self._autostart: asyncio.Task[None] | None = None
@@ -249,8 +247,9 @@ class Supervisor:
                 )
 
     async def _wait_started(self, name: str, wait_s: float) -> None:
-        if await self.wait_running(name, wait_s):
-            return
+        with gcpause.lifted():  # up to 600 s: not with a big request's collector pause
+            if await self.wait_running(name, wait_s):
+                return
         owner = self.owners.get(name)
         if owner is not None and owner.failure is not None:
             raise InvalidState(owner.failure, {"name": name, "state": str(owner.state)})

@@ -70,6 +70,7 @@ class SecretsApi:
             rows = conn.execute(Q["secret_clear_rows"]).fetchall()
             if not rows:
                 return 0
+            was = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
             conn.execute("PRAGMA secure_delete=ON")
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -85,8 +86,8 @@ class SecretsApi:
                 # The clear bytes may sit in WAL frames of earlier transactions.
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             finally:
-                with contextlib.suppress(Exception):
-                    conn.execute("PRAGMA secure_delete=OFF")
+                with contextlib.suppress(Exception):  # as it was (a build's default may be on)
+                    conn.execute(f"PRAGMA secure_delete={was}")
             return len(rows)
 
         sealed = await self.pool.maintenance(seal_clear_rows)
@@ -102,7 +103,13 @@ class SecretsApi:
 
     def _open(self, name: str, stored: str, sealed: int) -> str:
         if not sealed:
-            return stored  # only until unlock has sealed it; never after
+            # unlock sealed every clear row before any read: one now was written into the
+            # file behind the daemon's back. Never handed out (it could be anyone's value).
+            raise HeroError(
+                f"secret {name!r} is stored in clear, not sealed: it was written into the "
+                "database by something other than this daemon; set it again",
+                {"name": name},
+            )
         try:
             return self._box().open(name, stored)
         except WrongKey as exc:

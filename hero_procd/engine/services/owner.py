@@ -30,11 +30,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hero_procd import gcpause
 from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.health import CheckRunner, run_check
 from hero_procd.engine.output import OutputCapture
-from hero_procd.errors import InvalidParams, InvalidState, NotFound
+from hero_procd.errors import HeroError, InvalidState, NotFound
 from hero_procd.model import CommandSpec, ServiceState, find_cycle, now, process_part
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ class ServiceOwner:
             raise _closing(self.name)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(Command(verb, future, args))
-        return await future
+        with gcpause.lifted():  # a start or stop can take long: not with the collector paused
+            return await future
 
     @property
     def live(self) -> bool:
@@ -425,7 +427,7 @@ class ServiceOwner:
             child = await loop.run_in_executor(
                 self.sup.spawner, cell.spawn, command.argv(), env, command.cwd
             )
-        except (NotFound, OSError, InvalidParams) as exc:
+        except (HeroError, OSError) as exc:  # a secret missing or not opening, a bad limit
             await cell.release()
             if isinstance(exc, OSError):
                 what = exc.filename if exc.filename is not None else command.argv()[0]

@@ -159,7 +159,8 @@ async def job_wait(app: App, p: Params) -> dict[str, Any]:
     job_id = p.req_integer("id", minimum=1)
     timeout_s = p.number("timeout_s", default=30.0, minimum=0) or 0.0
     p.finish()
-    job = await app.jobs.wait(job_id, min(timeout_s, 3600.0))
+    with gcpause.lifted():  # a wait of up to an hour: not with the collector paused
+        job = await app.jobs.wait(job_id, min(timeout_s, 3600.0))
     out = job.to_dict()
     out["done"] = job.status in TERMINAL_JOB_STATES
     return out
@@ -172,7 +173,8 @@ async def job_wait_all(app: App, p: Params) -> dict[str, Any]:
     timeout_s = p.number("timeout_s", default=30.0, minimum=0) or 0.0
     p.finish()
     unique = list(dict.fromkeys(ids))
-    statuses = await app.jobs.wait_jobs(unique, min(timeout_s, 3600.0))
+    with gcpause.lifted():
+        statuses = await app.jobs.wait_jobs(unique, min(timeout_s, 3600.0))
     counts = Counter(statuses.values())  # C-speed: 100,000 ids hold the loop ~3 ms
     ended = sum(n for status, n in counts.items() if status in TERMINAL_JOB_STATES)
     missing = len(unique) - len(statuses)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from hero_procd import gcpause
 from hero_procd.app import App
 from hero_procd.model import TERMINAL_JOB_STATES, RunStatus, job_request_from
 from hero_procd.params import Params
@@ -61,7 +62,8 @@ async def run_wait(app: App, p: Params) -> dict[str, Any]:
     run_id = p.req_integer("id", minimum=1)
     timeout_s = p.number("timeout_s", default=30.0, minimum=0) or 0.0
     p.finish()
-    await app.jobs.wait_run(run_id, min(timeout_s, 3600.0))
+    with gcpause.lifted():  # a wait of up to an hour: not with the collector paused
+        await app.jobs.wait_run(run_id, min(timeout_s, 3600.0))
     out = await run_detail(app, run_id)
     out["done"] = all(j["status"] in TERMINAL_JOB_STATES for j in out["jobs"])
     return out

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
+from hero_procd import gcpause
 from hero_procd.app import App
 from hero_procd.errors import InvalidParams, InvalidState
 from hero_procd.params import Params
@@ -39,6 +41,9 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "jobs_running": len(app.executor.running) if app.executor else 0,
         "max_parallel": app.config.max_parallel,
         "flusher_pending": app.executor.flusher.pending() if app.executor else 0,
+        # Off only while big requests are handled (hero_procd/gcpause.py): a pause left
+        # behind would let memory grow without bound, so it is visible here.
+        "gc": {"enabled": gc.isenabled(), "paused_by": gcpause.holders()},
         "log_lines_trimmed": app.stats.log_lines_trimmed,
         "retention": app.janitor.settings() if app.janitor else None,
         "last_retention": app.janitor.last if app.janitor else None,
