@@ -202,3 +202,15 @@ def test_delete_and_replace_and_file_mode(c: Watched, started: DaemonProcess) ->
         if path.exists() or path == db:
             mode = stat.S_IMODE(os.stat(path).st_mode)
             assert mode == 0o600, f"{path.name} has mode {oct(mode)}"
+
+
+def test_a_value_too_long_for_an_environment_variable_is_refused(c: Watched) -> None:
+    """`NAME=value` and its NUL must fit in the kernel's 128 KiB per environment string."""
+    name = "envcap"
+    fits = "v" * ((1 << 17) - len(name) - 2)
+    c.call("secret.set", name=name, value=fits)
+    with pytest.raises(HeroError) as err:
+        c.call("secret.set", name=name, value=fits + "v")
+    assert err.value.code == -32602 and "environment variable" in str(err.value.data)
+    assert c.call("secret.get", name=name)["value"] == fits  # nothing changed
+    c.call("secret.delete", name=name)

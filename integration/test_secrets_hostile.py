@@ -217,12 +217,13 @@ def _rows_of(db: Path) -> list[tuple[str, str, int]]:
 
 
 def test_values_nowhere_in_clear_at_debug_level(workdir: Path) -> None:
-    """ASCII, non-ASCII and 1 MiB values: absent from the db, WAL, the daemon's debug log and
+    """ASCII, non-ASCII and 128 KiB values: absent from the db, WAL, the daemon's debug log and
     every answer but secret.get (records, export, info, errors); children get them exact."""
     values = {
         "ascii": f"pw-{uuid.uuid4().hex}",
         "uni": f"пароль-€-😀-{uuid.uuid4().hex}",
-        "big": "B" * ((1 << 20) - 40) + uuid.uuid4().hex,
+        # The largest value secret.set takes: "big=" + value + NUL is 128 KiB.
+        "big": "B" * ((1 << 17) - len("big=") - 1 - 32) + uuid.uuid4().hex,
     }
     marks = [values["ascii"], values["uni"], values["big"][-32:]]
     out = workdir / "out"
@@ -242,11 +243,17 @@ def test_values_nowhere_in_clear_at_debug_level(workdir: Path) -> None:
             env_from_secrets={"U": "uni", "A": "ascii"},
         )["id"]
         answers.append(finish(c, job))
-        # Over the kernel's 128 KiB per variable: refused at spawn, the value not repeated.
-        too_big = c.call("job.submit", command=["true"], env_from_secrets={"B": "big"})["id"]
+        # Named by a longer variable, the largest value is over the kernel's 128 KiB per
+        # environment string: refused at spawn, the value not repeated.
+        too_big = c.call(
+            "job.submit", command=["true"], env_from_secrets={"BIG_SECRET_VALUE": "big"}
+        )["id"]
         failed = finish(c, too_big)
         assert failed["status"] == "failed" and "too long" in failed["error"], failed
         answers.append(failed)
+        # Under its own name it fits.
+        fits = c.call("job.submit", command=["true"], env_from_secrets={"B": "big"})["id"]
+        assert finish(c, fits)["status"] == "succeeded"
         assert out.read_text() == values["uni"]
         c.call(
             "service.define",
