@@ -200,3 +200,30 @@ def test_key_from_flag_env_and_systemd_credential(workdir: Path) -> None:
         assert c.call("secret.get", name="a")["value"] == "va"
         assert c.call("system.info")["secrets_key_file"] == str(creds / CREDENTIAL_NAME)
     assert not d.db_path.with_name(d.db_path.name + ".secrets-key").exists()
+
+
+def test_a_lost_key_that_sealed_nothing_is_replaced(workdir: Path) -> None:
+    """No secret was ever stored: a lost (or other) key file locks nothing out; a new key is
+    made. Once a secret is stored, the key it was sealed with is required again."""
+    key = workdir / "hp.db.secrets-key"
+    with daemon_running(workdir) as d, d.client() as c:
+        assert c.call("secret.list")["secrets"] == []
+    first = key.read_bytes()
+    key.unlink()
+    with daemon_running(workdir) as d, d.client() as c:  # a new key, not a refusal
+        value = _value()
+        c.call("secret.set", name="db_password", value=value)
+    second = key.read_bytes()
+    assert second != first and len(second) == KEY_BYTES
+    key.unlink()
+    reason, _ = refused(d.argv)
+    assert str(key) in reason and "restore" in reason, reason
+    assert not key.exists(), "a new key was made for secrets sealed with another"
+    key.write_bytes(second)
+    key.chmod(0o600)
+    with daemon_running(workdir) as d, d.client() as c:
+        assert c.call("secret.get", name="db_password")["value"] == value
+        c.call("secret.delete", name="db_password")
+    key.unlink()  # nothing sealed any more: a new key again
+    with daemon_running(workdir) as d, d.client() as c:
+        assert c.call("secret.list")["secrets"] == []

@@ -430,6 +430,14 @@ SELECT check_token FROM secrets_key WHERE id = 1
 -- Remember which key seals this database's secrets.
 INSERT INTO secrets_key (id, check_token, created_at) VALUES (1, ?, ?)
 
+-- secret_any_sealed --
+-- Whether a value sealed with this database's key is stored (else the key guards nothing).
+SELECT 1 FROM secrets WHERE sealed = 1 LIMIT 1
+
+-- secret_key_check_forget --
+-- A key that sealed nothing is forgotten, so that a new one can be made.
+DELETE FROM secrets_key WHERE id = 1
+
 -- secret_list --
 -- Secret names (never values) and when they changed.
 SELECT name, updated_at FROM secrets ORDER BY name

@@ -15,7 +15,7 @@ from typing import Any
 from hero_procd.errors import HeroError, NotFound, StorageError
 from hero_procd.model import now
 from hero_procd.secretbox import KeyFileError, SecretBox, WrongKey
-from hero_procd.store.pool import Conn, DbPool, chunks
+from hero_procd.store.pool import Conn, DbPool, chunks, is_postgres
 from hero_procd.store.queries import Q, with_marks
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,23 @@ class SecretsApi:
         self.box: SecretBox | None = None
 
     async def has_key(self) -> bool:
-        """Whether this database's secrets were already sealed with some key."""
-        return await self.pool.fetch_one(Q["secret_key_check"]) is not None
+        """Whether this database holds values sealed with some key (which it then needs).
+
+        A key recorded at an earlier start that sealed nothing (no secret stored)
+        is forgotten here, so that a database moved without its key file, or
+        whose key file was lost before any secret was set, starts with a new key
+        rather than being locked out for nothing.
+        """
+
+        def check(conn: Conn) -> bool:
+            if conn.execute(Q["secret_key_check"]).fetchone() is None:
+                return False
+            if conn.execute(Q["secret_any_sealed"]).fetchone() is not None:
+                return True
+            conn.execute(Q["secret_key_check_forget"])
+            return False
+
+        return await self.pool.write(check)
 
     async def unlock(self, box: SecretBox) -> Unlocked:
         """Check `box`'s key against the database's, then seal the rows stored in clear.
@@ -70,6 +85,17 @@ class SecretsApi:
             rows = conn.execute(Q["secret_clear_rows"]).fetchall()
             if not rows:
                 return 0
+            if is_postgres(conn):  # no PRAGMA, no WAL file: one transaction seals them
+                conn.execute("BEGIN")
+                try:
+                    conn.executemany(
+                        Q["secret_seal_row"], [(box.seal(r[0], r[1]), r[0]) for r in rows]
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                return len(rows)
             was = int(conn.execute("PRAGMA secure_delete").fetchone()[0])
             conn.execute("PRAGMA secure_delete=ON")
             try:
