@@ -4,6 +4,8 @@ in Python on PostgreSQL; job.get; timestamps to the last bit)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,43 @@ def test_names_sort_bytewise_on_a_database_with_a_linguistic_collation(tmp_path:
     lite = run_with_store(tmp_path / "o.db", _group_order)
     assert lite == sorted(_NAMES, key=lambda s: s.encode())
     assert pg == lite
+
+
+def _caught_violation(conn: Any) -> str:
+    """A unit that meets a unique violation, handles it, and goes on writing (fine on
+    SQLite; on PostgreSQL the failed statement aborts the transaction unless the unit
+    wrapped it in a savepoint of its own — the writer gives each unit one)."""
+    conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('dup', 1)")
+    try:
+        conn.execute("INSERT INTO groups (name, max_parallel) VALUES ('dup', 1)")
+    except Exception as exc:  # the unit's own handling
+        return type(exc).__name__
+    return "no error"
+
+
+async def _violations(store: Store) -> tuple[list[str], list[str]]:
+    async def other(name: str) -> str:
+        await store.groups.set(name, 1)
+        return "ok"
+
+    results = await asyncio.gather(
+        other("before"),
+        store.pool.write(_caught_violation),
+        other("after"),
+        *(other(f"n{i}") for i in range(random.randrange(1, 20))),
+        return_exceptions=True,
+    )
+    shown = [r if isinstance(r, str) else type(r).__name__ for r in results[:3]]
+    assert all(r == "ok" for i, r in enumerate(results) if i != 1), results
+    return shown, sorted(n for n in (await store.groups.all()) if not n.startswith("n"))
+
+
+def test_a_unit_meeting_a_violation_never_undoes_the_units_beside_it(tmp_path: Path) -> None:
+    """In one group commit: the units beside the one that met a unique violation commit on
+    both backends. On PostgreSQL the unit that went on after its failed statement is undone
+    and told so (a StorageError); before, the aborted transaction failed the whole group."""
+    lite = run_with_store(tmp_path / "v.db", _violations)
+    with pg_schema() as dsn:
+        pg = run_with_store(dsn, _violations)
+    assert lite == (["ok", "IntegrityError", "ok"], ["after", "before", "dup"])
+    assert pg == (["ok", "StorageError", "ok"], ["after", "before"])

@@ -234,6 +234,11 @@ class Writer:
         # A caller cancelled here does not cancel the unit: it runs and commits as queued.
         return await fut
 
+    def _aborted(self, conn: Conn) -> bool:
+        """Whether a statement failed in the transaction, which takes no more (PostgreSQL;
+        SQLite goes on after a failed statement)."""
+        return False
+
     def _retryable(self, exc: BaseException) -> bool:
         """Whether a unit that raised `exc` may run again in the same group (SQLite: never)."""
         return False
@@ -340,6 +345,17 @@ class Writer:
                         conn.execute("RELEASE unit")
                         out.append((False, _failure(exc)))
                     else:
+                        if self._aborted(conn):
+                            # PostgreSQL: a statement of the unit failed and the unit went on
+                            # (handled it): the transaction is aborted. Undo this unit alone;
+                            # the others of the group are written.
+                            conn.execute("ROLLBACK TO unit")
+                            conn.execute("RELEASE unit")
+                            err = StorageError(
+                                "a statement of this write failed (the write was undone)"
+                            )
+                            out.append((False, err))
+                            continue
                         conn.execute("RELEASE unit")
                         out.append((True, value))
             conn.execute("COMMIT")

@@ -312,6 +312,9 @@ class PgWriter(Writer):
             raise
         self._conn = PgConn(raw)
 
+    def _aborted(self, conn: Any) -> bool:
+        return bool(conn.raw.info.transaction_status == TransactionStatus.INERROR)
+
     def _retryable(self, exc: BaseException) -> bool:
         return isinstance(exc, pg_errors.DeadlockDetected | pg_errors.SerializationFailure)
 
