@@ -234,6 +234,11 @@ class Writer:
         # A caller cancelled here does not cancel the unit: it runs and commits as queued.
         return await fut
 
+    def _begin(self, conn: Conn) -> Conn:
+        """Open the group's transaction; the connection it runs on."""
+        conn.execute(self.BEGIN)
+        return conn
+
     def _aborted(self, conn: Conn) -> bool:
         """Whether a statement failed in the transaction, which takes no more (PostgreSQL;
         SQLite goes on after a failed statement)."""
@@ -295,7 +300,7 @@ class Writer:
             except BaseException as exc:
                 return [(False, _failure(exc))]
         try:
-            conn.execute(self.BEGIN)
+            conn = self._begin(conn)
         except DB_ERRORS as exc:
             err = translate(exc)
             return [(False, err) for _ in group]

@@ -312,6 +312,19 @@ class PgWriter(Writer):
             raise
         self._conn = PgConn(raw)
 
+    def _begin(self, conn: Any) -> Any:
+        try:
+            conn.execute(self.BEGIN)
+        except psycopg.OperationalError:
+            if not conn.raw.broken:
+                raise
+            # The server dropped the session while it was idle (a restart, a terminated
+            # backend): nothing of the group was sent; run it on a new connection.
+            conn.raw.close()
+            self._conn = conn = PgConn(_connect(self.dsn, self.schema, self.idle_tx_s))
+            conn.execute(self.BEGIN)
+        return conn
+
     def _aborted(self, conn: Any) -> bool:
         return bool(conn.raw.info.transaction_status == TransactionStatus.INERROR)
 
@@ -341,15 +354,24 @@ class PgWriter(Writer):
 class _ReaderCursor:
     """`async with reader.execute(sql, params) as cur` over a psycopg async cursor."""
 
-    def __init__(self, raw: psycopg.AsyncConnection[Any], sql: str, params: Any) -> None:
-        self.raw = raw
+    def __init__(self, reader: PgReader, sql: str, params: Any) -> None:
+        self.reader = reader
         self.sql = sql
         self.params = params
         self.cur: Any = None
 
     async def __aenter__(self) -> Any:
-        self.cur = self.raw.cursor()
-        await self.cur.execute(to_pg(self.sql), self.params)
+        self.cur = self.reader.raw.cursor()
+        try:
+            await self.cur.execute(to_pg(self.sql), self.params)
+        except psycopg.OperationalError:
+            if not self.reader.raw.broken or self.reader.dsn is None:
+                raise
+            # The server dropped the idle session (a restart, a terminated backend): one
+            # read-only statement, run again on a new connection.
+            await self.reader.reconnect()
+            self.cur = self.reader.raw.cursor()
+            await self.cur.execute(to_pg(self.sql), self.params)
         return self.cur
 
     async def __aexit__(self, *exc: object) -> None:
@@ -363,12 +385,30 @@ class _ReaderCursor:
 class PgReader:
     """A reader connection as the sub-APIs use one (aiosqlite's `execute` shape)."""
 
-    def __init__(self, raw: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(
+        self, raw: psycopg.AsyncConnection[Any], dsn: str | None = None, schema: str = ""
+    ) -> None:
         self.raw = raw
+        self.dsn = dsn
+        self.schema = schema
 
     def execute(self, sql: str, params: Any = ()) -> _ReaderCursor:
         """A statement whose cursor is open for the `async with` block."""
-        return _ReaderCursor(self.raw, sql, params)
+        return _ReaderCursor(self, sql, params)
+
+    async def reconnect(self) -> None:
+        """Replace a broken connection by a new one (StorageError if unreachable)."""
+        assert self.dsn is not None
+        with contextlib.suppress(psycopg.Error):
+            await self.raw.close()
+        try:
+            raw = await psycopg.AsyncConnection.connect(
+                self.dsn, **_connect_kwargs(self.schema, reader=True)
+            )
+        except psycopg.Error as exc:
+            raise StorageError("the database is unreachable", {"detail": str(exc).strip()}) from exc
+        _configure(raw)
+        self.raw = raw
 
 
 class PgPool:
@@ -477,7 +517,7 @@ class PgPool:
         except psycopg.Error as exc:
             raise StorageError("the database is unreachable", {"detail": str(exc).strip()}) from exc
         _configure(raw)
-        reader = PgReader(raw)
+        reader = PgReader(raw, self.dsn, self.schema)
         self._open.append(reader)
         return reader
 
