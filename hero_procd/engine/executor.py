@@ -224,6 +224,10 @@ class Executor:
             if c.id in self._cancel_pending:
                 self._cancel_pending.discard(c.id)
                 rj.terminated_for = "cancelled"
+            elif self._paused:
+                # Paused while the claim was in flight (the lease lost, stop all jobs):
+                # nothing new starts; the job is queued again, the attempt not counted.
+                rj.terminated_for = "interrupted"
             self.running[c.id] = rj
         if claimed:
             self.app.feed.publish("jobs")

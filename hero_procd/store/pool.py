@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -41,6 +42,8 @@ CHUNK = 999
 BUSY_TIMEOUT_MS = 5000
 # Units per group transaction: bounds how long one commit holds the writer.
 MAX_GROUP = 512
+# Times a unit deadlocked by another node's transaction (PostgreSQL) is run again.
+UNIT_RETRIES = 10
 # How long a closing writer waits for the units handed to it (above the busy timeout).
 CLOSE_TIMEOUT_S = 10.0
 # A file that is not ours, or not a database, must be told within this time.
@@ -231,6 +234,16 @@ class Writer:
         # A caller cancelled here does not cancel the unit: it runs and commits as queued.
         return await fut
 
+    def _begin(self, conn: Conn) -> Conn:
+        """Open the group's transaction; the connection it runs on."""
+        conn.execute(self.BEGIN)
+        return conn
+
+    def _aborted(self, conn: Conn) -> bool:
+        """Whether a statement failed in the transaction, which takes no more (PostgreSQL;
+        SQLite goes on after a failed statement)."""
+        return False
+
     def _retryable(self, exc: BaseException) -> bool:
         """Whether a unit that raised `exc` may run again in the same group (SQLite: never)."""
         return False
@@ -287,7 +300,7 @@ class Writer:
             except BaseException as exc:
                 return [(False, _failure(exc))]
         try:
-            conn.execute(self.BEGIN)
+            conn = self._begin(conn)
         except DB_ERRORS as exc:
             err = translate(exc)
             return [(False, err) for _ in group]
@@ -306,18 +319,28 @@ class Writer:
                     try:
                         value = unit.fn(conn)
                     except BaseException as exc:
-                        if self._retryable(exc) and conn.in_transaction:
+                        retried = 0
+                        while (
+                            self._retryable(exc) and conn.in_transaction and retried < UNIT_RETRIES
+                        ):
                             # Another node's transaction deadlocked this unit (PostgreSQL):
-                            # its savepoint is undone; run it once more.
+                            # its savepoint is undone; run it again after a random pause that
+                            # grows (crossing units of two nodes deadlocked again at once).
+                            retried += 1
                             conn.execute("ROLLBACK TO unit")
+                            time.sleep(random.uniform(0.0, min(0.2, 0.005 * 2**retried)))
                             try:
                                 value = unit.fn(conn)
                             except BaseException as again:
                                 exc = again
                             else:
-                                conn.execute("RELEASE unit")
-                                out.append((True, value))
-                                continue
+                                break
+                        else:
+                            retried = -1
+                        if retried >= 0:
+                            conn.execute("RELEASE unit")
+                            out.append((True, value))
+                            continue
                         if not conn.in_transaction:
                             # SQLite rolled the whole transaction back (disk full, I/O
                             # error): nothing of the group is written; say why.
@@ -327,6 +350,17 @@ class Writer:
                         conn.execute("RELEASE unit")
                         out.append((False, _failure(exc)))
                     else:
+                        if self._aborted(conn):
+                            # PostgreSQL: a statement of the unit failed and the unit went on
+                            # (handled it): the transaction is aborted. Undo this unit alone;
+                            # the others of the group are written.
+                            conn.execute("ROLLBACK TO unit")
+                            conn.execute("RELEASE unit")
+                            err = StorageError(
+                                "a statement of this write failed (the write was undone)"
+                            )
+                            out.append((False, err))
+                            continue
                         conn.execute("RELEASE unit")
                         out.append((True, value))
             conn.execute("COMMIT")
