@@ -179,3 +179,58 @@ def test_without_the_extension_the_leader_is_moved_right_after_spawn(
         os.close(child.pidfd)
         os.close(child.stdout_fd)
         os.close(child.stderr_fd)
+
+
+_CLOSED_STDIO_SCRIPT = r"""
+import os, sys
+from hero_procd.engine import procs
+report = int(sys.argv[1])
+for fd in map(int, sys.argv[2].split(",")):
+    os.close(fd)
+for capture in (True, False):
+    child = procs.spawn(
+        ["sh", "-c", "echo out && echo err >&2"], {"PATH": os.defpath}, None, capture=capture
+    )
+    got = []
+    for fd in (child.stdout_fd, child.stderr_fd):
+        if fd >= 0:
+            os.set_blocking(fd, True)
+            got.append(os.read(fd, 100).decode())
+    code = procs.reap_blocking(child.pid)
+    os.write(report, f"{capture} {procs.spawner_name()} {code} {got!r}\n".encode())
+"""
+
+
+@pytest.mark.parametrize("closed", ["0,1,2", "0,1", "0"])
+@pytest.mark.parametrize("ext", [True, False])
+def test_a_daemon_with_closed_stdio_still_gives_children_their_pipes(
+    closed: str, ext: bool
+) -> None:
+    """Started with 0, 1 or 2 closed, the daemon's pipes land there: the child still gets
+    stdin from /dev/null and its stdout/stderr on the pipes (the extension used to leave
+    a pipe on fd 1 close-on-exec, or put /dev/null on top of it)."""
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    env = dict(os.environ)
+    env.pop("HERO_PROC_NO_SPAWN_EXT", None)
+    if not ext:
+        env["HERO_PROC_NO_SPAWN_EXT"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLOSED_STDIO_SCRIPT, str(w), closed],
+        pass_fds=(w,),
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(w)
+    lines = _read_all(r).decode().splitlines()
+    assert proc.returncode == 0, lines
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("True ") and lines[0].endswith(" 0 ['out\\n', 'err\\n']"), lines
+    assert lines[1].startswith("False ") and lines[1].endswith(" 0 []"), lines
+    if ext and procs._EXT is not None:
+        assert lines[0].split()[1] in ("clone3", "clone")
