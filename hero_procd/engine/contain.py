@@ -94,6 +94,10 @@ class Cell:
         """SIGKILL every process of the cell, escapees included."""
         raise NotImplementedError
 
+    def holds(self, pid: int) -> bool:
+        """True if process `pid` is in the cell now, or where the cell cannot tell."""
+        return True
+
     def populated(self) -> bool:
         """True while a live process is in the cell."""
         raise NotImplementedError
@@ -370,6 +374,10 @@ class CgroupCell(Cell):
             return [int(p) for p in _read(os.path.join(self.path, "cgroup.procs")).split()]
         except (OSError, ValueError):
             return []
+
+    def holds(self, pid: int) -> bool:
+        """True if process `pid` is in the cgroup now."""
+        return pid in self.pids()
 
     def signal(self, sig: int) -> bool:
         """`sig` to every process of the cgroup (and the leader's group, for a zombie leader)."""
