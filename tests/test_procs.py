@@ -3,6 +3,7 @@ the Popen fallback), and spawning straight into a cgroup."""
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import shutil
@@ -234,3 +235,35 @@ def test_a_daemon_with_closed_stdio_still_gives_children_their_pipes(
     assert lines[1].startswith("False ") and lines[1].endswith(" 0 []"), lines
     if ext and procs._EXT is not None:
         assert lines[0].split()[1] in ("clone3", "clone")
+
+
+@pytest.mark.parametrize(
+    "argv, env, cwd",
+    [
+        (["echo", "a\0b"], {}, None),
+        (["echo\0x"], {}, None),
+        (["echo"], {"A": "x\0y"}, None),
+        (["echo"], {"A\0B": "x"}, None),
+        (["echo"], {"A=B": "x"}, None),
+        (["echo"], {"": "x"}, None),
+        (["echo"], {}, "/tmp\0/nope"),
+        ([], {}, None),
+    ],
+)
+@pytest.mark.parametrize("ext", [True, False])
+def test_a_nul_or_a_bad_env_name_is_refused_by_every_spawner(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    ext: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The extension and posix_spawn take C strings and would cut "a\\0b" to "a": the
+    spawn is refused (EINVAL) whichever spawner runs, and nothing is started."""
+    if not ext:
+        monkeypatch.setattr(procs, "_EXT", None)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError) as info:
+        procs.spawn(argv, {"PATH": os.defpath, **env}, cwd)
+    assert info.value.errno == errno.EINVAL
+    assert set(os.listdir("/proc/self/fd")) == before
