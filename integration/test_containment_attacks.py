@@ -246,3 +246,67 @@ def test_forking_service_with_a_bad_pid_file_follows_its_cell(
     assert status(c, name)["restarts"] == 0
     c.call("service.delete", name=name)
     no_cells_left(c)
+
+
+def subtree_procs(root: str) -> list[int]:
+    try:
+        return [int(p) for p in Path(root, "cgroup.procs").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_a_process_that_moves_itself_into_the_daemons_subtree_dies_with_its_job(
+    c: Client,
+) -> None:
+    """As root a process may write its pid to any cgroup.procs. One that moves from its
+    cell into the daemon's subtree itself is killed when a cell is released (it would
+    outlive its job and keep the subtree from being removed at stop)."""
+    root = info(c)["cgroup"]
+    script = (
+        f"sh -c 'echo $$ > {root}/cgroup.procs && echo $$ && exec sleep 300' & "
+        f"sleep {random.uniform(0.2, 0.6):.2f}; exit 0"
+    )
+    job_id = c.call("job.submit", script=script)["id"]
+    (pid,) = printed_pids(c, job_id, 1)
+    assert finish(c, job_id)["status"] == "succeeded"
+    wait_dead(pid, "a process that moved itself into the daemon's subtree")
+    assert subtree_procs(root) == []
+    no_cells_left(c)
+
+
+def test_daemon_stop_kills_what_moved_into_its_subtree_and_removes_it() -> None:
+    """At stop (a service still running, one of its processes moved out of its cell into
+    the subtree): the stray is killed and the subtree removed."""
+    with daemon_running(env={"HERO_PROC_CONTAINMENT": "auto"}) as proc, proc.client() as c:
+        if info(c)["containment"] != "cgroup2":
+            pytest.skip("no writable cgroup v2 tree here")
+        root = info(c)["cgroup"]
+        define(
+            c,
+            "mover",
+            ["sh", "-c", f"sh -c 'echo $$ > {root}/cgroup.procs; exec sleep 300' & exec sleep 300"],
+        )
+        start_running(c, "mover")
+        stray = wait_for(lambda: (subtree_procs(root) or [None])[0], "a stray in the subtree")
+    wait_dead(stray, "a stray of the subtree after the daemon stopped")
+    assert not os.path.exists(root), "the subtree is removed with the daemon"
+
+
+def test_restart_after_kill_9_kills_what_moved_into_the_subtree(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    daemon = DaemonProcess(workdir, env={"HERO_PROC_CONTAINMENT": "auto"})
+    started.append(daemon.start())
+    with daemon.client() as c:
+        if info(c)["containment"] != "cgroup2":
+            pytest.skip("no writable cgroup v2 tree here")
+        root = info(c)["cgroup"]
+        script = f"env -i sh -c 'echo $$ > {root}/cgroup.procs; exec sleep 300' & sleep 300"
+        c.call("job.submit", script=script)
+        stray = wait_for(lambda: (subtree_procs(root) or [None])[0], "a stray in the subtree")
+    daemon.kill()
+    assert is_alive(stray)
+    started.append(daemon.start())
+    wait_dead(stray, "a stray in the subtree of a daemon killed by -9")
+    assert daemon.stop() == 0
+    assert not os.path.exists(root)
