@@ -255,6 +255,11 @@ def subtree_procs(root: str) -> list[int]:
         return []
 
 
+def first_stray(root: str) -> int | None:
+    pids = subtree_procs(root)
+    return pids[0] if pids else None
+
+
 def test_a_process_that_moves_itself_into_the_daemons_subtree_dies_with_its_job(
     c: Client,
 ) -> None:
@@ -287,7 +292,7 @@ def test_daemon_stop_kills_what_moved_into_its_subtree_and_removes_it() -> None:
             ["sh", "-c", f"sh -c 'echo $$ > {root}/cgroup.procs; exec sleep 300' & exec sleep 300"],
         )
         start_running(c, "mover")
-        stray = wait_for(lambda: (subtree_procs(root) or [None])[0], "a stray in the subtree")
+        stray = wait_for(lambda: first_stray(root), "a stray in the subtree")
     wait_dead(stray, "a stray of the subtree after the daemon stopped")
     assert not os.path.exists(root), "the subtree is removed with the daemon"
 
@@ -303,7 +308,7 @@ def test_restart_after_kill_9_kills_what_moved_into_the_subtree(
         root = info(c)["cgroup"]
         script = f"env -i sh -c 'echo $$ > {root}/cgroup.procs; exec sleep 300' & sleep 300"
         c.call("job.submit", script=script)
-        stray = wait_for(lambda: (subtree_procs(root) or [None])[0], "a stray in the subtree")
+        stray = wait_for(lambda: first_stray(root), "a stray in the subtree")
     daemon.kill()
     assert is_alive(stray)
     started.append(daemon.start())
