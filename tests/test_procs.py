@@ -338,3 +338,35 @@ def test_children_start_clean_while_the_spawning_process_is_hammered_by_signals(
         # posix_spawn's leader is moved after it started: it may read the old cgroup
         assert how == "posix_spawn" or want in out.splitlines(), out
     assert got, "the flood reached this process"
+
+
+@pytest.mark.parametrize("how", ["clone3", "clone+write", "posix_spawn"])
+@pytest.mark.parametrize("failure", ["e2big", "eacces", "enoexec-dir", "bad-cwd"])
+def test_exec_failures_are_reported_and_leak_nothing(
+    cgroup_dir: str, how: str, failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argv past ARG_MAX, a program that is not executable, a directory, a cwd that is
+    a file: an OSError with the errno, no descriptor left open, no process left in the cell."""
+    if how == "clone+write":
+        monkeypatch.setattr(procs, "_clone3_works", False)
+    elif how == "posix_spawn":
+        monkeypatch.setattr(procs, "_EXT", None)
+    plain = tmp_path / "plain"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    argv, cwd, want = {
+        "e2big": (["true", "x" * (256 << 10)] * 16, None, errno.E2BIG),
+        "eacces": ([str(plain)], None, errno.EACCES),
+        "enoexec-dir": ([str(tmp_path)], None, errno.EACCES),
+        "bad-cwd": (["true"], str(plain), errno.ENOTDIR),
+    }[failure]
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(OSError) as info:
+            procs.spawn(argv, dict(os.environ), cwd, cgroup=cgroup_dir)
+        assert info.value.errno == want, info.value
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    wait = time.monotonic() + 10
+    while Path(cgroup_dir, "cgroup.procs").read_text().split() and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert Path(cgroup_dir, "cgroup.procs").read_text().split() == []
