@@ -315,3 +315,29 @@ def test_restart_after_kill_9_kills_what_moved_into_the_subtree(
     wait_dead(stray, "a stray in the subtree of a daemon killed by -9")
     assert daemon.stop() == 0
     assert not os.path.exists(root)
+
+
+def test_forking_is_refused_with_process_groups() -> None:
+    """With process groups a daemonizing program leaves the launcher's group at once: the
+    service was restarted again and again, every copy left running. type forking is
+    refused there (-32602 naming the field), and the daemon keeps serving."""
+    with (
+        daemon_running(env={"HERO_PROC_CONTAINMENT": "process-group"}) as proc,
+        proc.client() as c,
+    ):
+        extras: list[dict[str, Any]] = [{}, {"pid_file": "/tmp/hp-never.pid"}]
+        for extra in extras:
+            with pytest.raises(HeroError) as info:
+                c.call(
+                    "service.define",
+                    name="fk",
+                    command=["sh", "-c", "setsid sleep 300 & exit 0"],
+                    type="forking",
+                    **extra,
+                )
+            assert info.value.code == -32602
+            assert info.value.data is not None and info.value.data["field"] == "type"
+            assert "cgroup v2" in str(info.value.data)
+        define(c, "simple", ["sleep", "300"])
+        start_running(c, "simple")
+        c.call("service.stop", name="simple")

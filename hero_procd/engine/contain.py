@@ -123,13 +123,24 @@ class Containment:
 
     kind: str = PROCESS_GROUP
     controllers: tuple[str, ...] = ()
+    # A cell keeps a process that left its session and group (cgroups do; process groups not).
+    follows_escapees: bool = False
 
     def cell(self, label: str, limits: dict[str, Any] | None = None) -> Cell:
         """A new cell for one attempt, run or check (created at its spawn)."""
         raise NotImplementedError
 
     def check_limits(self, spec: dict[str, Any], path: str = "") -> None:
-        """Refuse (-32602) a limit whose controller is not usable here, naming it."""
+        """Refuse (-32602) a limit whose controller is not usable here, naming it; and a
+        `type: forking` service without cgroups (a process group loses a program that
+        daemonizes: it was restarted over and over, each copy left running)."""
+        if spec.get("type") == "forking" and not self.follows_escapees:
+            where = f"{path}.type" if path else "type"
+            raise InvalidParams(
+                where,
+                f"forking needs cgroup v2 containment: containment is {self.kind} "
+                "(a process group cannot follow a program that daemonizes)",
+            )
         for field, controller in LIMIT_CONTROLLERS.items():
             if spec.get(field) is None or controller in self.controllers:
                 continue
@@ -513,6 +524,7 @@ class CgroupContainment(Containment):
     """A cgroup v2 subtree of the daemon's, one child cgroup per cell."""
 
     kind = CGROUP2
+    follows_escapees = True
 
     def __init__(self, mount: str, subtree: str, controllers: tuple[str, ...]) -> None:
         self.mount = mount
