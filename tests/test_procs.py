@@ -3,6 +3,7 @@ the Popen fallback), and spawning straight into a cgroup."""
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import shutil
@@ -179,3 +180,193 @@ def test_without_the_extension_the_leader_is_moved_right_after_spawn(
         os.close(child.pidfd)
         os.close(child.stdout_fd)
         os.close(child.stderr_fd)
+
+
+_CLOSED_STDIO_SCRIPT = r"""
+import os, sys
+from hero_procd.engine import procs
+report = int(sys.argv[1])
+for fd in map(int, sys.argv[2].split(",")):
+    os.close(fd)
+for capture in (True, False):
+    child = procs.spawn(
+        ["sh", "-c", "echo out && echo err >&2"], {"PATH": os.defpath}, None, capture=capture
+    )
+    got = []
+    for fd in (child.stdout_fd, child.stderr_fd):
+        if fd >= 0:
+            os.set_blocking(fd, True)
+            got.append(os.read(fd, 100).decode())
+    code = procs.reap_blocking(child.pid)
+    os.write(report, f"{capture} {procs.spawner_name()} {code} {got!r}\n".encode())
+"""
+
+
+@pytest.mark.parametrize("closed", ["0,1,2", "0,1", "0"])
+@pytest.mark.parametrize("ext", [True, False])
+def test_a_daemon_with_closed_stdio_still_gives_children_their_pipes(
+    closed: str, ext: bool
+) -> None:
+    """Started with 0, 1 or 2 closed, the daemon's pipes land there: the child still gets
+    stdin from /dev/null and its stdout/stderr on the pipes (the extension used to leave
+    a pipe on fd 1 close-on-exec, or put /dev/null on top of it)."""
+    import subprocess
+    import sys
+
+    r, w = os.pipe()
+    env = dict(os.environ)
+    env.pop("HERO_PROC_NO_SPAWN_EXT", None)
+    if not ext:
+        env["HERO_PROC_NO_SPAWN_EXT"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLOSED_STDIO_SCRIPT, str(w), closed],
+        pass_fds=(w,),
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(w)
+    lines = _read_all(r).decode().splitlines()
+    assert proc.returncode == 0, lines
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("True ") and lines[0].endswith(" 0 ['out\\n', 'err\\n']"), lines
+    assert lines[1].startswith("False ") and lines[1].endswith(" 0 []"), lines
+    if ext and procs._EXT is not None:
+        assert lines[0].split()[1] in ("clone3", "clone")
+
+
+@pytest.mark.parametrize(
+    "argv, env, cwd",
+    [
+        (["echo", "a\0b"], {}, None),
+        (["echo\0x"], {}, None),
+        (["echo"], {"A": "x\0y"}, None),
+        (["echo"], {"A\0B": "x"}, None),
+        (["echo"], {"A=B": "x"}, None),
+        (["echo"], {"": "x"}, None),
+        (["echo"], {}, "/tmp\0/nope"),
+        ([], {}, None),
+    ],
+)
+@pytest.mark.parametrize("ext", [True, False])
+def test_a_nul_or_a_bad_env_name_is_refused_by_every_spawner(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    ext: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The extension and posix_spawn take C strings and would cut "a\\0b" to "a": the
+    spawn is refused (EINVAL) whichever spawner runs, and nothing is started."""
+    if not ext:
+        monkeypatch.setattr(procs, "_EXT", None)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError) as info:
+        procs.spawn(argv, {"PATH": os.defpath, **env}, cwd)
+    assert info.value.errno == errno.EINVAL
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+def _mask(status: str, key: str) -> int:
+    line = next(ln for ln in status.splitlines() if ln.startswith(key + ":"))
+    return int(line.split()[1], 16)
+
+
+@pytest.mark.parametrize("how", ["clone3", "clone+write", "posix_spawn"])
+def test_children_start_clean_while_the_spawning_process_is_hammered_by_signals(
+    cgroup_dir: str, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spawns from 4 threads while another process floods this one with SIGUSR1 (handled
+    in Python) and SIGUSR2: every child starts with nothing blocked, no handler of the
+    parent's (caught ones back to default), and is born in its cgroup. The vfork child
+    shares the parent's memory: a parent handler running in it would corrupt the parent."""
+    import subprocess
+    import threading
+
+    if how == "clone+write":
+        monkeypatch.setattr(procs, "_clone3_works", False)
+    elif how == "posix_spawn":
+        monkeypatch.setattr(procs, "_EXT", None)
+    got: list[int] = []
+    old1 = signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+    old2 = signal.signal(signal.SIGUSR2, lambda *_: got.append(2))
+    flood = subprocess.Popen(
+        ["sh", "-c", f"while kill -USR1 {os.getpid()} && kill -USR2 {os.getpid()}; do :; done"]
+    )
+    results: list[tuple[int, int, int, str]] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(25):
+                child = procs.spawn(
+                    ["sh", "-c", "exec cat /proc/self/status /proc/self/cgroup"],
+                    dict(os.environ),
+                    None,
+                    cgroup=cgroup_dir,
+                )
+                out = _read_all(child.stdout_fd).decode()
+                _read_all(child.stderr_fd)
+                assert procs.reap_blocking(child.pid) == 0
+                os.close(child.pidfd)
+                results.append(
+                    (_mask(out, "SigBlk"), _mask(out, "SigCgt"), _mask(out, "SigIgn"), out)
+                )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        flood.kill()
+        flood.wait()
+        signal.signal(signal.SIGUSR1, old1)
+        signal.signal(signal.SIGUSR2, old2)
+    assert errors == []
+    assert len(results) == 100
+    want = "0::/" + os.path.relpath(cgroup_dir, cgroup2_mount() or "/")
+    usr = (1 << (signal.SIGUSR1 - 1)) | (1 << (signal.SIGUSR2 - 1))
+    for blocked, caught, ignored, out in results:
+        assert blocked == 0 and caught == 0, out
+        assert ignored & usr == 0, out
+        # posix_spawn's leader is moved after it started: it may read the old cgroup
+        assert how == "posix_spawn" or want in out.splitlines(), out
+    assert got, "the flood reached this process"
+
+
+@pytest.mark.parametrize("how", ["clone3", "clone+write", "posix_spawn"])
+@pytest.mark.parametrize("failure", ["e2big", "eacces", "enoexec-dir", "bad-cwd"])
+def test_exec_failures_are_reported_and_leak_nothing(
+    cgroup_dir: str, how: str, failure: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argv past ARG_MAX, a program that is not executable, a directory, a cwd that is
+    a file: an OSError with the errno, no descriptor left open, no process left in the cell."""
+    if how == "clone+write":
+        monkeypatch.setattr(procs, "_clone3_works", False)
+    elif how == "posix_spawn":
+        monkeypatch.setattr(procs, "_EXT", None)
+    plain = tmp_path / "plain"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    argv, cwd, want = {
+        "e2big": (["true", "x" * (256 << 10)] * 16, None, errno.E2BIG),
+        "eacces": ([str(plain)], None, errno.EACCES),
+        "enoexec-dir": ([str(tmp_path)], None, errno.EACCES),
+        "bad-cwd": (["true"], str(plain), errno.ENOTDIR),
+    }[failure]
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(OSError) as info:
+            procs.spawn(argv, dict(os.environ), cwd, cgroup=cgroup_dir)
+        assert info.value.errno == want, info.value
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    wait = time.monotonic() + 10
+    while Path(cgroup_dir, "cgroup.procs").read_text().split() and time.monotonic() < wait:
+        time.sleep(0.01)
+    assert Path(cgroup_dir, "cgroup.procs").read_text().split() == []

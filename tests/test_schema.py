@@ -367,6 +367,7 @@ async def open_harness(db_path: Path, *, paused: bool = True) -> AsyncIterator[H
     # the daemon to refusing them where a controller is missing).
     app.containment = ProcessGroupContainment("schema tests")
     app.containment.controllers = ("memory", "cpu", "pids", "io")
+    app.containment.follows_escapees = True  # and type forking
     executor = Executor(app)
     app.executor = executor
     await executor.start()

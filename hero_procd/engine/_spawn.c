@@ -55,7 +55,7 @@ static int child_main(void *arg) {
     struct ctx *c = arg;
     struct sigaction dfl;
     sigset_t none;
-    int s, fd;
+    int s, fd, out_fd, err_fd;
 
     if (c->procs_fd >= 0) {
         char buf[24];
@@ -83,13 +83,29 @@ static int child_main(void *arg) {
         sigaction(s, &dfl, NULL);
     }
     if (setsid() < 0) fail(c, STAGE_SETUP);
+    /* A daemon started with 0, 1 or 2 closed gets its pipes there: move them above 2
+       first, or /dev/null would land on top of one, and dup2(fd, fd) would keep the
+       close-on-exec flag (the child's stdout closed at exec). The copies are
+       close-on-exec; c is the parent's memory, so the moved fds stay local. */
+    out_fd = c->out_fd;
+    err_fd = c->err_fd;
+    if (out_fd < 3) {
+        out_fd = fcntl(out_fd, F_DUPFD_CLOEXEC, 3);
+        if (out_fd < 0) fail(c, STAGE_SETUP);
+    }
+    if (err_fd == c->out_fd) {
+        err_fd = out_fd;
+    } else if (err_fd < 3) {
+        err_fd = fcntl(err_fd, F_DUPFD_CLOEXEC, 3);
+        if (err_fd < 0) fail(c, STAGE_SETUP);
+    }
     fd = open("/dev/null", O_RDONLY);
     if (fd < 0) fail(c, STAGE_SETUP);
     if (fd != 0) {
         if (dup2(fd, 0) < 0) fail(c, STAGE_SETUP);
         close(fd);
     }
-    if (dup2(c->out_fd, 1) < 0 || dup2(c->err_fd, 2) < 0) fail(c, STAGE_SETUP);
+    if (dup2(out_fd, 1) < 0 || dup2(err_fd, 2) < 0) fail(c, STAGE_SETUP);
     if (c->cwd != NULL && chdir(c->cwd) != 0) fail(c, STAGE_CHDIR);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

@@ -94,6 +94,10 @@ class Cell:
         """SIGKILL every process of the cell, escapees included."""
         raise NotImplementedError
 
+    def holds(self, pid: int) -> bool:
+        """True if process `pid` is in the cell now, or where the cell cannot tell."""
+        return True
+
     def populated(self) -> bool:
         """True while a live process is in the cell."""
         raise NotImplementedError
@@ -119,13 +123,24 @@ class Containment:
 
     kind: str = PROCESS_GROUP
     controllers: tuple[str, ...] = ()
+    # A cell keeps a process that left its session and group (cgroups do; process groups not).
+    follows_escapees: bool = False
 
     def cell(self, label: str, limits: dict[str, Any] | None = None) -> Cell:
         """A new cell for one attempt, run or check (created at its spawn)."""
         raise NotImplementedError
 
     def check_limits(self, spec: dict[str, Any], path: str = "") -> None:
-        """Refuse (-32602) a limit whose controller is not usable here, naming it."""
+        """Refuse (-32602) a limit whose controller is not usable here, naming it; and a
+        `type: forking` service without cgroups (a process group loses a program that
+        daemonizes: it was restarted over and over, each copy left running)."""
+        if spec.get("type") == "forking" and not self.follows_escapees:
+            where = f"{path}.type" if path else "type"
+            raise InvalidParams(
+                where,
+                f"forking needs cgroup v2 containment: containment is {self.kind} "
+                "(a process group cannot follow a program that daemonizes)",
+            )
         for field, controller in LIMIT_CONTROLLERS.items():
             if spec.get(field) is None or controller in self.controllers:
                 continue
@@ -371,6 +386,10 @@ class CgroupCell(Cell):
         except (OSError, ValueError):
             return []
 
+    def holds(self, pid: int) -> bool:
+        """True if process `pid` is in the cgroup now."""
+        return pid in self.pids()
+
     def signal(self, sig: int) -> bool:
         """`sig` to every process of the cgroup (and the leader's group, for a zombie leader)."""
         if sig == signal.SIGKILL:
@@ -456,6 +475,7 @@ class CgroupCell(Cell):
     def _remove_now(self) -> bool:
         """Kill what is left and remove the cgroup if it is empty already (on a thread)."""
         self.kill()
+        self.owner.kill_strays()
         if self.populated():
             return False
         try:
@@ -504,6 +524,7 @@ class CgroupContainment(Containment):
     """A cgroup v2 subtree of the daemon's, one child cgroup per cell."""
 
     kind = CGROUP2
+    follows_escapees = True
 
     def __init__(self, mount: str, subtree: str, controllers: tuple[str, ...]) -> None:
         self.mount = mount
@@ -527,13 +548,34 @@ class CgroupContainment(Containment):
         name = f"{label}-{next(self._seq)}"
         return CgroupCell(self, name, limits or {})
 
+    def kill_strays(self) -> int:
+        """SIGKILL the processes in the subtree's own cgroup, outside every cell (blocking).
+
+        No process of the daemon's belongs there: one is there only because it moved
+        itself out of its cell (a root process may write its pid to any cgroup.procs),
+        and it would outlive its job and keep the subtree from being removed."""
+        try:
+            pids = [int(p) for p in _read(os.path.join(self.root, "cgroup.procs")).split()]
+        except (OSError, ValueError):
+            return 0
+        killed = 0
+        for pid in pids:
+            if pid == os.getpid():
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+                log.warning("killed a process that left its cell", extra={"pid": pid})
+        return killed
+
     async def recover(self) -> int:
-        """Kill and remove every cell a previous daemon of this database left."""
+        """Kill and remove every cell a previous daemon of this database left (and what
+        moved out of its cell into the subtree itself)."""
+        found = await asyncio.to_thread(self.kill_strays)
         try:
             names = [e.name for e in os.scandir(self.root) if e.is_dir()]
         except OSError:
             return 0
-        found = 0
         for name in names:
             cell = CgroupCell(self, name, {})
             cell.created = True
@@ -544,12 +586,31 @@ class CgroupContainment(Containment):
         return found
 
     async def close(self) -> None:
-        """Close the inotify descriptor; remove the subtree if no cell is left in it."""
+        """Close the inotify descriptor; kill what moved into the subtree itself; remove
+        the subtree if no cell is left in it."""
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
-        with contextlib.suppress(OSError):  # a cell still there (logged where it stuck)
-            await asyncio.to_thread(os.rmdir, self.root)
+        await asyncio.to_thread(self.kill_strays)
+        for delay in (0.0, 0.01, 0.05, 0.1, 0.5, 1.0):  # the killed ones may linger a moment
+            await asyncio.sleep(delay)
+            try:
+                await asyncio.to_thread(os.rmdir, self.root)
+            except FileNotFoundError:
+                return
+            except OSError:  # a cell still there (logged where it stuck), or EBUSY
+                if await asyncio.to_thread(self._only_cells_hold_it):
+                    return
+                continue
+            return
+
+    def _only_cells_hold_it(self) -> bool:
+        """True if the subtree is kept by a cell (not by a process of its own cgroup)."""
+        try:
+            own = _read(os.path.join(self.root, "cgroup.procs")).split()
+            return not own and any(e.is_dir() for e in os.scandir(self.root))
+        except OSError:
+            return True
         self.pool.shutdown(wait=False)
 
     def info(self) -> dict[str, Any]:

@@ -88,6 +88,7 @@ def spawn(
     when the program, the cwd or the cgroup cannot be used; nothing is left
     running then. Without `capture`, output goes to /dev/null (the Child's fds are -1).
     """
+    _no_nul(argv, env, cwd)
     if _EXT is not None:
         pid, out_fd, err_fd = _ext_spawn(argv, env, cwd, cgroup, capture)
     else:
@@ -113,6 +114,18 @@ def spawn(
             _nonblocking(fd)
     pidfd = os.pidfd_open(pid)
     return Child(pid, process_start_time(pid), pidfd, out_fd, err_fd)
+
+
+def _no_nul(argv: list[str], env: dict[str, str], cwd: str | None) -> None:
+    """execve, chdir and environ take C strings: "a\\0b" would run as "a" (the extension and
+    posix_spawn would cut it silently; Popen refuses). Refused whichever spawns, as an
+    OSError (EINVAL) like any other spawn failure. The API checks these first."""
+    texts = [*argv, *env, *env.values(), *([] if cwd is None else [cwd])]
+    bad = next((t for t in texts if "\0" in t), None)
+    if bad is None:
+        bad = next((k for k in env if "=" in k or not k), None)
+    if bad is not None or not argv:
+        raise OSError(errno.EINVAL, "a NUL in argv, env or cwd, or a bad env name", bad)
 
 
 def _resolve(program: str, env: dict[str, str]) -> str:

@@ -591,8 +591,13 @@ class ServiceOwner:
         With a `pid_file`, the process it names is the main one (shown as the pid):
         when it ends, what it left is killed, as for a simple service's main process.
         """
+        launched = self.pid_start_time
         try:
-            main = await self._main_from_pid_file(spec, cell)
+            left = await asyncio.to_thread(cell.pids)
+            if left:  # not the launcher's pid (reaped) while the pid file is awaited
+                self.pid, self.pid_start_time = left[0], procs.process_start_time(left[0])
+                await self._set_state(self.state)
+            main = await self._main_from_pid_file(spec, cell, launched)
             if main is not None:
                 self.pid, self.pid_start_time = main, procs.process_start_time(main)
                 await self._set_state(self.state)
@@ -612,8 +617,14 @@ class ServiceOwner:
             if not exited.done():
                 exited.set_result(None)
 
-    async def _main_from_pid_file(self, spec: dict[str, Any], cell: Cell) -> int | None:
-        """The pid its pid_file names, once written (within start_secs + 5 s), or None."""
+    async def _main_from_pid_file(
+        self, spec: dict[str, Any], cell: Cell, launched: float | None
+    ) -> int | None:
+        """The pid its pid_file names, once written (within start_secs + 5 s), or None.
+
+        Only a process of the cell counts (where the cell can tell; elsewhere one started
+        no earlier than the launcher): a stale file of a previous run, or one naming
+        another program, is waited past rather than followed."""
         pid_file = spec.get("pid_file")
         if not pid_file:
             return None
@@ -626,8 +637,10 @@ class ServiceOwner:
             except (OSError, ValueError, IndexError):
                 await asyncio.sleep(0.05)
                 continue
-            if pid > 1:
-                return pid
+            if pid > 1 and pid != os.getpid() and await asyncio.to_thread(cell.holds, pid):
+                started = procs.process_start_time(pid)
+                if started is not None and (launched is None or started >= launched):
+                    return pid
             await asyncio.sleep(0.05)
         log.warning("service wrote no usable pid file", extra={"service": self.name})
         return None
