@@ -313,24 +313,9 @@ def command_spec_from(raw: Mapping[str, Any], path: str, *, require_command: boo
         return _bare_spec(command, script, interpreter, path, require_command=require_command)
     env = get("env")
     cwd = get("cwd")
-    if command is not None:
-        command = _str_list(command, path, "command")
-    if script is not None:
-        if not isinstance(script, str):
-            raise InvalidParams(_where(path, "script"), "must be a string")
-        if NUL in script:
-            raise InvalidParams(_where(path, "script"), "must not contain a NUL character")
-    if interpreter is not None:
-        # A lone string is one argv item: checked as the list it becomes.
-        interpreter = _str_list(
-            [interpreter] if isinstance(interpreter, str) else interpreter, path, "interpreter"
-        )
-    if command is not None and script is not None:
-        raise InvalidParams(_where(path, "script"), "give either command or script, not both")
-    if interpreter is not None and script is None:
-        raise InvalidParams(_where(path, "interpreter"), "only goes with script")
-    if require_command and command is None and script is None:
-        raise InvalidParams(_where(path, "command"), "one of command or script is required")
+    command, script, interpreter = _program(
+        command, script, interpreter, path, require_command=require_command
+    )
     if env is not None:
         if not isinstance(env, dict):
             raise InvalidParams(_where(path, "env"), "must be an object of strings")
@@ -400,10 +385,10 @@ def _opt_int_limit(value: Any, path: str, name: str) -> int | None:
     return None if value is None else int(_limit(value, path, name))
 
 
-def _bare_spec(
+def _program(
     command: Any, script: Any, interpreter: Any, path: str, *, require_command: bool
-) -> CommandSpec:
-    """`command_spec_from` of an object with no field beyond command, script, interpreter."""
+) -> tuple[list[str] | None, str | None, list[str] | None]:
+    """What to run: command, or script with its interpreter, checked."""
     if command is not None:
         command = _str_list(command, path, "command")
     if script is not None:
@@ -412,6 +397,7 @@ def _bare_spec(
         if NUL in script:
             raise InvalidParams(_where(path, "script"), "must not contain a NUL character")
     if interpreter is not None:
+        # A lone string is one argv item: checked as the list it becomes.
         interpreter = _str_list(
             [interpreter] if isinstance(interpreter, str) else interpreter, path, "interpreter"
         )
@@ -421,6 +407,16 @@ def _bare_spec(
         raise InvalidParams(_where(path, "interpreter"), "only goes with script")
     if require_command and command is None and script is None:
         raise InvalidParams(_where(path, "command"), "one of command or script is required")
+    return command, script, interpreter
+
+
+def _bare_spec(
+    command: Any, script: Any, interpreter: Any, path: str, *, require_command: bool
+) -> CommandSpec:
+    """`command_spec_from` of an object with no field beyond command, script, interpreter."""
+    command, script, interpreter = _program(
+        command, script, interpreter, path, require_command=require_command
+    )
     return CommandSpec(command=command, script=script, interpreter=interpreter)
 
 
