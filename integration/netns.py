@@ -33,11 +33,11 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     done = subprocess.run(
         ["ip", "-o", "-4", "addr", "show"], capture_output=True, text=True, timeout=20
     )
-    nets = []
+    nets: list[ipaddress.IPv4Network] = []
     for line in done.stdout.splitlines():
         fields = line.split()
         if "inet" in fields:
-            nets.append(ipaddress.ip_interface(fields[fields.index("inet") + 1]).network)
+            nets.append(ipaddress.IPv4Interface(fields[fields.index("inet") + 1]).network)
     return nets
 
 
