@@ -74,8 +74,8 @@ class NetNs:
         )
         if done.returncode != 0:
             raise NetNsUnavailable(
-                f"`ip netns add` is not permitted here (needs root / CAP_NET_ADMIN): "
-                f"{done.stderr.strip()}"
+                "`ip netns add` is not permitted here (needs root: CAP_SYS_ADMIN and "
+                f"CAP_NET_ADMIN): {done.stderr.strip()}"
             )
         self._made = True
         _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.peer_if)
