@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import math
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -452,6 +453,7 @@ def test_a_node_in_its_own_network_namespace_cut_off_by_veth_down_stops_its_jobs
                 return [j["id"] for j in running if j["node"] == "n3"] or None
 
             on_n3 = wait_for(n3_busy, "n3 to run jobs")
+            time.sleep(random.uniform(0.0, 1.0))  # the cut lands anywhere in n3's beat
             ns.set_link(up=False)
             cut_at = time.time()
 
@@ -464,7 +466,7 @@ def test_a_node_in_its_own_network_namespace_cut_off_by_veth_down_stops_its_jobs
             assert sorted(j["id"] for j in final) == sorted(ids)
             spans = node_spans(out)
             assert sorted(spans) == sorted(ids)
-            cut_spans = 0
+            cut_jobs: set[int] = set()
             for jid, attempts in spans.items():
                 assert all(s.end is not None for s in attempts), (jid, attempts)
                 assert [s.how for s in attempts].count("ok") == 1, (jid, attempts)
@@ -477,13 +479,13 @@ def test_a_node_in_its_own_network_namespace_cut_off_by_veth_down_stops_its_jobs
                     if s.node == "n3" and s.start < cut_at:
                         # Cut off mid-attempt: n3 itself ended it, within its lease (before
                         # the others could call it dead), and before the next attempt began.
-                        cut_spans += 1
+                        cut_jobs.add(jid)
                         assert s.how == "term" and s.end is not None, (jid, attempts)
                         assert s.end < cut_at + NODE_TIMEOUT_S, (jid, attempts, cut_at)
                         later = attempts[i + 1 :]
                         assert later and later[0].node != "n3", (jid, attempts)
                         assert later[0].start > s.end, (jid, attempts)
-            assert cut_spans == len(on_n3), (on_n3, spans)
+            assert cut_jobs >= set(on_n3), (on_n3, spans)  # n3 may have claimed more since
 
             ns.set_link(up=True)
 
@@ -502,8 +504,8 @@ def test_a_node_in_its_own_network_namespace_cut_off_by_veth_down_stops_its_jobs
             pinned = c1.call("job.submit", script=script, node="n3")["id"]
             done = c1.call("job.wait", id=pinned, timeout_s=30)
             assert done["status"] == "succeeded" and done["node"] == "n3", done
-            (ran,) = node_spans(out)[pinned]
-            assert (ran.node, ran.how) == ("n3", "ok"), ran
+            ran = node_spans(out)[pinned]
+            assert [(r.node, r.how) for r in ran] == [("n3", "ok")], ran
         finally:
             try:
                 if cl is not None:
