@@ -30,6 +30,7 @@ class DaemonProcess:
         env: dict[str, str] | None = None,
         db: str | None = None,
         node: str | None = None,
+        wrap: list[str] | None = None,
     ):
         self.workdir = workdir
         self.socket_path = workdir / (f"{node}.sock" if node else "hp.sock")
@@ -40,12 +41,15 @@ class DaemonProcess:
         self.log_path = workdir / (f"{node}.log" if node else "daemon.log")
         self.extra_args = extra_args or []
         self.env = env
+        # A command the daemon runs under (`ip netns exec NS`, which execs it: same pid).
+        self.wrap = wrap or []
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def argv(self) -> list[str]:
         """The command line that starts this daemon."""
         return [
+            *self.wrap,
             sys.executable, "-m", "hero_procd.daemon",
             "--socket", str(self.socket_path), "--db", self.db or str(self.db_path),
             *(["--node", self.node] if self.node else []),

@@ -16,11 +16,15 @@ import threading
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:<port> to `target` until cut; in a thread of its own."""
+    """Forwards <host>:<port> to `target` until cut; in a thread of its own.
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    `host` is the address it listens on (127.0.0.1 by default; the root-namespace end of
+    a veth pair for a node in a network namespace of its own), `port` is picked free."""
+
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
         self.target = target
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.host = host
+        self._listener = socket.create_server((host, 0))
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self._sel = selectors.DefaultSelector()

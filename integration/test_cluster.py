@@ -6,9 +6,11 @@ skipped with one line, or fail under HERO_PROC_REQUIRE_PG=1.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,9 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from hero_procd.client import Client
-from hero_procd.errors import HeroError
+from hero_procd.errors import HeroError, StorageError
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 from integration.helpers import kill_leftovers, wait_for
+from integration.netns import NetNs, NetNsUnavailable
 from integration.tcp_proxy import CuttableProxy
 from integration.test_cli import hero_proc
 from tests.pg import pg_schema
@@ -34,13 +37,27 @@ class Cluster:
     """The three daemons of a test, and a client per node."""
 
     def __init__(
-        self, workdir: Path, dsn: str, max_parallel: int, dsns: dict[str, str] | None = None
+        self,
+        workdir: Path,
+        dsn: str,
+        max_parallel: int,
+        dsns: dict[str, str] | None = None,
+        wraps: dict[str, list[str]] | None = None,
     ) -> None:
+        """`dsns`: a node's own way to the database; `wraps`: what a node runs under
+        (`ip netns exec NS`). Each node's jobs see its name in $TEST_NODE."""
         self.workdir = workdir
         self.dsn = dsn
         args = ["--node-timeout", str(NODE_TIMEOUT_S), "--max-parallel", str(max_parallel)]
         self.procs = {
-            n: DaemonProcess(workdir, extra_args=args, db=(dsns or {}).get(n, dsn), node=n)
+            n: DaemonProcess(
+                workdir,
+                extra_args=args,
+                env={"TEST_NODE": n},
+                db=(dsns or {}).get(n, dsn),
+                node=n,
+                wrap=(wraps or {}).get(n),
+            )
             for n in NODES
         }
         self.clients: dict[str, Client] = {}
@@ -349,6 +366,156 @@ def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_th
                 cl.close()
             finally:
                 proxy.close()
+                if os.environ.get("HERO_PROC_KEEP_LOGS"):
+                    print(f"logs kept in {workdir}")
+                else:
+                    cleanup(workdir)
+
+
+# An attempt of a job that says where it runs: "<job> <attempt> <node> start|ok|term <time>".
+NODE_SPAN_SCRIPT = (
+    'say() { echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT $TEST_NODE $1 $(date +%s.%N)" >> {out}; }; '
+    "say start; trap 'say term; exit 143' TERM; sleep {sleep_s} & wait; say ok"
+)
+
+
+class Span:
+    """One attempt as the attempt itself wrote it: node, start, end and how it ended."""
+
+    def __init__(self, node: str, attempt: str, start: float) -> None:
+        self.node, self.attempt, self.start = node, attempt, start
+        self.end: float | None = None
+        self.how: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Span({self.node} #{self.attempt} {self.start:.3f}-{self.end} {self.how})"
+
+
+def node_spans(path: Path) -> dict[int, list[Span]]:
+    """Per job, its attempts in order of start (an end closes the last open attempt of
+    the same node and attempt number)."""
+    out: dict[int, list[Span]] = {}
+    for line in path.read_text().splitlines():
+        job_text, attempt, node, what, at = line.split()
+        spans = out.setdefault(int(job_text), [])
+        if what == "start":
+            spans.append(Span(node, attempt, float(at)))
+            continue
+        opened = [s for s in spans if (s.node, s.attempt, s.end) == (node, attempt, None)]
+        assert opened, f"an end without a start: {line}"
+        opened[-1].end, opened[-1].how = float(at), what
+    for spans in out.values():
+        spans.sort(key=lambda s: s.start)
+    return out
+
+
+def test_a_node_in_its_own_network_namespace_cut_off_by_veth_down_stops_its_jobs_first() -> None:
+    """n3 runs in a network namespace of its own, its only way to PostgreSQL a veth pair
+    (and a plain forwarder on the root side to 127.0.0.1:5432). The root end of the pair
+    goes down: n3's packets are dropped, nothing errors quickly. n3 terminates its attempts
+    (they write their end) before n1/n2 start any of them again; every job succeeds exactly
+    once and no two attempts of a job overlap. The link comes back: n3 heartbeats again
+    and claims work by itself."""
+    with pg_schema("ns") as dsn:
+        ns = NetNs()
+        proxy: CuttableProxy | None = None
+        cl: Cluster | None = None
+        workdir = short_tmpdir()
+        try:
+            try:
+                ns.create()
+            except NetNsUnavailable as exc:
+                if os.environ.get("CI") == "true":
+                    pytest.fail(f"{exc} (CI=true: this test must run)")
+                pytest.skip(str(exc))
+            parts = urlsplit(dsn)
+            proxy = CuttableProxy(
+                (parts.hostname or "127.0.0.1", parts.port or 5432), host=ns.host_ip
+            ).start()
+            user = f"{parts.username}@" if parts.username else ""
+            via_veth = urlunsplit(parts._replace(netloc=f"{user}{ns.host_ip}:{proxy.port}"))
+            cl = Cluster(workdir, dsn, 4, dsns={"n3": via_veth}, wraps={"n3": ns.exec_prefix})
+            cl.start()
+            n3_proc = cl.procs["n3"].proc
+            assert n3_proc is not None
+            assert os.readlink(f"/proc/{n3_proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+            c1, c3 = cl.clients["n1"], cl.clients["n3"]
+            assert c3.call("system.info")["node"] == "n3"  # its Unix socket, from out here
+
+            out = workdir / "spans"
+            script = NODE_SPAN_SCRIPT.replace("{out}", str(out)).replace("{sleep_s}", "5")
+            ids = c1.call("job.submit_batch", jobs=[{"script": script, "retries": 2}] * 12)[
+                "submitted"
+            ]
+
+            def n3_busy() -> list[int] | None:
+                running = [j for j in all_jobs(c1) if j["status"] == "running"]
+                return [j["id"] for j in running if j["node"] == "n3"] or None
+
+            on_n3 = wait_for(n3_busy, "n3 to run jobs")
+            time.sleep(random.uniform(0.0, 1.0))  # the cut lands anywhere in n3's beat
+            ns.set_link(up=False)
+            cut_at = time.time()
+
+            def n3_dead() -> bool | None:
+                nodes = {n["name"]: n for n in c1.call("node.list")["nodes"]}
+                return True if nodes["n3"]["state"] == "dead" else None
+
+            wait_for(n3_dead, "n1 to declare n3 dead", timeout_s=NODE_TIMEOUT_S + 10)
+            final = wait_for(lambda: all_succeeded(c1), "every job to succeed", timeout_s=60)
+            assert sorted(j["id"] for j in final) == sorted(ids)
+            spans = node_spans(out)
+            assert sorted(spans) == sorted(ids)
+            cut_jobs: set[int] = set()
+            for jid, attempts in spans.items():
+                assert all(s.end is not None for s in attempts), (jid, attempts)
+                assert [s.how for s in attempts].count("ok") == 1, (jid, attempts)
+                assert attempts[-1].how == "ok", (jid, attempts)
+                for before, after in itertools.pairwise(attempts):
+                    assert before.end is not None and after.start >= before.end, (
+                        f"job {jid} ran twice at once: {attempts}"
+                    )
+                for i, s in enumerate(attempts):
+                    if s.node == "n3" and s.start < cut_at:
+                        # Cut off mid-attempt: n3 itself ended it, within its lease (before
+                        # the others could call it dead), and before the next attempt began.
+                        cut_jobs.add(jid)
+                        assert s.how == "term" and s.end is not None, (jid, attempts)
+                        assert s.end < cut_at + NODE_TIMEOUT_S, (jid, attempts, cut_at)
+                        later = attempts[i + 1 :]
+                        assert later and later[0].node != "n3", (jid, attempts)
+                        assert later[0].start > s.end, (jid, attempts)
+            assert cut_jobs >= set(on_n3), (on_n3, spans)  # n3 may have claimed more since
+
+            ns.set_link(up=True)
+
+            def n3_back() -> bool | None:
+                try:
+                    seen = [
+                        {n["name"]: n for n in c.call("node.list")["nodes"]}["n3"] for c in (c1, c3)
+                    ]
+                except StorageError:
+                    # n3 answers "database unreachable" (-32005) until its connections
+                    # are made again: the seconds it takes are the point of waiting.
+                    return None
+                return True if all(n["alive"] and n["state"] != "dead" for n in seen) else None
+
+            wait_for(n3_back, "n3 to heartbeat again", timeout_s=30)
+            pinned = c1.call("job.submit", script=script, node="n3")["id"]
+            done = c1.call("job.wait", id=pinned, timeout_s=30)
+            assert done["status"] == "succeeded" and done["node"] == "n3", done
+            ran = node_spans(out)[pinned]
+            assert [(r.node, r.how) for r in ran] == [("n3", "ok")], ran
+        finally:
+            try:
+                if cl is not None:
+                    with contextlib.suppress(RuntimeError):
+                        ns.set_link(up=True)  # so that n3 can end cleanly after a failure
+                    cl.close()
+            finally:
+                if proxy is not None:
+                    proxy.close()
+                ns.delete()
                 if os.environ.get("HERO_PROC_KEEP_LOGS"):
                     print(f"logs kept in {workdir}")
                 else:

@@ -6,7 +6,7 @@
   queued again without counting an attempt, once the database takes the write)
   before any other node may declare it dead — so a cut-off node never runs an
   attempt that another node runs too. It resumes by itself when a heartbeat
-  succeeds again.
+  succeeds again quickly enough to leave the next one time to renew the lease.
 - Sweep: a live node declares the nodes whose heartbeat is older than the node
   timeout dead and settles their running attempts by their retry policy (one
   sweeper at a time: an advisory lock on PostgreSQL).
@@ -99,7 +99,10 @@ class Node:
                 continue
             # The lease runs from when the heartbeat was sent: its row says no later.
             self.last_ok = began
-            if self.lease_lost:
+            # Resume only with lease enough left for the next heartbeat to renew it: a slow
+            # one (the first after a cut, behind reconnects) would have the lease run out
+            # again at once, and the jobs just claimed terminated with it.
+            if self.lease_lost and self.lease_left_s() > self.heartbeat_s:
                 self.lease_lost = False
                 log.warning("database reachable again: this node claims jobs again")
                 self.app.jobs.resume()
