@@ -47,7 +47,10 @@ def _send(path: Path, frame: bytes, read: bool = True) -> dict[str, Any] | list[
 
 
 def _valid(path: Path) -> None:
-    answer = _send(path, _frame("secret.set", name="big", value="v" * BIG))
+    # A big valid frame: a 100 KiB secret (under secret.set's 128 KiB bound) padded with
+    # JSON whitespace past BIG.
+    frame = _frame("secret.set", name="big", value="v" * (100 << 10))
+    answer = _send(path, frame[:-1] + b" " * BIG + b"\n")
     assert isinstance(answer, dict) and answer["result"] == {"name": "big"}, answer
 
 
