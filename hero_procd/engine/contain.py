@@ -233,8 +233,15 @@ class ProcessGroupContainment(Containment):
 
 
 def _read(path: str) -> str:
-    with open(path, encoding="ascii") as fh:
-        return fh.read()
+    # os-level, like _write: cgroupfs files are read whole on every attempt's release.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("ascii")
 
 
 def _write(path: str, value: str) -> None:
@@ -473,16 +480,19 @@ class CgroupCell(Cell):
             return False
 
     def _remove_now(self) -> bool:
-        """Kill what is left and remove the cgroup if it is empty already (on a thread)."""
-        self.kill()
+        """Remove the cgroup if it is empty already, else kill what is left (on a thread).
+
+        rmdir itself is the test: the kernel refuses (EBUSY) to remove a cgroup that
+        holds a live process, so a finished job's cell (usually empty: its leader
+        killed the rest at exit) costs one rmdir, not a kill, a read and an rmdir.
+        Only when it is refused is the cell killed (and waited for by `release`)."""
         self.owner.kill_strays()
-        if self.populated():
-            return False
         try:
             os.rmdir(self.path)
         except FileNotFoundError:
             pass
         except OSError:
+            self.kill()
             return False
         self.created = False
         return True
