@@ -601,7 +601,13 @@ class CgroupContainment(Containment):
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
-        await asyncio.to_thread(self.kill_strays)
+        try:
+            await asyncio.to_thread(self.kill_strays)
+            await self._remove_root()
+        finally:
+            self.pool.shutdown(wait=False)
+
+    async def _remove_root(self) -> None:
         for delay in (0.0, 0.01, 0.05, 0.1, 0.5, 1.0):  # the killed ones may linger a moment
             await asyncio.sleep(delay)
             try:
@@ -621,7 +627,6 @@ class CgroupContainment(Containment):
             return not own and any(e.is_dir() for e in os.scandir(self.root))
         except OSError:
             return True
-        self.pool.shutdown(wait=False)
 
     def info(self) -> dict[str, Any]:
         """Also the subtree's path."""
