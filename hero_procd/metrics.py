@@ -112,6 +112,15 @@ def _rpc_families(tallies: dict[str, RpcTally]) -> Iterator[Metric]:
     yield seconds
 
 
+def _labelled(
+    family: GaugeMetricFamily | CounterMetricFamily, values: dict[str, int]
+) -> GaugeMetricFamily | CounterMetricFamily:
+    """`family` with one sample per label value, in label order."""
+    for label, value in sorted(values.items()):
+        family.add_metric([label], value)
+    return family
+
+
 class _ScrapedCollector(Collector):
     """Yields the gauges of the `Scraped` figures handed to it just before generation."""
 
@@ -122,30 +131,30 @@ class _ScrapedCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from _rpc_families(self.rpc)
         f = self.figures
-        jobs = GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs in the store by status", labels=["status"])
-        for state in sorted(set(JOB_STATES) | set(f.jobs)):
-            jobs.add_metric([state], f.jobs.get(state, 0))
-        yield jobs
-        services = GaugeMetricFamily(f"{PREFIX}_services", "Services by state", labels=["state"])
-        for state in sorted(set(SERVICE_STATES) | set(f.services)):
-            services.add_metric([state], f.services.get(state, 0))
-        yield services
-        restarts = CounterMetricFamily(
-            f"{PREFIX}_service_restarts",
-            "Automatic restarts of each service (its `restarts` in service.status)",
-            labels=["service"],
+        yield _labelled(
+            GaugeMetricFamily(f"{PREFIX}_jobs", "Jobs in the store by status", labels=["status"]),
+            {state: f.jobs.get(state, 0) for state in set(JOB_STATES) | set(f.jobs)},
         )
-        for name, n in sorted(f.restarts.items()):
-            restarts.add_metric([name], n)
-        yield restarts
-        manual = CounterMetricFamily(
-            f"{PREFIX}_service_manual_restarts",
-            "Restarts of each service asked for by service.restart (its `manual_restarts`)",
-            labels=["service"],
+        yield _labelled(
+            GaugeMetricFamily(f"{PREFIX}_services", "Services by state", labels=["state"]),
+            {state: f.services.get(state, 0) for state in set(SERVICE_STATES) | set(f.services)},
         )
-        for name, n in sorted(f.manual_restarts.items()):
-            manual.add_metric([name], n)
-        yield manual
+        yield _labelled(
+            CounterMetricFamily(
+                f"{PREFIX}_service_restarts",
+                "Automatic restarts of each service (its `restarts` in service.status)",
+                labels=["service"],
+            ),
+            f.restarts,
+        )
+        yield _labelled(
+            CounterMetricFamily(
+                f"{PREFIX}_service_manual_restarts",
+                "Restarts of each service asked for by service.restart (its `manual_restarts`)",
+                labels=["service"],
+            ),
+            f.manual_restarts,
+        )
         health = GaugeMetricFamily(
             f"{PREFIX}_service_health",
             "1 for the health status each service with a health check is in",
