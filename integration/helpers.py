@@ -374,3 +374,26 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+# -- cgroup containment (integration/test_containment*.py) --------------------------------
+
+# Prints the pid of a setsid escapee and of a double-forked orphan, one per line.
+ESCAPEES = "setsid sleep 300 & echo $!; sh -c 'sleep 300 & echo $!'"
+
+
+def info(c: Client) -> dict[str, Any]:
+    """system.info."""
+    result: dict[str, Any] = c.call("system.info")
+    return result
+
+
+@contextlib.contextmanager
+def cgroup_daemon() -> Iterator[DaemonProcess]:
+    """A daemon with cgroups (the test is skipped where this host has no writable cgroup v2
+    tree)."""
+    with daemon_running(env={"HERO_PROC_CONTAINMENT": "auto"}) as proc:
+        with proc.client() as c:
+            if info(c)["containment"] != "cgroup2":
+                pytest.skip(f"no writable cgroup v2 tree here: {info(c).get('reason')}")
+        yield proc

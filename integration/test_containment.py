@@ -24,11 +24,14 @@ from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
 from integration.helpers import (
     DEADLINE_S,
+    ESCAPEES,
     call_error,
+    cgroup_daemon,
     daemon_running,
     define,
     environ,
     finish,
+    info,
     is_alive,
     start_running,
     status,
@@ -38,8 +41,6 @@ from integration.helpers import (
     wait_state,
 )
 
-# Prints the pid of a setsid escapee and of a double-forked orphan, one per line.
-ESCAPEES = "setsid sleep 300 & echo $!; sh -c 'sleep 300 & echo $!'"
 # The same, with the escapees' environment emptied: no instance mark finds them.
 UNMARKED = "setsid env -i sleep 300 & echo $!; sh -c 'env -i sleep 300 & echo $!'"
 
@@ -50,19 +51,10 @@ def data(err: HeroError) -> dict[str, Any]:
     return err.data
 
 
-def info(c: Client) -> dict[str, Any]:
-    """system.info."""
-    result: dict[str, Any] = c.call("system.info")
-    return result
-
-
 @pytest.fixture(scope="module")
 def cg() -> Iterator[DaemonProcess]:
     """A daemon with cgroups (skipped where this host has no writable cgroup v2 tree)."""
-    with daemon_running(env={"HERO_PROC_CONTAINMENT": "auto"}) as proc:
-        with proc.client() as c:
-            if info(c)["containment"] != "cgroup2":
-                pytest.skip(f"no writable cgroup v2 tree here: {info(c).get('reason')}")
+    with cgroup_daemon() as proc:
         yield proc
 
 

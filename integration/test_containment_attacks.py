@@ -18,9 +18,12 @@ from hero_procd.client import Client
 from hero_procd.errors import HeroError
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import (
+    ESCAPEES,
+    cgroup_daemon,
     daemon_running,
     define,
     finish,
+    info,
     is_alive,
     start_running,
     status,
@@ -29,21 +32,12 @@ from integration.helpers import (
     wait_state,
 )
 
-ESCAPEES = "setsid sleep 300 & echo $!; sh -c 'sleep 300 & echo $!'"
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
-
-
-def info(c: Client) -> dict[str, Any]:
-    result: dict[str, Any] = c.call("system.info")
-    return result
 
 
 @pytest.fixture(scope="module")
 def cg() -> Iterator[DaemonProcess]:
-    with daemon_running(env={"HERO_PROC_CONTAINMENT": "auto"}) as proc:
-        with proc.client() as c:
-            if info(c)["containment"] != "cgroup2":
-                pytest.skip(f"no writable cgroup v2 tree here: {info(c).get('reason')}")
+    with cgroup_daemon() as proc:
         yield proc
 
 
