@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from hero_procd import gcpause
@@ -26,7 +27,7 @@ from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher
 from hero_procd.engine.services.owner import FINAL_STATES, ServiceOwner
-from hero_procd.errors import InvalidState, NotFound
+from hero_procd.errors import HeroError, InvalidState, NotFound
 from hero_procd.model import ServiceState, dependency_order
 from hero_procd.store.records import Service
 
@@ -188,20 +189,55 @@ class Supervisor:
 
     async def stop_service(self, name: str) -> None:
         """Stop a service, after the services that require it."""
-        await self.store.services.get(name)
-        await self._stop_dependents(name, live_only=False)
-        await self.owner(name).call("stop")
-        # A dependent whose start was served after the pass above saw `name` still
-        # running and spawned: stop it now, or it runs without what it requires.
-        await self._stop_dependents(name, live_only=True)
+        errors = await self.stop_services([name])
+        if name in errors:
+            raise errors[name]
 
-    async def _stop_dependents(self, name: str, *, live_only: bool) -> None:
-        for dep in await self._dependents(name):
+    async def stop_services(self, names: Sequence[str]) -> dict[str, HeroError]:
+        """Stop several services in the order given, each after what requires it, as
+        `stop_service` does, but reading the definitions twice in all rather than twice
+        per service (a bulk stop of 500 was quadratic); the errors, by name."""
+        errors: dict[str, HeroError] = {}
+        services = await self.store.services.list()
+        settled = {s.name for s in services if s.desired == "stopped" and not self.is_live(s.name)}
+        stopped: list[str] = []
+        for name in names:
+            try:
+                await self.store.services.get(name)
+                await self._stop_dependents(
+                    name, live_only=False, services=services, settled=settled
+                )
+                await self.owner(name).call("stop")
+                stopped.append(name)
+                settled.add(name)
+            except HeroError as exc:
+                errors[name] = exc
+        # A dependent whose start was served after the pass above saw its requirement
+        # still running and spawned: stop it now, or it runs without what it requires.
+        services = await self.store.services.list()
+        for name in stopped:
+            await self._stop_dependents(name, live_only=True, services=services)
+        return errors
+
+    async def _stop_dependents(
+        self,
+        name: str,
+        *,
+        live_only: bool,
+        services: list[Service] | None = None,
+        settled: set[str] | None = None,
+    ) -> None:
+        """Stop what requires `name`; a dependent with no life is marked desired stopped,
+        unless it is in `settled` (known stopped in this call: a bulk stop of a chain of
+        500 wrote ~125,000 such rows without it)."""
+        settled = set() if settled is None else settled
+        for dep in await self._dependents(name, services):
             owner = self.owners.get(dep)
             if owner is not None and owner.live:
                 await owner.call("stop")
-            elif not live_only:
+            elif not live_only and dep not in settled:
                 await self.store.services.set_desired(dep, "stopped")
+            settled.add(dep)
 
     async def restart_service(self, name: str, wait_s: float = 0.0) -> None:
         """Stop the service's process (not its dependents) and start it again."""
@@ -267,9 +303,11 @@ class Supervisor:
                     raise NotFound("required service not found", {"name": req, "required_by": n})
         return [n for n in order if n != name]
 
-    async def _dependents(self, name: str) -> list[str]:
-        """What requires `name`, transitively, the furthest first (not `name` itself)."""
-        services = await self.store.services.list()
+    async def _dependents(self, name: str, services: list[Service] | None = None) -> list[str]:
+        """What requires `name`, transitively, the furthest first (not `name` itself), in
+        `services` (read from the store if not given)."""
+        if services is None:
+            services = await self.store.services.list()
         required_by: dict[str, list[str]] = {}
         for s in services:
             for req in s.spec.get("requires", []):

@@ -94,6 +94,7 @@ async def _bulk(app: App, p: Params, verb: str) -> dict[str, Any]:
     p.finish()
     if verb == "stop":
         names.reverse()  # dependents before what they require
+        return {"services": await _stop_all(app, names)}
     sup = app.services
     out: list[dict[str, Any]] = []
     failed: set[str] = set()
@@ -104,21 +105,19 @@ async def _bulk(app: App, p: Params, verb: str) -> dict[str, Any]:
             # A service whose requirement failed in this call is not tried: its start
             # would wait (30 s and more) for a requirement known not to run.
             down = [r for r in requires.get(name, []) if r in failed]
-            if verb != "stop" and down:
+            if down:
                 raise InvalidState(
                     f"not started: it requires {down[0]}, which did not start", {"name": name}
                 )
             if verb == "start":
                 await sup.start_service(name, wait_s=wait_s)
-            elif verb == "stop":
-                await sup.stop_service(name)
             else:
                 await sup.restart_service(name, wait_s=wait_s)
             status = await app.store.services.status(name)
             up = status["state"] == "running" or (
                 status["state"] == "exited" and status["exit_code"] == 0
             )
-            if verb != "stop" and wait_s > 0 and not up:
+            if wait_s > 0 and not up:
                 # As `service start NAME --wait`: not up in time is a failure.
                 raise InvalidState(
                     f"not running after {wait_s:g}s (state {status['state']})",
@@ -130,6 +129,33 @@ async def _bulk(app: App, p: Params, verb: str) -> dict[str, Any]:
             entry.update(ok=False, error={"code": exc.code, "message": str(exc)})
         out.append(entry)
     return {"services": out}
+
+
+async def _stop_all(app: App, names: list[str]) -> list[dict[str, Any]]:
+    """Stop `names` (dependents first) in one pass of the supervisor; one entry each."""
+    errors: dict[str, HeroError] = {}
+    mine: list[str] = []
+    for name in names:
+        try:
+            await check_own_node(app, name)  # another node's, by name: refused
+            mine.append(name)
+        except HeroError as exc:
+            errors[name] = exc
+    errors.update(await app.services.stop_services(mine))
+    out: list[dict[str, Any]] = []
+    for name in names:
+        entry: dict[str, Any] = {"name": name}
+        failure = errors.get(name)
+        if failure is None:
+            try:
+                status = await app.store.services.status(name)
+                entry.update(ok=True, state=status["state"], pid=status["pid"])
+            except HeroError as gone:  # deleted meanwhile
+                failure = gone
+        if failure is not None:
+            entry.update(ok=False, error={"code": failure.code, "message": str(failure)})
+        out.append(entry)
+    return out
 
 
 @rpc("service.start_many")
