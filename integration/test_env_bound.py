@@ -8,6 +8,7 @@ or service's env past it was accepted and every spawn then failed (E2BIG).
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -23,11 +24,12 @@ def test_env_value_over_the_kernel_bound_is_refused_at_submit(daemon: DaemonProc
     name = "BIG"
     over = "x" * (LIMIT - len(name) - 1 + rng.randint(0, 4096))  # NAME=value+NUL > LIMIT
     with daemon.client() as c:
-        for method, params in [
+        calls: list[tuple[str, dict[str, Any]]] = [
             ("job.submit", {"command": ["true"], "env": {name: over}}),
             ("service.define", {"name": "big", "command": ["sleep", "100"], "env": {name: over}}),
             ("run.submit", {"jobs": [{"key": "a", "command": ["true"], "env": {name: over}}]}),
-        ]:
+        ]
+        for method, params in calls:
             with pytest.raises(InvalidParams) as err:
                 c.call(method, params)
             assert err.value.code == -32602, (method, err.value)
