@@ -6,12 +6,15 @@ Every case ends with the `hero_proc_job_waiters` gauge back at 0.
 from __future__ import annotations
 
 import random
+import shutil
 import socket
+import subprocess
 import time
 from functools import partial
 from urllib.parse import urlsplit
 
 import orjson
+import pytest
 
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import finish, submit, wait_for, wait_running
@@ -184,4 +187,29 @@ def test_web_rpc_wait_ends_when_the_client_leaves() -> None:
             assert data.startswith(b"HTTP/1.1 200"), data
         finally:
             s.close()
+        finish(c, job)
+
+
+def test_a_killed_curl_leaves_no_waiter(daemon: DaemonProcess) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("no curl on this machine")
+    rng = random.Random()
+    with daemon.client() as c:
+        job = submit(c, command=["sleep", "300"])
+        wait_running(c, job)
+        body = orjson.dumps(_frame("job.wait", {"id": job, "timeout_s": 3600}))
+        argv = [curl, "-s", "--unix-socket", str(daemon.socket_path), "-H",
+                "Content-Type: application/json", "--data-binary", body.decode(),
+                "http://localhost/rpc"]  # fmt: skip
+        procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for _ in range(3)]
+        try:
+            wait_for(lambda: _waiters(daemon) >= 3 or None, "3 curl waiters registered")
+            time.sleep(rng.uniform(0, 0.3))
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        wait_for(lambda: _waiters(daemon) == 0 or None, "no curl waiter left", timeout_s=30)
+        c.call("job.cancel", id=job)
         finish(c, job)
