@@ -151,6 +151,7 @@ def test_disconnect_as_the_job_ends_leaves_no_waiter_and_no_error(daemon: Daemon
             finish(c, job)
         wait_for(lambda: _waiters(daemon) == 0 or None, "no waiter left", timeout_s=30)
     log = daemon.log()
+    assert log, "the daemon's log was read"
     assert "Traceback" not in log and "connection failed" not in log, log[-3000:]
 
 
@@ -188,6 +189,9 @@ def test_web_rpc_wait_ends_when_the_client_leaves() -> None:
         finally:
             s.close()
         finish(c, job)
+        log = web.daemon.log()
+        assert log, "the daemon's log was read"
+        assert "Traceback" not in log and "connection failed" not in log, log[-3000:]
 
 
 def test_a_killed_curl_leaves_no_waiter(daemon: DaemonProcess) -> None:
@@ -213,3 +217,6 @@ def test_a_killed_curl_leaves_no_waiter(daemon: DaemonProcess) -> None:
         wait_for(lambda: _waiters(daemon) == 0 or None, "no curl waiter left", timeout_s=30)
         c.call("job.cancel", id=job)
         finish(c, job)
+    log = daemon.log()
+    assert log, "the daemon's log was read"
+    assert "Traceback" not in log and "connection failed" not in log, log[-3000:]
