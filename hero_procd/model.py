@@ -14,7 +14,16 @@ from operator import attrgetter
 from typing import Any
 
 from hero_procd.errors import InvalidParams
-from hero_procd.params import INT64_MAX, MAX_SECONDS, NAME_RE, NUL, Params, check_env_name
+from hero_procd.params import (
+    INT64_MAX,
+    MAX_ENV_STRING,
+    MAX_SECONDS,
+    NAME_RE,
+    NUL,
+    Params,
+    check_env_name,
+    env_string_size,
+)
 
 DEFAULT_INTERPRETER = ["/bin/sh"]
 DEFAULT_KILL_TIMEOUT_S = 5.0
@@ -326,6 +335,13 @@ def command_spec_from(raw: Mapping[str, Any], path: str, *, require_command: boo
             if NUL in value:
                 raise InvalidParams(
                     f"{_where(path, 'env')}.{key}", "must not contain a NUL character"
+                )
+            size = env_string_size(key, value)
+            if size > MAX_ENV_STRING:
+                raise InvalidParams(
+                    f"{_where(path, 'env')}.{key}",
+                    f"too long to be an environment variable: NAME=value is {size} bytes "
+                    f"with its NUL, the kernel takes at most {MAX_ENV_STRING}",
                 )
     env_from_secrets = get("env_from_secrets")
     if env_from_secrets is not None:

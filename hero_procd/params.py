@@ -40,6 +40,16 @@ def check_text(value: str, field: str) -> str:
     return value
 
 
+# The kernel takes one environment string ("NAME=value" and its NUL) of at most
+# MAX_ARG_STRLEN = 32 pages; a longer one could never be given to a child (E2BIG).
+MAX_ENV_STRING = 32 * 4096
+
+
+def env_string_size(name: str, value: str) -> int:
+    """Bytes of NAME=value with its NUL, as the kernel counts it against MAX_ENV_STRING."""
+    return len(name.encode()) + 1 + len(value.encode()) + 1
+
+
 def check_env_name(name: Any, field: str) -> str:
     """An environment variable name: a non-empty string without `=` or NUL.
 

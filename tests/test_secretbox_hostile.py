@@ -103,3 +103,45 @@ def test_upgrade_leaves_the_writers_secure_delete_as_it_was(
     before, after, sealed = run_store(upgrade)
     assert sealed == 1
     assert after == before
+
+
+def test_a_key_that_sealed_nothing_is_forgotten_only_on_sqlite(
+    run_store: StoreRunner, backend: str
+) -> None:
+    """Node A starts with key KA and no secret; node B starts on the same database with KB.
+    On SQLite (one daemon per file) B's key replaces a key that guards nothing. On
+    PostgreSQL the database is shared by live nodes: B forgetting KA would let A, still
+    running, seal secrets B cannot read (and A would be refused at its next start), so B
+    is refused and the database keeps KA."""
+    ka = SecretBox(os.urandom(KEY_BYTES), Path("ka"))
+    kb = SecretBox(os.urandom(KEY_BYTES), Path("kb"))
+
+    async def first(store: Store) -> bool:
+        had = await store.secrets.has_key()
+        await store.secrets.unlock(ka)
+        return had
+
+    assert run_store(first) is False
+
+    async def second(store: Store) -> str:
+        had = await store.secrets.has_key()
+        try:
+            await store.secrets.unlock(kb)
+        except KeyFileError as exc:
+            return f"refused {had} {exc}"
+        return f"unlocked {had}"
+
+    outcome = run_store(second)
+    if backend == "sqlite":
+        assert outcome == "unlocked False", outcome
+    else:
+        assert outcome.startswith("refused True") and "kb" in outcome, outcome
+
+    async def third(store: Store) -> str:  # A again, with its own key
+        try:
+            await store.secrets.unlock(ka)
+        except KeyFileError:
+            return "refused"
+        return "unlocked"
+
+    assert run_store(third) == ("refused" if backend == "sqlite" else "unlocked")

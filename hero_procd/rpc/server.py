@@ -29,7 +29,6 @@ import logging
 import os
 import re
 import resource
-import select
 import socket
 import struct
 import time
@@ -43,7 +42,7 @@ from urllib.parse import urlsplit
 import h11
 import orjson
 
-from hero_procd.caller import PEER_GONE
+from hero_procd.caller import PEER_GONE, hung_up
 from hero_procd.errors import BUSY, INVALID_REQUEST
 from hero_procd.metrics import CONTENT_TYPE as _METRICS_TYPE
 from hero_procd.rpc.dispatch import Dispatcher, error_response
@@ -328,6 +327,10 @@ class Connection(asyncio.Protocol):
             self.abort()  # the peer stopped reading our answers
             return
         if not self.idle.is_set():
+            if self.reading_paused and not self.gone.is_set() and self._peer_closed():
+                # Not reading (HTTP, or frames queued): no EOF is seen; the socket's
+                # state tells that the asker of the call in flight is gone (caller.py).
+                self.gone.set()
             return  # a call is in flight: its own timeouts apply
         if self.frame_started is not None and now - self.frame_started > server.frame_timeout_s:
             log.info("closing a connection whose frame is incomplete after its timeout")
@@ -373,20 +376,9 @@ class Connection(asyncio.Protocol):
         return True  # keep the write side open until our answers are out
 
     def _peer_closed(self) -> bool:
-        """True if the peer closed its socket, not only its write side (shutdown).
-
-        An AF_UNIX stream socket whose peer is closed is shut down both ways and
-        polls POLLHUP; after the peer's shutdown(SHUT_WR) it polls only POLLRDHUP.
-        """
+        """True if the peer closed its socket, not only its write side (caller.hung_up)."""
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        if sock is None:
-            return False
-        poller = select.poll()
-        try:
-            poller.register(sock.fileno(), select.POLLHUP)
-            return any(events & select.POLLHUP for _, events in poller.poll(0))
-        except (OSError, ValueError):
-            return True
+        return sock is not None and hung_up(sock)
 
     # -- newline-delimited JSON -------------------------------------------
     def _split_lines(self, data: bytes) -> None:

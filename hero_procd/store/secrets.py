@@ -42,13 +42,18 @@ class SecretsApi:
         A key recorded at an earlier start that sealed nothing (no secret stored)
         is forgotten here, so that a database moved without its key file, or
         whose key file was lost before any secret was set, starts with a new key
-        rather than being locked out for nothing.
+        rather than being locked out for nothing. On SQLite only: a PostgreSQL
+        database is shared by nodes that must all hold the one key.
         """
 
         def check(conn: Conn) -> bool:
             if conn.execute(Q["secret_key_check"]).fetchone() is None:
                 return False
             if conn.execute(Q["secret_any_sealed"]).fetchone() is not None:
+                return True
+            if is_postgres(conn):
+                # Shared by live nodes: one started with the recorded key may seal a
+                # secret at any moment, so its key is the cluster's, never forgotten.
                 return True
             conn.execute(Q["secret_key_check_forget"])
             return False

@@ -31,6 +31,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 
+from hero_procd.caller import PEER_GONE, watch_hang_up
+
 log = logging.getLogger(__name__)
 
 _MAX_HEAD = 64 * 1024
@@ -176,6 +178,8 @@ class HttpListener:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         loop = asyncio.get_running_loop()
+        gone = asyncio.Event()  # the peer hung up mid-call: a wait ends (caller.py)
+        PEER_GONE.set(gone)  # this connection's task: every call served on it
         while True:
             request_time = _Deadline()
             self._waiting[writer] = loop.time()
@@ -222,7 +226,11 @@ class HttpListener:
                 headers=headers,
                 body=bytes(body),
             )
-            answer = await self.handler(request)
+            watch = asyncio.ensure_future(watch_hang_up(writer.get_extra_info("socket"), gone))
+            try:
+                answer = await self.handler(request)
+            finally:
+                watch.cancel()
             if isinstance(answer, Streamed):
                 await self._stream(conn, reader, writer, answer)
                 return

@@ -6,12 +6,8 @@ from typing import Any
 
 from hero_procd.app import App
 from hero_procd.errors import InvalidParams
-from hero_procd.params import Params
+from hero_procd.params import MAX_ENV_STRING, Params, env_string_size
 from hero_procd.rpc.registry import rpc
-
-# The kernel takes one environment string ("NAME=value" and its NUL) of at most
-# MAX_ARG_STRLEN = 32 pages; a longer secret could never be given to a child.
-MAX_ENV_STRING = 32 * 4096
 
 
 @rpc("secret.set")
@@ -20,7 +16,7 @@ async def secret_set(app: App, p: Params) -> dict[str, Any]:
     name = p.req_text("name", name_like=True)
     value = p.req_text("value")
     p.finish()
-    size = len(name.encode()) + 1 + len(value.encode()) + 1
+    size = env_string_size(name, value)  # a longer secret could never reach a child
     if size > MAX_ENV_STRING:
         raise InvalidParams(
             "value",
