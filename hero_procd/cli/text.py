@@ -109,6 +109,13 @@ def percent(p: float | None) -> str:
     return "-" if p is None else f"{p:.1f}%"
 
 
+def restarts(service: Mapping[str, Any]) -> str:
+    """Automatic restarts, then those asked for by service.restart: `3`, `3 (+1)`."""
+    auto = int(service.get("restarts") or 0)
+    manual = int(service.get("manual_restarts") or 0)
+    return f"{auto} (+{manual})" if manual else str(auto)
+
+
 def status_table(result: Mapping[str, Any], *, colour: bool) -> str:
     """The `service.status_all` result as the `hero-proc status` table."""
     rows = [
@@ -118,7 +125,7 @@ def status_table(result: Mapping[str, Any], *, colour: bool) -> str:
             x.get("health") or "-",
             "-" if x.get("pid") is None else str(x["pid"]),
             duration(x.get("uptime_s")),
-            str(x.get("restarts", 0)),
+            restarts(x),
             size(x.get("memory_bytes")),
             percent(x.get("cpu_percent")),
         ]
