@@ -61,6 +61,7 @@ class Scraped:
     log_queue: int = 0
     jobs_running_here: int = 0
     job_waiters: int = 0
+    service_waiters: int = 0
     db_bytes: int = 0
     wal_bytes: int = 0
     uptime_s: float = 0.0
@@ -191,6 +192,11 @@ class _ScrapedCollector(Collector):
             "Calls waiting for a job to end (job.wait, run.wait, job.wait_all)",
             value=f.job_waiters,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_service_waiters",
+            "Calls waiting for a service to reach running (service.start/restart with wait_s)",
+            value=f.service_waiters,
+        )
         yield GaugeMetricFamily(f"{PREFIX}_db_bytes", "Size of the database file", value=f.db_bytes)
         yield GaugeMetricFamily(f"{PREFIX}_wal_bytes", "Size of the WAL file", value=f.wal_bytes)
         yield GaugeMetricFamily(
@@ -293,6 +299,7 @@ class Metrics:
             log_queue=executor.flusher.pending() if executor is not None else 0,
             jobs_running_here=len(executor.running) if executor is not None else 0,
             job_waiters=executor.waiters() if executor is not None else 0,
+            service_waiters=app.supervisor.waiters if app.supervisor is not None else 0,
             db_bytes=db_bytes,
             wal_bytes=wal_bytes,
             uptime_s=app.uptime_s(),

@@ -88,3 +88,50 @@ def test_a_half_closed_client_still_gets_its_wait_answered(daemon: DaemonProcess
             assert answer["result"]["status"] == "cancelled", answer
         finally:
             sock.close()
+
+
+def _metric(daemon: DaemonProcess, name: str) -> int:
+    conn = UnixHTTPConnection(daemon.socket_path)
+    try:
+        conn.request("GET", "/metrics")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for family in text_string_to_metric_families(body):
+        if family.name == name:
+            return int(family.samples[0].value)
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def test_service_waits_of_disconnected_clients_end_and_the_start_still_happens(
+    daemon: DaemonProcess,
+) -> None:
+    """service.start/restart with wait_s: the start is done whatever the client does, the
+    wait for `running` ends when its client leaves (no waiter left until wait_s)."""
+    rng = random.Random()
+
+    def waiters() -> int:
+        return _metric(daemon, "hero_proc_service_waiters")
+
+    with daemon.client() as c:
+        # Not running for 300 s (start_secs): every wait_s call would wait its whole 600 s.
+        c.call("service.define", name="slow", command=["sleep", "1000"], start_secs=300)
+        # A restart ends the life the other calls wait for (their wait ends: 'ended short'):
+        # one restart alone first, then starts (which leave the starting life alone).
+        for method, count in (("service.restart", 1), ("service.start", 10)):
+            socks = [
+                _send(daemon, method, {"name": "slow", "wait_s": 600}) for _ in range(count)
+            ]
+            try:
+                wait_for(lambda: waiters() >= count or None, f"{count} {method} waiter(s)")
+            finally:
+                rng.shuffle(socks)
+                for s in socks:
+                    s.close()
+            wait_for(lambda: waiters() == 0 or None, "no service waiter left", timeout_s=30)
+            # The effect stayed: the service is starting, with a process.
+            status = c.call("service.status", name="slow")
+            assert status["state"] == "starting" and status["pid"], status
+        # A client that stays gets its answer when its own wait_s has passed.
+        assert c.call("service.start", name="slow", wait_s=0.2)["state"] == "starting"
+        c.call("service.stop", name="slow")

@@ -23,6 +23,7 @@ from typing import Any
 
 from hero_procd import gcpause
 from hero_procd.app import App
+from hero_procd.caller import peer_gone
 from hero_procd.engine import procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher
@@ -58,6 +59,7 @@ class Supervisor:
         self._sampled_at = 0.0
         self._written: dict[str, tuple[int, float | None]] = {}
         self._cpu_prev: dict[str, tuple[float, float]] = {}
+        self.waiters = 0  # calls waiting for a service to reach running (a gauge)
 
     # -- life cycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -283,9 +285,18 @@ class Supervisor:
                 )
 
     async def _wait_started(self, name: str, wait_s: float) -> None:
-        with gcpause.lifted():  # up to 600 s: not with a big request's collector pause
-            if await self.wait_running(name, wait_s):
-                return
+        # The start itself was done above whatever happens; only the wait for `running`
+        # ends early when the asker disconnected (nobody reads its answer: caller.py).
+        gone = peer_gone()
+        self.waiters += 1
+        try:
+            with gcpause.lifted():  # up to 600 s: not with a big request's collector pause
+                if await self.wait_running(name, wait_s, give_up=gone):
+                    return
+        finally:
+            self.waiters -= 1
+        if gone is not None and gone.is_set():
+            return
         owner = self.owners.get(name)
         if owner is not None and owner.failure is not None:
             raise InvalidState(owner.failure, {"name": name, "state": str(owner.state)})
