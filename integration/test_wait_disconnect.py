@@ -119,11 +119,9 @@ def test_service_waits_of_disconnected_clients_end_and_the_start_still_happens(
         # A restart ends the life the other calls wait for (their wait ends: 'ended short'):
         # one restart alone first, then starts (which leave the starting life alone).
         for method, count in (("service.restart", 1), ("service.start", 10)):
-            socks = [
-                _send(daemon, method, {"name": "slow", "wait_s": 600}) for _ in range(count)
-            ]
+            socks = [_send(daemon, method, {"name": "slow", "wait_s": 600}) for _ in range(count)]
             try:
-                wait_for(lambda: waiters() >= count or None, f"{count} {method} waiter(s)")
+                wait_for(lambda n=count: waiters() >= n or None, f"{count} {method} waiter(s)")
             finally:
                 rng.shuffle(socks)
                 for s in socks:
