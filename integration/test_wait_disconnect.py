@@ -120,8 +120,9 @@ def test_service_waits_of_disconnected_clients_end_and_the_start_still_happens(
         # one restart alone first, then starts (which leave the starting life alone).
         for method, count in (("service.restart", 1), ("service.start", 10)):
             socks = [_send(daemon, method, {"name": "slow", "wait_s": 600}) for _ in range(count)]
+            expected = count
             try:
-                wait_for(lambda n=count: waiters() >= n or None, f"{count} {method} waiter(s)")
+                wait_for(lambda: waiters() >= expected or None, f"{count} {method} waiter(s)")  # noqa: B023
             finally:
                 rng.shuffle(socks)
                 for s in socks:
