@@ -30,7 +30,7 @@ import orjson
 from hero_procd import __version__, gcpause
 from hero_procd.app import App
 from hero_procd.config import Config
-from hero_procd.engine.cluster import Node
+from hero_procd.engine.cluster import Node, refuse_if_live
 from hero_procd.engine.contain import make_containment
 from hero_procd.engine.executor import Executor, instance_id, instance_key
 from hero_procd.engine.janitor import Janitor
@@ -183,6 +183,10 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             node_timeout_s=config.node_timeout_s,
         )
         teardown.push("store", store.close)
+        # Before anything is written as this node (sealed secrets, stack files, recovery).
+        stage = f"checking that no other daemon is node {config.node}"
+        heartbeat_s = min(config.heartbeat_s, config.node_timeout_s / 4)  # as Node beats
+        await refuse_if_live(store, config.node, config.node_timeout_s, heartbeat_s)
         stage = "unlocking the secrets"
         await _unlock_secrets(store, paths.db, config.secrets_key_file)
         stage = "loading the OpenRPC document"

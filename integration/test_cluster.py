@@ -559,3 +559,49 @@ def test_on_sqlite_the_daemon_is_the_only_node(daemon: DaemonProcess) -> None:
         assert only["name"] == info["node"] == listed["self"] and only["alive"]
         job_id = c.call("job.submit", command=["true"])["id"]
         assert c.call("job.wait", id=job_id, timeout_s=20)["node"] == info["node"]
+
+
+def test_a_second_daemon_as_a_live_node_is_refused_a_dead_ones_name_is_taken(
+    cluster: Cluster,
+) -> None:
+    """Two daemons as one node would recover and kill each other's attempts: a daemon
+    started as n2 while n2 heartbeats is refused, changing nothing; once n2 is killed
+    (kill -9: its row still says alive), a new daemon takes the name over."""
+    c1, c2 = cluster.clients["n1"], cluster.clients["n2"]
+    job = c1.call("job.submit", command=["sleep", "600"], node="n2")["id"]
+    wait_for(lambda: c1.call("job.get", id=job)["status"] == "running" or None, "running on n2")
+    args = ["--node-timeout", str(NODE_TIMEOUT_S)]
+    twin = DaemonProcess(short_tmpdir(), extra_args=args, db=cluster.dsn, node="n2")
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            twin.start()
+        assert "another daemon is live as node 'n2'" in str(refused.value), refused.value
+        assert twin.proc is not None and twin.proc.returncode not in (None, 0)
+    finally:
+        if twin.proc is not None and twin.proc.poll() is None:
+            twin.kill()
+        # No kill_leftovers here: the twin's mark is n2's (database and node name).
+        cleanup(twin.workdir)
+    # n2 did not notice: its attempt runs on, and it serves.
+    assert c2.call("job.get", id=job)["status"] == "running"
+    assert c2.call("system.info")["node"] == "n2"
+
+    cluster.procs["n2"].kill()
+    heir = DaemonProcess(short_tmpdir(), extra_args=args, db=cluster.dsn, node="n2")
+    try:
+        heir.start()
+        with heir.client() as c:
+            (row,) = [n for n in c.call("node.list")["nodes"] if n["name"] == "n2"]
+            assert row["alive"] and row["pid"] == heir.proc.pid if heir.proc else False, row
+            # The dead daemon's attempt is settled (by the heir's recovery or a sweep).
+            wait_for(
+                lambda: c.call("job.get", id=job)["status"] != "running" or None,
+                "the dead n2's attempt settled",
+                timeout_s=NODE_TIMEOUT_S + 15,
+            )
+        assert heir.stop() == 0, heir.log()
+    finally:
+        if heir.proc is not None and heir.proc.poll() is None:
+            heir.kill()
+        kill_leftovers(heir.instance_key)
+        cleanup(heir.workdir)

@@ -28,14 +28,54 @@ from typing import TYPE_CHECKING
 
 from hero_procd import __version__
 from hero_procd.errors import HeroError
+from hero_procd.paths import StartupError
 
 if TYPE_CHECKING:
     from hero_procd.app import App
+    from hero_procd.store import Store
 
 log = logging.getLogger(__name__)
 
 # At rest, how often a PostgreSQL node looks for work and cancels it was not told about.
 _POLL_S = 1.0
+
+
+async def refuse_if_live(store: Store, name: str, timeout_s: float, heartbeat_s: float) -> None:
+    """On a shared database, before this daemon writes anything as node `name`: raise
+    StartupError if another daemon is live under that name.
+
+    A row marked alive whose heartbeat is younger than the node timeout is either a
+    daemon that runs (its heartbeat moves) or one that died without a stop (kill -9,
+    a crash: it does not). Watch it for a little over two heartbeats: if it moves,
+    two daemons would claim, recover and kill each other's attempts as one node —
+    refuse; if it stands still, the name is this daemon's to take over (its recovery
+    then settles what the dead one left).
+    """
+    if store.backend == "sqlite":
+        return  # one database file, one daemon: the file lock already said so
+
+    async def row() -> tuple[str, float, int | None] | None:
+        for info in await store.nodes.list(timeout_s):
+            if info.name == name:
+                return info.state, info.heartbeat_age_s, info.pid
+        return None
+
+    first = await row()
+    if first is None or first[0] != "alive" or first[1] > timeout_s:
+        return
+    deadline = time.monotonic() + 2 * heartbeat_s + 1.0
+    while time.monotonic() < deadline:
+        await asyncio.sleep(min(0.5, heartbeat_s / 2))
+        now = await row()
+        if now is None or now[0] != "alive":
+            return
+        # The age grows with the database's clock unless the heartbeat was renewed.
+        if now[1] < first[1]:
+            raise StartupError(
+                f"another daemon is live as node {name!r} (pid {now[2]} on its host, "
+                f"heartbeat {now[1]:.1f} s ago): start this one with another --node"
+            )
+        first = now
 
 
 class Node:
