@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import pty
 import re
@@ -250,3 +251,42 @@ def test_lists_newest_first(daemon: DaemonProcess) -> None:
     one_line_error(
         hero_proc(sock, "job", "list", "--last", "2", "--after-id", "1"), "order", code=2
     )
+
+
+def test_logs_of_several_owners_merge_across_pages(daemon: DaemonProcess) -> None:
+    """Without -f, the merge reads each owner a page at a time (not all of it first):
+    owners of several pages each, printing at the same time, come out in time order,
+    each owner's lines complete and in their own order."""
+    n = 5000  # 3 pages of LOG_PAGE (2,000) per owner
+    program = (
+        "import sys, time\n"
+        f"for i in range(1, {n} + 1):\n"
+        "    print(sys.argv[1], i, flush=True)\n"
+        "    if i % 50 == 0:\n"
+        "        time.sleep(0.002)\n"
+    )
+    with daemon.client() as c:
+        ids = [
+            int(c.call("job.submit", command=[sys.executable, "-c", program, tag])["id"])
+            for tag in ("a", "b")
+        ]
+        for job_id in ids:
+            finish(c, job_id)
+        wait_for(
+            lambda: all(c.call("job.logs", id=i, after_seq=n - 1)["lines"] for i in ids) or None,
+            "every line stored",
+        )
+    shown = hero_proc(daemon.socket_path, "--json", "logs", *(f"job:{i}" for i in ids))
+    assert shown.returncode == 0, shown.stderr
+    records = [orjson.loads(x) for x in shown.stdout.splitlines()]
+    assert len(records) == 2 * n
+    assert [r["ts"] for r in records] == sorted(r["ts"] for r in records)
+    for tag, job_id in zip(("a", "b"), ids, strict=True):
+        mine = [r["text"] for r in records if r["owner"] == f"job:{job_id}"]
+        assert mine == [f"{tag} {i}" for i in range(1, n + 1)]
+    # The two owners' lines really interleave (else the merge was not put to work).
+    owners = [r["owner"] for r in records]
+    assert sum(1 for x, y in itertools.pairwise(owners) if x != y) > 2
+    # The text form: the same lines, in the same order, prefixed with their owner.
+    text = ok(hero_proc(daemon.socket_path, "logs", *(f"job:{i}" for i in ids))).splitlines()
+    assert [ln.split(" | ", 1)[1] for ln in text] == [r["text"] for r in records]

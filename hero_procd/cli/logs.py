@@ -11,11 +11,12 @@ Import-light on purpose: click, orjson and hero_procd.client/errors/config only.
 from __future__ import annotations
 
 import heapq
+import itertools
 import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -165,6 +166,30 @@ def owners_of(words: Sequence[str]) -> list[Owner]:
     return readers
 
 
+def read_page(
+    s: Session, owner: Owner, tail: int | None, since: float | None
+) -> tuple[list[dict[str, Any]], bool]:
+    """The owner's next page of lines; (lines, the page was full: more may follow)."""
+    method = "job.logs" if owner.kind == "job" else "service.logs"
+    try:
+        page = s.call(method, owner.params(tail, since))
+    except NotFound:
+        if not owner.started:
+            raise  # a name that never was: the command line is wrong
+        # Deleted while read (a job cleaned, a service deleted): the others go on.
+        owner.done = True
+        sys.stderr.write(f"hero-proc: {owner.label} was deleted; its lines end here\n")
+        sys.stderr.flush()
+        return [], False
+    owner.started = True
+    owner.after_seq = page["next_seq"]
+    lines: list[dict[str, Any]] = page["lines"]
+    full = len(lines) >= LOG_PAGE
+    if not full and owner.kind == "job" and page.get("done"):
+        owner.done = True
+    return lines, full
+
+
 def read_round(
     s: Session, owners: list[Owner], tail: int | None, since: float | None
 ) -> tuple[list[tuple[Owner, dict[str, Any]]], bool]:
@@ -174,25 +199,21 @@ def read_round(
     for owner in owners:
         if owner.done:
             continue
-        method = "job.logs" if owner.kind == "job" else "service.logs"
-        try:
-            page = s.call(method, owner.params(tail, since))
-        except NotFound:
-            if not owner.started:
-                raise  # a name that never was: the command line is wrong
-            # Deleted while followed (a job cleaned, a service deleted): the others go on.
-            owner.done = True
-            sys.stderr.write(f"hero-proc: {owner.label} was deleted; its lines end here\n")
-            sys.stderr.flush()
-            continue
-        owner.started = True
-        owner.after_seq = page["next_seq"]
-        fetched.extend((owner, line) for line in page["lines"])
-        if len(page["lines"]) >= LOG_PAGE:
-            more = True
-        elif owner.kind == "job" and page.get("done"):
-            owner.done = True
+        lines, full = read_page(s, owner, tail, since)
+        fetched.extend((owner, line) for line in lines)
+        more = more or full
     return fetched, more
+
+
+def owner_lines(
+    s: Session, owner: Owner, tail: int | None, since: float | None
+) -> Iterator[tuple[Owner, dict[str, Any]]]:
+    """Every line the owner has now, a page at a time (read as they are consumed)."""
+    while not owner.done:
+        lines, full = read_page(s, owner, tail, since)
+        yield from ((owner, line) for line in lines)
+        if not full:
+            return
 
 
 def show_merged(
@@ -204,15 +225,31 @@ def show_merged(
     """Print lines of several owners in time order, each prefixed with its owner's label."""
     if not fetched:
         return
-    # Merged by time, but each owner's lines stay in their own (seq) order: a wall clock
-    # stepped back (NTP, an operator) stamps later lines earlier, and a sort on the time
-    # alone would show an owner's lines out of the order they were written.
     by_owner: dict[int, list[tuple[Owner, dict[str, Any]]]] = {id(o): [] for o in owners}
     for pair in fetched:
         by_owner[id(pair[0])].append(pair)
-    fetched = list(heapq.merge(*by_owner.values(), key=lambda pair: pair[1]["ts"]))
+    show_pairs(s, owners, merge_by_time(by_owner.values()), timestamps)
+
+
+def merge_by_time(
+    streams: Iterable[Iterable[tuple[Owner, dict[str, Any]]]],
+) -> Iterator[tuple[Owner, dict[str, Any]]]:
+    """Several owners' lines merged by time, each owner's lines kept in their own (seq)
+    order: a wall clock stepped back (NTP, an operator) stamps later lines earlier, and a
+    sort on the time alone would show an owner's lines out of the order they were written.
+    Lazy: each stream is read as far as the merge needs it."""
+    return heapq.merge(*streams, key=lambda pair: pair[1]["ts"])
+
+
+def show_pairs(
+    s: Session,
+    owners: list[Owner],
+    pairs: Iterable[tuple[Owner, dict[str, Any]]],
+    timestamps: bool,
+) -> None:
+    """Print (owner, line) pairs in the order given, a page at a time."""
     if s.as_json:
-        for owner, line in fetched:
+        for owner, line in pairs:
             record = {"owner": owner.label, "kind": owner.kind, **line}
             sys.stdout.write(orjson.dumps(record).decode() + "\n")
         sys.stdout.flush()
@@ -225,9 +262,18 @@ def show_merged(
         labels[id(o)] = (
             output.paint(text, OWNER_COLOURS[i % len(OWNER_COLOURS)]) if colour else text
         )
-    by_line = {id(line): labels[id(owner)] for owner, line in fetched}
-    lines: list[Mapping[str, Any]] = [line for _, line in fetched]
-    output.write_log_lines(lines, timestamps=timestamps, prefix=lambda ln: by_line[id(ln)])
+    label_of: dict[int, str] = {}  # the chunk's lines' labels
+    chunk: list[tuple[Owner, dict[str, Any]]] = []
+    for pair in itertools.chain(pairs, [None]):
+        if pair is not None:
+            chunk.append(pair)
+            if len(chunk) < LOG_PAGE:
+                continue
+        label_of.clear()
+        label_of.update((id(line), labels[id(owner)]) for owner, line in chunk)
+        lines = [line for _, line in chunk]
+        output.write_log_lines(lines, timestamps=timestamps, prefix=lambda ln: label_of[id(ln)])
+        chunk = []
 
 
 @click.command("logs")
@@ -265,13 +311,10 @@ def logs(
     readers = owners_of(owners)
     deadline = None if max_wait is None else time.monotonic() + max_wait
     if not follow:
-        # All of it first, then one merge: pages of one owner never pass another's lines.
-        everything: list[tuple[Owner, dict[str, Any]]] = []
-        more = True
-        while more:
-            fetched, more = read_round(s, readers, tail, since)
-            everything += fetched
-        show_merged(s, readers, everything, timestamps)
+        # A merge of every owner's pages read as it goes: one page per owner in memory,
+        # whatever the size of the logs, and pages of one owner never pass another's lines.
+        streams = [owner_lines(s, o, tail, since) for o in readers]
+        show_pairs(s, readers, merge_by_time(streams), timestamps)
         return
     while True:
         fetched, more = read_round(s, readers, tail, since)
