@@ -19,6 +19,11 @@ from integration.helpers import UnixHTTPConnection, finish, submit, wait_for, wa
 
 
 def _waiters(daemon: DaemonProcess) -> int:
+    return _metric(daemon, "hero_proc_job_waiters")
+
+
+def _metric(daemon: DaemonProcess, name: str) -> int:
+    """A gauge of the daemon's /metrics (on its socket)."""
     conn = UnixHTTPConnection(daemon.socket_path)
     try:
         conn.request("GET", "/metrics")
@@ -26,9 +31,9 @@ def _waiters(daemon: DaemonProcess) -> int:
     finally:
         conn.close()
     for family in text_string_to_metric_families(body):
-        if family.name == "hero_proc_job_waiters":
+        if family.name == name:
             return int(family.samples[0].value)
-    raise AssertionError("no hero_proc_job_waiters in /metrics")
+    raise AssertionError(f"no {name} in /metrics")
 
 
 def _send(daemon: DaemonProcess, method: str, params: dict[str, Any]) -> socket.socket:
@@ -88,19 +93,6 @@ def test_a_half_closed_client_still_gets_its_wait_answered(daemon: DaemonProcess
             assert answer["result"]["status"] == "cancelled", answer
         finally:
             sock.close()
-
-
-def _metric(daemon: DaemonProcess, name: str) -> int:
-    conn = UnixHTTPConnection(daemon.socket_path)
-    try:
-        conn.request("GET", "/metrics")
-        body = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    for family in text_string_to_metric_families(body):
-        if family.name == name:
-            return int(family.samples[0].value)
-    raise AssertionError(f"no {name} in /metrics")
 
 
 def test_service_waits_of_disconnected_clients_end_and_the_start_still_happens(
