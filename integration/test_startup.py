@@ -16,6 +16,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -259,9 +260,16 @@ def test_unusable_database_is_refused_in_one_line(
     before = db.read_bytes()
     d = DaemonProcess(workdir)
     d.db_path = db
-    reason, took = refused(d.argv, timeout_s=3 * REFUSE_WITHIN_S)
+    # The bound is on the daemon's own work, not on starting Python on a loaded machine:
+    # the same interpreter importing the daemon (`--help`), timed just before, is added.
+    began = time.monotonic()
+    subprocess.run([*d.argv[:3], "--help"], capture_output=True, check=True, timeout=60)
+    start_up = time.monotonic() - began
+    reason, took = refused(d.argv, timeout_s=3 * REFUSE_WITHIN_S + start_up)
     assert str(db) in reason, reason
-    assert took < REFUSE_WITHIN_S, f"refused after {took:.1f}s: {reason}"
+    assert took < REFUSE_WITHIN_S + start_up, (
+        f"refused after {took:.1f}s (Python and imports: {start_up:.1f}s): {reason}"
+    )
     assert db.read_bytes() == before, "the daemon changed a database it refused"
     assert not d.socket_path.exists()
 
