@@ -214,6 +214,7 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
         app.watchdog = await asyncio.to_thread(start_watchdog, app.containment)
         if app.watchdog is not None:
             teardown.push("watchdog", app.watchdog.stop)
+            app.watchdog.watch()
 
         if config.config_dir is not None:
             # Before the engines: the supervisor then starts what the files mark autostart.

@@ -200,6 +200,29 @@ def test_a_job_does_not_inherit_the_watchdogs_pipe(
     assert daemon.stop() == 0
 
 
+def test_a_watchdog_killed_from_outside_is_started_again_and_still_kills(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    daemon = start_cgroup_daemon(workdir, started)
+    with daemon.client() as c:
+        first = info(c)["watchdog"]
+        assert first["restarts"] == 0
+        os.kill(first["pid"], signal.SIGKILL)
+        again = wait_for(
+            lambda: d if (d := info(c)["watchdog"])["restarts"] == 1 else None,
+            "the watchdog to be started again",
+        )
+        assert again["pid"] != first["pid"] and is_alive(again["pid"])
+        wait_dead(first["pid"], "the killed watchdog (reaped)")
+        assert proc_stat(first["pid"]) is None, "reaped by the daemon, no zombie"
+        job_id = c.call("job.submit", script="echo $$; exec sleep 300")["id"]
+        (job,) = job_pids(c, job_id, 1)
+    assert "the watchdog ended while the daemon runs; started it again" in daemon.log()
+    daemon.kill()
+    wait_dead(job, "a job of a daemon killed by -9, under the second watchdog")
+    wait_dead(again["pid"], "the second watchdog after its kill")
+
+
 def test_process_groups_have_no_watchdog(workdir: Path, started: list[DaemonProcess]) -> None:
     """The fallback has no watchdog (README, Containment): system.info says so."""
     daemon = DaemonProcess(workdir, env={"HERO_PROC_CONTAINMENT": "process-group"})

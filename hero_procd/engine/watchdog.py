@@ -82,6 +82,8 @@ class Watchdog:
         self._fd: int | None = fd
         self.root = root
         self.start_s = start_s
+        self.restarts = 0
+        self._pidfd: int | None = None
 
     @property
     def pid(self) -> int:
@@ -112,12 +114,49 @@ class Watchdog:
 
     def info(self) -> dict[str, Any]:
         """What system.info shows."""
-        return {"pid": self.pid, "cgroup": self.root, "program": SHELL}
+        return {"pid": self.pid, "cgroup": self.root, "program": SHELL, "restarts": self.restarts}
+
+    def watch(self) -> None:
+        """Notice (a pidfd on the event loop) if the watchdog ends while the daemon runs
+        (killed from outside): it is started again, and the daemon says so."""
+        self._pidfd = os.pidfd_open(self.proc.pid)  # close-on-exec, always
+        asyncio.get_running_loop().add_reader(self._pidfd, self._ended)
+
+    def _unwatch(self) -> None:
+        pidfd, self._pidfd = self._pidfd, None
+        if pidfd is not None:
+            asyncio.get_running_loop().remove_reader(pidfd)
+            os.close(pidfd)
+
+    def _ended(self) -> None:
+        self._unwatch()
+        self.proc.poll()  # reap it
+        old_pid, code = self.proc.pid, self.proc.returncode
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        try:
+            again = Watchdog.start(self.root)  # ~3 ms: a fork and an exec, like a job's
+        except OSError as exc:
+            log.error(
+                "the watchdog ended and cannot be started again: a kill -9 of the daemon "
+                "would now leave its processes running",
+                extra={"pid": old_pid, "returncode": code, "error": str(exc)},
+            )
+            return
+        self.proc, self._fd = again.proc, again._fd
+        self.restarts += 1
+        log.error(
+            "the watchdog ended while the daemon runs; started it again",
+            extra={"pid": old_pid, "returncode": code, "new_pid": self.proc.pid},
+        )
+        self.watch()
 
     async def stop(self) -> None:
         """Graceful stop: tell it `bye` (it exits without killing anything) and reap it.
 
         Called once the executor and the supervisor have ended their processes."""
+        self._unwatch()
         fd, self._fd = self._fd, None
         if fd is None:
             return
