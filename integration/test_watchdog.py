@@ -10,12 +10,17 @@ the watchdog without a kill: the services' stop logic still runs.
 from __future__ import annotations
 
 import os
+import random
 import signal
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from hero_procd.client import Client
+from hero_procd.engine.executor import instance_id
+from hero_procd.engine.procs import find_marked
 from integration.daemon_proc import DaemonProcess
 from integration.helpers import (
     define,
@@ -221,6 +226,39 @@ def test_a_watchdog_killed_from_outside_is_started_again_and_still_kills(
     daemon.kill()
     wait_dead(job, "a job of a daemon killed by -9, under the second watchdog")
     wait_dead(again["pid"], "the second watchdog after its kill")
+
+
+def nothing_left(daemon: DaemonProcess, root: str) -> bool | None:
+    """True once no process carries the daemon's mark and every cell under `root` is empty."""
+    if find_marked(instance_id(str(daemon.db_path))):
+        return None
+    cells = [e.path for e in os.scandir(root) if e.is_dir()]
+    full = [p for p in cells if "populated 1" in Path(p, "cgroup.events").read_text()]
+    return True if not full else None
+
+
+def test_kill_9_at_a_random_moment_of_a_spawn_burst_leaves_nothing(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    """kill -9 while jobs are being spawned (a random moment, three times): whatever was
+    spawned, every process marked as the daemon's is gone and every cell is empty,
+    without a daemon started again."""
+    daemon = DaemonProcess(workdir, env=CGROUPS, extra_args=["--max-parallel", "200"])
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    for round_ in range(3):
+        started.append(daemon.start())
+        with daemon.client() as c:
+            if info(c)["containment"] != "cgroup2":
+                pytest.skip("no writable cgroup v2 tree here")
+            root = info(c)["cgroup"]
+            script = "sleep 300 & setsid sleep 300 & exec sleep 300"
+            c.call("job.submit_batch", jobs=[{"script": script}] * 60)
+        time.sleep(rng.uniform(0.0, 0.4))
+        daemon.kill()
+        what = f"round {round_} (seed {seed})"
+
+        wait_for(partial(nothing_left, daemon, root), f"every process to be gone, {what}")
 
 
 def test_process_groups_have_no_watchdog(workdir: Path, started: list[DaemonProcess]) -> None:
