@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hero_procd.engine.janitor import Janitor
     from hero_procd.engine.scheduler import Scheduler
     from hero_procd.engine.supervisor import Supervisor
+    from hero_procd.engine.watchdog import Watchdog
 
 
 @dataclass
@@ -52,6 +53,8 @@ class App:
     janitor: Janitor | None = None
     node: Node | None = None
     containment: Containment | None = None
+    # Kills the cells if the daemon dies without a stop (cgroups only; engine/watchdog.py).
+    watchdog: Watchdog | None = None
     # The dashboard's change feed and the Prometheus metrics (hero_procd/web, metrics.py).
     feed: Feed = field(default_factory=Feed)
     metrics: Metrics = field(default_factory=Metrics)

@@ -36,6 +36,7 @@ from hero_procd.engine.executor import Executor, instance_id, instance_key
 from hero_procd.engine.janitor import Janitor
 from hero_procd.engine.scheduler import Scheduler
 from hero_procd.engine.supervisor import Supervisor
+from hero_procd.engine.watchdog import start_for as start_watchdog
 from hero_procd.errors import HeroError
 from hero_procd.logs_setup import setup_logging
 from hero_procd.offload import offload
@@ -210,6 +211,14 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             make_containment, config.containment, config.cgroup, instance_id(instance_key(config))
         )
         teardown.push("containment", app.containment.close)
+        # Before any child runs: if this process dies without a stop (kill -9, a crash),
+        # the watchdog kills every cell (cgroups only; engine/watchdog.py). Stopped after
+        # the executor and the supervisor have ended their processes, before the subtree goes.
+        stage = "starting the watchdog"
+        app.watchdog = await asyncio.to_thread(start_watchdog, app.containment)
+        if app.watchdog is not None:
+            teardown.push("watchdog", app.watchdog.stop)
+            app.watchdog.watch()
 
         if config.config_dir is not None:
             # Before the engines: the supervisor then starts what the files mark autostart.

@@ -23,7 +23,7 @@ import pytest
 from hero_procd.client import Client
 from hero_procd.errors import HeroError, StorageError
 from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
-from integration.helpers import kill_leftovers, wait_for
+from integration.helpers import kill_leftovers, wait_dead, wait_for
 from integration.netns import NetNs, NetNsUnavailable
 from integration.tcp_proxy import CuttableProxy
 from integration.test_cli import hero_proc
@@ -168,10 +168,11 @@ def test_kill_9_of_a_node_its_attempts_recovered_by_the_others_never_twice_at_on
     cluster: Cluster,
 ) -> None:
     """n2 dies mid-run: its attempts run again elsewhere within node_timeout_s + 5 s, and no
-    job's attempts overlap in time (each attempt writes its start and end)."""
+    job's attempts overlap in time (each attempt writes its start and end; one killed with
+    n2 writes no end: the moment its process is seen gone stands for it)."""
     out = cluster.workdir / "spans"
     script = (
-        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N)" >> {out}; '
+        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N) $$" >> {out}; '
         f'sleep 1; echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}'
     )
     c1 = cluster.clients["n1"]
@@ -184,6 +185,19 @@ def test_kill_9_of_a_node_its_attempts_recovered_by_the_others_never_twice_at_on
     on_n2 = wait_for(n2_busy, "n2 to run jobs")
     cluster.procs["n2"].kill()
     killed_at = time.time()
+    # n2's attempts die with it (the watchdog kills its cells): they write no end. The
+    # time each open attempt's shell is seen gone bounds its end from above.
+    open_at_kill: dict[tuple[str, str], int] = {}
+    for line in out.read_text().splitlines():
+        jid, attempt, what, *rest = line.split()
+        if what == "start":
+            open_at_kill[(jid, attempt)] = int(rest[1])
+        else:
+            open_at_kill.pop((jid, attempt), None)
+    seen_gone: dict[tuple[str, str], float] = {}
+    for key, pid in open_at_kill.items():
+        wait_dead(pid, f"attempt {key}")
+        seen_gone[key] = time.time()
 
     def all_done() -> list[dict[str, Any]] | None:
         js = all_jobs(c1)
@@ -199,16 +213,74 @@ def test_kill_9_of_a_node_its_attempts_recovered_by_the_others_never_twice_at_on
     assert not listed["n2"]["alive"] and listed["n2"]["state"] == "dead"
     spans: dict[tuple[str, str], dict[str, float]] = {}
     for line in out.read_text().splitlines():
-        jid, attempt, what, at = line.split()
+        jid, attempt, what, at, *_ = line.split()
         spans.setdefault((jid, attempt), {})[what] = float(at)
     by_job: dict[str, list[tuple[float, float]]] = {}
-    for (jid, _), s in spans.items():
-        by_job.setdefault(jid, []).append((s["start"], s.get("end", math.inf)))
+    for (jid, attempt), s in spans.items():
+        end = s.get("end", seen_gone.get((jid, attempt), math.inf))
+        by_job.setdefault(jid, []).append((s["start"], end))
     assert {int(j) for j in by_job} == set(ids)
     for jid, attempts in by_job.items():
         attempts.sort()
         for (_, end), (start, _) in itertools.pairwise(attempts):
             assert start >= end, f"job {jid} ran twice at once: {attempts}"
+
+
+# An attempt's process: says whether the previous attempt's process still ran when it
+# started (a zombie is dead: PID 1 here may never reap), then waits long.
+OVERLAP_CHECK = (
+    'f="{dir}/$HERO_PROC_JOB_ID"; verdict=first; '
+    'if [ -e "$f.pid" ]; then old=$(cat "$f.pid"); '
+    "state=$(sed -n 's/^State:[[:space:]]*\\(.\\).*/\\1/p' /proc/$old/status 2>/dev/null); "
+    'case "$state" in ""|Z|X) verdict=clean ;; *) verdict=overlap ;; esac; fi; '
+    'echo "$HERO_PROC_ATTEMPT $verdict" >> "$f.log"; echo $$ > "$f.pid"; exec sleep 600'
+)
+
+
+@pytest.mark.max_parallel(4)
+def test_kill_9_of_a_node_kills_its_attempts_before_the_node_timeout(cluster: Cluster) -> None:
+    """n2 dies by kill -9 while its jobs run `sleep 600`: the watchdog kills them within
+    a few seconds, before the node timeout, so the attempts run again elsewhere start
+    after them (no attempt on two nodes at once), without n2 being started again."""
+    out = cluster.workdir / "overlap"
+    out.mkdir()
+    c1 = cluster.clients["n1"]
+    if c1.call("system.info")["watchdog"] is None:
+        pytest.skip("no cgroup containment here: no watchdog")
+    script = OVERLAP_CHECK.format(dir=out)
+    job = {"script": script, "retries": 1, "retry_delay_s": 0}
+    ids = c1.call("job.submit_batch", jobs=[job] * 12)["submitted"]
+
+    def n2_running() -> dict[int, int] | None:
+        js = [c1.call("job.get", id=i) for i in ids]
+        if not all(j["status"] == "running" and j["pid"] for j in js):
+            return None
+        on_n2 = {j["id"]: j["pid"] for j in js if j["node"] == "n2"}
+        return on_n2 or None
+
+    on_n2 = wait_for(n2_running, "every job to run, some on n2", timeout_s=60)
+    cluster.procs["n2"].kill()
+    killed_at = time.monotonic()
+    for pid in on_n2.values():
+        wait_dead(pid, "n2's sleep 600")
+    gone_after = time.monotonic() - killed_at
+    assert gone_after < NODE_TIMEOUT_S, f"n2's processes took {gone_after:.2f} s to go"
+    # Every node was full (4 each): room for n2's jobs on the others.
+    for job_id in set(ids) - set(on_n2):
+        c1.call("job.cancel", id=job_id)
+
+    def retried() -> list[str] | None:
+        logs = [(out / f"{i}.log") for i in on_n2]
+        if not all(p.exists() and len(p.read_text().splitlines()) >= 2 for p in logs):
+            return None
+        return [line for p in logs for line in p.read_text().splitlines()]
+
+    lines = wait_for(retried, "n2's jobs to run again elsewhere", timeout_s=60)
+    assert sorted(set(lines)) == ["1 first", "2 clean"], lines
+    for job_id in on_n2:
+        assert c1.call("job.get", id=job_id)["node"] != "n2"
+    for job_id in on_n2:
+        c1.call("job.cancel", id=job_id)
 
 
 def test_a_per_second_schedule_on_three_nodes_fires_once_per_second(cluster: Cluster) -> None:

@@ -404,9 +404,12 @@ def test_pid_file_needs_type_forking(c: Client) -> None:
 # -- crash recovery ----------------------------------------------------------------------
 
 
-def test_kill_9_then_restart_kills_leftovers_found_by_cgroup(
+def test_kill_9_kills_leftovers_at_once_and_the_restart_finds_the_cells_empty(
     workdir: Path, started: list[DaemonProcess]
 ) -> None:
+    """kill -9 of the daemon: the watchdog kills every cell (escapees included) without a
+    daemon started again; the next start settles the job, starts the service afresh and
+    removes the old (empty) cells."""
     daemon = DaemonProcess(workdir)
     started.append(daemon.start())
     with daemon.client() as c:
@@ -420,9 +423,12 @@ def test_kill_9_then_restart_kills_leftovers_found_by_cgroup(
     for pid in leftovers:  # nothing but their cgroup ties them to the daemon
         assert not any(v.startswith("HERO_PROC_INSTANCE=") for v in environ(pid)), pid
     daemon.kill()
-    assert all(is_alive(p) for p in leftovers), "a kill -9 of the daemon leaves them running"
+    all_gone(leftovers, "a leftover of a daemon killed by -9, no daemon started again")
+    old_cells = [e.path for e in os.scandir(root) if e.is_dir()]
+    assert old_cells, "the watchdog kills, it does not remove: the next start does"
     started.append(daemon.start())
-    all_gone(leftovers, "a leftover of a daemon killed by -9")
+    assert all(not os.path.exists(p) for p in old_cells)
+    assert "killed the cells of a previous daemon" not in daemon.log(), "they were empty"
     with daemon.client() as c:
         assert finish(c, job_id)["status"] == "lost"
         wait_state(c, "left", "running")  # started afresh

@@ -75,13 +75,19 @@ def started() -> Iterator[list[DaemonProcess]]:
         kill_leftovers(db)
 
 
+@pytest.mark.parametrize("containment", ["auto", "process-group"])
 def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
-    workdir: Path, started: list[DaemonProcess]
+    workdir: Path, started: list[DaemonProcess], containment: str
 ) -> None:
-    """After kill -9 and a restart: no job `running`, no old process alive, no job missing."""
-    first = DaemonProcess(workdir)
+    """After kill -9 and a restart: no job `running`, no old process alive, no job missing.
+
+    With cgroups the watchdog kills the processes as the daemon dies; with process
+    groups they outlive it and the next start's recovery kills them."""
+    env = {"HERO_PROC_CONTAINMENT": containment}
+    first = DaemonProcess(workdir, env=env)
     started.append(first.start())
     with first.client() as c:
+        watched = c.call("system.info")["watchdog"] is not None
         c.call("group.set", name="hold-grp", max_parallel=1)
         lost = c.call("job.submit", command=["sleep", "60"], group="hold-grp")["id"]
         with_retry = {"script": SECOND_ATTEMPT_SUCCEEDS, "retries": 1, "retry_delay_s": 0}
@@ -104,11 +110,13 @@ def test_kill_9_then_restart_leaves_no_running_job_and_no_process(
         )
     first.kill()
     assert first.proc is not None and first.proc.returncode == -signal.SIGKILL
-    # The jobs outlive the crash: their processes are in sessions of their own.
     old_groups = [*pgids, escaped_pid]
-    assert all(group_alive(g) for g in old_groups)
+    if watched:  # cgroups: the watchdog kills every cell, no daemon started again
+        wait_groups_gone(old_groups, GONE_DEADLINE_S)
+    else:  # process groups: the jobs outlive the crash, in sessions of their own
+        assert all(group_alive(g) for g in old_groups)
 
-    second = DaemonProcess(workdir)
+    second = DaemonProcess(workdir, env=env)
     started.append(second.start())
     wait_groups_gone(old_groups, GONE_DEADLINE_S)
     with second.client() as c:
@@ -142,7 +150,7 @@ def test_lost_job_skips_its_dependents(workdir: Path, started: list[DaemonProces
         pgid = wait_running(c, run["jobs"]["a"])["pid"]
         assert finish(c, run["jobs"]["side"])["status"] == "succeeded"
     first.kill()
-    assert group_alive(pgid)
+    # Killed by the watchdog (cgroups) or by the next start's recovery (process groups).
 
     second = DaemonProcess(workdir)
     started.append(second.start())

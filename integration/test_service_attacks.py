@@ -360,8 +360,9 @@ def test_instant_crash_loop_backs_off(daemon: DaemonProcess) -> None:
 # -- 8. health checks: a check in flight when the daemon is killed ---------------------
 
 
-def test_health_check_in_flight_at_kill9_is_killed_by_recovery(workdir: Path) -> None:
-    """kill -9 during a slow exec check: the next daemon's recovery leaves no check behind."""
+def test_health_check_in_flight_at_kill9_is_killed(workdir: Path) -> None:
+    """kill -9 during a slow exec check: no check is left behind (killed by the watchdog
+    with cgroups, by the next daemon's recovery with process groups)."""
     needle = "sleep 77.4712"
     check = {"exec": ["sh", "-c", needle], "interval_s": 0.1, "timeout_s": 60, "retries": 3}
     d = DaemonProcess(workdir).start()

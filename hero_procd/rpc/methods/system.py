@@ -49,6 +49,7 @@ async def info(app: App, p: Params) -> dict[str, Any]:
         "last_retention": app.janitor.last if app.janitor else None,
         # cgroup2 | process-group, the controllers usable for limits, the cells' subtree.
         **(app.containment.info() if app.containment else {"containment": None}),
+        "watchdog": app.watchdog.info() if app.watchdog else None,
     }
 
 
