@@ -14,6 +14,7 @@ from hero_procd.model import (
     TERMINAL_JOB_STATES,
     JobRequest,
     JobStatus,
+    bare_job_request,
     job_request_from,
     parse_job_request,
 )
@@ -231,6 +232,11 @@ def _parse_items(
     """Each item as a request (over the defaults); invalid ones go to `result.failed`."""
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
+        if not base:
+            bare = bare_job_request(item)
+            if bare is not None:  # a bare command has no limits to check
+                requests.append((i, bare))
+                continue
         try:
             merged = _with_defaults(base, item) if base and isinstance(item, dict) else item
             request = job_request_from(merged, f"jobs[{i}]")
