@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
+from itertools import chain, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -539,6 +540,21 @@ def bare_job_request(raw: Any) -> JobRequest | None:
         if type(arg) is not str or NUL in arg:
             return None
     return JobRequest(CommandSpec(command))
+
+
+def bare_job_requests(items: list[Any]) -> list[JobRequest] | None:
+    """`bare_job_request` of every item of a batch whose items are all bare commands, checked
+    in passes that loop in C over the whole batch; None if any item is something else (then
+    each item is read on its own)."""
+    if set(map(type, items)) != {dict} or set(map(len, items)) != {1}:
+        return None
+    commands = list(map(dict.get, items, repeat("command")))
+    if set(map(type, commands)) != {list} or not all(commands):
+        return None
+    args = list(chain.from_iterable(commands))
+    if set(map(type, args)) != {str} or NUL in "".join(args):
+        return None
+    return [JobRequest(CommandSpec(command)) for command in commands]
 
 
 def parse_job_request(p: Params, *, in_run: bool = False, partial: bool = False) -> JobRequest:

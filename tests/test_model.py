@@ -23,6 +23,7 @@ from hero_procd.model import (
     JobStatus,
     ServiceState,
     bare_job_request,
+    bare_job_requests,
     check_run_graph,
     dependency_order,
     find_cycle,
@@ -230,6 +231,29 @@ def test_bare_job_request_is_job_request_from_or_leaves_it(raw: Any) -> None:
         assert bare.spec.to_dict() == raw
     is_bare = isinstance(raw, dict) and raw.keys() == {"command"}
     assert (bare is not None) == (is_bare and full is not None and type(raw["command"][0]) is str)
+
+
+def test_bare_job_requests_reads_a_batch_of_bare_commands_or_leaves_it() -> None:
+    """The whole-batch check gives each item's `bare_job_request`, or None as soon as one
+    item would not have one (each item is then read on its own)."""
+    good: list[Any] = [{"command": ["/bin/true"]}, {"command": ["echo", "ü", ""]}]
+    assert bare_job_requests(good) == [bare_job_request(item) for item in good]
+    bad_ones: list[Any] = [
+        {"command": []},
+        {"command": "echo"},
+        {"command": ["a\0b"]},
+        {"command": ["a", 1]},
+        {"command": [_Text("a")]},
+        {"command": None},
+        {"script": "echo"},
+        {"command": ["a"], "tags": ["t"]},
+        {},
+        ["a"],
+        None,
+    ]
+    for bad in bad_ones:
+        for at in range(len(good) + 1):
+            assert bare_job_requests([*good[:at], bad, *good[at:]]) is None, (bad, at)
 
 
 def parse_error(raw: dict[str, Any], prefix: str = "", in_run: bool = False) -> InvalidParams:

@@ -163,14 +163,15 @@ def _insert_sqlite(
     """Insert job rows on SQLite: the usual batch (jobs alike but for their spec) with a
     statement per stretch of alike jobs, the rest one executemany.
 
-    `job_insert_stretch` reads the stretch's spec texts from one JSON array with json_each:
+    `job_insert_stretch` reads the stretch's specs from one JSON array with json_each (the
+    text of each is its own, as orjson wrote it):
     the rows are made and written by SQLite in C, without the GIL (sqlite3 releases it while
     a statement runs), rather than 50,000 rows of 13 parameters bound one by one (3x slower,
     and holding the GIL for each row). The ids are consecutive (`allocate_ids`, inside the
     writer's transaction): a stretch's ids are its first one plus the position in the array.
     """
     dumps = orjson.dumps
-    specs = [dumps(r.spec.to_dict()).decode() for r in requests]
+    specs = [r.spec.to_dict() for r in requests]
     alike = [_row_fields(r) for r in requests]
     loose: builtins.list[int] = []
     start = 0
@@ -205,7 +206,8 @@ def _insert_sqlite(
         start = end
     if loose:
         picked = [requests[i] for i in loose]
-        rows = _job_rows([ids[i] for i in loose], picked, run_id, ts, [specs[i] for i in loose])
+        texts = [dumps(specs[i]).decode() for i in loose]
+        rows = _job_rows([ids[i] for i in loose], picked, run_id, ts, texts)
         _insert_rows(conn, rows)
 
 

@@ -58,7 +58,7 @@ INSERT INTO jobs (id, run_id, key, action, spec, tags, status, priority, grp, de
 VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?, ?)
 
 -- job_insert_stretch --
--- Jobs alike but for their spec (SQLite): one row per spec text of the JSON array :specs,
+-- Jobs alike but for their spec (SQLite): one row per spec (object) of the JSON array :specs,
 -- with consecutive ids from :first_id, allocated in the same transaction.
 INSERT INTO jobs (id, run_id, key, action, spec, tags, status, priority, grp, dedup_key,
                   attempt, max_attempts, not_before, deps_pending, created_at, pin_node)

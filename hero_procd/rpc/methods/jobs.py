@@ -15,6 +15,7 @@ from hero_procd.model import (
     JobRequest,
     JobStatus,
     bare_job_request,
+    bare_job_requests,
     job_request_from,
     parse_job_request,
 )
@@ -230,6 +231,10 @@ def _parse_items(
     items: list[Any], base: dict[str, Any], result: BatchResult, app: App
 ) -> list[tuple[int, JobRequest]]:
     """Each item as a request (over the defaults); invalid ones go to `result.failed`."""
+    if not base:
+        bare = bare_job_requests(items)
+        if bare is not None:  # the usual big batch: bare commands, no limits to check
+            return list(enumerate(bare))
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
         if not base:
