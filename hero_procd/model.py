@@ -548,7 +548,7 @@ def bare_job_requests(items: list[Any]) -> list[JobRequest] | None:
     each item is read on its own)."""
     if set(map(type, items)) != {dict} or set(map(len, items)) != {1}:
         return None
-    commands = list(map(dict.get, items, repeat("command")))
+    commands: list[Any] = list(map(dict.get, items, repeat("command")))
     if set(map(type, commands)) != {list} or not all(commands):
         return None
     args = list(chain.from_iterable(commands))

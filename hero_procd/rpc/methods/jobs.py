@@ -232,9 +232,9 @@ def _parse_items(
 ) -> list[tuple[int, JobRequest]]:
     """Each item as a request (over the defaults); invalid ones go to `result.failed`."""
     if not base:
-        bare = bare_job_requests(items)
-        if bare is not None:  # the usual big batch: bare commands, no limits to check
-            return list(enumerate(bare))
+        all_bare = bare_job_requests(items)
+        if all_bare is not None:  # the usual big batch: bare commands, no limits to check
+            return list(enumerate(all_bare))
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
         if not base:
