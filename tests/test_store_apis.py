@@ -10,6 +10,7 @@ import pytest
 from hero_procd.errors import Conflict, InvalidParams, NotFound
 from hero_procd.model import CommandSpec, JobRequest
 from hero_procd.store import BatchResult, CleanResult, Store
+from hero_procd.store import jobs as jobs_sql
 from hero_procd.store.jobs import AttemptEnd, GroupRoom
 from hero_procd.store.logs import LogLine, delete_owners
 from hero_procd.store.pool import DbPool
@@ -857,9 +858,15 @@ def test_an_actions_node_places_its_jobs_unless_the_job_says_otherwise(
     assert run_store(body) == ("db1", "db1", "db2")
 
 
-def test_submit_batch_rows_are_those_of_single_submits(run_store: StoreRunner) -> None:
-    """Stretches of alike jobs (one statement each on SQLite) and the jobs between them
-    (row by row) are stored exactly as the same requests submitted one at a time."""
+@pytest.mark.parametrize("stretch_max", [None, 7])
+def test_submit_batch_rows_are_those_of_single_submits(
+    run_store: StoreRunner, monkeypatch: pytest.MonkeyPatch, stretch_max: int | None
+) -> None:
+    """Stretches of alike jobs (one statement each on SQLite, or several: `stretch_max`)
+    and the jobs between them (row by row) are stored exactly as the same requests
+    submitted one at a time."""
+    if stretch_max is not None:
+        monkeypatch.setattr(jobs_sql, "_STRETCH_MAX", stretch_max)
     odd = 'q"uo\\te ü\t\n\u2028 $HOME'
     fancy = CommandSpec(
         command=["echo", odd], env={"A": odd}, cwd="/tmp", timeout_s=1e-7, retries=2

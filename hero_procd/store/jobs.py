@@ -153,62 +153,74 @@ _row_fields = attrgetter(
     "tags", "priority", "group", "dedup_key", "key", "action", "node", "spec.retries", "depends_on"
 )
 # A stretch of at least this many consecutive jobs whose rows differ in id and spec only is
-# inserted by one statement reading the specs from a JSON array (SQLite).
+# inserted by one statement per _STRETCH_MAX jobs, reading their specs from a JSON array
+# (SQLite); the bound keeps each array far below SQLite's largest string (1 GB).
 _STRETCH_MIN = 16
+_STRETCH_MAX = 10_000
 
 
 def _insert_sqlite(
     conn: Conn, ids: Sequence[int], requests: Sequence[JobRequest], run_id: int | None, ts: float
 ) -> None:
     """Insert job rows on SQLite: the usual batch (jobs alike but for their spec) with a
-    statement per stretch of alike jobs, the rest one executemany.
+    statement per stretch of alike jobs, the rest with one executemany.
 
-    `job_insert_stretch` reads the stretch's specs from one JSON array with json_each (the
-    text of each is its own, as orjson wrote it):
-    the rows are made and written by SQLite in C, without the GIL (sqlite3 releases it while
-    a statement runs), rather than 50,000 rows of 13 parameters bound one by one (3x slower,
-    and holding the GIL for each row). The ids are consecutive (`allocate_ids`, inside the
-    writer's transaction): a stretch's ids are its first one plus the position in the array.
+    `job_insert_stretch` reads a stretch's specs from one JSON array with json_each (SQLite
+    gives back the text of each object as orjson wrote it): the rows are made and written by
+    SQLite in C, with the GIL released (sqlite3 lets it go while a statement runs), instead
+    of binding 13 parameters a row, one row at a time, holding the GIL for each (3x slower
+    for 50,000 jobs). The ids are consecutive (`allocate_ids`, in the writer's transaction):
+    a job's id is its stretch's first id plus its position in the array.
     """
-    dumps = orjson.dumps
     specs = [r.spec.to_dict() for r in requests]
-    alike = [_row_fields(r) for r in requests]
     loose: builtins.list[int] = []
     start = 0
-    for shared, stretch in groupby(alike):
+    for shared, stretch in groupby(map(_row_fields, requests)):
         end = start + len(builtins.list(stretch))
         if end - start < _STRETCH_MIN:
             loose.extend(range(start, end))
-            start = end
-            continue
-        tags, priority, group, dedup_key, key, action, node, retries, deps = shared
-        cur = conn.execute(
-            Q["job_insert_stretch"],
-            {
-                "first_id": ids[start],
-                "specs": dumps(specs[start:end]).decode(),  # text: a blob would be JSONB
-                "run_id": run_id,
-                "key": key,
-                "action": action,
-                "tags": dumps(tags).decode() if tags else "[]",
-                "priority": priority,
-                "grp": group,
-                "dedup_key": dedup_key,
-                "max_attempts": (retries or 0) + 1,
-                "deps_pending": len(set(deps)) if deps else 0,
-                "created_at": ts,
-                "pin_node": node,
-            },
-        )
-        assert cur.rowcount == end - start, "every job row must be written"
-        for tag in dict.fromkeys(tags):
-            conn.execute(Q["job_tag_insert_range"], (tag, ids[start], ids[end - 1]))
+        else:
+            for first in range(start, end, _STRETCH_MAX):
+                last = min(first + _STRETCH_MAX, end)
+                _insert_stretch(conn, shared, ids[first], specs[first:last], run_id, ts)
         start = end
     if loose:
+        texts = [orjson.dumps(specs[i]).decode() for i in loose]
         picked = [requests[i] for i in loose]
-        texts = [dumps(specs[i]).decode() for i in loose]
-        rows = _job_rows([ids[i] for i in loose], picked, run_id, ts, texts)
-        _insert_rows(conn, rows)
+        _insert_rows(conn, _job_rows([ids[i] for i in loose], picked, run_id, ts, texts))
+
+
+def _insert_stretch(
+    conn: Conn,
+    shared: tuple[Any, ...],
+    first_id: int,
+    specs: builtins.list[dict[str, Any]],
+    run_id: int | None,
+    ts: float,
+) -> None:
+    """Insert jobs `first_id`, `first_id + 1`, … with these specs and the `_row_fields` they
+    share, and their tags, by one statement each (SQLite)."""
+    tags, priority, group, dedup_key, key, action, node, retries, deps = shared
+    params = {
+        "first_id": first_id,
+        "specs": orjson.dumps(specs).decode(),  # text: SQLite would read a blob as JSONB
+        "run_id": run_id,
+        "key": key,
+        "action": action,
+        "tags": orjson.dumps(tags).decode() if tags else "[]",
+        "priority": priority,
+        "grp": group,
+        "dedup_key": dedup_key,
+        "max_attempts": (retries or 0) + 1,
+        "deps_pending": len(set(deps)) if deps else 0,
+        "created_at": ts,
+        "pin_node": node,
+    }
+    cur = conn.execute(Q["job_insert_stretch"], params)
+    assert cur.rowcount == len(specs), "every job row must be written"
+    last_id = first_id + len(specs) - 1
+    for tag in dict.fromkeys(tags):
+        conn.execute(Q["job_tag_insert_range"], (tag, first_id, last_id))
 
 
 def _job_rows(
