@@ -15,7 +15,6 @@ import signal
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from itertools import groupby
 from operator import attrgetter
 from typing import Any
 
@@ -173,17 +172,18 @@ def _insert_sqlite(
     a job's id is its stretch's first id plus its position in the array.
     """
     specs = [r.spec.to_dict() for r in requests]
+    # Python loops, not groupby/map consumed in C: those would hold the GIL (and the event
+    # loop) for the whole batch at once.
+    alike = [_row_fields(r) for r in requests]
+    edges = [i for i in range(1, len(alike)) if alike[i] != alike[i - 1]]
     loose: builtins.list[int] = []
-    start = 0
-    for shared, stretch in groupby(map(_row_fields, requests)):
-        end = start + len(builtins.list(stretch))
+    for start, end in zip([0, *edges], [*edges, len(alike)], strict=True):
         if end - start < _STRETCH_MIN:
             loose.extend(range(start, end))
-        else:
-            for first in range(start, end, _STRETCH_MAX):
-                last = min(first + _STRETCH_MAX, end)
-                _insert_stretch(conn, shared, ids[first], specs[first:last], run_id, ts)
-        start = end
+            continue
+        for first in range(start, end, _STRETCH_MAX):
+            last = min(first + _STRETCH_MAX, end)
+            _insert_stretch(conn, alike[start], ids[first], specs[first:last], run_id, ts)
     if loose:
         texts = [orjson.dumps(specs[i]).decode() for i in loose]
         picked = [requests[i] for i in loose]
