@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from hero_procd import model
 from hero_procd.errors import InvalidParams
 from hero_procd.model import (
     ACTIVE_JOB_STATES,
@@ -233,9 +234,14 @@ def test_bare_job_request_is_job_request_from_or_leaves_it(raw: Any) -> None:
     assert (bare is not None) == (is_bare and full is not None and type(raw["command"][0]) is str)
 
 
-def test_bare_job_requests_reads_a_batch_of_bare_commands_or_leaves_it() -> None:
-    """The whole-batch check gives each item's `bare_job_request`, or None as soon as one
-    item would not have one (each item is then read on its own)."""
+@pytest.mark.parametrize("slice_size", [None, 1, 2])
+def test_bare_job_requests_reads_a_batch_of_bare_commands_or_leaves_it(
+    monkeypatch: pytest.MonkeyPatch, slice_size: int | None
+) -> None:
+    """The whole-batch check (slice by slice) gives each item's `bare_job_request`, or None
+    as soon as one item would not have one (each item is then read on its own)."""
+    if slice_size is not None:
+        monkeypatch.setattr(model, "_BARE_SLICE", slice_size)
     good: list[Any] = [{"command": ["/bin/true"]}, {"command": ["echo", "ü", ""]}]
     assert bare_job_requests(good) == [bare_job_request(item) for item in good]
     bad_ones: list[Any] = [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +213,7 @@ def write_batch(
 ) -> BatchResult:
     """The body of `Store.submit_batch`, inside one unit."""
     requests = [req for _, req in items]
-    if _all_none(requests, "dedup_key") and _all_none(requests, "action"):
+    if all(req.dedup_key is None and req.action is None for req in requests):
         # The usual big batch: nothing to deduplicate or resolve, every job is inserted.
         result.submitted.extend(jobs_sql.insert_many(conn, requests))
         return result
@@ -270,11 +269,6 @@ def write_batch(
     result.superseded.extend((new, old) for new, old in zip(ids, replaced, strict=True) if old)
     result.settled = settled
     return result
-
-
-def _all_none(requests: list[JobRequest], name: str) -> bool:
-    """Whether the field `name` of every request is None (one pass in C)."""
-    return list(map(attrgetter(name), requests)).count(None) == len(requests)
 
 
 def delete_jobs(conn: Conn, ids: Sequence[int], run_ids: Iterable[int]) -> tuple[int, int, int]:

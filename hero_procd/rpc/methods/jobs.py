@@ -234,7 +234,7 @@ def _parse_items(
     if not base:
         all_bare = bare_job_requests(items)
         if all_bare is not None:  # the usual big batch: bare commands, no limits to check
-            return list(enumerate(all_bare))
+            return [(i, request) for i, request in enumerate(all_bare)]  # not one C loop
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
         if not base:
