@@ -139,7 +139,8 @@ def insert_many(
         return []
     ids = allocate_ids(conn, "jobs", len(requests))
     ts = now()
-    if is_postgres(conn):
+    if is_postgres(conn) or run_id is not None or len(requests) < _STRETCH_MIN:
+        # PostgreSQL has COPY; the jobs of a run have keys of their own (never two alike).
         _insert_rows(conn, _job_rows(ids, requests, run_id, ts))
     else:
         _insert_sqlite(conn, ids, requests, run_id, ts)
@@ -176,6 +177,10 @@ def _insert_sqlite(
     # loop) for the whole batch at once.
     alike = [_row_fields(r) for r in requests]
     edges = [i for i in range(1, len(alike)) if alike[i] != alike[i - 1]]
+    if len(edges) == len(alike) - 1:  # no two neighbours alike (say, each a dedup key)
+        texts = [orjson.dumps(spec).decode() for spec in specs]
+        _insert_rows(conn, _job_rows(ids, requests, run_id, ts, texts))
+        return
     loose: builtins.list[int] = []
     for start, end in zip([0, *edges], [*edges, len(alike)], strict=True):
         if end - start < _STRETCH_MIN:
