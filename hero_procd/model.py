@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
+from itertools import chain, repeat
 from operator import attrgetter
 from typing import Any
 
@@ -233,9 +234,12 @@ class CommandSpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as stored and shown, without unset fields."""
         # Not dataclasses.asdict: its deep copy cost 100 us a job in run.submit.
+        values = _spec_values(self)
+        if values.count(None) == _BARE_NONES and values[0] is not None:
+            return {"command": values[0]}  # most jobs of a big batch: 3x faster
         return {
             name: value
-            for name, value in zip(_SPEC_FIELDS, _spec_values(self), strict=True)
+            for name, value in zip(_SPEC_FIELDS, values, strict=True)
             if value is not None
         }
 
@@ -271,6 +275,9 @@ def _limit(value: Any, path: str, name: str) -> int | float:
 _COMMAND_KEYS = frozenset(_SPEC_FIELDS)
 _OPTIONAL_SPEC_KEYS = _COMMAND_KEYS - {"command", "script", "interpreter"}
 _spec_values = attrgetter(*_SPEC_FIELDS)
+# A spec with a command and nothing else has this many unset fields (command comes first).
+_BARE_NONES = len(_SPEC_FIELDS) - 1
+assert _SPEC_FIELDS[0] == "command"
 
 
 def _where(path: str, name: str) -> str:
@@ -518,6 +525,45 @@ def job_request_from(
                 raise InvalidParams(_where(path, "depends_on"), "must be a list of strings")
             depends_on = deps
     return JobRequest(spec, action, tags, priority, group, dedup_key, key, depends_on, node)
+
+
+def bare_job_request(raw: Any) -> JobRequest | None:
+    """The request of an item that is `{"command": [...]}` and nothing else (the usual item of
+    a big batch), checked as `job_request_from` checks it, in a fraction of its time; None for
+    any other item, and for a bad one: `job_request_from` reads those and says what is wrong."""
+    if type(raw) is not dict or len(raw) != 1:
+        return None
+    command = raw.get("command")
+    if type(command) is not list or not command:
+        return None
+    for arg in command:
+        if type(arg) is not str or NUL in arg:
+            return None
+    return JobRequest(CommandSpec(command))
+
+
+# Items per pass of `bare_job_requests`: a pass is one C loop that holds the GIL (the event
+# loop waits for it); slices keep each under ~1 ms.
+_BARE_SLICE = 4096
+
+
+def bare_job_requests(items: list[Any]) -> list[JobRequest] | None:
+    """`bare_job_request` of every item of a batch whose items are all bare commands, checked
+    by passes that loop in C over a slice of the batch at a time; None if any item is
+    something else (then each item is read on its own)."""
+    commands: list[Any] = []
+    for start in range(0, len(items), _BARE_SLICE):
+        part = items[start : start + _BARE_SLICE]
+        if set(map(type, part)) != {dict} or set(map(len, part)) != {1}:
+            return None
+        found: list[Any] = list(map(dict.get, part, repeat("command")))
+        if set(map(type, found)) != {list} or not all(found):
+            return None
+        args = list(chain.from_iterable(found))
+        if set(map(type, args)) != {str} or NUL in "".join(args):
+            return None
+        commands += found
+    return [JobRequest(CommandSpec(command)) for command in commands]
 
 
 def parse_job_request(p: Params, *, in_run: bool = False, partial: bool = False) -> JobRequest:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from hero_procd import model
 from hero_procd.errors import InvalidParams
 from hero_procd.model import (
     ACTIVE_JOB_STATES,
@@ -22,9 +23,12 @@ from hero_procd.model import (
     JobRequest,
     JobStatus,
     ServiceState,
+    bare_job_request,
+    bare_job_requests,
     check_run_graph,
     dependency_order,
     find_cycle,
+    job_request_from,
     parse_job_request,
     parse_service_spec,
 )
@@ -163,6 +167,9 @@ def test_argv_is_a_copy() -> None:
     "spec",
     [
         CommandSpec(),
+        CommandSpec(command=["a"]),
+        CommandSpec(command=["a"], io_weight=5),
+        CommandSpec(script="echo"),
         CommandSpec(command=["a", "b"], env={"K": "V"}, cwd="/tmp", timeout_s=1.5, retries=0),
         CommandSpec(
             script="echo", interpreter=["/bin/bash"], kill_timeout_s=0.0, env={}, retries=4
@@ -186,6 +193,73 @@ def test_to_dict_keeps_falsy_values() -> None:
 
 
 # ---------------------------------------------------------------- parse_job_request
+
+
+class _Text(str):
+    """A str that is not exactly a str (the fast path leaves it to the full one)."""
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"command": ["/bin/true"]},
+        {"command": ["echo", "ü", 'q"\\', ""]},
+        {"command": []},
+        {"command": "echo"},
+        {"command": ["a\0b"]},
+        {"command": ["a", 1]},
+        {"command": [_Text("a")]},
+        {"command": None},
+        {"script": "echo"},
+        {"command": ["a"], "tags": ["t"]},
+        {"command": ["a"], "cwd": "/"},
+        {"commands": ["a"]},
+        {},
+        ["a"],
+        None,
+    ],
+)
+def test_bare_job_request_is_job_request_from_or_leaves_it(raw: Any) -> None:
+    """The fast path of a batch's bare items gives what the full reading gives, or None
+    (then the full reading runs: every other item, and every bad one)."""
+    bare = bare_job_request(raw)
+    try:
+        full: JobRequest | None = job_request_from(raw, "jobs[0]")
+    except InvalidParams:
+        full = None
+    if bare is not None:
+        assert bare == full
+        assert bare.spec.to_dict() == raw
+    is_bare = isinstance(raw, dict) and raw.keys() == {"command"}
+    assert (bare is not None) == (is_bare and full is not None and type(raw["command"][0]) is str)
+
+
+@pytest.mark.parametrize("slice_size", [None, 1, 2])
+def test_bare_job_requests_reads_a_batch_of_bare_commands_or_leaves_it(
+    monkeypatch: pytest.MonkeyPatch, slice_size: int | None
+) -> None:
+    """The whole-batch check (slice by slice) gives each item's `bare_job_request`, or None
+    as soon as one item would not have one (each item is then read on its own)."""
+    if slice_size is not None:
+        monkeypatch.setattr(model, "_BARE_SLICE", slice_size)
+    good: list[Any] = [{"command": ["/bin/true"]}, {"command": ["echo", "ü", ""]}]
+    assert bare_job_requests(good) == [bare_job_request(item) for item in good]
+    bad_ones: list[Any] = [
+        {"command": []},
+        {"command": "echo"},
+        {"command": ["a\0b"]},
+        {"command": ["a", 1]},
+        {"command": [_Text("a")]},
+        {"command": None},
+        {"script": "echo"},
+        {"command": ["a"], "tags": ["t"]},
+        {},
+        ["a"],
+        None,
+    ]
+    for bad in bad_ones:
+        for at in range(len(good) + 1):
+            assert bare_job_requests([*good[:at], bad, *good[at:]]) is None, (bad, at)
 
 
 def parse_error(raw: dict[str, Any], prefix: str = "", in_run: bool = False) -> InvalidParams:

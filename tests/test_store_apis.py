@@ -10,6 +10,7 @@ import pytest
 from hero_procd.errors import Conflict, InvalidParams, NotFound
 from hero_procd.model import CommandSpec, JobRequest
 from hero_procd.store import BatchResult, CleanResult, Store
+from hero_procd.store import jobs as jobs_sql
 from hero_procd.store.jobs import AttemptEnd, GroupRoom
 from hero_procd.store.logs import LogLine, delete_owners
 from hero_procd.store.pool import DbPool
@@ -855,3 +856,53 @@ def test_an_actions_node_places_its_jobs_unless_the_job_says_otherwise(
         )
 
     assert run_store(body) == ("db1", "db1", "db2")
+
+
+@pytest.mark.parametrize("stretch_max", [None, 7])
+def test_submit_batch_rows_are_those_of_single_submits(
+    run_store: StoreRunner, monkeypatch: pytest.MonkeyPatch, stretch_max: int | None
+) -> None:
+    """Stretches of alike jobs (one statement each on SQLite, or several: `stretch_max`)
+    and the jobs between them (row by row) are stored exactly as the same requests
+    submitted one at a time."""
+    if stretch_max is not None:
+        monkeypatch.setattr(jobs_sql, "_STRETCH_MAX", stretch_max)
+    odd = 'q"uo\\te ü\t\n\u2028 $HOME'
+    fancy = CommandSpec(
+        command=["echo", odd], env={"A": odd}, cwd="/tmp", timeout_s=1e-7, retries=2
+    )
+    scripted = CommandSpec(script=f"echo {odd}", interpreter=["/bin/bash", "-e"])
+    shared: dict[str, Any] = {"tags": ["x", "ü", "x"], "priority": -5, "group": "g", "node": "n1"}
+    requests = (
+        [cmd("echo", odd, str(i)) for i in range(20)]
+        + [JobRequest(spec=fancy, **shared) for _ in range(17)]
+        + [cmd("true", dedup_key=f"k{i}", tags=["d"]) for i in range(3)]  # one row each
+        + [JobRequest(spec=scripted if i % 2 else fancy, **shared) for i in range(16)]
+        + [cmd("true", str(i), tags=["t"]) for i in range(15)]  # too few for a stretch
+    )
+    columns = (
+        "run_id, key, action, spec, tags, status, priority, grp, dedup_key, attempt,"
+        " max_attempts, not_before, deps_pending, pin_node"
+    )
+
+    async def rows(store: Store, ids: list[int]) -> list[tuple[Any, ...]]:
+        out = []
+        for job_id in ids:
+            row = await store.pool.fetch_one(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
+            tags = await store.pool.fetch_all(
+                "SELECT tag FROM job_tags WHERE job_id = ? ORDER BY tag", (job_id,)
+            )
+            out.append((*tuple(row), [t[0] for t in tags]))
+        return out
+
+    async def body(store: Store) -> tuple[list[Any], list[Any], list[int]]:
+        res = await store.submit_batch(list(enumerate(requests)), "skip", BatchResult())
+        batch = await rows(store, res.submitted)
+        await store.wipe_all()  # the dedup keys are free again
+        singles = [await store.jobs.submit(r) for r in requests]
+        return batch, await rows(store, singles), res.submitted
+
+    batch, single, ids = run_store(body)
+    assert ids == list(range(ids[0], ids[0] + len(requests)))
+    assert batch == single
+    assert orjson.loads(batch[20][3])["env"] == {"A": odd} and batch[20][-1] == ["x", "ü"]

@@ -212,6 +212,11 @@ def write_batch(
     conn: Conn, items: list[tuple[int, JobRequest]], on_duplicate: str, result: BatchResult
 ) -> BatchResult:
     """The body of `Store.submit_batch`, inside one unit."""
+    requests = [req for _, req in items]
+    if all(req.dedup_key is None and req.action is None for req in requests):
+        # The usual big batch: nothing to deduplicate or resolve, every job is inserted.
+        result.submitted.extend(jobs_sql.insert_many(conn, requests))
+        return result
     last_with_key: dict[str, int] = {}
     for pos, (_, req) in enumerate(items):
         if req.dedup_key is not None:

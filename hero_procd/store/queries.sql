@@ -57,6 +57,20 @@ INSERT INTO jobs (id, run_id, key, action, spec, tags, status, priority, grp, de
                   attempt, max_attempts, not_before, deps_pending, created_at, pin_node)
 VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, 0, ?, 0, ?, ?, ?)
 
+-- job_insert_stretch --
+-- Jobs alike but for their spec (SQLite): one row per spec (object) of the JSON array :specs,
+-- with consecutive ids from :first_id, allocated in the same transaction.
+INSERT INTO jobs (id, run_id, key, action, spec, tags, status, priority, grp, dedup_key,
+                  attempt, max_attempts, not_before, deps_pending, created_at, pin_node)
+SELECT :first_id + s.key, :run_id, :key, :action, s.value, :tags, 'queued', :priority, :grp,
+       :dedup_key, 0, :max_attempts, 0, :deps_pending, :created_at, :pin_node
+FROM json_each(:specs) AS s
+
+-- job_tag_insert_range --
+-- One tag of each job with an id from ?2 to ?3 (SQLite).
+WITH RECURSIVE ids(id) AS (SELECT ?2 UNION ALL SELECT id + 1 FROM ids WHERE id < ?3)
+INSERT INTO job_tags (tag, job_id) SELECT ?1, id FROM ids WHERE true ON CONFLICT DO NOTHING
+
 -- job_tag_insert --
 -- One tag of a job.
 INSERT INTO job_tags (tag, job_id) VALUES (?, ?) ON CONFLICT DO NOTHING

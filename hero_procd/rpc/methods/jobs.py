@@ -14,6 +14,8 @@ from hero_procd.model import (
     TERMINAL_JOB_STATES,
     JobRequest,
     JobStatus,
+    bare_job_request,
+    bare_job_requests,
     job_request_from,
     parse_job_request,
 )
@@ -229,8 +231,17 @@ def _parse_items(
     items: list[Any], base: dict[str, Any], result: BatchResult, app: App
 ) -> list[tuple[int, JobRequest]]:
     """Each item as a request (over the defaults); invalid ones go to `result.failed`."""
+    if not base:
+        all_bare = bare_job_requests(items)
+        if all_bare is not None:  # the usual big batch: bare commands, no limits to check
+            return [(i, request) for i, request in enumerate(all_bare)]  # not one C loop
     requests: list[tuple[int, JobRequest]] = []
     for i, item in enumerate(items):
+        if not base:
+            bare = bare_job_request(item)
+            if bare is not None:  # a bare command has no limits to check
+                requests.append((i, bare))
+                continue
         try:
             merged = _with_defaults(base, item) if base and isinstance(item, dict) else item
             request = job_request_from(merged, f"jobs[{i}]")
