@@ -316,9 +316,11 @@ class Executor:
         loop = asyncio.get_running_loop()
         loop.remove_reader(child.pidfd)
         # A job never outlives its main process: kill whatever it left in its cell
-        # (for a process group the leader, a zombie until reaped, keeps its id ours).
+        # (for a process group the leader, a zombie until reaped, keeps its id ours;
+        # a cgroup's kill, or its removal when empty, is batched on a thread, and its
+        # end is written only once that has run: see _finalize).
         assert rj.cell is not None
-        rj.cell.kill()
+        rj.cell.leader_ended()
         rj.exit_code, rj.signal = procs.reap(child.pid)
         os.close(child.pidfd)
         rj.exited = True
@@ -376,14 +378,16 @@ class Executor:
             return
         rj.finalizing = True
         job = rj.claim
+        cell, rj.cell = rj.cell, None
+        if cell is not None:
+            await cell.ended()  # what its leader left is killed (or its cgroup removed)
         how = rj.terminated_for or "exited"
         if how == "timed_out":
             error = f"timed out after {job.spec.timeout_s}s"
-        elif rj.cell is not None and error is None and rj.cell.oom_killed():
+        elif cell is not None and error is None and cell.oom_killed():
             error = f"killed by the OOM killer (memory_max {job.spec.memory_max})"
-        if rj.cell is not None:
-            self._spawn_task(rj.cell.release())  # kill what is left, remove the cgroup
-            rj.cell = None
+        if cell is not None and cell.held():
+            self._spawn_task(cell.release())  # kill what is left, remove the cgroup
         end = AttemptEnd(
             how=how,
             exit_code=rj.exit_code,
