@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # After a job's leader exits, how long its pipes may stay open (a process that left the group).
 _DRAIN_AFTER_EXIT_S = 2.0
+# Launches spawned per trip to the spawner pool, and trips at once (see _spawn_soon).
+_SPAWN_BATCH = 8
+_SPAWN_DRAINS = 2
 # How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
 _CLAIM_COALESCE_S = 0.003
 # A waiter of a run or of many jobs reads them all again at least this often (it is
@@ -67,6 +70,20 @@ def exited_already(pidfd: int) -> bool:
     """Whether the process behind a pidfd has ended (its pidfd is readable), without waiting."""
     readable, _, _ = select.select([pidfd], [], [], 0)
     return bool(readable)
+
+
+_SpawnRequest = tuple[Cell, list[str], dict[str, str], str | None, "asyncio.Future[procs.Child]"]
+
+
+def _spawn_all(batch: list[_SpawnRequest]) -> list[procs.Child | BaseException]:
+    """On a spawner thread: each request's child, or why it could not start."""
+    out: list[procs.Child | BaseException] = []
+    for cell, argv, env, cwd, _ in batch:
+        try:
+            out.append(cell.spawn(argv, env, cwd))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 @dataclass(eq=False)
@@ -123,6 +140,8 @@ class Executor:
         self._backoff_handle: asyncio.TimerHandle | None = None
         self._base_env = procs.child_base_env()
         self.spawned = 0
+        self._to_spawn: list[_SpawnRequest] = []
+        self._spawn_drains = 0
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
@@ -273,9 +292,7 @@ class Executor:
         rj.cell = self.contain.cell(f"job-{job.id}-{job.attempt}", job.spec.limits())
         try:
             rj.owner = await self.flusher.open_owner("job", str(job.id), job.last_seq)
-            # fork/exec blocks for about a millisecond and releases the GIL:
-            # it runs on a small pool, so the loop keeps serving meanwhile.
-            child = await loop.run_in_executor(self.spawner, rj.cell.spawn, argv, env, job.spec.cwd)
+            child = await self._spawn_soon(rj.cell, argv, env, job.spec.cwd)
         except OSError as exc:
             self.app.metrics.spawn_failures.inc()
             what = exc.filename if exc.filename is not None else argv[0]
@@ -305,6 +322,40 @@ class Executor:
             await self.jobs.set_pid(job.id, job.token, child.pid, child.start_time)
         except Exception:
             log.exception("could not record a job's pid", extra={"job_id": job.id})
+
+    def _spawn_soon(
+        self, cell: Cell, argv: list[str], env: dict[str, str], cwd: str | None
+    ) -> asyncio.Future[procs.Child]:
+        """Spawn into `cell` on the spawner pool, in a batch with the launches of the
+        same claim: fork/exec blocks for a fraction of a millisecond and releases the
+        GIL, so it runs off the loop; one trip to the pool per batch, not per job."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[procs.Child] = loop.create_future()
+        self._to_spawn.append((cell, argv, env, cwd, fut))
+        if self._spawn_drains < _SPAWN_DRAINS:
+            self._spawn_drains += 1
+            self._spawn_task(self._drain_spawns())
+        return fut
+
+    async def _drain_spawns(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._to_spawn:
+                batch = self._to_spawn[:_SPAWN_BATCH]
+                del self._to_spawn[:_SPAWN_BATCH]
+                try:
+                    results = await loop.run_in_executor(self.spawner, _spawn_all, batch)
+                except BaseException as exc:  # the pool is shut down (the daemon stops)
+                    results = [exc] * len(batch)
+                for (*_, fut), got in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(got, BaseException):
+                        fut.set_exception(got)
+                    else:
+                        fut.set_result(got)
+        finally:
+            self._spawn_drains -= 1
 
     def _on_output_closed(self, rj: RunningJob) -> None:
         if rj.exited:
