@@ -142,6 +142,7 @@ class Executor:
         self.spawned = 0
         self._to_spawn: list[_SpawnRequest] = []
         self._spawn_drains = 0
+        self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _launch)
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
@@ -318,10 +319,18 @@ class Executor:
         if rj.terminated_for is not None:  # asked while it was being spawned
             reason, rj.terminated_for = rj.terminated_for, None
             self._terminate(rj, reason)
+        # Written with the other launches of this loop step, as one unit: queued to the
+        # writer before the end of this attempt can be (that takes its pidfd's event).
+        if not self._pids:
+            self._spawn_task(self._write_pids())
+        self._pids.append((job.id, job.token, child.pid, child.start_time))
+
+    async def _write_pids(self) -> None:
+        pids, self._pids = self._pids, []
         try:
-            await self.jobs.set_pid(job.id, job.token, child.pid, child.start_time)
+            await self.jobs.set_pids(pids)
         except Exception:
-            log.exception("could not record a job's pid", extra={"job_id": job.id})
+            log.exception("could not record jobs' pids", extra={"job_ids": [p[0] for p in pids]})
 
     def _spawn_soon(
         self, cell: Cell, argv: list[str], env: dict[str, str], cwd: str | None
