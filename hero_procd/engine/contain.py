@@ -458,8 +458,10 @@ class CgroupCell(Cell):
 
     async def ended(self) -> None:
         """Until the batch that took this cell at its leader's end has run."""
-        if self._ending is not None:
-            await asyncio.shield(self._ending)
+        # Not shielded (a shield per job costs): a cancel of the waiter cancels the future,
+        # which the batch then skips, and `release` still removes the cell.
+        if self._ending is not None and not self._ending.done():
+            await self._ending
 
     def held(self) -> bool:
         """True while the directory exists, or the batch removing it has not run yet."""

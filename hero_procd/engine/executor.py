@@ -142,7 +142,7 @@ class Executor:
         self.spawned = 0
         self._to_spawn: list[_SpawnRequest] = []
         self._spawn_drains = 0
-        self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _launch)
+        self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _started)
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
@@ -218,8 +218,7 @@ class Executor:
                         log.warning("could not read the next backoff; retrying shortly")
                         self._backoff_handle = asyncio.get_running_loop().call_later(1.0, self.wake)
                     break
-                for job in claimed:
-                    self._spawn_task(self._launch(self.running[job.id]))
+                self._spawn_task(self._launch_all([self.running[job.id] for job in claimed]))
                 await asyncio.sleep(0)
 
     def _group_room(self) -> GroupRoom:
@@ -271,41 +270,68 @@ class Executor:
         env[procs.INSTANCE_ENV] = self.instance
         return env
 
-    async def _launch(self, rj: RunningJob) -> None:
+    async def _launch_all(self, rjs: list[RunningJob]) -> None:
+        """Launch the attempts of one claim: one task, their spawns in a batch."""
+        spawning: list[tuple[RunningJob, list[str], asyncio.Future[procs.Child]]] = []
+        for rj in rjs:
+            if rj.claim.spec.env_from_secrets and len(rjs) > 1:
+                self._spawn_task(self._launch_all([rj]))  # its secrets are read meanwhile
+                continue
+            prepared = await self._prepare(rj)
+            if prepared is not None:
+                argv, env, cwd = prepared
+                assert rj.cell is not None
+                spawning.append((rj, argv, self._spawn_soon(rj.cell, argv, env, cwd)))
+        for rj, argv, fut in spawning:
+            try:
+                child = await fut
+            except OSError as exc:
+                self.app.metrics.spawn_failures.inc()
+                what = exc.filename if exc.filename is not None else argv[0]
+                self._spawn_task(
+                    self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
+                )
+                continue
+            except Exception as exc:
+                log.exception("launch failed", extra={"job_id": rj.claim.id})
+                self.app.metrics.spawn_failures.inc()
+                self._spawn_task(self._finalize(rj, error=f"cannot start: {exc}"))
+                continue
+            self._started(rj, child)
+
+    async def _prepare(self, rj: RunningJob) -> tuple[list[str], dict[str, str], str | None] | None:
+        """The argv, env and cwd of an attempt about to be spawned (its cell and its log
+        owner made), or None if it ended without starting."""
         job = rj.claim
         if rj.terminated_for is not None:  # cancelled (or the daemon stopping) before it started
-            await self._finalize(rj, error=f"{rj.terminated_for} before it started")
-            return
+            self._spawn_task(self._finalize(rj, error=f"{rj.terminated_for} before it started"))
+            return None
         argv = job.spec.argv()
         env = self._child_env(job)
         if job.spec.env_from_secrets:
             try:
                 env.update(await self.store.secrets.resolve(job.spec.env_from_secrets))
             except HeroError as exc:  # missing, or a sealed value that does not open
-                await self._finalize(rj, error=f"cannot start: {exc}")
-                return
-        loop = asyncio.get_running_loop()
+                self._spawn_task(self._finalize(rj, error=f"cannot start: {exc}"))
+                return None
+        limits = job.spec.limits()  # a job has no `type`: its limits are all there is to check
         try:
-            self.contain.check_limits(job.spec.to_dict())
+            if limits:
+                self.contain.check_limits(limits)
         except InvalidParams as exc:  # an action defined where the controller was enabled
-            await self._finalize(rj, error=f"cannot start: {exc.field}: {exc.problem}")
-            return
-        rj.cell = self.contain.cell(f"job-{job.id}-{job.attempt}", job.spec.limits())
-        try:
-            rj.owner = await self.flusher.open_owner("job", str(job.id), job.last_seq)
-            child = await self._spawn_soon(rj.cell, argv, env, job.spec.cwd)
-        except OSError as exc:
-            self.app.metrics.spawn_failures.inc()
-            what = exc.filename if exc.filename is not None else argv[0]
-            await self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
-            return
-        except Exception as exc:
-            log.exception("launch failed", extra={"job_id": job.id})
-            self.app.metrics.spawn_failures.inc()
-            await self._finalize(rj, error=f"cannot start: {exc}")
-            return
+            self._spawn_task(self._finalize(rj, error=f"cannot start: {exc.field}: {exc.problem}"))
+            return None
+        rj.cell = self.contain.cell(f"job-{job.id}-{job.attempt}", limits)
+        rj.owner = await self.flusher.open_owner("job", str(job.id), job.last_seq)
+        return argv, env, job.spec.cwd
+
+    def _started(self, rj: RunningJob, child: procs.Child) -> None:
+        """The attempt's process runs: read its output, watch its exit and its timeout."""
+        job = rj.claim
+        loop = asyncio.get_running_loop()
         self.spawned += 1
         rj.child = child
+        assert rj.owner is not None
         rj.output = OutputCapture(
             self.flusher,
             rj.owner,
