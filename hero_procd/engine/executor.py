@@ -30,7 +30,7 @@ from typing import Any
 from hero_procd.app import App
 from hero_procd.caller import peer_gone
 from hero_procd.config import Config
-from hero_procd.engine import procs
+from hero_procd.engine import fdwatch, procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
@@ -339,7 +339,7 @@ class Executor:
             on_closed=lambda: self._on_output_closed(rj),
         )
         rj.output.attach(child.stdout_fd, child.stderr_fd)
-        loop.add_reader(child.pidfd, self._on_exit, rj)
+        fdwatch.watcher().add(child.pidfd, self._on_exit, rj)
         if job.spec.timeout_s:
             rj.handles.append(loop.call_later(job.spec.timeout_s, self._on_timeout, rj))
         if rj.terminated_for is not None:  # asked while it was being spawned
@@ -400,7 +400,7 @@ class Executor:
         child = rj.child
         assert child is not None
         loop = asyncio.get_running_loop()
-        loop.remove_reader(child.pidfd)
+        fdwatch.watcher().remove(child.pidfd)
         # A job never outlives its main process: kill whatever it left in its cell
         # (for a process group the leader, a zombie until reaped, keeps its id ours;
         # a cgroup's kill, or its removal when empty, is batched on a thread, and its
