@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -142,6 +143,8 @@ class Executor:
         self.spawned = 0
         self._to_spawn: list[_SpawnRequest] = []
         self._spawn_drains = 0
+        self._token_prefix = secrets.token_hex(8)
+        self._claims = itertools.count(1)
         self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _started)
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
@@ -230,7 +233,9 @@ class Executor:
         return GroupRoom(full={g for g, r in room.items() if r <= 0}, room=room)
 
     async def _claim(self, n: int) -> list[ClaimedJob]:
-        token = secrets.token_hex(8)
+        # Unique per claim: this executor's random prefix and a count (os.urandom per claim
+        # was a syscall and a hex encoding under load, a claim every few jobs).
+        token = f"{self._token_prefix}{next(self._claims):x}"
         self._claims_in_flight += 1
         try:
             claimed = await self.jobs.claim(n, token, self._group_room())

@@ -77,10 +77,19 @@ _WATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FdWatcher] = (
 )
 
 
+# The last loop asked for and its watcher: the daemon has one loop, and a weak
+# dictionary's lookup (a weak reference made per call) cost more than the watching.
+_last: tuple[weakref.ref[asyncio.AbstractEventLoop], FdWatcher] | None = None
+
+
 def watcher() -> FdWatcher:
     """The running loop's watcher (made on first use)."""
+    global _last
     loop = asyncio.get_running_loop()
+    if _last is not None and _last[0]() is loop:
+        return _last[1]
     found = _WATCHERS.get(loop)
     if found is None:
         found = _WATCHERS[loop] = FdWatcher(loop)
+    _last = (weakref.ref(loop), found)
     return found
