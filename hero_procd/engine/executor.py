@@ -282,7 +282,13 @@ class Executor:
             if rj.claim.spec.env_from_secrets and len(rjs) > 1:
                 self._spawn_task(self._launch_all([rj]))  # its secrets are read meanwhile
                 continue
-            prepared = await self._prepare(rj)
+            try:
+                prepared = await self._prepare(rj)
+            except Exception as exc:  # one attempt that cannot start holds up none of the others
+                log.exception("launch failed", extra={"job_id": rj.claim.id})
+                self.app.metrics.spawn_failures.inc()
+                self._spawn_task(self._finalize(rj, error=f"cannot start: {exc}"))
+                continue
             if prepared is not None:
                 argv, env, cwd = prepared
                 assert rj.cell is not None
@@ -302,7 +308,10 @@ class Executor:
                 self.app.metrics.spawn_failures.inc()
                 self._spawn_task(self._finalize(rj, error=f"cannot start: {exc}"))
                 continue
-            self._started(rj, child)
+            try:
+                self._started(rj, child)
+            except Exception:  # as when each launch had its task: the others still start
+                log.exception("could not watch a started job", extra={"job_id": rj.claim.id})
 
     async def _prepare(self, rj: RunningJob) -> tuple[list[str], dict[str, str], str | None] | None:
         """The argv, env and cwd of an attempt about to be spawned (its cell and its log
