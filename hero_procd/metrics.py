@@ -231,6 +231,7 @@ class Metrics:
             buckets=_JOB_BUCKETS,
             registry=r,
         )
+        self._job_seconds_of: dict[str, Histogram] = {}
         self.spawn_failures = Counter(
             f"{PREFIX}_spawn_failures",
             "Job attempts whose process could not be started",
@@ -277,7 +278,10 @@ class Metrics:
     def attempt_ended(self, rj: RunningJob) -> None:
         """An attempt's end was written: its duration into the histogram."""
         how = rj.terminated_for or ("exited" if rj.child is not None else "not_started")
-        self.job_seconds.labels(how).observe(time.monotonic() - rj.claimed_at)
+        child = self._job_seconds_of.get(how)
+        if child is None:  # a label lookup (a lock, a tuple, a dict) once per outcome, not per job
+            child = self._job_seconds_of[how] = self.job_seconds.labels(how)
+        child.observe(time.monotonic() - rj.claimed_at)
 
     async def scrape(self, app: App) -> Scraped:
         """Read the scrape-time figures: the store through its readers, files off the loop."""

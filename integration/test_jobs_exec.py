@@ -217,6 +217,30 @@ def test_unstartable_jobs_fail_clearly_and_the_executor_goes_on(c: Client, tmp_p
         assert texts(c, job_id) == [f"still here {i}"]
 
 
+def test_unstartable_jobs_in_one_claim_with_others_leave_those_running(c: Client) -> None:
+    """Launches claimed together are spawned together: the ones that cannot start end
+    failed, each with its own error, and every other one of the batch runs and succeeds."""
+    items: list[dict[str, Any]] = []
+    for i in range(12):
+        if i % 4 == 1:
+            items.append({"command": [f"/nonexistent/hp-batch-{i}"]})
+        elif i % 4 == 3:
+            items.append({"command": ["/bin/true"], "cwd": f"/nonexistent/hp-batch-dir-{i}"})
+        else:
+            items.append({"command": ["/bin/echo", f"ran {i}"]})
+    ids = c.call("job.submit_batch", jobs=items)["submitted"]
+    assert len(ids) == 12
+    for i, job_id in enumerate(ids):
+        job = finish(c, job_id)
+        if i % 4 == 1:
+            assert job["status"] == "failed" and f"/nonexistent/hp-batch-{i}" in job["error"]
+        elif i % 4 == 3:
+            assert job["status"] == "failed" and f"hp-batch-dir-{i}" in job["error"], job
+        else:
+            assert job["status"] == "succeeded", job
+            assert texts(c, job_id) == [f"ran {i}"]
+
+
 def test_leftover_processes_of_the_group_are_killed_when_the_job_exits(c: Client) -> None:
     """A background process the job leaves in its group is killed when the job's leader exits."""
     job_id = submit(c, command=["/bin/sh", "-c", "sleep 60 & echo $!"])

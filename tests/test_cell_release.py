@@ -68,3 +68,55 @@ def test_a_cell_still_holding_processes_is_killed_then_removed(
     assert not os.path.exists(cell.path)
     for pid in escapees:
         assert not _alive(pid)
+
+
+async def _end(cells: list[contain.CgroupCell]) -> None:
+    """What the executor does at its leaders' exits, then waits for at its end."""
+    for cell in cells:
+        cell.leader_ended()
+    for cell in cells:
+        await cell.ended()
+
+
+def test_cells_whose_leader_ended_are_removed_in_one_batch(
+    cgroups: contain.CgroupContainment,
+) -> None:
+    """leader_ended on cells whose leaders ended (not yet reaped, as the executor calls
+    it): the cells that ended meanwhile are removed together; release has nothing left."""
+    cells: list[contain.CgroupCell] = []
+    children = []
+    for i in range(8):
+        cell = cgroups.cell(f"job-{i}-1")
+        assert isinstance(cell, contain.CgroupCell)
+        children.append(_spawn(cell, ["/bin/true"]))
+        cells.append(cell)
+    for child in children:
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # ended, a zombie
+    asyncio.run(_end(cells))
+    for cell, child in zip(cells, children, strict=True):
+        assert not os.path.exists(cell.path)
+        assert not cell.held()
+        procs.reap(child.pid)
+        os.close(child.pidfd)
+        asyncio.run(cell.release())
+
+
+def test_leader_ended_kills_an_escapee_before_ended_returns(
+    cgroups: contain.CgroupContainment,
+) -> None:
+    """A process left in the cell (a setsid sleeper) is killed by the batch of its
+    leader's end; release then waits for the cell to empty and removes it."""
+    cell = cgroups.cell("job-3-1")
+    assert isinstance(cell, contain.CgroupCell)
+    child = _spawn(cell, ["/bin/sh", "-c", "setsid sleep 600 </dev/null >/dev/null 2>&1 &"])
+    os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
+    escapees = cell.pids()
+    assert escapees, "the sleeper should still be in the cell"
+    asyncio.run(_end([cell]))
+    procs.reap(child.pid)
+    os.close(child.pidfd)
+    assert cell.held()
+    asyncio.run(cell.release())
+    assert not os.path.exists(cell.path)
+    for pid in escapees:
+        assert not _alive(pid)

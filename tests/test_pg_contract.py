@@ -13,6 +13,7 @@ import orjson
 
 from hero_procd.model import CommandSpec, JobRequest
 from hero_procd.store import Store
+from hero_procd.store.jobs import GroupRoom
 from tests.conftest import run_with_store
 from tests.pg import pg_schema
 
@@ -135,3 +136,20 @@ def test_a_unit_meeting_a_violation_never_undoes_the_units_beside_it(tmp_path: P
         pg = run_with_store(dsn, _violations)
     assert lite == (["ok", "IntegrityError", "ok"], ["after", "before", "dup"])
     assert pg == (["ok", "StorageError", "ok"], ["after", "before"])
+
+
+async def _pids_recorded(store: Store) -> list[tuple[int | None, float | None]]:
+    ids = [await store.jobs.submit(JobRequest(spec=CommandSpec(command=["x"]))) for _ in range(3)]
+    claimed = await store.jobs.claim(3, "tok", GroupRoom(set(), {}))
+    assert sorted(c.id for c in claimed) == ids
+    # One batch: two attempts this claim owns, one whose claim is no longer (a stale token).
+    await store.jobs.set_pids([(ids[0], "tok", 4242, 12.5), (ids[1], "other", 4343, 13.0)])
+    await store.jobs.set_pids([(ids[2], "tok", 4444, None)])
+    return [((j := await store.jobs.get(i)).pid, j.pid_start_time) for i in ids]
+
+
+def test_set_pids_records_only_what_the_claim_owns_on_both_backends(tmp_path: Path) -> None:
+    want = [(4242, 12.5), (None, None), (4444, None)]
+    assert run_with_store(tmp_path / "p.db", _pids_recorded) == want
+    with pg_schema() as dsn:
+        assert run_with_store(dsn, _pids_recorded) == want

@@ -94,6 +94,20 @@ class Cell:
         """SIGKILL every process of the cell, escapees included."""
         raise NotImplementedError
 
+    def leader_ended(self) -> None:
+        """The leader has ended (not yet reaped): kill whatever it left in the cell.
+
+        Done at once here; a cgroup cell does it on the containment's thread, in a batch
+        with the other cells that ended meanwhile (see `ended`)."""
+        self.kill()
+
+    async def ended(self) -> None:
+        """Until what `leader_ended` started is done (the kill sent, the cell perhaps removed)."""
+
+    def held(self) -> bool:
+        """False if `release` has nothing left to do (the cell is gone already)."""
+        return True
+
     def holds(self, pid: int) -> bool:
         """True if process `pid` is in the cell now, or where the cell cannot tell."""
         return True
@@ -206,6 +220,10 @@ class ProcessGroupCell(Cell):
                 return False
             await asyncio.sleep(_PG_POLL_S)
         return True
+
+    def held(self) -> bool:
+        """Nothing to release (see `release`)."""
+        return False
 
     async def release(self) -> None:
         """Nothing: the group was killed when its leader ended, and once the leader is
@@ -359,6 +377,9 @@ class CgroupCell(Cell):
         self.created = False
         self._wd: int | None = None
         self._empty: asyncio.Event | None = None
+        # Set by `leader_ended`: done once the batch that removed (or killed) the cell ran.
+        self._ending: asyncio.Future[None] | None = None
+        self._oom: bool | None = None  # memory.events read just before the cell was removed
 
     def spawn(
         self, argv: list[str], env: dict[str, str], cwd: str | None, *, capture: bool = True
@@ -427,6 +448,41 @@ class CgroupCell(Cell):
             with contextlib.suppress(OSError):
                 _write(freeze, "0")
 
+    def leader_ended(self) -> None:
+        """Queue the cell for the containment's thread: rmdir if nothing is left (the
+        usual case: the kernel refuses it while a live process is in the cell), else
+        cgroup.kill (an escapee). One trip to the thread for all the cells that ended
+        meanwhile, and none of it on the event loop."""
+        if self.created and self._ending is None:
+            self._ending = self.owner.end_soon(self)
+
+    async def ended(self) -> None:
+        """Until the batch that took this cell at its leader's end has run."""
+        # Not shielded (a shield per job costs): a cancel of the waiter cancels the future,
+        # which the batch then skips, and `release` still removes the cell.
+        if self._ending is not None and not self._ending.done():
+            await self._ending
+
+    def held(self) -> bool:
+        """True while the directory exists, or the batch removing it has not run yet."""
+        return self.created or (self._ending is not None and not self._ending.done())
+
+    def end_now(self) -> None:
+        """On the containment's thread: what `leader_ended` queued (see there)."""
+        if not self.created:
+            return
+        if "memory" in self.owner.controllers:
+            self._oom = self._read_oom()
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError:  # EBUSY: a process is left (an escapee): kill it; `release` waits
+            self._oom = None
+            self.kill()
+            return
+        self.created = False
+
     def populated(self) -> bool:
         """`populated 1` in cgroup.events."""
         if not self.created:
@@ -471,7 +527,12 @@ class CgroupCell(Cell):
         return CellFigures(cpu, memory, peak)
 
     def oom_killed(self) -> bool:
-        """memory.events counts an oom_kill."""
+        """memory.events counts an oom_kill (as read when the cell was removed, if it is)."""
+        if self._oom is not None:
+            return self._oom
+        return self._read_oom()
+
+    def _read_oom(self) -> bool:
         if not self.created or "memory" not in self.owner.controllers:
             return False
         try:
@@ -503,6 +564,7 @@ class CgroupCell(Cell):
         The common case (nothing left) is one trip to the containment's thread, so
         the event loop spends no time in cgroupfs for it.
         """
+        await self.ended()
         if not self.created:
             return
         loop = asyncio.get_running_loop()
@@ -545,6 +607,9 @@ class CgroupContainment(Containment):
         # Removing cells (cgroupfs calls of ~0.2 ms each) stays off the event loop.
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cgroup")
         self._inotify: _Inotify | None = None
+        # Cells whose leader ended, waiting for the thread (see CgroupCell.leader_ended).
+        self._ending: list[tuple[CgroupCell, asyncio.Future[None]]] = []
+        self._ender: asyncio.Task[None] | None = None
 
     @property
     def inotify(self) -> _Inotify:
@@ -557,6 +622,38 @@ class CgroupContainment(Containment):
         """A new cgroup under the subtree, named after what it holds plus a sequence number."""
         name = f"{label}-{next(self._seq)}"
         return CgroupCell(self, name, limits or {})
+
+    def end_soon(self, cell: CgroupCell) -> asyncio.Future[None]:
+        """Queue `cell` for the next batch of `CgroupCell.end_now`; done once it ran."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._ending.append((cell, fut))
+        if self._ender is None:
+            self._ender = loop.create_task(self._end_batches(), name="cells-ended")
+        return fut
+
+    async def _end_batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._ending:
+                batch, self._ending = self._ending, []
+                try:
+                    await loop.run_in_executor(self.pool, self._end_batch, [c for c, _ in batch])
+                finally:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+        finally:
+            self._ender = None
+
+    def _end_batch(self, cells: list[CgroupCell]) -> None:
+        """On the thread: what moved into the subtree itself dies, then each cell ends."""
+        self.kill_strays()
+        for cell in cells:
+            try:
+                cell.end_now()
+            except Exception:  # the others still end; `release` retries this one
+                log.exception("could not end a cell", extra={"cgroup": cell.path})
 
     def kill_strays(self) -> int:
         """SIGKILL the processes in the subtree's own cgroup, outside every cell (blocking).

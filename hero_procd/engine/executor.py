@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import random
@@ -30,7 +31,7 @@ from typing import Any
 from hero_procd.app import App
 from hero_procd.caller import peer_gone
 from hero_procd.config import Config
-from hero_procd.engine import procs
+from hero_procd.engine import fdwatch, procs
 from hero_procd.engine.contain import Cell
 from hero_procd.engine.flusher import Flusher, OwnerLog
 from hero_procd.engine.output import OutputCapture
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # After a job's leader exits, how long its pipes may stay open (a process that left the group).
 _DRAIN_AFTER_EXIT_S = 2.0
+# Launches spawned per trip to the spawner pool, and trips at once (see _spawn_soon).
+_SPAWN_BATCH = 8
+_SPAWN_DRAINS = 2
 # How long a busy dispatcher waits for more free slots before claiming (see _dispatch_loop).
 _CLAIM_COALESCE_S = 0.003
 # A waiter of a run or of many jobs reads them all again at least this often (it is
@@ -67,6 +71,20 @@ def exited_already(pidfd: int) -> bool:
     """Whether the process behind a pidfd has ended (its pidfd is readable), without waiting."""
     readable, _, _ = select.select([pidfd], [], [], 0)
     return bool(readable)
+
+
+_SpawnRequest = tuple[Cell, list[str], dict[str, str], str | None, "asyncio.Future[procs.Child]"]
+
+
+def _spawn_all(batch: list[_SpawnRequest]) -> list[procs.Child | BaseException]:
+    """On a spawner thread: each request's child, or why it could not start."""
+    out: list[procs.Child | BaseException] = []
+    for cell, argv, env, cwd, _ in batch:
+        try:
+            out.append(cell.spawn(argv, env, cwd))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 @dataclass(eq=False)
@@ -123,6 +141,11 @@ class Executor:
         self._backoff_handle: asyncio.TimerHandle | None = None
         self._base_env = procs.child_base_env()
         self.spawned = 0
+        self._to_spawn: list[_SpawnRequest] = []
+        self._spawn_drains = 0
+        self._token_prefix = secrets.token_hex(8)
+        self._claims = itertools.count(1)
+        self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _started)
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
@@ -198,8 +221,7 @@ class Executor:
                         log.warning("could not read the next backoff; retrying shortly")
                         self._backoff_handle = asyncio.get_running_loop().call_later(1.0, self.wake)
                     break
-                for job in claimed:
-                    self._spawn_task(self._launch(self.running[job.id]))
+                self._spawn_task(self._launch_all([self.running[job.id] for job in claimed]))
                 await asyncio.sleep(0)
 
     def _group_room(self) -> GroupRoom:
@@ -211,7 +233,9 @@ class Executor:
         return GroupRoom(full={g for g, r in room.items() if r <= 0}, room=room)
 
     async def _claim(self, n: int) -> list[ClaimedJob]:
-        token = secrets.token_hex(8)
+        # Unique per claim: this executor's random prefix and a count (os.urandom per claim
+        # was a syscall and a hex encoding under load, a claim every few jobs).
+        token = f"{self._token_prefix}{next(self._claims):x}"
         self._claims_in_flight += 1
         try:
             claimed = await self.jobs.claim(n, token, self._group_room())
@@ -251,43 +275,77 @@ class Executor:
         env[procs.INSTANCE_ENV] = self.instance
         return env
 
-    async def _launch(self, rj: RunningJob) -> None:
+    async def _launch_all(self, rjs: list[RunningJob]) -> None:
+        """Launch the attempts of one claim: one task, their spawns in a batch."""
+        spawning: list[tuple[RunningJob, list[str], asyncio.Future[procs.Child]]] = []
+        for rj in rjs:
+            if rj.claim.spec.env_from_secrets and len(rjs) > 1:
+                self._spawn_task(self._launch_all([rj]))  # its secrets are read meanwhile
+                continue
+            try:
+                prepared = await self._prepare(rj)
+            except Exception as exc:  # one attempt that cannot start holds up none of the others
+                log.exception("launch failed", extra={"job_id": rj.claim.id})
+                self.app.metrics.spawn_failures.inc()
+                self._spawn_task(self._finalize(rj, error=f"cannot start: {exc}"))
+                continue
+            if prepared is not None:
+                argv, env, cwd = prepared
+                assert rj.cell is not None
+                spawning.append((rj, argv, self._spawn_soon(rj.cell, argv, env, cwd)))
+        for rj, argv, fut in spawning:
+            try:
+                child = await fut
+            except OSError as exc:
+                self.app.metrics.spawn_failures.inc()
+                what = exc.filename if exc.filename is not None else argv[0]
+                self._spawn_task(
+                    self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
+                )
+                continue
+            except Exception as exc:
+                log.exception("launch failed", extra={"job_id": rj.claim.id})
+                self.app.metrics.spawn_failures.inc()
+                self._spawn_task(self._finalize(rj, error=f"cannot start: {exc}"))
+                continue
+            try:
+                self._started(rj, child)
+            except Exception:  # as when each launch had its task: the others still start
+                log.exception("could not watch a started job", extra={"job_id": rj.claim.id})
+
+    async def _prepare(self, rj: RunningJob) -> tuple[list[str], dict[str, str], str | None] | None:
+        """The argv, env and cwd of an attempt about to be spawned (its cell and its log
+        owner made), or None if it ended without starting."""
         job = rj.claim
         if rj.terminated_for is not None:  # cancelled (or the daemon stopping) before it started
-            await self._finalize(rj, error=f"{rj.terminated_for} before it started")
-            return
+            self._spawn_task(self._finalize(rj, error=f"{rj.terminated_for} before it started"))
+            return None
         argv = job.spec.argv()
         env = self._child_env(job)
         if job.spec.env_from_secrets:
             try:
                 env.update(await self.store.secrets.resolve(job.spec.env_from_secrets))
             except HeroError as exc:  # missing, or a sealed value that does not open
-                await self._finalize(rj, error=f"cannot start: {exc}")
-                return
-        loop = asyncio.get_running_loop()
+                self._spawn_task(self._finalize(rj, error=f"cannot start: {exc}"))
+                return None
+        limits = job.spec.limits()  # a job has no `type`: its limits are all there is to check
         try:
-            self.contain.check_limits(job.spec.to_dict())
+            if limits:
+                self.contain.check_limits(limits)
         except InvalidParams as exc:  # an action defined where the controller was enabled
-            await self._finalize(rj, error=f"cannot start: {exc.field}: {exc.problem}")
-            return
-        rj.cell = self.contain.cell(f"job-{job.id}-{job.attempt}", job.spec.limits())
-        try:
-            rj.owner = await self.flusher.open_owner("job", str(job.id), job.last_seq)
-            # fork/exec blocks for about a millisecond and releases the GIL:
-            # it runs on a small pool, so the loop keeps serving meanwhile.
-            child = await loop.run_in_executor(self.spawner, rj.cell.spawn, argv, env, job.spec.cwd)
-        except OSError as exc:
-            self.app.metrics.spawn_failures.inc()
-            what = exc.filename if exc.filename is not None else argv[0]
-            await self._finalize(rj, error=f"cannot start {what}: {exc.strerror or exc}")
-            return
-        except Exception as exc:
-            log.exception("launch failed", extra={"job_id": job.id})
-            self.app.metrics.spawn_failures.inc()
-            await self._finalize(rj, error=f"cannot start: {exc}")
-            return
+            self._spawn_task(self._finalize(rj, error=f"cannot start: {exc.field}: {exc.problem}"))
+            return None
+        rj.cell = self.contain.cell(f"job-{job.id}-{job.attempt}", limits)
+        rj.owner = await self.flusher.open_owner("job", str(job.id), job.last_seq)
+        return argv, env, job.spec.cwd
+
+    def _started(self, rj: RunningJob, child: procs.Child) -> None:
+        """The attempt's process runs: read its output, watch its exit and its timeout."""
+        job = rj.claim
+        loop = asyncio.get_running_loop()
         self.spawned += 1
         rj.child = child
+        assert rj.owner is not None
         rj.output = OutputCapture(
             self.flusher,
             rj.owner,
@@ -295,16 +353,58 @@ class Executor:
             on_closed=lambda: self._on_output_closed(rj),
         )
         rj.output.attach(child.stdout_fd, child.stderr_fd)
-        loop.add_reader(child.pidfd, self._on_exit, rj)
+        fdwatch.watcher().add(child.pidfd, self._on_exit, rj)
         if job.spec.timeout_s:
             rj.handles.append(loop.call_later(job.spec.timeout_s, self._on_timeout, rj))
         if rj.terminated_for is not None:  # asked while it was being spawned
             reason, rj.terminated_for = rj.terminated_for, None
             self._terminate(rj, reason)
+        # Written with the other launches of this loop step, as one unit: queued to the
+        # writer before the end of this attempt can be (that takes its pidfd's event).
+        if not self._pids:
+            self._spawn_task(self._write_pids())
+        self._pids.append((job.id, job.token, child.pid, child.start_time))
+
+    async def _write_pids(self) -> None:
+        pids, self._pids = self._pids, []
         try:
-            await self.jobs.set_pid(job.id, job.token, child.pid, child.start_time)
+            await self.jobs.set_pids(pids)
         except Exception:
-            log.exception("could not record a job's pid", extra={"job_id": job.id})
+            log.exception("could not record jobs' pids", extra={"job_ids": [p[0] for p in pids]})
+
+    def _spawn_soon(
+        self, cell: Cell, argv: list[str], env: dict[str, str], cwd: str | None
+    ) -> asyncio.Future[procs.Child]:
+        """Spawn into `cell` on the spawner pool, in a batch with the launches of the
+        same claim: fork/exec blocks for a fraction of a millisecond and releases the
+        GIL, so it runs off the loop; one trip to the pool per batch, not per job."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[procs.Child] = loop.create_future()
+        self._to_spawn.append((cell, argv, env, cwd, fut))
+        if self._spawn_drains < _SPAWN_DRAINS:
+            self._spawn_drains += 1
+            self._spawn_task(self._drain_spawns())
+        return fut
+
+    async def _drain_spawns(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._to_spawn:
+                batch = self._to_spawn[:_SPAWN_BATCH]
+                del self._to_spawn[:_SPAWN_BATCH]
+                try:
+                    results = await loop.run_in_executor(self.spawner, _spawn_all, batch)
+                except BaseException as exc:  # the pool is shut down (the daemon stops)
+                    results = [exc] * len(batch)
+                for (*_, fut), got in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(got, BaseException):
+                        fut.set_exception(got)
+                    else:
+                        fut.set_result(got)
+        finally:
+            self._spawn_drains -= 1
 
     def _on_output_closed(self, rj: RunningJob) -> None:
         if rj.exited:
@@ -314,11 +414,13 @@ class Executor:
         child = rj.child
         assert child is not None
         loop = asyncio.get_running_loop()
-        loop.remove_reader(child.pidfd)
+        fdwatch.watcher().remove(child.pidfd)
         # A job never outlives its main process: kill whatever it left in its cell
-        # (for a process group the leader, a zombie until reaped, keeps its id ours).
+        # (for a process group the leader, a zombie until reaped, keeps its id ours;
+        # a cgroup's kill, or its removal when empty, is batched on a thread, and its
+        # end is written only once that has run: see _finalize).
         assert rj.cell is not None
-        rj.cell.kill()
+        rj.cell.leader_ended()
         rj.exit_code, rj.signal = procs.reap(child.pid)
         os.close(child.pidfd)
         rj.exited = True
@@ -376,14 +478,16 @@ class Executor:
             return
         rj.finalizing = True
         job = rj.claim
+        cell, rj.cell = rj.cell, None
+        if cell is not None:
+            await cell.ended()  # what its leader left is killed (or its cgroup removed)
         how = rj.terminated_for or "exited"
         if how == "timed_out":
             error = f"timed out after {job.spec.timeout_s}s"
-        elif rj.cell is not None and error is None and rj.cell.oom_killed():
+        elif cell is not None and error is None and cell.oom_killed():
             error = f"killed by the OOM killer (memory_max {job.spec.memory_max})"
-        if rj.cell is not None:
-            self._spawn_task(rj.cell.release())  # kill what is left, remove the cgroup
-            rj.cell = None
+        if cell is not None and cell.held():
+            self._spawn_task(cell.release())  # kill what is left, remove the cgroup
         end = AttemptEnd(
             how=how,
             exit_code=rj.exit_code,

@@ -10,11 +10,11 @@ everything the pipes still hold is read — before it is closed.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable
 
+from hero_procd.engine.fdwatch import FdWatcher, watcher
 from hero_procd.engine.flusher import Flusher, OwnerLog
 
 
@@ -37,6 +37,7 @@ class OutputCapture:
         self._streams: dict[int, str] = {}
         self._paused = False
         self._released = False
+        self._watcher: FdWatcher | None = None
 
     @property
     def open(self) -> int:
@@ -44,13 +45,13 @@ class OutputCapture:
         return len(self._streams)
 
     def attach(self, stdout_fd: int, stderr_fd: int) -> None:
-        """Start reading both pipes on the running loop."""
-        loop = asyncio.get_running_loop()
+        """Start reading both pipes on the running loop (its fdwatch.watcher)."""
+        self._watcher = watcher()
         for fd, stream in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
             os.set_blocking(fd, False)
             self._streams[fd] = stream
             self._partial[fd] = b""
-            loop.add_reader(fd, self._on_readable, fd)
+            self._watcher.add(fd, self._on_readable, fd)
 
     def close_all(self) -> None:
         """Read what the pipes still hold, then stop (a process that left them open)."""
@@ -101,23 +102,24 @@ class OutputCapture:
             return
         if not self._paused and self.flusher.log_pressure():
             self._paused = True
-            loop = asyncio.get_running_loop()
+            assert self._watcher is not None
             for open_fd in self._streams:
-                loop.remove_reader(open_fd)
+                self._watcher.remove(open_fd)
             self.flusher.when_relieved(self._resume)
 
     def _resume(self) -> None:
         self._paused = False
-        loop = asyncio.get_running_loop()
+        assert self._watcher is not None
         for fd in self._streams:
-            loop.add_reader(fd, self._on_readable, fd)
+            self._watcher.add(fd, self._on_readable, fd)
 
     def _close(self, fd: int, ts: float) -> None:
         stream = self._streams.pop(fd, None)
         if stream is None:
             return
         if not self._paused:
-            asyncio.get_running_loop().remove_reader(fd)
+            assert self._watcher is not None
+            self._watcher.remove(fd)
         os.close(fd)
         rest = self._partial.pop(fd, b"")
         if rest:

@@ -88,12 +88,13 @@ def spawn(
     when the program, the cwd or the cgroup cannot be used; nothing is left
     running then. Without `capture`, output goes to /dev/null (the Child's fds are -1).
     """
-    _no_nul(argv, env, cwd)
+    _no_nul(argv, cwd)
+    c_env = _encode_env(env)
     if _EXT is not None:
-        pid, out_fd, err_fd = _ext_spawn(argv, env, cwd, cgroup, capture)
+        pid, out_fd, err_fd = _ext_spawn(argv, env, cwd, cgroup, capture, c_env)
     else:
         if _POSIX_SPAWN is not None:
-            pid, out_fd, err_fd = _POSIX_SPAWN.spawn(argv, env, cwd, capture)
+            pid, out_fd, err_fd = _POSIX_SPAWN.spawn(argv, env, cwd, capture, c_env)
         else:
             pid, out_fd, err_fd = _popen(argv, env, cwd, capture)
         if cgroup is not None:
@@ -116,16 +117,42 @@ def spawn(
     return Child(pid, process_start_time(pid), pidfd, out_fd, err_fd)
 
 
-def _no_nul(argv: list[str], env: dict[str, str], cwd: str | None) -> None:
+_BAD_TEXT = "a NUL in argv, env or cwd, or a bad env name"
+
+
+def _no_nul(argv: list[str], cwd: str | None) -> None:
     """execve, chdir and environ take C strings: "a\\0b" would run as "a" (the extension and
     posix_spawn would cut it silently; Popen refuses). Refused whichever spawns, as an
-    OSError (EINVAL) like any other spawn failure. The API checks these first."""
-    texts = [*argv, *env, *env.values(), *([] if cwd is None else [cwd])]
+    OSError (EINVAL) like any other spawn failure (the env: `_encode_env`). The API
+    checks these first."""
+    texts = [*argv, *([] if cwd is None else [cwd])]
     bad = next((t for t in texts if "\0" in t), None)
-    if bad is None:
-        bad = next((k for k in env if "=" in k or not k), None)
     if bad is not None or not argv:
-        raise OSError(errno.EINVAL, "a NUL in argv, env or cwd, or a bad env name", bad)
+        raise OSError(errno.EINVAL, _BAD_TEXT, bad)
+
+
+# `KEY=value` as bytes, by (key, value): a child's environment is mostly the daemon's,
+# the same for every child, so each variable is checked and encoded once (bounded: the
+# variables of one job, its id say, are not worth keeping once it is full).
+_ENCODED_ENV: dict[tuple[str, str], bytes] = {}
+_ENCODED_ENV_MAX = 4096
+
+
+def _encode_env(env: dict[str, str]) -> list[bytes]:
+    """The environment as execve takes it; OSError (EINVAL) for a NUL or a bad name."""
+    cache = _ENCODED_ENV
+    out: list[bytes] = []
+    for item in env.items():
+        encoded = cache.get(item)
+        if encoded is None:
+            key, value = item
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise OSError(errno.EINVAL, _BAD_TEXT, key if "\0" not in value else value)
+            encoded = os.fsencode(f"{key}={value}")
+            if len(cache) < _ENCODED_ENV_MAX:
+                cache[item] = encoded
+        out.append(encoded)
+    return out
 
 
 def _resolve(program: str, env: dict[str, str]) -> str:
@@ -166,12 +193,18 @@ def _close_reads(out_r: int, err_r: int) -> None:
 
 
 def _ext_spawn(
-    argv: list[str], env: dict[str, str], cwd: str | None, cgroup: str | None, capture: bool
+    argv: list[str],
+    env: dict[str, str],
+    cwd: str | None,
+    cgroup: str | None,
+    capture: bool,
+    c_env: list[bytes] | None = None,
 ) -> tuple[int, int, int]:
     assert _EXT is not None
     path = _resolve(argv[0], env)
     c_argv = [os.fsencode(a) for a in argv]
-    c_env = [os.fsencode(f"{k}={v}") for k, v in env.items()]
+    if c_env is None:
+        c_env = _encode_env(env)
     global _clone3_works
     cg_fd = procs_fd = -1
     if cgroup is not None:
@@ -200,7 +233,7 @@ def _ext_spawn(
         _close_reads(out_r, err_r)
         if stage == _STAGE_CLONE and cg_fd >= 0 and err in _NO_CLONE3:
             _clone3_works = False
-            return _ext_spawn(argv, env, cwd, cgroup, capture)
+            return _ext_spawn(argv, env, cwd, cgroup, capture, c_env)
         culprit: str | None = None
         if stage == _STAGE_CHDIR:
             culprit = cwd
@@ -265,15 +298,20 @@ class _LibcPosixSpawn:
             raise OSError("posix_spawnattr_setflags failed")
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, capture: bool = True
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        capture: bool = True,
+        encoded_env: list[bytes] | None = None,
     ) -> tuple[int, int, int]:
         """(pid, stdout read end, stderr read end) of a new child, or OSError naming the culprit."""
         program = argv[0]
         path = _resolve(program, env)
         c_argv = (ctypes.c_char_p * (len(argv) + 1))(*[os.fsencode(a) for a in argv], None)
-        c_env = (ctypes.c_char_p * (len(env) + 1))(
-            *[os.fsencode(f"{k}={v}") for k, v in env.items()], None
-        )
+        if encoded_env is None:
+            encoded_env = _encode_env(env)
+        c_env = (ctypes.c_char_p * (len(encoded_env) + 1))(*encoded_env, None)
         out_r, out_w, err_r, err_w = _output_pipes(capture)
         actions = ctypes.create_string_buffer(512)
         self._init_fa(actions)

@@ -40,6 +40,10 @@ class JobStore(Protocol):
         """Record an attempt's process while its claim owns it."""
         ...
 
+    async def set_pids(self, pids: Sequence[tuple[int, str, int, float | None]]) -> None:
+        """`set_pid` of several attempts (job id, token, pid, start time), as one unit."""
+        ...
+
     async def finish(self, job_id: int, token: str, end: AttemptEnd) -> Finished | None:
         """End an attempt by the precedence rules; None if another outcome won."""
         ...

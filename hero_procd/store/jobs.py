@@ -693,6 +693,11 @@ class JobsApi:
         params = (pid, start_time, job_id, token)
         return await self.pool.write(lambda c: c.execute(Q["job_set_pid"], params).rowcount == 1)
 
+    async def set_pids(self, pids: Sequence[tuple[int, str, int, float | None]]) -> None:
+        """`set_pid` of several attempts, (job id, token, pid, start time) each, in one unit."""
+        params = [(pid, start, job_id, token) for job_id, token, pid, start in pids]
+        await self.pool.write(lambda c: c.executemany(Q["job_set_pid"], params))
+
     async def finish(self, job_id: int, token: str, end: AttemptEnd) -> Finished | None:
         """End an attempt; None if another outcome won."""
         return await self.pool.write(lambda c: finish_attempt(c, job_id, token, end))
