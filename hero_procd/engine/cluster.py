@@ -40,7 +40,7 @@ _POLL_S = 1.0
 
 async def refuse_if_live(
     store: Store, name: str, timeout_s: float, heartbeat_s: float
-) -> tuple[int, float] | None:
+) -> tuple[int | None, float] | None:
     """On a shared database, before this daemon writes anything as node `name`: raise
     StartupError if another daemon is live under that name. Returns the row as seen
     last ((pid, started_at); None: no row), which `NodesApi.claim` takes only if no
@@ -60,8 +60,8 @@ async def refuse_if_live(
                 return info.state, info.heartbeat_age_s, info.pid, info.started_at
         return None
 
-    def seen(now: tuple[str, float, int | None, float] | None) -> tuple[int, float] | None:
-        return None if now is None else (now[2] if now[2] is not None else -1, now[3])
+    def seen(now: tuple[str, float, int | None, float] | None) -> tuple[int | None, float] | None:
+        return None if now is None else (now[2], now[3])
 
     first = await row()
     if store.backend == "sqlite":

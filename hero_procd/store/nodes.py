@@ -69,12 +69,12 @@ class NodesApi:
         self.pid = -1
         self.started_at = -1.0
 
-    async def claim(self, version: str, pid: int, seen: tuple[int, float] | None) -> bool:
+    async def claim(self, version: str, pid: int, seen: tuple[int | None, float] | None) -> bool:
         """Take this node's name as this daemon (`pid`, a new started_at), unless its row
         changed since it was `seen` ((pid, started_at); None: there was no row). False:
         another daemon took the name meanwhile, and nothing was written."""
         started = now()
-        seen_pid, seen_started = seen if seen is not None else (-1, -1.0)
+        seen_pid, seen_started = seen if seen is not None else (-1, -1.0)  # -1: matches no row
         params = {
             "name": self.node,
             "version": version,

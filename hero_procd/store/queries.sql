@@ -601,13 +601,14 @@ SELECT pg_notify('hero_proc:' || current_schema(), ?)
 
 -- node_claim --
 -- Take this node's name as this daemon (its pid, a new started_at), unless the row changed
--- since it was seen (:seen_pid, :seen_started; -1 when there was none): another daemon
+-- since it was seen (:seen_pid, :seen_started; -1 when there was none; a row of an older
+-- version may have no pid): another daemon
 -- took the name meanwhile (no row changed then).
 INSERT INTO nodes (name, version, pid, started_at, heartbeat_at, state)
 VALUES (:name, :version, :pid, :now, :now, 'alive')
 ON CONFLICT (name) DO UPDATE SET version = excluded.version, pid = excluded.pid,
     started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, state = 'alive'
-WHERE nodes.pid = :seen_pid AND nodes.started_at = :seen_started
+WHERE nodes.pid IS :seen_pid AND nodes.started_at = :seen_started
 
 -- node_revive --
 -- Mark this daemon's row alive, heartbeating now (a node declared dead while cut off);

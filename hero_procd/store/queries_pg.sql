@@ -63,7 +63,7 @@ INSERT INTO nodes (name, version, pid, started_at, heartbeat_at, state)
 VALUES (:name, :version, :pid, :now, extract(epoch from clock_timestamp()), 'alive')
 ON CONFLICT (name) DO UPDATE SET version = excluded.version, pid = excluded.pid,
     started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, state = 'alive'
-WHERE nodes.pid = :seen_pid AND nodes.started_at = :seen_started
+WHERE nodes.pid IS NOT DISTINCT FROM CAST(:seen_pid AS BIGINT) AND nodes.started_at = :seen_started
 
 -- node_revive --
 -- Mark this daemon's row alive, heartbeating now (the database's clock).
