@@ -180,8 +180,11 @@ class Watchdog:
 
 
 def _watchdogs_of(root: str) -> list[int]:
-    """The pids of the watchdogs over `root` running on this host (blocking: reads /proc)."""
-    want = [SHELL.encode(), b"-c", SCRIPT.encode(), NAME.encode(), root.encode()]
+    """The pids of the watchdogs over `root` running on this host (blocking: reads /proc).
+
+    Matched by `/bin/sh -c <any script> hero-proc-watchdog <root>`: the script of
+    another version of the daemon (an upgrade's restart) is matched too."""
+    head, tail = [SHELL.encode(), b"-c"], [NAME.encode(), root.encode()]
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -191,7 +194,7 @@ def _watchdogs_of(root: str) -> list[int]:
                 argv = f.read().split(b"\0")[:-1]
         except OSError:
             continue
-        if argv == want:
+        if len(argv) == 5 and argv[:2] == head and argv[3:] == tail:
             found.append(int(entry.name))
     return found
 
