@@ -252,6 +252,7 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             app, app.executor.flusher, app.executor.spawner, app.executor.instance
         )
         teardown.push("supervisor", app.supervisor.stop)
+        teardown.push("service waits", app.supervisor.answer_waits)
         await app.supervisor.start()
         stage = "starting the scheduler"
         app.scheduler = Scheduler(app)
@@ -415,9 +416,10 @@ async def serve(config: Config) -> None:
         waiter.cancel()
     log.info("shutting down")
     notify("STOPPING=1")
-    # Pending job.wait calls are answered with the job's state now; then the server goes:
+    # Pending job.wait calls and service waits (wait_s) are answered with the state as it
+    # is now; then the server goes:
     # no new request may start work the engines are stopping.
-    await teardown.run(first=("reloader", "waits", "http", "server"))
+    await teardown.run(first=("reloader", "waits", "service waits", "http", "server"))
     log.info("stopped")
     if app.exit_reason is not None:
         raise StartupError(app.exit_reason)  # main: one line, exit 1

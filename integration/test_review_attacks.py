@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -257,6 +258,7 @@ def test_logs_merge_with_tail_and_since_across_pages(daemon: DaemonProcess) -> N
         at = c.call("job.logs", id=ids[0], after_seq=pick - 1, limit=1)["lines"][0]["ts"]
         every = {job_id: [ln for page in _pages(c, job_id) for ln in page] for job_id in ids}
     since = datetime.fromtimestamp(at, tz=UTC).isoformat()
+    at = datetime.fromisoformat(since).timestamp()  # to the microsecond, as the CLI reads it
     shown = hero_proc(daemon.socket_path, "--json", "logs", "--since", since, *map(str, ids))
     assert shown.returncode == 0, shown.stderr
     records = [orjson.loads(x) for x in shown.stdout.splitlines()]
@@ -332,12 +334,13 @@ def test_a_health_check_and_a_services_children_do_not_hold_the_watchdogs_pipe(
 def test_kill_9_of_a_daemon_without_a_stderr_still_kills_its_cells(
     workdir: Path, started: list[DaemonProcess], how: str
 ) -> None:
-    """The watchdog says what it did on the stderr it shares with the daemon: with that
-    stderr closed (2>&-) or a pipe nobody reads any more, the kill still happens."""
+    """The watchdog says what it did on the stderr it shares with the daemon: with the
+    daemon's fds 0-2 closed (its own files then take those numbers) or its stderr a pipe
+    nobody reads any more, the kill still happens and nothing else is written to."""
     fifo = workdir / "stderr"
     reader = None
     if how == "closed":
-        wrap = ["sh", "-c", 'exec "$@" 2>&-', "sh"]
+        wrap = ["sh", "-c", 'exec "$@" <&- >&- 2>&-', "sh"]  # fds 0-2 all closed
     else:
         os.mkfifo(fifo)
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that the daemon may open it
@@ -355,6 +358,15 @@ def test_kill_9_of_a_daemon_without_a_stderr_still_kills_its_cells(
     daemon.kill()
     wait_dead(svc, f"the service of a daemon killed by -9 (stderr {how})")
     wait_dead(dog, "the watchdog")
+    # Its line went nowhere harmful: not into a file the daemon had open as fd 2 (its
+    # database), say. The database is whole and the next daemon starts on it.
+    with sqlite3.connect(daemon.db_path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    daemon.wrap = []
+    started.append(daemon.start())
+    with daemon.client() as c:
+        assert c.call("service.status", name="svc")["pid"] is None  # not autostart: stopped
+    assert daemon.stop() == 0, daemon.log()
 
 
 def test_the_watchdog_with_odd_characters_in_the_subtrees_path(
@@ -435,3 +447,32 @@ def test_sigterm_then_kill_9_mid_teardown_leaves_no_child(
     for pid in victims:
         wait_dead(pid, f"a child after SIGTERM then kill -9 (seed {seed})")
     wait_dead(dog, "the watchdog")
+
+
+def test_a_graceful_stop_with_service_waiters_in_place_is_not_held_by_them(
+    workdir: Path, started: list[DaemonProcess]
+) -> None:
+    """SIGTERM while clients wait (wait_s 600) for a service that will not run for 300 s:
+    the daemon stops in its usual time, exit 0, each waiter answered (the start was
+    done: `starting`), and no process is left."""
+    daemon = DaemonProcess(workdir)
+    started.append(daemon.start())
+    with daemon.client() as c:
+        define(c, "slow", ["sleep", "1000"], start_secs=300)
+        socks = [_send(daemon, "service.start", {"name": "slow", "wait_s": 600}) for _ in range(3)]
+        wait_for(lambda: _metric(daemon, "hero_proc_service_waiters") == 3 or None, "three waiters")
+        pid = c.call("service.status", name="slow")["pid"]
+    try:
+        began = time.monotonic()
+        assert daemon.stop(timeout_s=60) == 0, daemon.log()
+        took = time.monotonic() - began
+        # They held the socket's close for its whole grace (10 s): 10.1 s, 0.17 s now.
+        assert took < 8, f"the stop took {took:.1f} s"
+        wait_dead(pid, "the waited-for service after the stop")
+        for sock in socks:  # each waiter was answered, with the service as it was
+            sock.settimeout(10)
+            answer = orjson.loads(sock.makefile("rb").readline())
+            assert answer["result"]["state"] == "starting", answer
+    finally:
+        for s in socks:
+            s.close()
