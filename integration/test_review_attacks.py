@@ -164,6 +164,11 @@ def test_a_node_frozen_past_its_timeout_finds_its_name_taken_and_exits(
                 os.kill(old.proc.pid, signal.SIGCONT)
             assert old.proc.wait(30) == 1, f"seed {seed}: {old.log()}"
             assert "another daemon has taken node 'n1'" in old.log(), old.log()
+            # The heir ended the old daemon's watchdog (same subtree) while it stood still;
+            # the old one did not start another, which a kill -9 of it would have let
+            # loose on the heir's cells.
+            assert "not started again" in old.log(), old.log()
+            assert "started it again" not in old.log(), old.log()
             with heir.client() as c:
                 (row,) = [n for n in c.call("node.list")["nodes"] if n["name"] == "n1"]
                 assert row["pid"] == heir.proc.pid and row["alive"], (seed, row)

@@ -137,6 +137,18 @@ class Watchdog:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+        others = _watchdogs_of(self.root)  # ~2 ms, once
+        if others:
+            # Another daemon started over this subtree and ended this watchdog (a daemon
+            # that took this one's node while it stood still): a new one would kill that
+            # daemon's cells were this one killed now. This daemon learns at its next
+            # heartbeat that its name was taken, and stops.
+            log.error(
+                "the watchdog was ended by another daemon of this cgroup subtree; not "
+                "started again",
+                extra={"pid": old_pid, "cgroup": self.root, "other_watchdogs": others},
+            )
+            return
         try:
             again = Watchdog.start(self.root)  # ~3 ms: a fork and an exec, like a job's
         except OSError as exc:
