@@ -63,6 +63,16 @@ class App:
     http_login_url: str | None = None
     # One stack apply at a time, its carry-out included (hero_procd/stack.py).
     stack_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Set when the daemon must stop on its own (its node's name taken by another daemon):
+    # it stops as on SIGTERM, then exits 1 with this line (daemon.serve).
+    exit_reason: str | None = None
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def exit_with(self, reason: str) -> None:
+        """Stop the daemon gracefully, then exit 1 saying `reason` (the first one given)."""
+        if self.exit_reason is None:
+            self.exit_reason = reason
+        self.stop_requested.set()
 
     @property
     def jobs(self) -> Executor:

@@ -187,7 +187,16 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
         # Before anything is written as this node (sealed secrets, stack files, recovery).
         stage = f"checking that no other daemon is node {config.node}"
         heartbeat_s = min(config.heartbeat_s, config.node_timeout_s / 4)  # as Node beats
-        await refuse_if_live(store, config.node, config.node_timeout_s, heartbeat_s)
+        seen = await refuse_if_live(store, config.node, config.node_timeout_s, heartbeat_s)
+        # Atomic: of two daemons started at once as one node (both pass the check above),
+        # the one whose claim comes second changes nothing and is refused here.
+        if not await store.nodes.claim(__version__, os.getpid(), seen):
+            raise StartupError(
+                f"another daemon took node {config.node!r} while this one started: "
+                "start this one with another --node"
+            )
+        # Marked stopped again if start-up fails from here (a later start need not wait).
+        teardown.push("node row", store.nodes.stopped)
         stage = "unlocking the secrets"
         await _unlock_secrets(store, paths.db, config.secrets_key_file)
         stage = "loading the OpenRPC document"
@@ -243,6 +252,7 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             app, app.executor.flusher, app.executor.spawner, app.executor.instance
         )
         teardown.push("supervisor", app.supervisor.stop)
+        teardown.push("service waits", app.supervisor.answer_waits)
         await app.supervisor.start()
         stage = "starting the scheduler"
         app.scheduler = Scheduler(app)
@@ -399,13 +409,20 @@ async def serve(config: Config) -> None:
         },
     )
     notify("READY=1")
-    await stop.wait()
+    asked = asyncio.ensure_future(app.stop_requested.wait())
+    signalled = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((asked, signalled), return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (asked, signalled):
+        waiter.cancel()
     log.info("shutting down")
     notify("STOPPING=1")
-    # Pending job.wait calls are answered with the job's state now; then the server goes:
+    # Pending job.wait calls and service waits (wait_s) are answered with the state as it
+    # is now; then the server goes:
     # no new request may start work the engines are stopping.
-    await teardown.run(first=("reloader", "waits", "http", "server"))
+    await teardown.run(first=("reloader", "waits", "service waits", "http", "server"))
     log.info("stopped")
+    if app.exit_reason is not None:
+        raise StartupError(app.exit_reason)  # main: one line, exit 1
 
 
 def _exit_after_startup_failure(message: str) -> NoReturn:

@@ -22,11 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
-from hero_procd import __version__
 from hero_procd.errors import HeroError
 from hero_procd.paths import StartupError
 
@@ -40,9 +38,13 @@ log = logging.getLogger(__name__)
 _POLL_S = 1.0
 
 
-async def refuse_if_live(store: Store, name: str, timeout_s: float, heartbeat_s: float) -> None:
+async def refuse_if_live(
+    store: Store, name: str, timeout_s: float, heartbeat_s: float
+) -> tuple[int | None, float] | None:
     """On a shared database, before this daemon writes anything as node `name`: raise
-    StartupError if another daemon is live under that name.
+    StartupError if another daemon is live under that name. Returns the row as seen
+    last ((pid, started_at); None: no row), which `NodesApi.claim` takes only if no
+    other daemon changed it meanwhile (two daemons started at once both pass this).
 
     A row marked alive whose heartbeat is younger than the node timeout is either a
     daemon that runs (its heartbeat moves) or one that died without a stop (kill -9,
@@ -51,31 +53,35 @@ async def refuse_if_live(store: Store, name: str, timeout_s: float, heartbeat_s:
     refuse; if it stands still, the name is this daemon's to take over (its recovery
     then settles what the dead one left).
     """
-    if store.backend == "sqlite":
-        return  # one database file, one daemon: the file lock already said so
 
-    async def row() -> tuple[str, float, int | None] | None:
+    async def row() -> tuple[str, float, int | None, float] | None:
         for info in await store.nodes.list(timeout_s):
             if info.name == name:
-                return info.state, info.heartbeat_age_s, info.pid
+                return info.state, info.heartbeat_age_s, info.pid, info.started_at
         return None
 
+    def seen(now: tuple[str, float, int | None, float] | None) -> tuple[int | None, float] | None:
+        return None if now is None else (now[2], now[3])
+
     first = await row()
+    if store.backend == "sqlite":
+        return seen(first)  # one database file, one daemon: the file lock already said so
     if first is None or first[0] != "alive" or first[1] > timeout_s:
-        return
+        return seen(first)
     deadline = time.monotonic() + 2 * heartbeat_s + 1.0
     while time.monotonic() < deadline:
         await asyncio.sleep(min(0.5, heartbeat_s / 2))
         now = await row()
         if now is None or now[0] != "alive":
-            return
+            return seen(now)
         # The age grows with the database's clock unless the heartbeat was renewed.
-        if now[1] < first[1]:
+        if now[1] < first[1] or now[2:] != first[2:]:
             raise StartupError(
                 f"another daemon is live as node {name!r} (pid {now[2]} on its host, "
                 f"heartbeat {now[1]:.1f} s ago): start this one with another --node"
             )
         first = now
+    return seen(first)
 
 
 class Node:
@@ -93,8 +99,10 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Register this node, then heartbeat, watch the lease, sweep and listen."""
-        await self.store.nodes.register(__version__, os.getpid())
+        """Heartbeat (the name was claimed at start-up), watch the lease, sweep and listen."""
+        if not await self.store.nodes.revive():
+            self._taken()
+            return
         self.last_ok = time.monotonic()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="node-heartbeat"))
@@ -119,6 +127,22 @@ class Node:
         with contextlib.suppress(HeroError, TimeoutError):
             await asyncio.wait_for(self.store.nodes.stopped(), 5.0)
 
+    def _taken(self) -> None:
+        """Another daemon holds this node's name now (it took a row that stood still, or
+        started at the same moment): claim nothing more, end this daemon's jobs, and stop
+        it with an error; two daemons as one node would settle each other's attempts."""
+        why = (
+            f"another daemon has taken node {self.name!r} (its row is no longer this "
+            "daemon's): stopping; start this one with another --node"
+        )
+        log.error(why)
+        if self.app.containment is not None:
+            self.app.containment.handed_over = True  # the cgroup subtree is the other's now
+        if not self.lease_lost:
+            self.lease_lost = True
+            self.app.jobs.lease_lost(grace_s=self.timeout_s / 4)
+        self.app.exit_with(why)
+
     def lease_left_s(self) -> float:
         """Seconds until this node must stop its jobs if no heartbeat succeeds."""
         return self.timeout_s / 2 - (time.monotonic() - self.last_ok)
@@ -131,9 +155,12 @@ class Node:
                 ok = await asyncio.wait_for(self.store.nodes.heartbeat(), self.timeout_s / 2)
                 if not ok:
                     # Declared dead while cut off (its jobs were terminated by the lease
-                    # by then, and settled by the sweeper): join again.
+                    # by then, and settled by the sweeper): join again, unless another
+                    # daemon has taken the name meanwhile.
                     log.warning("this node was declared dead; registering again")
-                    await self.store.nodes.register(__version__, os.getpid())
+                    if not await self.store.nodes.revive():
+                        self._taken()
+                        return
             except (HeroError, TimeoutError) as exc:
                 log.warning("heartbeat failed", extra={"error": str(exc)})
                 continue

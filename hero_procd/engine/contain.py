@@ -166,6 +166,10 @@ class Containment:
                 why = f"the {controller} controller is not enabled (usable: {usable})"
             raise InvalidParams(where, f"needs the cgroup v2 {controller} controller: {why}")
 
+    # Another daemon has taken this one's node name (PostgreSQL): the subtree, named after
+    # the database and the node, is that daemon's now; `close` leaves it alone.
+    handed_over = False
+
     async def recover(self) -> int:
         """Kill what a previous daemon left in its cells and remove them; how many there were."""
         return 0
@@ -698,6 +702,9 @@ class CgroupContainment(Containment):
         if self._inotify is not None:
             self._inotify.close()
             self._inotify = None
+        if self.handed_over:
+            self.pool.shutdown(wait=False)
+            return
         try:
             await asyncio.to_thread(self.kill_strays)
             await self._remove_root()

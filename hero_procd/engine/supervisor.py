@@ -60,8 +60,16 @@ class Supervisor:
         self._written: dict[str, tuple[int, float | None]] = {}
         self._cpu_prev: dict[str, tuple[float, float]] = {}
         self.waiters = 0  # calls waiting for a service to reach running (a gauge)
+        # Set when a graceful stop begins: every wait for `running` answers at once.
+        self._released = asyncio.Event()
 
     # -- life cycle ----------------------------------------------------------
+    async def answer_waits(self) -> None:
+        """A graceful stop begins: every call waiting (wait_s) for a service to reach
+        running answers now with the service as it is (its start was done), instead of
+        holding the socket's close for the shutdown grace."""
+        self._released.set()
+
     async def start(self) -> None:
         """Reset live states (no process of ours survived recovery) and start what should run."""
         # SQLite has one node: this daemon adopts every service. On PostgreSQL a daemon
@@ -159,7 +167,7 @@ class Supervisor:
             owner = self.owners.get(name)
             if owner is not None and owner.state == ServiceState.RUNNING:
                 return True
-            if give_up is not None and give_up.is_set():
+            if (give_up is not None and give_up.is_set()) or self._released.is_set():
                 return False
             # Not starting and not going to: its start was sent before anyone waits on it.
             if owner is None or (not owner.live and owner.state in FINAL_STATES):
@@ -167,7 +175,10 @@ class Supervisor:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            waits = [asyncio.ensure_future(self._any_change.wait())]
+            waits = [
+                asyncio.ensure_future(self._any_change.wait()),
+                asyncio.ensure_future(self._released.wait()),
+            ]
             if give_up is not None:
                 waits.append(asyncio.ensure_future(give_up.wait()))
             try:
@@ -295,8 +306,8 @@ class Supervisor:
                     return
         finally:
             self.waiters -= 1
-        if gone is not None and gone.is_set():
-            return
+        if (gone is not None and gone.is_set()) or self._released.is_set():
+            return  # the asker left, or the daemon stops: answered with the state as it is
         owner = self.owners.get(name)
         if owner is not None and owner.failure is not None:
             raise InvalidState(owner.failure, {"name": name, "state": str(owner.state)})

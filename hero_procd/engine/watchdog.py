@@ -34,6 +34,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
+import signal
 import subprocess
 import time
 from typing import Any
@@ -135,6 +137,18 @@ class Watchdog:
         fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)
+        others = _watchdogs_of(self.root)  # ~2 ms, once
+        if others:
+            # Another daemon started over this subtree and ended this watchdog (a daemon
+            # that took this one's node while it stood still): a new one would kill that
+            # daemon's cells were this one killed now. This daemon learns at its next
+            # heartbeat that its name was taken, and stops.
+            log.error(
+                "the watchdog was ended by another daemon of this cgroup subtree; not "
+                "started again",
+                extra={"pid": old_pid, "cgroup": self.root, "other_watchdogs": others},
+            )
+            return
         try:
             again = Watchdog.start(self.root)  # ~3 ms: a fork and an exec, like a job's
         except OSError as exc:
@@ -177,11 +191,64 @@ class Watchdog:
             log.warning("the watchdog exited", extra={"returncode": self.proc.returncode})
 
 
+def _watchdogs_of(root: str) -> list[int]:
+    """The pids of the watchdogs over `root` running on this host (blocking: reads /proc).
+
+    Matched by `/bin/sh -c <any script> hero-proc-watchdog <root>`: the script of
+    another version of the daemon (an upgrade's restart) is matched too."""
+    head, tail = [SHELL.encode(), b"-c"], [NAME.encode(), root.encode()]
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")[:-1]
+        except OSError:
+            continue
+        if len(argv) == 5 and argv[:2] == head and argv[3:] == tail:
+            found.append(int(entry.name))
+    return found
+
+
+def end_previous(root: str) -> int:
+    """SIGKILL the watchdogs a previous daemon of this subtree left, and wait until they
+    are gone (blocking); how many there were.
+
+    A daemon killed by -9 leaves its watchdog killing its cells; one that runs late (a
+    loaded machine, a stopped process) would kill the cells of the daemon started next on
+    the same database, which are in the same subtree. Called before this daemon makes
+    any cell: its recovery then kills and removes what the previous daemon left."""
+    ended = 0
+    for pid in _watchdogs_of(root):
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)  # works on a stopped process too
+            select.select([pidfd], [], [], _REAP_S)  # readable once it has ended
+            ended += 1
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+    return ended
+
+
 def start_for(containment: Containment) -> Watchdog | None:
-    """A watchdog over the containment's cells: cgroup containment only (blocking)."""
+    """A watchdog over the containment's cells: cgroup containment only (blocking).
+
+    The watchdogs a previous daemon of the same subtree left are ended first."""
     root = getattr(containment, "root", None)
     if containment.kind != CGROUP2 or not isinstance(root, str):
         return None
+    previous = end_previous(root)
+    if previous:
+        log.warning(
+            "ended the watchdog a previous daemon left (its recovery follows)",
+            extra={"cgroup": root, "watchdogs": previous},
+        )
     dog = Watchdog.start(root)
     log.debug("watchdog started", extra={"pid": dog.pid, "start_ms": round(dog.start_s * 1e3, 2)})
     return dog

@@ -65,20 +65,44 @@ class NodesApi:
     def __init__(self, pool: DbPool, node: str) -> None:
         self.pool = pool
         self.node = node
+        # Who holds the name: this daemon, once `claim` succeeded (every later write checks).
+        self.pid = -1
+        self.started_at = -1.0
 
-    async def register(self, version: str, pid: int) -> None:
-        """Write (or revive) this node's row, heartbeating now."""
-        params = {"name": self.node, "version": version, "pid": pid, "now": now()}
-        await self.pool.write(lambda c: c.execute(Q["node_register"], params))
+    async def claim(self, version: str, pid: int, seen: tuple[int | None, float] | None) -> bool:
+        """Take this node's name as this daemon (`pid`, a new started_at), unless its row
+        changed since it was `seen` ((pid, started_at); None: there was no row). False:
+        another daemon took the name meanwhile, and nothing was written."""
+        started = now()
+        seen_pid, seen_started = seen if seen is not None else (-1, -1.0)  # -1: matches no row
+        params = {
+            "name": self.node,
+            "version": version,
+            "pid": pid,
+            "now": started,
+            "seen_pid": seen_pid,
+            "seen_started": seen_started,
+        }
+        done = await self.pool.side_write(Q["node_claim"], params)
+        if done == 1:
+            self.pid, self.started_at = pid, started
+        return done == 1
+
+    def _mine(self) -> dict[str, Any]:
+        return {"name": self.node, "pid": self.pid, "started_at": self.started_at, "now": now()}
+
+    async def revive(self) -> bool:
+        """Mark this daemon's row alive again (declared dead while cut off); False if
+        another daemon has taken the name since."""
+        return await self.pool.side_write(Q["node_revive"], self._mine()) == 1
 
     async def heartbeat(self) -> bool:
-        """Renew this node's heartbeat; False if its row is gone or it was declared dead."""
-        params = {"name": self.node, "now": now()}
-        return await self.pool.side_write(Q["node_heartbeat"], params) == 1
+        """Renew this daemon's heartbeat; False if it was declared dead or the name taken."""
+        return await self.pool.side_write(Q["node_heartbeat"], self._mine()) == 1
 
     async def stopped(self) -> None:
-        """Mark this node stopped (a graceful stop: nothing of it is left running)."""
-        await self.pool.write(lambda c: c.execute(Q["node_stopped"], (self.node,)))
+        """Mark this daemon's row stopped (a graceful stop: nothing of it is left running)."""
+        await self.pool.side_write(Q["node_stopped"], self._mine())
 
     async def list(self, timeout_s: float) -> list[NodeInfo]:
         """Every node, with its heartbeat's age and whether it is alive."""

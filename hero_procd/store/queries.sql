@@ -613,20 +613,31 @@ ORDER BY id
 -- PostgreSQL only: tell the other nodes (LISTEN "hero_proc:<schema>") at commit.
 SELECT pg_notify('hero_proc:' || current_schema(), ?)
 
--- node_register --
--- Write or revive this node's row, heartbeating now.
+-- node_claim --
+-- Take this node's name as this daemon (its pid, a new started_at), unless the row changed
+-- since it was seen (:seen_pid, :seen_started; -1 when there was none; a row of an older
+-- version may have no pid): another daemon
+-- took the name meanwhile (no row changed then).
 INSERT INTO nodes (name, version, pid, started_at, heartbeat_at, state)
 VALUES (:name, :version, :pid, :now, :now, 'alive')
 ON CONFLICT (name) DO UPDATE SET version = excluded.version, pid = excluded.pid,
     started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, state = 'alive'
+WHERE nodes.pid IS :seen_pid AND nodes.started_at = :seen_started
+
+-- node_revive --
+-- Mark this daemon's row alive, heartbeating now (a node declared dead while cut off);
+-- no row changes if another daemon took the name meanwhile.
+UPDATE nodes SET heartbeat_at = :now, state = 'alive'
+WHERE name = :name AND pid = :pid AND started_at = :started_at
 
 -- node_heartbeat --
--- Renew a live node's heartbeat (a node declared dead must register again).
-UPDATE nodes SET heartbeat_at = :now WHERE name = :name AND state = 'alive'
+-- Renew this daemon's live row (a node declared dead must revive; a taken name is not ours).
+UPDATE nodes SET heartbeat_at = :now
+WHERE name = :name AND pid = :pid AND started_at = :started_at AND state = 'alive'
 
 -- node_stopped --
--- A node stopped gracefully.
-UPDATE nodes SET state = 'stopped' WHERE name = ?
+-- This daemon stopped gracefully (the row of another daemon that took the name stays).
+UPDATE nodes SET state = 'stopped' WHERE name = :name AND pid = :pid AND started_at = :started_at
 
 -- node_list --
 -- Every node, the age of its heartbeat and how many jobs it runs.

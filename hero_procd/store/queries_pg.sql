@@ -55,17 +55,25 @@ ON CONFLICT (owner_kind, owner_id) DO UPDATE
 SET last_seq = greatest(log_owners.last_seq, excluded.last_seq),
     dropped = log_owners.dropped + excluded.dropped
 
--- node_register --
--- Write or revive this node's row, heartbeating now (the database's clock).
+-- node_claim --
+-- Take this node's name as this daemon, unless the row changed since it was seen (the
+-- database's clock). The row is locked and the WHERE read again on its latest version:
+-- of two daemons claiming at once, the second changes nothing.
 INSERT INTO nodes (name, version, pid, started_at, heartbeat_at, state)
 VALUES (:name, :version, :pid, :now, extract(epoch from clock_timestamp()), 'alive')
 ON CONFLICT (name) DO UPDATE SET version = excluded.version, pid = excluded.pid,
     started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at, state = 'alive'
+WHERE nodes.pid IS NOT DISTINCT FROM CAST(:seen_pid AS BIGINT) AND nodes.started_at = :seen_started
+
+-- node_revive --
+-- Mark this daemon's row alive, heartbeating now (the database's clock).
+UPDATE nodes SET heartbeat_at = extract(epoch from clock_timestamp()), state = 'alive'
+WHERE name = :name AND pid = :pid AND started_at = :started_at
 
 -- node_heartbeat --
--- Renew a live node's heartbeat (the database's clock).
+-- Renew this daemon's live row (the database's clock).
 UPDATE nodes SET heartbeat_at = extract(epoch from clock_timestamp())
-WHERE name = :name AND state = 'alive'
+WHERE name = :name AND pid = :pid AND started_at = :started_at AND state = 'alive'
 
 -- node_list --
 -- Every node, the age of its heartbeat (the database's clock) and how many jobs it runs.
