@@ -288,7 +288,9 @@ def test_a_full_disk_mid_batch_commits_nothing_and_the_store_serves_on(tmp_path:
             await store.checkpoint()
             before = await counts(store)
             filler = fill(where)
-            reqs = [(i, JobRequest(CommandSpec(["true", "x" * 50]), tags=["t"])) for i in range(40_000)]
+            reqs = [
+                (i, JobRequest(CommandSpec(["true", "x" * 50]), tags=["t"])) for i in range(40_000)
+            ]
             with pytest.raises(HeroError):
                 await store.submit_batch(reqs, "skip", BatchResult())
             assert await counts(store) == before
