@@ -4,7 +4,9 @@ seed is in its failure messages."""
 
 from __future__ import annotations
 
+import json
 import random
+import socket
 import sqlite3
 import threading
 import time
@@ -208,3 +210,50 @@ def test_kill_9_mid_batch_stores_all_or_nothing(
         proc.kill()
         cleanup(proc.workdir)
     print(f"kill -9 mid-batch outcomes (seed {seed}): {outcomes}")
+
+
+def _raw_call(socket_path: Path, frame: bytes) -> dict[str, Any]:
+    """Send one frame as written (numbers a client's encoder would not write); the answer."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(30)
+        s.connect(str(socket_path))
+        s.sendall(frame + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            assert chunk, buf
+            buf += chunk
+    answer: dict[str, Any] = json.loads(buf)  # the id 1E400 echoed: orjson refuses it
+    return answer
+
+
+def test_a_number_past_the_double_range_is_not_taken_for_a_string(
+    serial: DaemonProcess, tmp_path: Path
+) -> None:
+    """1E400 is valid JSON the daemon reads apart (orjson refuses it): as a command argument,
+    tag or env value it is refused as not a string, in job.submit and in both batch paths,
+    as ["echo", 1] is; it was stored as the string "1E400"."""
+    with serial.client() as c:
+        blocked(c, tmp_path)
+    cases = [
+        (b'{"command":["echo",1E400]}', "command[1]"),
+        (b'{"command":["echo"],"tags":[-1e999]}', "tags"),
+        (b'{"command":["echo"],"env":{"A":1E400}}', "env.A"),
+        (b'{"command":["echo"],"timeout_s":1E400}', "timeout_s"),
+    ]
+    for item, field in cases:
+        one = _raw_call(
+            serial.socket_path,
+            b'{"jsonrpc":"2.0","id":1E400,"method":"job.submit","params":%s}' % item,
+        )
+        assert one["error"]["code"] == INVALID_PARAMS, one
+        assert one["error"]["data"]["field"] == field, one
+        for defaults in (b"", b',"defaults":{"priority":0}'):
+            batch = _raw_call(
+                serial.socket_path,
+                b'{"jsonrpc":"2.0","id":2,"method":"job.submit_batch",'
+                b'"params":{"jobs":[{"command":["true"]},%s]%s}}' % (item, defaults),
+            )
+            failed = batch["result"]["failed"]
+            assert [i for i, _ in failed] == [1], batch
+            assert f"jobs[1].{field}" in failed[0][1]["message"], batch
