@@ -257,3 +257,36 @@ def test_a_number_past_the_double_range_is_not_taken_for_a_string(
             failed = batch["result"]["failed"]
             assert [i for i, _ in failed] == [1], batch
             assert f"jobs[1].{field}" in failed[0][1]["message"], batch
+
+
+def test_a_db_error_mid_batch_is_answered_commits_nothing_and_the_daemon_serves_on(
+    serial: DaemonProcess, tmp_path: Path
+) -> None:
+    """A row the database refuses in the middle of a big bare batch (a trigger put into the
+    daemon's SQLite file): the call gets an error, nothing of the batch is stored, and the
+    same batch goes in whole once the trigger is gone."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    with serial.client(timeout=120) as c:
+        top = blocked(c, tmp_path)
+        n = rng.randint(100, 30_000)
+        bad = top + rng.randint(1, n)
+        with sqlite3.connect(serial.db_path, timeout=30) as db:
+            db.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON jobs WHEN NEW.id = ?"
+                " BEGIN SELECT RAISE(ABORT, 'boom'); END".replace("?", str(bad))
+            )
+        db.close()
+        items = [{"command": ["true", str(i)]} for i in range(n)]
+        err = call_error(c, "job.submit_batch", jobs=items)
+        assert "boom" in str(err.data), (seed, err)
+        assert c.call("system.info")["counts"]["jobs"] == 1, seed
+        with sqlite3.connect(serial.db_path, timeout=30) as db:
+            db.execute("DROP TRIGGER boom")
+        db.close()
+        ids = c.call("job.submit_batch", jobs=items)["submitted"]
+        assert ids == list(range(top + 1, top + 1 + n)), seed
+        assert stored(serial.db_path, [ids[0], ids[-1]]) == [
+            items[0]["command"],
+            items[-1]["command"],
+        ]
