@@ -290,3 +290,101 @@ def test_a_db_error_mid_batch_is_answered_commits_nothing_and_the_daemon_serves_
             items[0]["command"],
             items[-1]["command"],
         ]
+
+
+ODD = ["", "plain", 'q"uo\\te', "ü 漢字 🙂", "\t\n\x01\x7f", "\u2028", "\ufeff", "$HOME", "\\u0000"]
+COLUMNS = (
+    "run_id, key, action, spec, tags, status, priority, grp, dedup_key, attempt,"
+    " max_attempts, not_before, deps_pending, pin_node"
+)
+
+
+def _odd(rng: random.Random) -> str:
+    return "".join(rng.choice(ODD) for _ in range(rng.randint(0, 3)))
+
+
+def _random_item(rng: random.Random, shared: dict[str, Any]) -> dict[str, Any]:
+    """A random job.submit params object, over `shared` (the fields a stretch shares)."""
+    item: dict[str, Any] = dict(shared)
+    if "action" in item:
+        return item
+    if rng.random() < 0.15:
+        item["script"] = "echo " + _odd(rng)
+        if rng.random() < 0.5:
+            item["interpreter"] = rng.choice(["/bin/sh", ["/bin/bash", "-e"]])
+    else:
+        item["command"] = ["echo", *(_odd(rng) for _ in range(rng.randint(0, 3)))]
+    for name, values in (
+        ("env", [{"A": "x" * (128 * 1024 - 3)}, {"B": _odd(rng), "C": ""}, {}]),
+        ("cwd", ["/tmp", "/tmp/ü x"]),
+        ("timeout_s", [1e-7, 1, 2.5, 10**9]),
+        ("kill_timeout_s", [0, 0.25]),
+        ("retries", [0, 3, 1000]),
+        ("retry_delay_s", [0, 1.5]),
+        ("memory_max", [4096, 2**63 - 1]),
+        ("pids_max", [1, 4_194_304]),
+    ):
+        if rng.random() < 0.12:
+            item[name] = rng.choice(values)
+    return item
+
+
+def _random_shared(rng: random.Random) -> dict[str, Any]:
+    shared: dict[str, Any] = {}
+    if rng.random() < 0.4:
+        shared["tags"] = [rng.choice(["a", "ü", "", "t" * 200]) for _ in range(rng.randint(0, 3))]
+    if rng.random() < 0.3:
+        shared["priority"] = rng.choice([1, -1, 2**31 - 1, -(2**31)])
+    if rng.random() < 0.3:
+        shared["group"] = rng.choice(["g1", "g2"])
+    if rng.random() < 0.4:
+        shared["node"] = rng.choice(["n1", "ü" * 255])
+    if rng.random() < 0.1:
+        shared["action"] = rng.choice(["hp-act1", "hp-act2"])
+    return shared
+
+
+def test_random_items_are_stored_by_the_batch_as_job_submit_stores_them(
+    serial: DaemonProcess, tmp_path: Path
+) -> None:
+    """Random items (every field, odd text, 128 KiB env values, int64 limits), in runs that
+    share all but their spec: job.submit_batch stores each row and tag as job.submit of the
+    same params does, and refuses the same items with the same error."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    with serial.client(timeout=120) as c:
+        blocked(c, tmp_path)
+        c.call("action.set", name="hp-act1", command=["echo", "ü"], retries=2, tags=["at"])
+        c.call("action.set", name="hp-act2", script="echo 2", env={"E": "v"}, node="n9")
+        items: list[dict[str, Any]] = []
+        n = rng.randint(100, 600)
+        while len(items) < n:
+            shared = _random_shared(rng)
+            items += [_random_item(rng, shared) for _ in range(rng.choice([1, 3, 16, 20, 60]))]
+        out = c.call("job.submit_batch", jobs=items)
+        failed = dict((i, err) for i, err in out["failed"])
+        singles: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                singles.append(c.call("job.submit", item)["id"])
+                assert i not in failed, (seed, i, failed.get(i))
+            except HeroError as exc:
+                assert i in failed, (seed, i, str(exc))
+                assert failed[i]["code"] == exc.code, seed
+        assert len(singles) == len(out["submitted"]), seed
+    with sqlite3.connect(f"file:{serial.db_path}?mode=ro", uri=True) as db:
+
+        def rows(ids: list[int]) -> list[tuple[Any, ...]]:
+            got = []
+            for job_id in ids:
+                row = db.execute(f"SELECT {COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                tags = db.execute(
+                    "SELECT tag FROM job_tags WHERE job_id = ? ORDER BY tag", (job_id,)
+                ).fetchall()
+                got.append((*row, [t[0] for t in tags]))
+            return got
+
+        batch, single = rows(out["submitted"]), rows(singles)
+    db.close()
+    for k, (b, s) in enumerate(zip(batch, single, strict=True)):
+        assert b == s, f"seed {seed}: job {k} differs"
