@@ -38,6 +38,7 @@ ODD = [
     "$HOME `x` ${y}",
     "/",
     "\\u0000 not a NUL",
+    "\uffff\ufffe\U0010ffff\ud7ff\ue000",
 ]
 
 
