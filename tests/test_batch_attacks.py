@@ -341,3 +341,44 @@ def test_postgresql_stores_the_same_rows_as_sqlite(db_path: Path, seed: int) -> 
     assert len(lite) == len(pg)
     for i, (a, b) in enumerate(zip(lite, pg, strict=True)):
         assert a == b, f"seed {seed}: job {i} differs"
+
+
+def test_a_batch_failing_inside_a_group_commit_undoes_only_itself(db_path: Path) -> None:
+    """Batches that fail mid-stretch (a trigger on one job's command) queued together with
+    good batches and submits (one group transaction, a savepoint each): the failing ones
+    leave nothing, not even a gap the others notice; each good id is its own item's row."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+
+    async def good(store: Store, name: str) -> list[tuple[int, str]]:
+        await asyncio.sleep(rng.random() * 0.005)
+        if rng.random() < 0.3:
+            return [(await store.jobs.submit(JobRequest(CommandSpec(["echo", name]))), name)]
+        marks = [f"{name}.{i}" for i in range(rng.randint(1, 3000))]
+        reqs = [(i, JobRequest(CommandSpec(["echo", m]), tags=["g"])) for i, m in enumerate(marks)]
+        ids = (await store.submit_batch(reqs, "skip", BatchResult())).submitted
+        return list(zip(ids, marks, strict=True))
+
+    async def bad(store: Store) -> None:
+        await asyncio.sleep(rng.random() * 0.005)
+        n = rng.randint(20, 3000)
+        reqs = [(i, JobRequest(CommandSpec(["echo", "x"]), tags=["b"])) for i in range(n)]
+        reqs[rng.randrange(n)] = (0, JobRequest(CommandSpec(["echo", "bad"]), tags=["b"]))
+        with pytest.raises(HeroError):
+            await store.submit_batch(reqs, "skip", BatchResult())
+
+    async def body(store: Store) -> None:
+        await store.pool.write(
+            lambda c: _trigger(c, "jobs", "json_extract(NEW.spec, '$.command[1]') = 'bad'")
+        )
+        tasks = [good(store, f"g{k}") for k in range(8)] + [bad(store) for _ in range(4)]
+        rng.shuffle(tasks)
+        results = await asyncio.gather(*tasks)
+        pairs = [p for r in results if r for p in r]
+        rows = await store.pool.fetch_all("SELECT id, spec FROM jobs")
+        stored = {int(r[0]): orjson.loads(r[1])["command"][1] for r in rows}
+        assert stored == dict(pairs), f"seed {seed}"
+        tags = await store.pool.fetch_all("SELECT DISTINCT tag FROM job_tags")
+        assert {t[0] for t in tags} <= {"g"}, f"seed {seed}"
+
+    run_with_store(db_path, body)
