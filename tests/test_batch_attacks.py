@@ -263,8 +263,9 @@ def test_a_db_error_mid_stretch_commits_nothing_and_the_store_serves_on(
         col = "id" if table == "jobs" else "job_id"
         await store.pool.write(lambda c: _trigger(c, table, f"NEW.{col} = {bad}"))
         reqs = [(i, JobRequest(CommandSpec(["true", str(i)]), tags=["t"])) for i in range(n)]
-        with pytest.raises(HeroError):
+        with pytest.raises(HeroError) as info:
             await store.submit_batch(reqs, "skip", BatchResult())
+        assert "boom" in str(info.value.data), f"seed {seed}: {info.value}"
         assert await counts(store) == before, f"seed {seed}"
         after = await store.pool.fetch_one("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")
         assert after[0] == seq[0]
@@ -292,8 +293,10 @@ def test_a_full_disk_mid_batch_commits_nothing_and_the_store_serves_on(tmp_path:
             reqs = [
                 (i, JobRequest(CommandSpec(["true", "x" * 50]), tags=["t"])) for i in range(40_000)
             ]
-            with pytest.raises(HeroError):
+            with pytest.raises(HeroError) as info:
                 await store.submit_batch(reqs, "skip", BatchResult())
+            told = f"{info.value} {info.value.data}"
+            assert "full" in told, f"a full disk was reported as: {told}"
             assert await counts(store) == before
             filler.unlink()
             ids = (await store.submit_batch(reqs[:5000], "skip", BatchResult())).submitted
