@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -57,9 +56,10 @@ def _raw_number(text: str) -> _RawNumber:
     return _RawNumber(text)
 
 
-def _finite_or_raw(text: str) -> float | _RawNumber:
-    value = float(text)
-    return value if math.isfinite(value) else _RawNumber(text)
+def _as_float(text: str) -> float:
+    # Past the double range: ±inf, which every check of a number refuses as not finite. Not
+    # its text (a str): that passed for a string, ["echo", 1E400] ran `echo 1E400`.
+    return float(text)
 
 
 def _reject_constant(name: str) -> Any:
@@ -74,10 +74,11 @@ def _source_ids(payload: bytes | str) -> Any:
 def _parse_fallback(payload: bytes | str) -> Any:
     """Read a frame orjson refused for a number past the double range (1E400 is valid JSON).
 
-    Such numbers become `_RawNumber` strings: as an id it is echoed as written,
-    as a param value it is refused by the param's type check.
+    Such numbers become infinities: an id is then read again from the source and echoed as
+    written (`_has_float_id`); a param value is refused as a number that is not finite, or
+    as not a string, by the param's type check.
     """
-    doc = json.loads(payload, parse_float=_finite_or_raw, parse_constant=_reject_constant)
+    doc = json.loads(payload, parse_float=_as_float, parse_constant=_reject_constant)
     orjson.dumps(doc)  # what orjson could not hold (lone surrogates, say) stays a parse error
     return doc
 

@@ -154,7 +154,8 @@ _row_fields = attrgetter(
 )
 # A stretch of at least this many consecutive jobs whose rows differ in id and spec only is
 # inserted by one statement per _STRETCH_MAX jobs, reading their specs from a JSON array
-# (SQLite); the bound keeps each array far below SQLite's largest string (1 GB).
+# (SQLite); an array longer than SQLite's longest string (1 GB unless lowered: 10,000 specs
+# of 100 KiB pass it) is written in halves (`_insert_stretch`).
 _STRETCH_MIN = 16
 _STRETCH_MAX = 10_000
 
@@ -173,6 +174,7 @@ def _insert_sqlite(
     a job's id is its stretch's first id plus its position in the array.
     """
     specs = [r.spec.to_dict() for r in requests]
+    bound = _longest_string(conn)
     # Python loops, not groupby/map consumed in C: those would hold the GIL (and the event
     # loop) for the whole batch at once.
     alike = [_row_fields(r) for r in requests]
@@ -188,11 +190,17 @@ def _insert_sqlite(
             continue
         for first in range(start, end, _STRETCH_MAX):
             last = min(first + _STRETCH_MAX, end)
-            _insert_stretch(conn, alike[start], ids[first], specs[first:last], run_id, ts)
+            _insert_stretch(conn, alike[start], ids[first], specs[first:last], run_id, ts, bound)
     if loose:
         texts = [orjson.dumps(specs[i]).decode() for i in loose]
         picked = [requests[i] for i in loose]
         _insert_rows(conn, _job_rows([ids[i] for i in loose], picked, run_id, ts, texts))
+
+
+def _longest_string(conn: Conn) -> int:
+    """The most bytes a string may have on this SQLite connection (SQLITE_LIMIT_LENGTH)."""
+    getlimit = getattr(conn, "getlimit", None)  # sqlite3 from Python 3.11
+    return int(getlimit(sqlite3.SQLITE_LIMIT_LENGTH)) if getlimit else 1_000_000_000
 
 
 def _insert_stretch(
@@ -202,13 +210,21 @@ def _insert_stretch(
     specs: builtins.list[dict[str, Any]],
     run_id: int | None,
     ts: float,
+    bound: int,
 ) -> None:
     """Insert jobs `first_id`, `first_id + 1`, … with these specs and the `_row_fields` they
-    share, and their tags, by one statement each (SQLite)."""
+    share, and their tags, by one statement each (SQLite); in halves while the JSON array
+    of the specs is longer than `bound` bytes (SQLite's longest string)."""
+    text = orjson.dumps(specs)
+    if len(text) > bound and len(specs) > 1:
+        half = len(specs) // 2
+        _insert_stretch(conn, shared, first_id, specs[:half], run_id, ts, bound)
+        _insert_stretch(conn, shared, first_id + half, specs[half:], run_id, ts, bound)
+        return
     tags, priority, group, dedup_key, key, action, node, retries, deps = shared
     params = {
         "first_id": first_id,
-        "specs": orjson.dumps(specs).decode(),  # text: SQLite would read a blob as JSONB
+        "specs": text.decode(),  # text: SQLite would read a blob as JSONB
         "run_id": run_id,
         "key": key,
         "action": action,
