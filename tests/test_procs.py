@@ -388,7 +388,7 @@ def test_only_the_daemons_own_variables_are_kept_encoded() -> None:
         procs.reap(child.pid)
         os.close(child.pidfd)
         assert out == [str(len(env["BIG"])), f"hunter{i}", base["PATH"]]
-    assert procs._ENCODED_ENV == before
+    assert before == procs._ENCODED_ENV
     assert not any(b"hunter" in v or b"xxxx" in v for v in procs._ENCODED_ENV.values())
     for key, value in base.items():
         assert procs._ENCODED_ENV[(key, value)] == os.fsencode(f"{key}={value}")
