@@ -370,3 +370,25 @@ def test_exec_failures_are_reported_and_leak_nothing(
     while Path(cgroup_dir, "cgroup.procs").read_text().split() and time.monotonic() < wait:
         time.sleep(0.01)
     assert Path(cgroup_dir, "cgroup.procs").read_text().split() == []
+
+
+def test_only_the_daemons_own_variables_are_kept_encoded() -> None:
+    """The encoded-environment cache holds the daemon's variables, never a job's: values of
+    up to 128 KiB each (or a resolved secret) spawned once are not kept for the daemon's
+    life; the child still gets every variable, the daemon's and its own."""
+    base = procs.child_base_env()
+    before = dict(procs._ENCODED_ENV)
+    for i in range(20):
+        env = dict(base)
+        env["BIG"] = f"{i}-" + "x" * 100_000
+        env["SECRET_TOKEN"] = f"hunter{i}"
+        child = procs.spawn(["sh", "-c", 'echo "${#BIG} $SECRET_TOKEN $PATH"'], env, None)
+        os.close(child.stderr_fd)
+        out = _read_all(child.stdout_fd).decode().split()
+        procs.reap(child.pid)
+        os.close(child.pidfd)
+        assert out == [str(len(env["BIG"])), f"hunter{i}", base["PATH"]]
+    assert before == procs._ENCODED_ENV
+    assert not any(b"hunter" in v or b"xxxx" in v for v in procs._ENCODED_ENV.values())
+    for key, value in base.items():
+        assert procs._ENCODED_ENV[(key, value)] == os.fsencode(f"{key}={value}")

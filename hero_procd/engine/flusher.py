@@ -179,9 +179,12 @@ class Flusher:
         return self._pushed + 1
 
     async def flush_owner(self, owner: OwnerLog) -> None:
-        """Wait until every line queued so far for `owner` is written or counted (flush now)."""
+        """Wait until every line queued so far for `owner` is written or counted (flush now).
+
+        Counted means the count written too: a line dropped from the queue (pushed out by
+        another owner's) leaves the queue at once, its count only with the next flush."""
         mark = owner.queued_upto
-        while self._front() <= mark:
+        while self._front() <= mark or (owner.dropped_pending > 0 and not owner.retired):
             self._full.set()
             self._kick.set()
             self._progress.clear()

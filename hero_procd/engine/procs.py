@@ -47,8 +47,14 @@ PRIVATE_ENV = frozenset(
 
 
 def child_base_env() -> dict[str, str]:
-    """The daemon's environment without its private variables: what every child starts from."""
-    return {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    """The daemon's environment without its private variables: what every child starts
+    from (each of its variables encoded once from now on: see `_encode_env`)."""
+    base = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+    for item in base.items():
+        key, value = item
+        if key and "=" not in key and "\0" not in key and "\0" not in value:
+            _ENCODED_ENV[item] = os.fsencode(f"{key}={value}")
+    return base
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -131,11 +137,12 @@ def _no_nul(argv: list[str], cwd: str | None) -> None:
         raise OSError(errno.EINVAL, _BAD_TEXT, bad)
 
 
-# `KEY=value` as bytes, by (key, value): a child's environment is mostly the daemon's,
-# the same for every child, so each variable is checked and encoded once (bounded: the
-# variables of one job, its id say, are not worth keeping once it is full).
+# `KEY=value` as bytes, by (key, value), of the daemon's own variables only (filled by
+# `child_base_env`): a child's environment is mostly those, the same for every child, so
+# each is checked and encoded once. Nothing of a job's own is kept: its values (up to
+# 128 KiB each, per-job ids, resolved secrets) filled a cache by whatever came, up to
+# gigabytes held until the daemon's end, and kept secrets' plain text in memory.
 _ENCODED_ENV: dict[tuple[str, str], bytes] = {}
-_ENCODED_ENV_MAX = 4096
 
 
 def _encode_env(env: dict[str, str]) -> list[bytes]:
@@ -149,8 +156,6 @@ def _encode_env(env: dict[str, str]) -> list[bytes]:
             if not key or "=" in key or "\0" in key or "\0" in value:
                 raise OSError(errno.EINVAL, _BAD_TEXT, key if "\0" not in value else value)
             encoded = os.fsencode(f"{key}={value}")
-            if len(cache) < _ENCODED_ENV_MAX:
-                cache[item] = encoded
         out.append(encoded)
     return out
 
