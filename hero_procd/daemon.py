@@ -184,10 +184,15 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             node_timeout_s=config.node_timeout_s,
         )
         teardown.push("store", store.close)
-        # Before anything is written as this node (sealed secrets, stack files, recovery).
+        # Before anything is written as this node (its row, stack files, recovery).
         stage = f"checking that no other daemon is node {config.node}"
         heartbeat_s = min(config.heartbeat_s, config.node_timeout_s / 4)  # as Node beats
         seen = await refuse_if_live(store, config.node, config.node_timeout_s, heartbeat_s)
+        stage = "unlocking the secrets"
+        # Before the claim: a start refused for its key writes nothing (not even the
+        # node's row). Unlocking only seals clear rows with the key the database holds.
+        await _unlock_secrets(store, paths.db, config.secrets_key_file)
+        stage = f"claiming node {config.node}"
         # Atomic: of two daemons started at once as one node (both pass the check above),
         # the one whose claim comes second changes nothing and is refused here.
         if not await store.nodes.claim(__version__, os.getpid(), seen):
@@ -197,8 +202,6 @@ async def _start(config: Config, teardown: Teardown, ready: asyncio.Event) -> tu
             )
         # Marked stopped again if start-up fails from here (a later start need not wait).
         teardown.push("node row", store.nodes.stopped)
-        stage = "unlocking the secrets"
-        await _unlock_secrets(store, paths.db, config.secrets_key_file)
         stage = "loading the OpenRPC document"
         app = App(config=config, store=store, openrpc=await asyncio.to_thread(load_openrpc))
 
