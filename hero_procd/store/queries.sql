@@ -441,8 +441,9 @@ UPDATE secrets SET value = ?, sealed = 1 WHERE name = ? AND sealed = 0
 SELECT check_token FROM secrets_key WHERE id = 1
 
 -- secret_key_check_set --
--- Remember which key seals this database's secrets.
-INSERT INTO secrets_key (id, check_token, created_at) VALUES (1, ?, ?)
+-- Remember which key seals this database's secrets, unless another node's first start
+-- recorded one first (PostgreSQL: waits for its commit; no row changed then).
+INSERT INTO secrets_key (id, check_token, created_at) VALUES (1, ?, ?) ON CONFLICT (id) DO NOTHING
 
 -- secret_any_sealed --
 -- Whether a value sealed with this database's key is stored (else the key guards nothing).

@@ -75,8 +75,14 @@ class SecretsApi:
         def check(conn: Conn) -> bool:
             row = conn.execute(Q["secret_key_check"]).fetchone()
             if row is None:
-                conn.execute(Q["secret_key_check_set"], (first, now()))
-                return True
+                if conn.execute(Q["secret_key_check_set"], (first, now())).rowcount == 1:
+                    return True
+                # Another node's first start on the same fresh database recorded its key
+                # between the read and the insert (PostgreSQL: the insert waited for its
+                # commit): that key is the cluster's; check ours against it.
+                row = conn.execute(Q["secret_key_check"]).fetchone()
+                if row is None:
+                    raise StorageError("the secrets key record changed while it was written")
             if not box.matches(str(row[0])):
                 raise KeyFileError(
                     f"secrets key file {box.source} is not the key this database's secrets "
