@@ -446,6 +446,94 @@ def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_th
                     cleanup(workdir)
 
 
+def test_a_node_cut_mid_statement_holding_its_job_rows_is_swept_all_the_same() -> None:
+    """n3 is cut in the middle of a statement stream: its first `set_pids` (the UPDATE of
+    the jobs it just claimed) reaches the server and runs, the Sync after it never does.
+    Its session stays active inside its transaction with those rows locked (no idle
+    timeout applies, the half-open TCP never breaks): the sweep must end n3's sessions, not
+    wait behind them, and n1/n2 run n3's jobs again within the usual bound."""
+    script = (
+        'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT start $(date +%s.%N)" >> {out}; '
+        'trap \'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}; '
+        "exit 143' TERM; sleep 2 & wait; "
+        'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT end $(date +%s.%N)" >> {out}'
+    )
+    import psycopg
+
+    with pg_schema("hold") as dsn:
+        parts = urlsplit(dsn)
+        proxy = CuttableProxy((parts.hostname or "127.0.0.1", parts.port or 5432)).start()
+        host = f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else None
+        via_proxy = urlunsplit(parts._replace(netloc=host or f"127.0.0.1:{proxy.port}"))
+        workdir = short_tmpdir()
+        cl = Cluster(workdir, dsn, 4, dsns={"n3": via_proxy})
+        try:
+            cl.start()
+            out = workdir / "holdspans"
+            c1, c2 = cl.clients["n1"], cl.clients["n2"]
+            # n3's set_pids for the first jobs it claims: the statement carries this text.
+            proxy.cut_holding(b"UPDATE jobs SET pid = ")
+            jobs = [{"script": script.format(out=out), "retries": 2}] * 12
+            ids = c1.call("job.submit_batch", jobs=jobs)["submitted"]
+            wait_for(lambda: proxy.cut_at, "n3 to be cut in the middle of its set_pids")
+            assert proxy.cut_at is not None
+            cut_at = proxy.cut_at
+            running = [j for j in all_jobs(c1) if j["status"] == "running"]
+            on_n3 = [j["id"] for j in running if j["node"] == "n3"]
+            assert on_n3, "n3 was cut after claiming: its claimed jobs are running on it"
+
+            # The attack is in place: n3's session holds a write transaction on the server
+            # and waits for the rest of the stream (not idle: no idle timeout ends it).
+            plain = urlunsplit(parts._replace(query=""))
+            with psycopg.connect(plain, autocommit=True) as conn:
+
+                def holding() -> bool | None:
+                    row = conn.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE client_port = ANY(%s) "
+                        "AND state = 'active' AND backend_xid IS NOT NULL",
+                        (proxy.server_ports(),),
+                    ).fetchone()
+                    return True if row and row[0] else None
+
+                wait_for(holding, "n3's session to hold its transaction", timeout_s=NODE_TIMEOUT_S)
+
+            def taken_over() -> bool | None:
+                by_id = {j["id"]: j for j in all_jobs(c1)}
+                moved = all(by_id[i]["attempt"] >= 2 and by_id[i]["node"] != "n3" for i in on_n3)
+                return True if moved else None
+
+            wait_for(taken_over, "n3's jobs to run elsewhere", timeout_s=NODE_TIMEOUT_S + 10)
+            assert time.time() - cut_at < NODE_TIMEOUT_S + 10
+            # The sweeper's writer is not wedged: both live nodes still write.
+            for c in (c1, c2):
+                done = c.call("job.wait", id=c.call("job.submit", command=["true"])["id"],
+                              timeout_s=30)  # fmt: skip
+                assert done["status"] == "succeeded", done
+            final = wait_for(lambda: all_succeeded(c1), "every job to succeed", timeout_s=60)
+            assert {j["id"] for j in final} >= set(ids)
+            for jid, attempts in spans_of(out).items():
+                for (_, end, _), (start, _, _) in itertools.pairwise(attempts):
+                    assert start >= end, f"job {jid} ran twice at once: {attempts}"
+
+            proxy.restore()
+            wait_for(
+                lambda: (
+                    {n["name"]: n for n in c1.call("node.list")["nodes"]}["n3"]["alive"] or None
+                ),
+                "n3 to join again",
+                timeout_s=30,
+            )
+        finally:
+            try:
+                cl.close()
+            finally:
+                proxy.close()
+                if os.environ.get("HERO_PROC_KEEP_LOGS"):
+                    print(f"logs kept in {workdir}")
+                else:
+                    cleanup(workdir)
+
+
 # An attempt of a job that says where it runs: "<job> <attempt> <node> start|ok|term <time>".
 NODE_SPAN_SCRIPT = (
     'say() { echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT $TEST_NODE $1 $(date +%s.%N)" >> {out}; }; '
@@ -697,7 +785,7 @@ def test_three_first_starts_at_once_on_a_fresh_database_all_come_up_with_one_key
             ]  # fmt: skip
             gate = threading.Barrier(len(procs))
 
-            def start(proc: DaemonProcess) -> DaemonProcess:
+            def start(proc: DaemonProcess, gate: threading.Barrier = gate) -> DaemonProcess:
                 gate.wait()
                 time.sleep(random.uniform(0.0, 0.05))
                 return proc.start()

@@ -9,7 +9,10 @@
   succeeds again quickly enough to leave the next one time to renew the lease.
 - Sweep: a live node declares the nodes whose heartbeat is older than the node
   timeout dead and settles their running attempts by their retry policy (one
-  sweeper at a time: an advisory lock on PostgreSQL).
+  sweeper at a time: an advisory lock on PostgreSQL). On PostgreSQL it first ends
+  the dead daemon's sessions (named by application_name): one cut off in the middle
+  of a statement stream holds its row locks on the server for as long as the
+  half-open connection lasts, and no idle timeout ends an active session.
 - Wake-ups (PostgreSQL): NOTIFY from the other nodes' units wakes the
   dispatcher (jobs queued), the waiters (jobs ended) and the cancels (a job of
   ours asked to stop through another node); a once-a-second look covers a
@@ -199,7 +202,12 @@ class Node:
             if dead.nodes:
                 log.warning(
                     "nodes declared dead; their attempts settled",
-                    extra={"nodes": dead.nodes, "jobs": dead.jobs, "lost": dead.lost},
+                    extra={
+                        "nodes": dead.nodes,
+                        "jobs": dead.jobs,
+                        "lost": dead.lost,
+                        "sessions_ended": dead.sessions,
+                    },
                 )
                 self.app.jobs.notify(dead.settled.done)
                 self.app.jobs.wake()

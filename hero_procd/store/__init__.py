@@ -106,7 +106,8 @@ class Store:
 
             # A node cut off mid-transaction loses its session (and locks) within its lease.
             idle_tx_s = max(1.0, node_timeout_s / 2)
-            return cls(await PgPool.open(str(db), readers, idle_tx_s), node)
+            pool = await PgPool.open(str(db), readers, idle_tx_s, node or default_node())
+            return cls(pool, node)
         return cls(await Pool.open(Path(db), readers), node)
 
     async def close(self) -> None:

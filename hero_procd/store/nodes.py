@@ -13,13 +13,30 @@ nodes LISTEN to (store/postgres.py); SQLite has no other node to tell.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from hero_procd.model import now
+from hero_procd.store import pool as pool_mod
 from hero_procd.store.jobs import Settled, recover
 from hero_procd.store.pool import Conn, DbPool, is_postgres
 from hero_procd.store.queries import Q
+
+log = logging.getLogger(__name__)
+
+# How long the sweep waits for a dead daemon's session to exit once told to.
+END_SESSION_WAIT_MS = 2000
+
+
+def session_name(schema: str, node: str, pid: int) -> str:
+    """The application_name of every PostgreSQL session of daemon `pid` as `node` on
+    `schema`: what the sweep ends the sessions of a dead node by. The hash of all three
+    leads (the server keeps 63 bytes, and other schemas' clusters have their n1 too)."""
+    tag = hashlib.blake2s(f"{schema}\0{node}\0{pid}".encode(), digest_size=5).hexdigest()
+    readable = "".join(c if " " <= c <= "~" else "?" for c in f"{node}@{schema}")
+    return f"hero-procd {tag} {readable}"[:63]
 
 
 @dataclass(frozen=True)
@@ -57,6 +74,8 @@ class DeadNodes:
     jobs: int
     lost: int
     settled: Settled
+    # Their database sessions ended (PostgreSQL): each may have held locks on their rows.
+    sessions: int = 0
 
 
 class NodesApi:
@@ -130,18 +149,70 @@ class NodesApi:
         running attempts by their retry policy (queued again, or lost), in one unit."""
 
         def unit(conn: Conn) -> DeadNodes:
-            if is_postgres(conn):
+            pg = is_postgres(conn)
+            if pg:
                 got = conn.execute(Q["node_sweep_lock_pg"]).fetchone()
                 if not got[0]:
                     return DeadNodes([], 0, 0, Settled([], []))  # another node is sweeping
+                # Never wait long behind a lock (this node's writer waits with it): a lock
+                # the sessions ended below did not give up fails this sweep, and the next
+                # one tries again. Undone with the unit's savepoint if it fails.
+                wait = f"{max(500, int(timeout_s * 250))}ms"
+                conn.execute("SELECT set_config('lock_timeout', ?, true)", (wait,))
             params = {"now": now(), "timeout": timeout_s, "name": self.node}
+            ended = 0
+            if pg:
+                # Before its row is written: the dead daemon's session may hold its lock.
+                stale = conn.execute(Q["node_stale"], params).fetchall()
+                if not stale:
+                    conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+                    return DeadNodes([], 0, 0, Settled([], []))
+                ended = _end_sessions(conn, [(r[0], r[1]) for r in stale])
             names = [r[0] for r in conn.execute(Q["node_mark_dead"], params).fetchall()]
             jobs: list[Any] = []
             for name in names:
                 jobs.extend(conn.execute(Q["job_running_of_node"], (name,)).fetchall())
-            if not jobs:
-                return DeadNodes(names, 0, 0, Settled([], []))
-            settled, lost = recover(conn, jobs, cause="its node died")
-            return DeadNodes(names, len(jobs), lost, settled)
+            if jobs:
+                settled, lost = recover(conn, jobs, cause="its node died")
+            else:
+                settled, lost = Settled([], []), 0
+            if pg:
+                conn.execute("SET LOCAL lock_timeout TO DEFAULT")
+            return DeadNodes(names, len(jobs), lost, settled, ended)
 
         return await self.pool.write(unit)
+
+
+def _end_sessions(conn: Conn, dead: list[tuple[str, int | None]]) -> int:
+    """End the PostgreSQL sessions of daemons about to be declared dead; how many.
+
+    A daemon cut off by the network in the middle of a statement stream (a pipelined
+    executemany, a COPY: the server waits for the rest, the session is *active*, not idle
+    in a transaction, so no idle timeout ends it) keeps its transaction and its row locks
+    on the server until TCP gives up — never, behind a half-open connection. The sweep
+    would wait behind those locks with this node's writer. A daemon whose heartbeat is
+    this old has let its lease run out (half the node timeout), so ending its sessions
+    undoes only writes it no longer owns; one that comes back reconnects and retries.
+    A server that refuses (another role, no pg_signal_backend) is logged; the lock
+    timeout then bounds the wait.
+    """
+    schema = str(conn.execute("SELECT current_schema()").fetchone()[0])
+    apps = [session_name(schema, name, pid) for name, pid in dead if pid is not None]
+    if not apps:
+        return 0
+    conn.execute("SAVEPOINT end_sessions")
+    try:
+        row = conn.execute(
+            Q["node_end_sessions_pg"], {"apps": apps, "wait_ms": END_SESSION_WAIT_MS}
+        ).fetchone()
+    except pool_mod.DB_ERRORS as exc:
+        conn.execute("ROLLBACK TO end_sessions")
+        conn.execute("RELEASE end_sessions")
+        log.warning(
+            "could not end the sessions of dead nodes (their locks are held until the "
+            "server drops them)",
+            extra={"nodes": [n for n, _ in dead], "error": str(exc).strip()},
+        )
+        return 0
+    conn.execute("RELEASE end_sessions")
+    return int(row[0])

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from decimal import Decimal
@@ -37,6 +38,7 @@ from psycopg.adapt import Loader
 from psycopg.pq import TransactionStatus
 
 from hero_procd.errors import StorageError
+from hero_procd.store.nodes import session_name
 from hero_procd.store.pool import Writer, register_driver, translate
 from hero_procd.store.queries import Q, load
 from hero_procd.store.schema import MIGRATIONS
@@ -182,7 +184,7 @@ def _configure(conn: Any) -> None:
 
 
 def _connect_kwargs(
-    schema: str, *, reader: bool = False, idle_tx_s: float = DEFAULT_IDLE_TX_S
+    schema: str, app: str, *, reader: bool = False, idle_tx_s: float = DEFAULT_IDLE_TX_S
 ) -> dict[str, Any]:
     # The server drops a session left inside a transaction (a node cut off mid-unit) after
     # idle_tx_s, so its locks do not stall the other nodes; and it probes idle connections.
@@ -195,6 +197,8 @@ def _connect_kwargs(
         options += " -c default_transaction_read_only=on"
     return {
         "autocommit": True,
+        # Names the daemon and node: a sweep ends a dead node's sessions by it (nodes.py).
+        "application_name": app,
         "row_factory": _row_factory,
         "connect_timeout": CONNECT_TIMEOUT_S,
         "options": options,
@@ -243,9 +247,9 @@ class PgConn:
         return len(rows)
 
 
-def _connect(dsn: str, schema: str, idle_tx_s: float) -> psycopg.Connection[Any]:
+def _connect(dsn: str, schema: str, app: str, idle_tx_s: float) -> psycopg.Connection[Any]:
     raw: psycopg.Connection[Any] = psycopg.connect(
-        dsn, **_connect_kwargs(schema, idle_tx_s=idle_tx_s)
+        dsn, **_connect_kwargs(schema, app, idle_tx_s=idle_tx_s)
     )
     _configure(raw)
     return raw
@@ -292,15 +296,16 @@ class PgWriter(Writer):
     # A lone unit runs in a savepoint too, so a deadlock with another node retries it alone.
     SAVEPOINT_ALONE = True
 
-    def __init__(self, dsn: str, schema: str, idle_tx_s: float) -> None:
+    def __init__(self, dsn: str, schema: str, app: str, idle_tx_s: float) -> None:
         super().__init__(Path(schema))
         self.dsn = dsn
         self.schema = schema
+        self.app = app
         self.idle_tx_s = idle_tx_s
 
     def _open_sync(self) -> None:
         try:
-            raw = _connect(self.dsn, self.schema, self.idle_tx_s)
+            raw = _connect(self.dsn, self.schema, self.app, self.idle_tx_s)
         except psycopg.Error as exc:
             raise StorageError(
                 "could not connect to PostgreSQL", {"detail": str(exc).strip()}
@@ -321,7 +326,7 @@ class PgWriter(Writer):
             # The server dropped the session while it was idle (a restart, a terminated
             # backend): nothing of the group was sent; run it on a new connection.
             conn.raw.close()
-            self._conn = conn = PgConn(_connect(self.dsn, self.schema, self.idle_tx_s))
+            self._conn = conn = PgConn(_connect(self.dsn, self.schema, self.app, self.idle_tx_s))
             conn.execute(self.BEGIN)
         return conn
 
@@ -337,7 +342,7 @@ class PgWriter(Writer):
             try:
                 if conn is not None:
                     conn.raw.close()
-                self._conn = PgConn(_connect(self.dsn, self.schema, self.idle_tx_s))
+                self._conn = PgConn(_connect(self.dsn, self.schema, self.app, self.idle_tx_s))
             except psycopg.Error as exc:
                 self._conn = conn
                 err = StorageError("the database is unreachable", {"detail": str(exc).strip()})
@@ -386,11 +391,16 @@ class PgReader:
     """A reader connection as the sub-APIs use one (aiosqlite's `execute` shape)."""
 
     def __init__(
-        self, raw: psycopg.AsyncConnection[Any], dsn: str | None = None, schema: str = ""
+        self,
+        raw: psycopg.AsyncConnection[Any],
+        dsn: str | None = None,
+        schema: str = "",
+        app: str = "hero-procd",
     ) -> None:
         self.raw = raw
         self.dsn = dsn
         self.schema = schema
+        self.app = app
 
     def execute(self, sql: str, params: Any = ()) -> _ReaderCursor:
         """A statement whose cursor is open for the `async with` block."""
@@ -403,7 +413,7 @@ class PgReader:
             await self.raw.close()
         try:
             raw = await psycopg.AsyncConnection.connect(
-                self.dsn, **_connect_kwargs(self.schema, reader=True)
+                self.dsn, **_connect_kwargs(self.schema, self.app, reader=True)
             )
         except psycopg.Error as exc:
             raise StorageError("the database is unreachable", {"detail": str(exc).strip()}) from exc
@@ -421,6 +431,7 @@ class PgPool:
     ) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.app = writer.app
         self.idle_tx_s = idle_tx_s
         self._side: psycopg.AsyncConnection[Any] | None = None
         self._side_lock = asyncio.Lock()
@@ -433,10 +444,17 @@ class PgPool:
         self._open: list[PgReader] = []
 
     @classmethod
-    async def open(cls, dsn: str, readers: int = 4, idle_tx_s: float = DEFAULT_IDLE_TX_S) -> PgPool:
-        """Connect, migrate (once across nodes), and start the writer."""
+    async def open(
+        cls,
+        dsn: str,
+        readers: int = 4,
+        idle_tx_s: float = DEFAULT_IDLE_TX_S,
+        node: str = "",
+    ) -> PgPool:
+        """Connect, migrate (once across nodes), and start the writer. Every session is
+        named for this daemon as `node` (session_name)."""
         plain, schema = split_dsn(dsn)
-        writer = PgWriter(plain, schema, idle_tx_s)
+        writer = PgWriter(plain, schema, session_name(schema, node, os.getpid()), idle_tx_s)
         try:
             await writer.open()
         except BaseException:
@@ -457,7 +475,8 @@ class PgPool:
                 self._side = None
                 try:
                     conn = await psycopg.AsyncConnection.connect(
-                        self.dsn, **_connect_kwargs(self.schema, idle_tx_s=self.idle_tx_s)
+                        self.dsn,
+                        **_connect_kwargs(self.schema, self.app, idle_tx_s=self.idle_tx_s),
                     )
                 except psycopg.Error as exc:
                     raise StorageError(
@@ -494,7 +513,7 @@ class PgPool:
         while True:
             try:
                 conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, **_connect_kwargs(self.schema)
+                    self.dsn, **_connect_kwargs(self.schema, self.app)
                 )
                 async with conn:
                     await conn.execute(psql.SQL("LISTEN {}").format(channel))
@@ -512,12 +531,12 @@ class PgPool:
     async def _connect_reader(self) -> PgReader:
         try:
             raw = await psycopg.AsyncConnection.connect(
-                self.dsn, **_connect_kwargs(self.schema, reader=True)
+                self.dsn, **_connect_kwargs(self.schema, self.app, reader=True)
             )
         except psycopg.Error as exc:
             raise StorageError("the database is unreachable", {"detail": str(exc).strip()}) from exc
         _configure(raw)
-        reader = PgReader(raw, self.dsn, self.schema)
+        reader = PgReader(raw, self.dsn, self.schema, self.app)
         self._open.append(reader)
         return reader
 

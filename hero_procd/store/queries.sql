@@ -652,6 +652,11 @@ UPDATE nodes SET state = 'dead'
 WHERE state = 'alive' AND name != :name AND heartbeat_at < :now - :timeout
 RETURNING name
 
+-- node_stale --
+-- The live nodes (other than the sweeper) whose heartbeat is too old: about to be declared
+-- dead (read without a lock: a cut-off node's session may hold its row's).
+SELECT name, pid FROM nodes WHERE state = 'alive' AND name != :name AND heartbeat_at < :now - :timeout
+
 -- job_running_of_node --
 -- The attempts a node runs.
 SELECT id, run_id, pid, pid_start_time, attempt, max_attempts, spec FROM jobs
@@ -669,6 +674,12 @@ SELECT id FROM jobs WHERE status = 'running' AND node = ? AND cancel_requested =
 -- claim_lock_pg --
 -- PostgreSQL only: claims within group limits take turns across the nodes.
 SELECT pg_advisory_xact_lock(hashtext('hero_proc.claim:' || current_schema()))
+
+-- node_end_sessions_pg --
+-- PostgreSQL only: end the database sessions of the daemons just declared dead (named by
+-- their application_name), waiting up to :wait_ms for each to exit; the sessions ended.
+SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, :wait_ms)) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = ANY(:apps) AND pid != pg_backend_pid()
 
 -- node_sweep_lock_pg --
 -- PostgreSQL only: one live node at a time declares others dead (false: another one is).
