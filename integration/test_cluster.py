@@ -391,8 +391,14 @@ def test_a_node_cut_off_from_postgresql_stops_its_jobs_before_the_others_take_th
             ids = c1.call("job.submit_batch", jobs=jobs)["submitted"]
 
             def n3_busy() -> list[int] | None:
+                # Running on n3 *and* started there: a job is running on n3 from its claim's
+                # commit on, before n3 has spawned it (or even heard back, if the cut falls
+                # in between: the sweep then runs it elsewhere, with one start in all).
                 running = [j for j in all_jobs(c1) if j["status"] == "running"]
-                return [j["id"] for j in running if j["node"] == "n3"] or None
+                started = spans_of(out) if out.exists() else {}
+                return [
+                    j["id"] for j in running if j["node"] == "n3" and j["id"] in started
+                ] or None
 
             on_n3 = wait_for(n3_busy, "n3 to run jobs")
             proxy.cut()
@@ -611,8 +617,14 @@ def test_a_node_in_its_own_network_namespace_cut_off_by_veth_down_stops_its_jobs
             ]
 
             def n3_busy() -> list[int] | None:
+                # Running on n3 *and* started there: a job is running on n3 from its claim's
+                # commit on, before n3 has spawned it (or even heard back, if the cut falls
+                # in between: the sweep then runs it elsewhere, with one start in all).
                 running = [j for j in all_jobs(c1) if j["status"] == "running"]
-                return [j["id"] for j in running if j["node"] == "n3"] or None
+                started = node_spans(out) if out.exists() else {}
+                return [
+                    j["id"] for j in running if j["node"] == "n3" and j["id"] in started
+                ] or None
 
             on_n3 = wait_for(n3_busy, "n3 to run jobs")
             time.sleep(random.uniform(0.0, 1.0))  # the cut lands anywhere in n3's beat
