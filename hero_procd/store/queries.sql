@@ -676,7 +676,7 @@ SELECT id FROM jobs WHERE status = 'running' AND node = ? AND cancel_requested =
 SELECT pg_advisory_xact_lock(hashtext('hero_proc.claim:' || current_schema()))
 
 -- node_end_sessions_pg --
--- PostgreSQL only: end the database sessions of the daemons just declared dead (named by
+-- PostgreSQL only: end the database sessions of daemons about to be declared dead (named by
 -- their application_name), waiting up to :wait_ms for each to exit; the sessions ended.
 SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, :wait_ms)) FROM pg_stat_activity
 WHERE datname = current_database() AND application_name = ANY(:apps) AND pid != pg_backend_pid()
