@@ -77,9 +77,16 @@ class Cell:
     leader: int | None = None
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, *, capture: bool = True
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        capture: bool = True,
+        read_start: bool = True,
     ) -> procs.Child:
-        """Start the cell's leader (blocking: run it on the spawner pool)."""
+        """Start the cell's leader (blocking: run it on the spawner pool); `read_start`:
+        see procs.spawn."""
         raise NotImplementedError
 
     def signal(self, sig: int) -> bool:
@@ -197,10 +204,16 @@ class ProcessGroupCell(Cell):
         self.name = name
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, *, capture: bool = True
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        capture: bool = True,
+        read_start: bool = True,
     ) -> procs.Child:
         """Start the leader of a new session: its pid is the group's id."""
-        child = procs.spawn(argv, env, cwd, capture=capture)
+        child = procs.spawn(argv, env, cwd, capture=capture, read_start=read_start)
         self.leader = child.pid
         return child
 
@@ -386,14 +399,22 @@ class CgroupCell(Cell):
         self._oom: bool | None = None  # memory.events read just before the cell was removed
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, *, capture: bool = True
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        capture: bool = True,
+        read_start: bool = True,
     ) -> procs.Child:
         """Create the cgroup, write its limits, start the leader inside it."""
         if not self.created:
             os.mkdir(self.path)
             self.created = True
             self._write_limits()
-        child = procs.spawn(argv, env, cwd, cgroup=self.path, capture=capture)
+        child = procs.spawn(
+            argv, env, cwd, cgroup=self.path, capture=capture, read_start=read_start
+        )
         self.leader = child.pid
         return child
 

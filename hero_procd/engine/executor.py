@@ -38,7 +38,7 @@ from hero_procd.engine.output import OutputCapture
 from hero_procd.errors import HeroError, InvalidParams, InvalidState, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
 from hero_procd.store.api import JobStore
-from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
+from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom
 from hero_procd.store.records import Job
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,15 @@ def _spawn_all(batch: list[_SpawnRequest]) -> list[procs.Child | BaseException]:
     out: list[procs.Child | BaseException] = []
     for cell, argv, env, cwd, _ in batch:
         try:
-            out.append(cell.spawn(argv, env, cwd))
+            out.append(cell.spawn(argv, env, cwd, read_start=False))
         except Exception as exc:
             out.append(exc)
+    # The start times once the batch is spawned (none reaped yet: each pid is still its
+    # child's), newest first: a child still exec'ing makes the read spin (procs.spawn),
+    # and once the newest has exec'd the older ones have too.
+    for child in reversed(out):
+        if isinstance(child, procs.Child):
+            child.start_time = procs.process_start_time(child.pid)
     return out
 
 
@@ -146,6 +152,9 @@ class Executor:
         self._token_prefix = secrets.token_hex(8)
         self._claims = itertools.count(1)
         self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _started)
+        # Ends to write, and whether a task writes them (see _write_end).
+        self._ends: list[tuple[ClaimedJob, AttemptEnd, asyncio.Future[None]]] = []
+        self._ends_writing = False
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
@@ -504,7 +513,7 @@ class Executor:
             if rj.owner is not None:
                 # Whoever sees the job finished sees all its lines.
                 await self.flusher.flush_owner(rj.owner)
-            finished = await self._write_end(job, end)
+            await self._write_end(job, end)
         finally:
             if rj.owner is not None and rj.output is None:
                 self.flusher.release_owner(rj.owner)
@@ -512,11 +521,65 @@ class Executor:
             if not self.running and not self._finishing:
                 self._none_running.set()
         self.app.metrics.attempt_ended(rj)
-        if finished is not None:
-            self.notify(finished.done)
-        self.wake()  # again once committed: a retry queued, dependents released
 
-    async def _write_end(self, job: ClaimedJob, end: AttemptEnd) -> Settled | None:
+    def _write_end(self, job: ClaimedJob, end: AttemptEnd) -> asyncio.Future[None]:
+        """Queue an attempt's end for the writer; done once committed and its waiters
+        woken. The ends queued in one loop step (and while a batch is being written) are
+        written together, as one unit (`JobsApi.finish_many`)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._ends.append((job, end, fut))
+        if not self._ends_writing:
+            self._ends_writing = True
+            self._spawn_task(self._write_ends())
+        return fut
+
+    async def _write_ends(self) -> None:
+        try:
+            while self._ends:
+                batch, self._ends = self._ends, []
+                try:
+                    done = await self._finish_batch([(job, end) for job, end, _ in batch])
+                except BaseException as exc:
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    raise
+                # The finalizers go on first (their slots, metrics), then the waiters wake.
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+                self.notify(done)
+                self.wake()  # again once committed: a retry queued, dependents released
+        finally:
+            self._ends_writing = False
+
+    async def _finish_batch(self, batch: list[tuple[ClaimedJob, AttemptEnd]]) -> list[int]:
+        """Write the ends of a batch of attempts; the ids of the jobs it made terminal.
+
+        One unit for them all; if that unit fails, a unit per attempt (one bad row
+        never loses the others' ends), each retried until written."""
+        if len(batch) > 1:
+            try:
+                results = await self.jobs.finish_many([(j.id, j.token, e) for j, e in batch])
+            except Exception:
+                log.exception("could not write a batch of ends; writing them one by one")
+            else:
+                for finished in results:
+                    if finished is not None:  # the batch's settle, the same in each
+                        return finished.settled.done
+                return []
+        ones = await asyncio.gather(
+            *(self._finish_one(job, end) for job, end in batch), return_exceptions=True
+        )
+        done: list[int] = []
+        for got in ones:
+            if isinstance(got, BaseException):
+                log.error("could not write a job's end", exc_info=got)
+            else:
+                done.extend(got)
+        return done
+
+    async def _finish_one(self, job: ClaimedJob, end: AttemptEnd) -> list[int]:
         delay = 0.05
         while True:
             try:
@@ -527,7 +590,7 @@ class Executor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            return finished.settled if finished is not None else None
+            return finished.settled.done if finished is not None else []
 
     def waiters(self) -> int:
         """Calls waiting for a job to end (job.wait, run.wait, job.wait_all)."""

@@ -45,10 +45,10 @@ class OutputCapture:
         return len(self._streams)
 
     def attach(self, stdout_fd: int, stderr_fd: int) -> None:
-        """Start reading both pipes on the running loop (its fdwatch.watcher)."""
+        """Start reading both pipes on the running loop (its fdwatch.watcher); they are
+        non-blocking already (procs.spawn makes them so, on its thread)."""
         self._watcher = watcher()
         for fd, stream in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
-            os.set_blocking(fd, False)
             self._streams[fd] = stream
             self._partial[fd] = b""
             self._watcher.add(fd, self._on_readable, fd)
