@@ -145,9 +145,10 @@ def test_cancel_is_a_persisted_intent_on_a_running_job(run_store: StoreRunner) -
 
 
 def test_ends_written_together_are_each_written_as_alone(run_store: StoreRunner) -> None:
-    """`finish_many` (the ends of one loop step in one unit) gives each end what `finish`
-    gives it one after another: a stale token or a second end changes nothing, a cancel
-    intent is honoured, and of two retries holding one dedup key the second is superseded."""
+    """`finish_many` (the ends of one loop step, and the pids of the launches, in one unit)
+    gives each end what `finish` gives it one after another: a stale token or a second end
+    changes nothing, a cancel intent is honoured, and of two retries holding one dedup key
+    the second is superseded."""
 
     ends = [
         AttemptEnd("exited", exit_code=0),
@@ -181,7 +182,11 @@ def test_ends_written_together_are_each_written_as_alone(run_store: StoreRunner)
         # A stale token and a second end of the first attempt are part of the batch too.
         batch = [(j, t, e) for (j, t), e in zip(together, ends, strict=True)]
         batch += [(together[0][0], "stale", ends[1]), (together[0][0], together[0][1], ends[1])]
-        got_together = await store.jobs.finish_many(batch)
+        # The pids of the attempts are recorded in the same unit, before their ends (a
+        # stale token's pid is not).
+        pids = [(j, t, 4000 + i, 12.5) for i, (j, t) in enumerate(together)]
+        pids.append((together[1][0], "stale", 99, 1.0))
+        got_together = await store.jobs.finish_many(batch, pids)
         rows_alone = [await store.jobs.get(j) for j, _ in alone]
         rows_together = [await store.jobs.get(j) for j, _ in together]
         return got_alone, got_together, rows_alone, rows_together
@@ -200,6 +205,9 @@ def test_ends_written_together_are_each_written_as_alone(run_store: StoreRunner)
             b.status, b.error, b.attempt, b.exit_code, b.signal
         )  # fmt: skip
     assert rows_together[2].error is not None and "superseded" in rows_together[2].error
+    assert [(j.pid, j.pid_start_time) for j in rows_together] == [
+        (4000 + i, 12.5) for i in range(len(ends))
+    ]
     # The terminal ones are the jobs to wake, once for the whole batch.
     done = got_together[0].settled.done if got_together[0] else []
     assert sorted(done) == sorted(

@@ -152,9 +152,9 @@ class Executor:
         self._token_prefix = secrets.token_hex(8)
         self._claims = itertools.count(1)
         self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _started)
-        # Ends to write, and whether a task writes them (see _write_end).
+        # Ends to write, and whether a task writes them and the pids (see _write_soon).
         self._ends: list[tuple[ClaimedJob, AttemptEnd, asyncio.Future[None]]] = []
-        self._ends_writing = False
+        self._writing = False
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
 
     # -- life cycle ------------------------------------------------------------
@@ -368,14 +368,13 @@ class Executor:
         if rj.terminated_for is not None:  # asked while it was being spawned
             reason, rj.terminated_for = rj.terminated_for, None
             self._terminate(rj, reason)
-        # Written with the other launches of this loop step, as one unit: queued to the
-        # writer before the end of this attempt can be (that takes its pidfd's event).
-        if not self._pids:
-            self._spawn_task(self._write_pids())
+        # Written with the other launches of this loop step (and the ends queued by then)
+        # as one unit: queued to the writer before the end of this attempt can be (that
+        # takes its pidfd's event), or in the same unit before it.
         self._pids.append((job.id, job.token, child.pid, child.start_time))
+        self._write_soon()
 
-    async def _write_pids(self) -> None:
-        pids, self._pids = self._pids, []
+    async def _record_pids(self, pids: list[tuple[int, str, int, float | None]]) -> None:
         try:
             await self.jobs.set_pids(pids)
         except Exception:
@@ -528,17 +527,25 @@ class Executor:
         written together, as one unit (`JobsApi.finish_many`)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ends.append((job, end, fut))
-        if not self._ends_writing:
-            self._ends_writing = True
-            self._spawn_task(self._write_ends())
+        self._write_soon()
         return fut
 
-    async def _write_ends(self) -> None:
+    def _write_soon(self) -> None:
+        """Have the attempts' pids and ends queued so far written (one task at a time)."""
+        if not self._writing:
+            self._writing = True
+            self._spawn_task(self._write_attempts())
+
+    async def _write_attempts(self) -> None:
         try:
-            while self._ends:
+            while self._ends or self._pids:
+                pids, self._pids = self._pids, []
                 batch, self._ends = self._ends, []
+                if not batch:
+                    await self._record_pids(pids)
+                    continue
                 try:
-                    done = await self._finish_batch([(job, end) for job, end, _ in batch])
+                    done = await self._finish_batch([(job, end) for job, end, _ in batch], pids)
                 except BaseException as exc:
                     for *_, fut in batch:
                         if not fut.done():
@@ -551,18 +558,26 @@ class Executor:
                 self.notify(done)
                 self.wake()  # again once committed: a retry queued, dependents released
         finally:
-            self._ends_writing = False
+            self._writing = False
 
-    async def _finish_batch(self, batch: list[tuple[ClaimedJob, AttemptEnd]]) -> list[int]:
-        """Write the ends of a batch of attempts; the ids of the jobs it made terminal.
+    async def _finish_batch(
+        self,
+        batch: list[tuple[ClaimedJob, AttemptEnd]],
+        pids: list[tuple[int, str, int, float | None]],
+    ) -> list[int]:
+        """Write the ends of a batch of attempts, after `pids`; the ids of the jobs it made
+        terminal.
 
-        One unit for them all; if that unit fails, a unit per attempt (one bad row
-        never loses the others' ends), each retried until written."""
-        if len(batch) > 1:
+        One unit for them all; if that unit fails, the pids in a unit, then a unit per
+        attempt (one bad row never loses the others' ends), each retried until written."""
+        if len(batch) > 1 or pids:
+            ends = [(j.id, j.token, e) for j, e in batch]
             try:
-                results = await self.jobs.finish_many([(j.id, j.token, e) for j, e in batch])
+                results = await self.jobs.finish_many(ends, pids)
             except Exception:
                 log.exception("could not write a batch of ends; writing them one by one")
+                if pids:
+                    await self._record_pids(pids)
             else:
                 for finished in results:
                     if finished is not None:  # the batch's settle, the same in each

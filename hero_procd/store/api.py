@@ -49,9 +49,12 @@ class JobStore(Protocol):
         ...
 
     async def finish_many(
-        self, ends: Sequence[tuple[int, str, AttemptEnd]]
+        self,
+        ends: Sequence[tuple[int, str, AttemptEnd]],
+        pids: Sequence[tuple[int, str, int, float | None]] = (),
     ) -> list[Finished | None]:
-        """`finish` of several attempts (job id, token, end) as one unit, in order."""
+        """`finish` of several attempts (job id, token, end) as one unit, in order, after
+        `set_pids(pids)` in that unit."""
         ...
 
     async def cancel(self, job_id: int) -> CancelOutcome:

@@ -454,13 +454,25 @@ def finish_attempt(conn: Conn, job_id: int, token: str, end: AttemptEnd) -> Fini
     return Finished(str(status), settle(conn, [(job_id, str(status), row["run_id"])], at))
 
 
+def set_pids(conn: Conn, pids: Sequence[tuple[int, str, int, float | None]]) -> None:
+    """Record the processes of claimed attempts, (job id, token, pid, start time) each,
+    where the claim still owns a running job."""
+    params = [(pid, start, job_id, token) for job_id, token, pid, start in pids]
+    conn.executemany(Q["job_set_pid"], params)
+
+
 def finish_many(
-    conn: Conn, ends: Sequence[tuple[int, str, AttemptEnd]]
+    conn: Conn,
+    ends: Sequence[tuple[int, str, AttemptEnd]],
+    pids: Sequence[tuple[int, str, int, float | None]] = (),
 ) -> builtins.list[Finished | None]:
     """End several attempts (job id, token, end) in one unit: `finish_attempt` of each, in
     order, with one read of their rows, one executemany and one settle. Each end's result
     as `finish_attempt` gives it (None if its claim no longer owns a running job); the
-    `settled` of each is the whole unit's (its ids are the jobs of the whole batch)."""
+    `settled` of each is the whole unit's (its ids are the jobs of the whole batch).
+    `pids` are recorded first (`set_pids`), in the same unit."""
+    if pids:
+        set_pids(conn, pids)
     rows: dict[int, Any] = {}
     ids = [job_id for job_id, _, _ in ends]
     for chunk in chunks(ids):
@@ -609,12 +621,22 @@ def claim(
     if not chosen:
         return []
     rows = conn.execute(with_marks("job_claim", len(chosen)), (token, node, at, *chosen)).fetchall()
+    # Jobs of one batch mostly share their spec's text: each text is decoded once, and its
+    # jobs share the (never changed) CommandSpec.
+    specs: dict[str, CommandSpec] = {}
+
+    def spec_of(text: str) -> CommandSpec:
+        spec = specs.get(text)
+        if spec is None:
+            # Defaults are filled in when the job runs, not stored in every row.
+            spec = specs[text] = CommandSpec.from_dict(orjson.loads(text)).with_defaults()
+        return spec
+
     out = [
         ClaimedJob(
             id=r["id"],
             run_id=r["run_id"],
-            # Defaults are filled in when the job runs, not stored in every row.
-            spec=CommandSpec.from_dict(orjson.loads(r["spec"])).with_defaults(),
+            spec=spec_of(r["spec"]),
             group=r["grp"],
             attempt=r["attempt"],
             max_attempts=r["max_attempts"],
@@ -767,18 +789,20 @@ class JobsApi:
 
     async def set_pids(self, pids: Sequence[tuple[int, str, int, float | None]]) -> None:
         """`set_pid` of several attempts, (job id, token, pid, start time) each, in one unit."""
-        params = [(pid, start, job_id, token) for job_id, token, pid, start in pids]
-        await self.pool.write(lambda c: c.executemany(Q["job_set_pid"], params))
+        await self.pool.write(lambda c: set_pids(c, pids))
 
     async def finish(self, job_id: int, token: str, end: AttemptEnd) -> Finished | None:
         """End an attempt; None if another outcome won."""
         return await self.pool.write(lambda c: finish_attempt(c, job_id, token, end))
 
     async def finish_many(
-        self, ends: Sequence[tuple[int, str, AttemptEnd]]
+        self,
+        ends: Sequence[tuple[int, str, AttemptEnd]],
+        pids: Sequence[tuple[int, str, int, float | None]] = (),
     ) -> builtins.list[Finished | None]:
-        """End several attempts (job id, token, end) as one unit; each one's `finish`."""
-        return await self.pool.write(lambda c: finish_many(c, ends))
+        """End several attempts (job id, token, end) as one unit, each as `finish` would;
+        `pids` (see `set_pids`) recorded first in that unit."""
+        return await self.pool.write(lambda c: finish_many(c, ends, pids))
 
     async def cancel(self, job_id: int) -> CancelOutcome:
         """Cancel a job: committed before this returns."""
