@@ -635,6 +635,7 @@ class CgroupContainment(Containment):
         # Cells whose leader ended, waiting for the thread (see CgroupCell.leader_ended).
         self._ending: list[tuple[CgroupCell, asyncio.Future[None]]] = []
         self._ender: asyncio.Task[None] | None = None
+        self._loop_seen: asyncio.AbstractEventLoop | None = None
 
     @property
     def inotify(self) -> _Inotify:
@@ -650,7 +651,9 @@ class CgroupContainment(Containment):
 
     def end_soon(self, cell: CgroupCell) -> asyncio.Future[None]:
         """Queue `cell` for the next batch of `CgroupCell.end_now`; done once it ran."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop_seen
+        if loop is None or loop.is_closed():  # kept: get_running_loop is a getpid syscall
+            loop = self._loop_seen = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._ending.append((cell, fut))
         if self._ender is None:

@@ -156,6 +156,8 @@ class Executor:
         self._ends: list[tuple[ClaimedJob, AttemptEnd, asyncio.Future[None]]] = []
         self._writing = False
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
+        self._loop_seen: asyncio.AbstractEventLoop | None = None
+        self._watcher_seen: tuple[asyncio.AbstractEventLoop, fdwatch.FdWatcher] | None = None
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -193,8 +195,23 @@ class Executor:
         """Ask the dispatcher to look for ready jobs."""
         self._wake.set()
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, kept after the first look (the daemon has one loop, and
+        asyncio.get_running_loop costs a getpid syscall a call, a dozen calls a job)."""
+        loop = self._loop_seen
+        if loop is None or loop.is_closed():
+            loop = self._loop_seen = asyncio.get_running_loop()
+        return loop
+
+    def _fdwatch(self) -> fdwatch.FdWatcher:
+        """The loop's fdwatch watcher, kept like the loop."""
+        found = self._watcher_seen
+        if found is None or found[0] is not self._loop():
+            found = self._watcher_seen = (self._loop(), fdwatch.watcher())
+        return found[1]
+
     def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self._loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -351,7 +368,7 @@ class Executor:
     def _started(self, rj: RunningJob, child: procs.Child) -> None:
         """The attempt's process runs: read its output, watch its exit and its timeout."""
         job = rj.claim
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         self.spawned += 1
         rj.child = child
         assert rj.owner is not None
@@ -361,8 +378,9 @@ class Executor:
             max_line=self.config.max_line_bytes,
             on_closed=lambda: self._on_output_closed(rj),
         )
-        rj.output.attach(child.stdout_fd, child.stderr_fd)
-        fdwatch.watcher().add(child.pidfd, self._on_exit, rj)
+        watcher = self._fdwatch()
+        rj.output.attach(child.stdout_fd, child.stderr_fd, watcher)
+        watcher.add(child.pidfd, self._on_exit, rj)
         if job.spec.timeout_s:
             rj.handles.append(loop.call_later(job.spec.timeout_s, self._on_timeout, rj))
         if rj.terminated_for is not None:  # asked while it was being spawned
@@ -386,7 +404,7 @@ class Executor:
         """Spawn into `cell` on the spawner pool, in a batch with the launches of the
         same claim: fork/exec blocks for a fraction of a millisecond and releases the
         GIL, so it runs off the loop; one trip to the pool per batch, not per job."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         fut: asyncio.Future[procs.Child] = loop.create_future()
         self._to_spawn.append((cell, argv, env, cwd, fut))
         if self._spawn_drains < _SPAWN_DRAINS:
@@ -395,7 +413,7 @@ class Executor:
         return fut
 
     async def _drain_spawns(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         try:
             while self._to_spawn:
                 batch = self._to_spawn[:_SPAWN_BATCH]
@@ -421,8 +439,8 @@ class Executor:
     def _on_exit(self, rj: RunningJob) -> None:
         child = rj.child
         assert child is not None
-        loop = asyncio.get_running_loop()
-        fdwatch.watcher().remove(child.pidfd)
+        loop = self._loop()
+        self._fdwatch().remove(child.pidfd)
         # A job never outlives its main process: kill whatever it left in its cell
         # (for a process group the leader, a zombie until reaped, keeps its id ours;
         # a cgroup's kill, or its removal when empty, is batched on a thread, and its
@@ -468,7 +486,7 @@ class Executor:
         grace = 5.0 if grace is None else grace
         if grace_s is not None:
             grace = min(grace, grace_s)
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         rj.handles.append(loop.call_later(grace, self._kill, rj))
 
     def _kill(self, rj: RunningJob) -> None:
@@ -525,7 +543,7 @@ class Executor:
         """Queue an attempt's end for the writer; done once committed and its waiters
         woken. The ends queued in one loop step (and while a batch is being written) are
         written together, as one unit (`JobsApi.finish_many`)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[None] = self._loop().create_future()
         self._ends.append((job, end, fut))
         self._write_soon()
         return fut
