@@ -519,7 +519,8 @@ class Executor:
             exit_code=rj.exit_code,
             signal=rj.signal,
             error=error,
-            retry_delay_s=self._backoff(job),
+            # Read only when a retry is left (`decide`): the claim's attempt is the row's.
+            retry_delay_s=self._backoff(job) if job.attempt < job.max_attempts else 0.0,
         )
         # Its process is gone: the slot is free now, while the end is being written (the
         # row stays `running` until then, so nothing can claim the job meanwhile).
