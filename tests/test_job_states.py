@@ -142,3 +142,74 @@ def test_cancel_is_a_persisted_intent_on_a_running_job(run_store: StoreRunner) -
         return outcome.result, intent, end.status, (await store.jobs.get(job_id)).status
 
     assert run_store(body) == ("cancelling", True, "failed", "failed")
+
+
+def test_ends_written_together_are_each_written_as_alone(run_store: StoreRunner) -> None:
+    """`finish_many` (the ends of one loop step, and the pids of the launches, in one unit)
+    gives each end what `finish` gives it one after another: a stale token or a second end
+    changes nothing, a cancel intent is honoured, and of two retries holding one dedup key
+    the second is superseded."""
+
+    ends = [
+        AttemptEnd("exited", exit_code=0),
+        AttemptEnd("exited", exit_code=1),  # retries left: queued again
+        AttemptEnd("exited", exit_code=1),  # the same dedup key: superseded
+        AttemptEnd("exited", exit_code=1),  # cancel asked: not retried
+        AttemptEnd("timed_out", signal=15),
+        AttemptEnd("interrupted", signal=15),  # queued, the attempt not counted
+    ]
+
+    async def one_set(store: Store, key: str) -> list[tuple[int, str]]:
+        """Six claimed attempts (the 2nd and 3rd hold `key`), each with its token."""
+        out: list[tuple[int, str]] = []
+        for i in range(len(ends)):
+            spec = CommandSpec(command=["x"], retries=2)
+            job_id = await store.jobs.submit(
+                JobRequest(spec=spec, dedup_key=key if i in (1, 2) else None)
+            )
+            (claimed,) = await store.jobs.claim(1, f"{key}{i}", GroupRoom(set(), {}), 0.0)
+            assert claimed.id == job_id
+            if i == 3:
+                await store.jobs.cancel(job_id)
+            out.append((job_id, claimed.token))
+        return out
+
+    async def body(store: Store) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        alone = await one_set(store, "a")
+        together = await one_set(store, "b")
+        pairs = zip(alone, ends, strict=True)
+        got_alone = [await store.jobs.finish(j, t, e) for (j, t), e in pairs]
+        # A stale token and a second end of the first attempt are part of the batch too.
+        batch = [(j, t, e) for (j, t), e in zip(together, ends, strict=True)]
+        batch += [(together[0][0], "stale", ends[1]), (together[0][0], together[0][1], ends[1])]
+        # The pids of the attempts are recorded in the same unit, before their ends (a
+        # stale token's pid is not).
+        pids = [(j, t, 4000 + i, 12.5) for i, (j, t) in enumerate(together)]
+        pids.append((together[1][0], "stale", 99, 1.0))
+        got_together = await store.jobs.finish_many(batch, pids)
+        rows_alone = [await store.jobs.get(j) for j, _ in alone]
+        rows_together = [await store.jobs.get(j) for j, _ in together]
+        return got_alone, got_together, rows_alone, rows_together
+
+    got_alone, got_together, rows_alone, rows_together = run_store(body)
+    assert [f.status if f else None for f in got_alone] == [
+        "succeeded", "queued", "cancelled", "failed", "queued", "queued"
+    ]  # fmt: skip
+    assert [f.status if f else None for f in got_together] == [
+        *(f.status if f else None for f in got_alone),
+        None,
+        None,
+    ]
+    for a, b in zip(rows_alone, rows_together, strict=True):
+        assert (a.status, a.error, a.attempt, a.exit_code, a.signal) == (
+            b.status, b.error, b.attempt, b.exit_code, b.signal
+        )  # fmt: skip
+    assert rows_together[2].error is not None and "superseded" in rows_together[2].error
+    assert [(j.pid, j.pid_start_time) for j in rows_together] == [
+        (4000 + i, 12.5) for i in range(len(ends))
+    ]
+    # The terminal ones are the jobs to wake, once for the whole batch.
+    done = got_together[0].settled.done if got_together[0] else []
+    assert sorted(done) == sorted(
+        j.id for j in rows_together if j.status in ("succeeded", "cancelled", "failed")
+    )

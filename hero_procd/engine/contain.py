@@ -77,9 +77,16 @@ class Cell:
     leader: int | None = None
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, *, capture: bool = True
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        capture: bool = True,
+        read_start: bool = True,
     ) -> procs.Child:
-        """Start the cell's leader (blocking: run it on the spawner pool)."""
+        """Start the cell's leader (blocking: run it on the spawner pool); `read_start`:
+        see procs.spawn."""
         raise NotImplementedError
 
     def signal(self, sig: int) -> bool:
@@ -197,10 +204,16 @@ class ProcessGroupCell(Cell):
         self.name = name
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, *, capture: bool = True
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        capture: bool = True,
+        read_start: bool = True,
     ) -> procs.Child:
         """Start the leader of a new session: its pid is the group's id."""
-        child = procs.spawn(argv, env, cwd, capture=capture)
+        child = procs.spawn(argv, env, cwd, capture=capture, read_start=read_start)
         self.leader = child.pid
         return child
 
@@ -386,14 +399,22 @@ class CgroupCell(Cell):
         self._oom: bool | None = None  # memory.events read just before the cell was removed
 
     def spawn(
-        self, argv: list[str], env: dict[str, str], cwd: str | None, *, capture: bool = True
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        capture: bool = True,
+        read_start: bool = True,
     ) -> procs.Child:
         """Create the cgroup, write its limits, start the leader inside it."""
         if not self.created:
             os.mkdir(self.path)
             self.created = True
             self._write_limits()
-        child = procs.spawn(argv, env, cwd, cgroup=self.path, capture=capture)
+        child = procs.spawn(
+            argv, env, cwd, cgroup=self.path, capture=capture, read_start=read_start
+        )
         self.leader = child.pid
         return child
 
@@ -614,6 +635,7 @@ class CgroupContainment(Containment):
         # Cells whose leader ended, waiting for the thread (see CgroupCell.leader_ended).
         self._ending: list[tuple[CgroupCell, asyncio.Future[None]]] = []
         self._ender: asyncio.Task[None] | None = None
+        self._loop_seen: asyncio.AbstractEventLoop | None = None
 
     @property
     def inotify(self) -> _Inotify:
@@ -629,7 +651,9 @@ class CgroupContainment(Containment):
 
     def end_soon(self, cell: CgroupCell) -> asyncio.Future[None]:
         """Queue `cell` for the next batch of `CgroupCell.end_now`; done once it ran."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop_seen
+        if loop is None or loop.is_closed():  # kept: get_running_loop is a getpid syscall
+            loop = self._loop_seen = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._ending.append((cell, fut))
         if self._ender is None:

@@ -38,7 +38,7 @@ from hero_procd.engine.output import OutputCapture
 from hero_procd.errors import HeroError, InvalidParams, InvalidState, NotFound, StorageError
 from hero_procd.model import TERMINAL_JOB_STATES, now
 from hero_procd.store.api import JobStore
-from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom, Settled
+from hero_procd.store.jobs import AttemptEnd, ClaimedJob, GroupRoom
 from hero_procd.store.records import Job
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,15 @@ def _spawn_all(batch: list[_SpawnRequest]) -> list[procs.Child | BaseException]:
     out: list[procs.Child | BaseException] = []
     for cell, argv, env, cwd, _ in batch:
         try:
-            out.append(cell.spawn(argv, env, cwd))
+            out.append(cell.spawn(argv, env, cwd, read_start=False))
         except Exception as exc:
             out.append(exc)
+    # The start times once the batch is spawned (none reaped yet: each pid is still its
+    # child's), newest first: a child still exec'ing makes the read spin (procs.spawn),
+    # and once the newest has exec'd the older ones have too.
+    for child in reversed(out):
+        if isinstance(child, procs.Child):
+            child.start_time = procs.process_start_time(child.pid)
     return out
 
 
@@ -146,7 +152,12 @@ class Executor:
         self._token_prefix = secrets.token_hex(8)
         self._claims = itertools.count(1)
         self._pids: list[tuple[int, str, int, float | None]] = []  # to write (see _started)
+        # Ends to write, and whether a task writes them and the pids (see _write_soon).
+        self._ends: list[tuple[ClaimedJob, AttemptEnd, asyncio.Future[None]]] = []
+        self._writing = False
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
+        self._loop_seen: asyncio.AbstractEventLoop | None = None
+        self._watcher_seen: tuple[asyncio.AbstractEventLoop, fdwatch.FdWatcher] | None = None
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -184,8 +195,23 @@ class Executor:
         """Ask the dispatcher to look for ready jobs."""
         self._wake.set()
 
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, kept after the first look (the daemon has one loop, and
+        asyncio.get_running_loop costs a getpid syscall a call, a dozen calls a job)."""
+        loop = self._loop_seen
+        if loop is None or loop.is_closed():
+            loop = self._loop_seen = asyncio.get_running_loop()
+        return loop
+
+    def _fdwatch(self) -> fdwatch.FdWatcher:
+        """The loop's fdwatch watcher, kept like the loop."""
+        found = self._watcher_seen
+        if found is None or found[0] is not self._loop():
+            found = self._watcher_seen = (self._loop(), fdwatch.watcher())
+        return found[1]
+
     def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = self._loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -342,7 +368,7 @@ class Executor:
     def _started(self, rj: RunningJob, child: procs.Child) -> None:
         """The attempt's process runs: read its output, watch its exit and its timeout."""
         job = rj.claim
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         self.spawned += 1
         rj.child = child
         assert rj.owner is not None
@@ -352,21 +378,21 @@ class Executor:
             max_line=self.config.max_line_bytes,
             on_closed=lambda: self._on_output_closed(rj),
         )
-        rj.output.attach(child.stdout_fd, child.stderr_fd)
-        fdwatch.watcher().add(child.pidfd, self._on_exit, rj)
+        watcher = self._fdwatch()
+        rj.output.attach(child.stdout_fd, child.stderr_fd, watcher)
+        watcher.add(child.pidfd, self._on_exit, rj)
         if job.spec.timeout_s:
             rj.handles.append(loop.call_later(job.spec.timeout_s, self._on_timeout, rj))
         if rj.terminated_for is not None:  # asked while it was being spawned
             reason, rj.terminated_for = rj.terminated_for, None
             self._terminate(rj, reason)
-        # Written with the other launches of this loop step, as one unit: queued to the
-        # writer before the end of this attempt can be (that takes its pidfd's event).
-        if not self._pids:
-            self._spawn_task(self._write_pids())
+        # Written with the other launches of this loop step (and the ends queued by then)
+        # as one unit: queued to the writer before the end of this attempt can be (that
+        # takes its pidfd's event), or in the same unit before it.
         self._pids.append((job.id, job.token, child.pid, child.start_time))
+        self._write_soon()
 
-    async def _write_pids(self) -> None:
-        pids, self._pids = self._pids, []
+    async def _record_pids(self, pids: list[tuple[int, str, int, float | None]]) -> None:
         try:
             await self.jobs.set_pids(pids)
         except Exception:
@@ -378,7 +404,7 @@ class Executor:
         """Spawn into `cell` on the spawner pool, in a batch with the launches of the
         same claim: fork/exec blocks for a fraction of a millisecond and releases the
         GIL, so it runs off the loop; one trip to the pool per batch, not per job."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         fut: asyncio.Future[procs.Child] = loop.create_future()
         self._to_spawn.append((cell, argv, env, cwd, fut))
         if self._spawn_drains < _SPAWN_DRAINS:
@@ -387,7 +413,7 @@ class Executor:
         return fut
 
     async def _drain_spawns(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         try:
             while self._to_spawn:
                 batch = self._to_spawn[:_SPAWN_BATCH]
@@ -413,8 +439,8 @@ class Executor:
     def _on_exit(self, rj: RunningJob) -> None:
         child = rj.child
         assert child is not None
-        loop = asyncio.get_running_loop()
-        fdwatch.watcher().remove(child.pidfd)
+        loop = self._loop()
+        self._fdwatch().remove(child.pidfd)
         # A job never outlives its main process: kill whatever it left in its cell
         # (for a process group the leader, a zombie until reaped, keeps its id ours;
         # a cgroup's kill, or its removal when empty, is batched on a thread, and its
@@ -460,7 +486,7 @@ class Executor:
         grace = 5.0 if grace is None else grace
         if grace_s is not None:
             grace = min(grace, grace_s)
-        loop = asyncio.get_running_loop()
+        loop = self._loop()
         rj.handles.append(loop.call_later(grace, self._kill, rj))
 
     def _kill(self, rj: RunningJob) -> None:
@@ -493,7 +519,8 @@ class Executor:
             exit_code=rj.exit_code,
             signal=rj.signal,
             error=error,
-            retry_delay_s=self._backoff(job),
+            # Read only when a retry is left (`decide`): the claim's attempt is the row's.
+            retry_delay_s=self._backoff(job) if job.attempt < job.max_attempts else 0.0,
         )
         # Its process is gone: the slot is free now, while the end is being written (the
         # row stays `running` until then, so nothing can claim the job meanwhile).
@@ -504,7 +531,7 @@ class Executor:
             if rj.owner is not None:
                 # Whoever sees the job finished sees all its lines.
                 await self.flusher.flush_owner(rj.owner)
-            finished = await self._write_end(job, end)
+            await self._write_end(job, end)
         finally:
             if rj.owner is not None and rj.output is None:
                 self.flusher.release_owner(rj.owner)
@@ -512,11 +539,81 @@ class Executor:
             if not self.running and not self._finishing:
                 self._none_running.set()
         self.app.metrics.attempt_ended(rj)
-        if finished is not None:
-            self.notify(finished.done)
-        self.wake()  # again once committed: a retry queued, dependents released
 
-    async def _write_end(self, job: ClaimedJob, end: AttemptEnd) -> Settled | None:
+    def _write_end(self, job: ClaimedJob, end: AttemptEnd) -> asyncio.Future[None]:
+        """Queue an attempt's end for the writer; done once committed and its waiters
+        woken. The ends queued in one loop step (and while a batch is being written) are
+        written together, as one unit (`JobsApi.finish_many`)."""
+        fut: asyncio.Future[None] = self._loop().create_future()
+        self._ends.append((job, end, fut))
+        self._write_soon()
+        return fut
+
+    def _write_soon(self) -> None:
+        """Have the attempts' pids and ends queued so far written (one task at a time)."""
+        if not self._writing:
+            self._writing = True
+            self._spawn_task(self._write_attempts())
+
+    async def _write_attempts(self) -> None:
+        try:
+            while self._ends or self._pids:
+                pids, self._pids = self._pids, []
+                batch, self._ends = self._ends, []
+                if not batch:
+                    await self._record_pids(pids)
+                    continue
+                try:
+                    done = await self._finish_batch([(job, end) for job, end, _ in batch], pids)
+                except BaseException as exc:
+                    for *_, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    raise
+                # The finalizers go on first (their slots, metrics), then the waiters wake.
+                for *_, fut in batch:
+                    if not fut.done():
+                        fut.set_result(None)
+                self.notify(done)
+                self.wake()  # again once committed: a retry queued, dependents released
+        finally:
+            self._writing = False
+
+    async def _finish_batch(
+        self,
+        batch: list[tuple[ClaimedJob, AttemptEnd]],
+        pids: list[tuple[int, str, int, float | None]],
+    ) -> list[int]:
+        """Write the ends of a batch of attempts, after `pids`; the ids of the jobs it made
+        terminal.
+
+        One unit for them all; if that unit fails, the pids in a unit, then a unit per
+        attempt (one bad row never loses the others' ends), each retried until written."""
+        if len(batch) > 1 or pids:
+            ends = [(j.id, j.token, e) for j, e in batch]
+            try:
+                results = await self.jobs.finish_many(ends, pids)
+            except Exception:
+                log.exception("could not write a batch of ends; writing them one by one")
+                if pids:
+                    await self._record_pids(pids)
+            else:
+                for finished in results:
+                    if finished is not None:  # the batch's settle, the same in each
+                        return finished.settled.done
+                return []
+        ones = await asyncio.gather(
+            *(self._finish_one(job, end) for job, end in batch), return_exceptions=True
+        )
+        done: list[int] = []
+        for got in ones:
+            if isinstance(got, BaseException):
+                log.error("could not write a job's end", exc_info=got)
+            else:
+                done.extend(got)
+        return done
+
+    async def _finish_one(self, job: ClaimedJob, end: AttemptEnd) -> list[int]:
         delay = 0.05
         while True:
             try:
@@ -527,7 +624,7 @@ class Executor:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
-            return finished.settled if finished is not None else None
+            return finished.settled.done if finished is not None else []
 
     def waiters(self) -> int:
         """Calls waiting for a job to end (job.wait, run.wait, job.wait_all)."""

@@ -44,11 +44,11 @@ class OutputCapture:
         """How many pipes are still open."""
         return len(self._streams)
 
-    def attach(self, stdout_fd: int, stderr_fd: int) -> None:
-        """Start reading both pipes on the running loop (its fdwatch.watcher)."""
-        self._watcher = watcher()
+    def attach(self, stdout_fd: int, stderr_fd: int, fdw: FdWatcher | None = None) -> None:
+        """Start reading both pipes on the running loop (`fdw`, its fdwatch.watcher); they
+        are non-blocking already (procs.spawn makes them so, on its thread)."""
+        self._watcher = fdw if fdw is not None else watcher()
         for fd, stream in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
-            os.set_blocking(fd, False)
             self._streams[fd] = stream
             self._partial[fd] = b""
             self._watcher.add(fd, self._on_readable, fd)

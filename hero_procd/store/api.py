@@ -48,6 +48,15 @@ class JobStore(Protocol):
         """End an attempt by the precedence rules; None if another outcome won."""
         ...
 
+    async def finish_many(
+        self,
+        ends: Sequence[tuple[int, str, AttemptEnd]],
+        pids: Sequence[tuple[int, str, int, float | None]] = (),
+    ) -> list[Finished | None]:
+        """`finish` of several attempts (job id, token, end) as one unit, in order, after
+        `set_pids(pids)` in that unit."""
+        ...
+
     async def cancel(self, job_id: int) -> CancelOutcome:
         """Cancel now (queued) or record the intent (running); refuse a finished job."""
         ...

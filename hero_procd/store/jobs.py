@@ -454,6 +454,74 @@ def finish_attempt(conn: Conn, job_id: int, token: str, end: AttemptEnd) -> Fini
     return Finished(str(status), settle(conn, [(job_id, str(status), row["run_id"])], at))
 
 
+def set_pids(conn: Conn, pids: Sequence[tuple[int, str, int, float | None]]) -> None:
+    """Record the processes of claimed attempts, (job id, token, pid, start time) each,
+    where the claim still owns a running job."""
+    params = [(pid, start, job_id, token) for job_id, token, pid, start in pids]
+    conn.executemany(Q["job_set_pid"], params)
+
+
+def finish_many(
+    conn: Conn,
+    ends: Sequence[tuple[int, str, AttemptEnd]],
+    pids: Sequence[tuple[int, str, int, float | None]] = (),
+) -> builtins.list[Finished | None]:
+    """End several attempts (job id, token, end) in one unit: `finish_attempt` of each, in
+    order, with one read of their rows, one executemany and one settle. Each end's result
+    as `finish_attempt` gives it (None if its claim no longer owns a running job); the
+    `settled` of each is the whole unit's (its ids are the jobs of the whole batch).
+    `pids` are recorded first (`set_pids`), in the same unit."""
+    if pids:
+        set_pids(conn, pids)
+    rows: dict[int, Any] = {}
+    ids = [job_id for job_id, _, _ in ends]
+    for chunk in chunks(ids):
+        for row in conn.execute(with_marks("job_end_states", len(chunk)), chunk).fetchall():
+            rows[row["id"]] = row
+    at = now()
+    params: builtins.list[dict[str, Any]] = []
+    statuses: builtins.list[str | None] = []
+    finished: builtins.list[tuple[int, str, int | None]] = []
+    requeued_keys: set[str] = set()  # dedup keys queued by an earlier end of this batch
+    for job_id, token, end in ends:
+        row = rows.get(job_id)
+        if row is None or row["status"] != JobStatus.RUNNING or row["claim_token"] != token:
+            statuses.append(None)
+            continue
+        # An end is written once: a second end of the same claim in the batch finds the
+        # row no longer running (as it would after the first's commit).
+        rows[job_id] = None
+        status, error, not_before, delta = decide(end, row, at)
+        key = row["dedup_key"]
+        if status == JobStatus.QUEUED and key is not None:
+            if key in requeued_keys or _key_taken(conn, key, job_id):
+                status, error = JobStatus.CANCELLED, _SUPERSEDED
+            else:
+                requeued_keys.add(key)
+        check_transition(JobStatus.RUNNING, status)
+        params.append(
+            {
+                "status": str(status),
+                "error": error,
+                "exit_code": end.exit_code,
+                "signal": end.signal,
+                "finished_at": at,
+                "not_before": not_before,
+                "attempt_delta": delta,
+                "id": job_id,
+                "token": token,
+            }
+        )
+        statuses.append(str(status))
+        finished.append((job_id, str(status), row["run_id"]))
+    if not params:
+        return [None] * len(ends)
+    cur = conn.executemany(Q["job_finish"], params)
+    assert cur.rowcount == len(params), "every end read as running must be written"
+    settled = settle(conn, finished, at)
+    return [None if s is None else Finished(s, settled) for s in statuses]
+
+
 @dataclass(frozen=True)
 class CancelOutcome:
     """What `job.cancel` did: 'cancelled' at once, or 'cancelling' (a process to stop)."""
@@ -553,12 +621,22 @@ def claim(
     if not chosen:
         return []
     rows = conn.execute(with_marks("job_claim", len(chosen)), (token, node, at, *chosen)).fetchall()
+    # Jobs of one batch mostly share their spec's text: each text is decoded once, and its
+    # jobs share the (never changed) CommandSpec.
+    specs: dict[str, CommandSpec] = {}
+
+    def spec_of(text: str) -> CommandSpec:
+        spec = specs.get(text)
+        if spec is None:
+            # Defaults are filled in when the job runs, not stored in every row.
+            spec = specs[text] = CommandSpec.from_dict(orjson.loads(text)).with_defaults()
+        return spec
+
     out = [
         ClaimedJob(
             id=r["id"],
             run_id=r["run_id"],
-            # Defaults are filled in when the job runs, not stored in every row.
-            spec=CommandSpec.from_dict(orjson.loads(r["spec"])).with_defaults(),
+            spec=spec_of(r["spec"]),
             group=r["grp"],
             attempt=r["attempt"],
             max_attempts=r["max_attempts"],
@@ -711,12 +789,20 @@ class JobsApi:
 
     async def set_pids(self, pids: Sequence[tuple[int, str, int, float | None]]) -> None:
         """`set_pid` of several attempts, (job id, token, pid, start time) each, in one unit."""
-        params = [(pid, start, job_id, token) for job_id, token, pid, start in pids]
-        await self.pool.write(lambda c: c.executemany(Q["job_set_pid"], params))
+        await self.pool.write(lambda c: set_pids(c, pids))
 
     async def finish(self, job_id: int, token: str, end: AttemptEnd) -> Finished | None:
         """End an attempt; None if another outcome won."""
         return await self.pool.write(lambda c: finish_attempt(c, job_id, token, end))
+
+    async def finish_many(
+        self,
+        ends: Sequence[tuple[int, str, AttemptEnd]],
+        pids: Sequence[tuple[int, str, int, float | None]] = (),
+    ) -> builtins.list[Finished | None]:
+        """End several attempts (job id, token, end) as one unit, each as `finish` would;
+        `pids` (see `set_pids`) recorded first in that unit."""
+        return await self.pool.write(lambda c: finish_many(c, ends, pids))
 
     async def cancel(self, job_id: int) -> CancelOutcome:
         """Cancel a job: committed before this returns."""

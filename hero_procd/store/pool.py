@@ -190,6 +190,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._inflight: list[_Unit] = []
         self._closed = False
+        self._loop_seen: asyncio.AbstractEventLoop | None = None
         self.groups = 0
         self.units = 0
 
@@ -228,7 +229,10 @@ class Writer:
         """Run `fn(conn)` in the next group transaction; its result once committed."""
         if self._closed:
             raise StorageError("the database is closed")
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = self._loop_seen
+        if loop is None or loop.is_closed():  # kept: get_running_loop is a getpid syscall
+            loop = self._loop_seen = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
         self._queue.append(_Unit(fn, fut, in_transaction))
         self._kick.set()
         # A caller cancelled here does not cancel the unit: it runs and commits as queued.

@@ -535,6 +535,11 @@ DELETE FROM log_lines WHERE owner_kind = ? AND owner_id = ? AND seq <= ?
 SELECT id, run_id, status, cancel_requested, attempt, max_attempts, dedup_key, claim_token
 FROM jobs WHERE id = ?
 
+-- job_end_states --
+-- job_end_state of several jobs at once (the ends of one loop step, see finish_many).
+SELECT id, run_id, status, cancel_requested, attempt, max_attempts, dedup_key, claim_token
+FROM jobs WHERE id IN ({marks})
+
 -- job_dedup_taken --
 -- Whether another queued job holds a dedup key.
 SELECT 1 FROM jobs WHERE dedup_key = ? AND status = 'queued' AND id != ? LIMIT 1
