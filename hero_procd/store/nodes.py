@@ -182,6 +182,24 @@ class NodesApi:
 
         return await self.pool.write(unit)
 
+    async def end_stale_sessions(self, timeout_s: float) -> int:
+        """End the PostgreSQL sessions of the nodes the next sweep will declare dead, on a
+        reader: not queued behind this node's writer, whose units may wait for the very
+        locks those sessions hold (a job of theirs cancelled through this node) — the
+        sweep, a unit of that writer, would then never run. How many ended (SQLite: 0)."""
+        if self.pool.backend != "postgresql":
+            return 0
+        params = {"now": now(), "timeout": timeout_s, "name": self.node}
+        stale = await self.pool.fetch_all(Q["node_stale"], params)
+        schema = str(getattr(self.pool, "schema", ""))
+        apps = [session_name(schema, r[0], r[1]) for r in stale if r[1] is not None]
+        if not apps:
+            return 0
+        row = await self.pool.fetch_one(
+            Q["node_end_sessions_pg"], {"apps": apps, "wait_ms": END_SESSION_WAIT_MS}
+        )
+        return int(row[0]) if row is not None else 0
+
 
 def _end_sessions(conn: Conn, dead: list[tuple[str, int | None]]) -> int:
     """End the PostgreSQL sessions of daemons about to be declared dead; how many.
