@@ -4,17 +4,24 @@ cuts n3 in the middle of a statement stream (integration/tcp_proxy.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
+import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+
 from hero_procd.errors import HeroError
-from integration.daemon_proc import cleanup, short_tmpdir
-from integration.helpers import wait_for
+from integration.daemon_proc import DaemonProcess, cleanup, short_tmpdir
+from integration.helpers import kill_leftovers, wait_for, wait_running
 from integration.tcp_proxy import CuttableProxy
 from integration.test_cluster import NODE_TIMEOUT_S, Cluster, all_jobs
 from tests.pg import pg_schema
@@ -125,3 +132,78 @@ def _rejoin(cl: Cluster, proxy: CuttableProxy) -> None:
         "n3 to join again",
         timeout_s=30,
     )
+
+
+# A daemon in a pid namespace of its own is pid 1 there, as in a container: a restarted
+# daemon has the same node name and the same pid as the one it replaces.
+PIDNS = ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+def _pidns_daemon(workdir: Path, dsn: str, i: int) -> DaemonProcess:
+    proc = DaemonProcess(
+        workdir,
+        extra_args=["--node-timeout", str(NODE_TIMEOUT_S), "--max-parallel", "4"],
+        env={"TEST_NODE": "n3"},
+        db=dsn,
+        node="n3",
+        wrap=PIDNS,
+    )
+    proc.log_path = workdir / f"n3-{i}.log"
+    return proc
+
+
+def _signal_group(proc: DaemonProcess, sig: int) -> None:
+    """Signal the daemon through its process group (unshare does not pass signals on)."""
+    assert proc.proc is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.proc.pid, sig)
+    proc.proc.wait(30)
+
+
+def test_a_restarted_daemon_with_the_same_name_and_pid_keeps_its_sessions() -> None:
+    """n3 runs as pid 1 of a pid namespace (a container) and is killed; a new n3, pid 1
+    again, starts as its row goes stale (the sweep of the dead one is due while the new one
+    starts up). The sweep ends the dead daemon's sessions only: the new daemon, which took
+    the name, keeps its own (no heartbeat lost, no lease lost, its job never interrupted).
+    Several rounds, each with its own delay around the node timeout."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    with pg_schema("samepid") as dsn:
+        workdir = short_tmpdir()
+        cl = Cluster(workdir, dsn, 4)
+        current: DaemonProcess | None = None
+        try:
+            for name in ("n1", "n2"):
+                cl.procs[name].start()
+                cl.clients[name] = cl.procs[name].client()
+            del cl.procs["n3"]
+            c1 = cl.clients["n1"]
+            current = _pidns_daemon(workdir, dsn, 0).start()
+            rounds = 6
+            for i in range(1, rounds + 1):
+                with current.client() as c:
+                    job = c.call("job.submit", command=["sh", "-c", "sleep 600"], retries=0)["id"]
+                    wait_running(c, job)
+                row = {n["name"]: n for n in c1.call("node.list")["nodes"]}["n3"]
+                assert row["pid"] == 1, row
+                _signal_group(current, signal.SIGKILL)
+                time.sleep(random.uniform(NODE_TIMEOUT_S - 2.0, NODE_TIMEOUT_S - 0.5))
+                current = _pidns_daemon(workdir, dsn, i).start()
+                with current.client() as c:
+                    job = c.call("job.submit", command=["sh", "-c", "sleep 600"], retries=0)["id"]
+                    wait_running(c, job)
+                    # Longer than the sweep's period and the node timeout: whatever sweep
+                    # was due has run by then.
+                    time.sleep(NODE_TIMEOUT_S + 1.0)
+                    assert c.call("job.get", id=job)["status"] == "running"
+                log = current.log()
+                for bad in ("administrator command", "half the node timeout", "heartbeat failed"):
+                    assert bad not in log, f"round {i}: the new n3 lost its sessions:\n{log}"
+        finally:
+            if current is not None and current.proc is not None:
+                _signal_group(current, signal.SIGTERM)
+            try:
+                cl.close()
+            finally:
+                kill_leftovers(f"{dsn}#n3")
+                cleanup(workdir)

@@ -1,0 +1,89 @@
+"""Hostile review of the PostgreSQL dead-node sweep at store level: whose sessions it ends
+(named by application_name), and what its lock timeout leaves behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import psycopg
+
+from hero_procd.store import Store
+from tests.pg import pg_schema, pg_test_dsn
+
+TIMEOUT_S = 3.0
+
+
+async def _backends(app: str) -> set[int]:
+    """The server pids of the sessions named `app`."""
+    async with await psycopg.AsyncConnection.connect(pg_test_dsn(), autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+        )
+        return {int(r[0]) for r in await cur.fetchall()}
+
+
+async def _age(dsn_store: Store, node: str, by_s: float) -> None:
+    """Make `node`'s heartbeat `by_s` older (as if it had stopped beating that long ago)."""
+
+    def unit(conn: Any) -> None:
+        conn.execute(
+            "UPDATE nodes SET heartbeat_at = heartbeat_at - ? WHERE name = ?", (by_s, node)
+        )
+
+    await dsn_store.pool.write(unit)
+
+
+async def _touch(store: Store) -> None:
+    """Use every kind of session a daemon has: writer, side connection, a reader."""
+    await store.pool.write(lambda c: c.execute("SELECT 1").fetchone())
+    await store.pool.side_write("SELECT 1")
+    await store.pool.fetch_one("SELECT 1")
+
+
+def test_the_sweep_ends_the_dead_daemons_sessions_not_those_of_its_successor() -> None:
+    """A daemon ran as n3 (this process's pid: a container's pid 1 is every daemon's) and
+    hangs with its sessions open; its row goes stale. A new daemon starts as n3 with the
+    same pid and has opened its sessions, not yet claimed the row (or claims it while the
+    sweep runs). The sweep (and the reader-side end of stale sessions) end the hung
+    daemon's sessions, and not one of the new daemon's."""
+
+    async def body(dsn: str) -> None:
+        sweeper = await Store.open(dsn, readers=1, node="n1", node_timeout_s=TIMEOUT_S)
+        old = await Store.open(dsn, readers=1, node="n3", node_timeout_s=TIMEOUT_S)
+        new: Store | None = None
+        try:
+            assert await sweeper.nodes.claim("v", os.getpid(), None)
+            assert await old.nodes.claim("v", os.getpid(), None)
+            await _touch(old)
+            old_app = old.pool.app  # type: ignore[attr-defined]
+            old_backends = await _backends(old_app)
+            assert len(old_backends) == 3, old_backends
+            await _age(sweeper, "n3", TIMEOUT_S + 5)
+
+            new = await Store.open(dsn, readers=1, node="n3", node_timeout_s=TIMEOUT_S)
+            await _touch(new)
+            new_app = new.pool.app  # type: ignore[attr-defined]
+            new_backends = await _backends(new_app) - old_backends
+            assert len(new_backends) == 3, new_backends
+
+            ended = await sweeper.nodes.end_stale_sessions(TIMEOUT_S)
+            dead = await sweeper.nodes.sweep(TIMEOUT_S)
+            assert dead.nodes == ["n3"]
+            assert not await _backends(old_app) & old_backends
+            left = await _backends(new_app)
+            assert left == new_backends, f"the new daemon's sessions ended: {new_backends - left}"
+            assert ended + dead.sessions == 3, (ended, dead.sessions)
+            # The new daemon takes the name over from what it saw, and writes on.
+            (row,) = [n for n in await new.nodes.list(TIMEOUT_S) if n.name == "n3"]
+            assert await new.nodes.claim("v", os.getpid(), (row.pid, row.started_at))
+            assert await new.nodes.heartbeat()
+            assert await new.pool.write(lambda c: c.execute("SELECT 2").fetchone()[0]) == 2
+        finally:
+            for store in (sweeper, old, new):
+                if store is not None:
+                    await store.close()
+
+    with pg_schema("rev") as dsn:
+        asyncio.run(body(dsn))
