@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from hero_procd.errors import HeroError
 from hero_procd.store import Store
 from tests.pg import pg_schema, pg_test_dsn
 
@@ -84,6 +85,50 @@ def test_the_sweep_ends_the_dead_daemons_sessions_not_those_of_its_successor() -
             for store in (sweeper, old, new):
                 if store is not None:
                     await store.close()
+
+    with pg_schema("rev") as dsn:
+        asyncio.run(body(dsn))
+
+
+def test_a_sweep_failed_by_its_lock_timeout_leaves_no_lock_timeout_and_settles_later() -> None:
+    """A session the sweep cannot end (not named for the dead node) holds the dead node's
+    row: the sweep fails by its lock timeout, alone — the units queued with it in the same
+    group are written, those after it and every later write run without its lock timeout —
+    and once the row is let go the next sweep declares the node dead."""
+
+    async def body(dsn: str) -> None:
+        sweeper = await Store.open(dsn, readers=1, node="n1", node_timeout_s=TIMEOUT_S)
+        dead = await Store.open(dsn, readers=1, node="n3", node_timeout_s=TIMEOUT_S)
+        blocker = await psycopg.AsyncConnection.connect(dsn.split("?")[0])
+        try:
+            assert await sweeper.nodes.claim("v", os.getpid(), None)
+            assert await dead.nodes.claim("v", os.getpid(), None)
+            await dead.close()
+            await _age(sweeper, "n3", TIMEOUT_S + 5)
+            schema = dsn.rsplit("schema=", 1)[1]
+            locked = f'SELECT 1 FROM "{schema}".nodes WHERE name = %s FOR UPDATE'
+            await blocker.execute(locked, ("n3",))
+
+            def setting(conn: Any) -> str:
+                return str(conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0])
+
+            groups = sweeper.pool.writer.groups
+            before, swept, after = await asyncio.gather(
+                sweeper.pool.write(setting),
+                sweeper.nodes.sweep(TIMEOUT_S),
+                sweeper.pool.write(setting),
+                return_exceptions=True,
+            )
+            assert isinstance(swept, HeroError) and "lock timeout" in str(swept), swept
+            assert before == after == "0", (before, after, sweeper.pool.writer.groups - groups)
+            assert await sweeper.pool.write(setting) == "0"
+            await blocker.rollback()
+            dead_nodes = await sweeper.nodes.sweep(TIMEOUT_S)
+            assert dead_nodes.nodes == ["n3"]
+            assert await sweeper.pool.write(setting) == "0"
+        finally:
+            await blocker.close()
+            await sweeper.close()
 
     with pg_schema("rev") as dsn:
         asyncio.run(body(dsn))
