@@ -132,3 +132,53 @@ def test_a_sweep_failed_by_its_lock_timeout_leaves_no_lock_timeout_and_settles_l
 
     with pg_schema("rev") as dsn:
         asyncio.run(body(dsn))
+
+
+def test_a_first_start_that_dies_before_its_key_commits_leaves_the_key_to_the_other() -> None:
+    """Two first starts on a fresh database: the first's key insert is in, uncommitted,
+    when its daemon dies (its session ends); the second, whose insert waited for it,
+    records its own key and unlocks — then a restart of the first with its own key file is
+    refused naming that file, and a restart with the recorded key unlocks."""
+    from pathlib import Path
+
+    from hero_procd.model import now
+    from hero_procd.secretbox import KeyFileError, SecretBox
+
+    async def body(dsn: str) -> None:
+        first_key, second_key = os.urandom(32), os.urandom(32)
+        second = await Store.open(dsn, readers=1, node="n2", node_timeout_s=TIMEOUT_S)
+        schema = dsn.rsplit("schema=", 1)[1]
+        dying = await psycopg.AsyncConnection.connect(dsn.split("?")[0])
+        try:
+            token = SecretBox(first_key, Path("/keys/n1")).check_token()
+            await dying.execute(
+                f'INSERT INTO "{schema}".secrets_key (id, check_token, created_at) '
+                "VALUES (1, %s, %s)",
+                (token, now()),
+            )
+            unlock = asyncio.create_task(
+                second.secrets.unlock(SecretBox(second_key, Path("/keys/n2")))
+            )
+            await asyncio.sleep(0.5)
+            assert not unlock.done(), "the second's insert waits for the first's"
+            await dying.close()  # the first daemon dies: its transaction is undone
+            unlocked = await asyncio.wait_for(unlock, 10)
+            assert unlocked.first_key
+            again = await Store.open(dsn, readers=1, node="n1", node_timeout_s=TIMEOUT_S)
+            try:
+                try:
+                    await again.secrets.unlock(SecretBox(first_key, Path("/keys/n1")))
+                except KeyFileError as exc:
+                    assert "/keys/n1" in str(exc) and "is not the key" in str(exc), str(exc)
+                else:
+                    raise AssertionError("the first's key was accepted")
+                done = await again.secrets.unlock(SecretBox(second_key, Path("/keys/n1")))
+                assert not done.first_key
+            finally:
+                await again.close()
+        finally:
+            await dying.close()
+            await second.close()
+
+    with pg_schema("rev") as dsn:
+        asyncio.run(body(dsn))
