@@ -182,3 +182,28 @@ def test_a_first_start_that_dies_before_its_key_commits_leaves_the_key_to_the_ot
 
     with pg_schema("rev") as dsn:
         asyncio.run(body(dsn))
+
+
+def test_session_names_are_what_the_server_keeps_and_differ_across_schemas() -> None:
+    """A node name of 60 non-ASCII characters in a 53-byte schema: the name the server keeps
+    (63 bytes, non-ASCII replaced) is the one the sweep looks for; the same node name and
+    pid in another schema's cluster is named otherwise."""
+    from hero_procd.store.nodes import session_name
+
+    node = "nœud-" + "é" * 55
+
+    async def body(dsn: str) -> str:
+        store = await Store.open(dsn, readers=1, node=node, node_timeout_s=TIMEOUT_S)
+        try:
+            app = str(store.pool.app)  # type: ignore[attr-defined]
+            await _touch(store)
+            assert len(await _backends(app)) == 3, app
+            return app
+        finally:
+            await store.close()
+
+    with pg_schema("r" * 40) as one, pg_schema("r" * 40) as two:
+        apps = [asyncio.run(body(one)), asyncio.run(body(two))]
+    assert apps[0] != apps[1] and all(len(a.encode()) == 63 for a in apps), apps
+    assert session_name("a", "n1", 1, 1.0) != session_name("b", "n1", 1, 1.0)
+    assert session_name("a", "n1", 1, 1.0) != session_name("a", "n1", 1, 2.0)
