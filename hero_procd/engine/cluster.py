@@ -12,7 +12,9 @@
   sweeper at a time: an advisory lock on PostgreSQL). On PostgreSQL it first ends
   the dead daemon's sessions (named by application_name): one cut off in the middle
   of a statement stream holds its row locks on the server for as long as the
-  half-open connection lasts, and no idle timeout ends an active session.
+  half-open connection lasts, and no idle timeout ends an active session. Every
+  live node also ends those sessions once a heartbeat on a reader, apart from its
+  writer: a unit of its own may be waiting for those locks, with the sweep behind it.
 - Wake-ups (PostgreSQL): NOTIFY from the other nodes' units wakes the
   dispatcher (jobs queued), the waiters (jobs ended) and the cancels (a job of
   ours asked to stop through another node); a once-a-second look covers a
@@ -114,6 +116,7 @@ class Node:
             # none, and a slow disk must not stop its jobs.
             self._tasks.append(loop.create_task(self._lease_loop(), name="node-lease"))
             self._tasks.append(loop.create_task(self._sweep_loop(), name="node-sweep"))
+            self._tasks.append(loop.create_task(self._end_stale_loop(), name="node-end-stale"))
             self._tasks.append(loop.create_task(self._poll_loop(), name="node-poll"))
             self._tasks.append(
                 loop.create_task(self.store.listen(self._on_message), name="node-listen")
@@ -211,6 +214,23 @@ class Node:
                 )
                 self.app.jobs.notify(dead.settled.done)
                 self.app.jobs.wake()
+
+    async def _end_stale_loop(self) -> None:
+        # Apart from the sweep, which is a unit of this node's writer: a unit queued before
+        # it may wait for a lock a stale node's session holds (cut off mid-statement, it
+        # never lets go), and only ending that session lets the writer, and the sweep, on.
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.lease_lost:
+                continue
+            try:
+                ended = await self.store.nodes.end_stale_sessions(self.timeout_s)
+            except HeroError as exc:
+                log.warning("ending stale nodes' sessions failed", extra={"error": str(exc)})
+                continue
+            if ended:
+                log.warning("ended the database sessions of nodes about to be declared dead",
+                            extra={"sessions_ended": ended})  # fmt: skip
 
     async def _poll_loop(self) -> None:
         while True:

@@ -13,7 +13,7 @@ from typing import Any
 
 from hero_procd.config import default_node
 from hero_procd.errors import InvalidParams, NotFound
-from hero_procd.model import JobRequest, check_run_graph
+from hero_procd.model import JobRequest, check_run_graph, now
 from hero_procd.store import jobs as jobs_sql
 from hero_procd.store.actions import ActionsApi, actions_by_name
 from hero_procd.store.groups import GroupsApi
@@ -75,7 +75,9 @@ class BatchResult:
 class Store:
     """The database and its sub-APIs."""
 
-    def __init__(self, pool: DbPool, node: str | None = None) -> None:
+    def __init__(
+        self, pool: DbPool, node: str | None = None, started_at: float | None = None
+    ) -> None:
         node = node or default_node()
         self.pool = pool
         self.backend = pool.backend
@@ -88,7 +90,7 @@ class Store:
         self.groups = GroupsApi(pool)
         self.secrets = SecretsApi(pool)
         self.schedules = SchedulesApi(pool)
-        self.nodes = NodesApi(pool, node)
+        self.nodes = NodesApi(pool, node, started_at)
         self.stacks = StacksApi(pool, node)
 
     @classmethod
@@ -106,8 +108,11 @@ class Store:
 
             # A node cut off mid-transaction loses its session (and locks) within its lease.
             idle_tx_s = max(1.0, node_timeout_s / 2)
-            pool = await PgPool.open(str(db), readers, idle_tx_s, node or default_node())
-            return cls(pool, node)
+            # This daemon's start: its row's started_at, which names its sessions.
+            started_at = now()
+            name = node or default_node()
+            pool = await PgPool.open(str(db), readers, idle_tx_s, name, started_at)
+            return cls(pool, node, started_at)
         return cls(await Pool.open(Path(db), readers), node)
 
     async def close(self) -> None:

@@ -30,11 +30,14 @@ log = logging.getLogger(__name__)
 END_SESSION_WAIT_MS = 2000
 
 
-def session_name(schema: str, node: str, pid: int) -> str:
+def session_name(schema: str, node: str, pid: int, started_at: float) -> str:
     """The application_name of every PostgreSQL session of daemon `pid` as `node` on
-    `schema`: what the sweep ends the sessions of a dead node by. The hash of all three
-    leads (the server keeps 63 bytes, and other schemas' clusters have their n1 too)."""
-    tag = hashlib.blake2s(f"{schema}\0{node}\0{pid}".encode(), digest_size=5).hexdigest()
+    `schema`, started at `started_at` (its row's): what the sweep ends the sessions of a
+    dead node by. The hash of all four leads (the server keeps 63 bytes, other schemas'
+    clusters have their n1 too, and a daemon restarted as the same node may have the same
+    pid — pid 1 in a container — while the sweep of the one it replaces is under way)."""
+    key = f"{schema}\0{node}\0{pid}\0{started_at:.6f}"
+    tag = hashlib.blake2s(key.encode(), digest_size=5).hexdigest()
     readable = "".join(c if " " <= c <= "~" else "?" for c in f"{node}@{schema}")
     return f"hero-procd {tag} {readable}"[:63]
 
@@ -81,9 +84,12 @@ class DeadNodes:
 class NodesApi:
     """Reads and writes of `nodes`."""
 
-    def __init__(self, pool: DbPool, node: str) -> None:
+    def __init__(self, pool: DbPool, node: str, started_at: float | None = None) -> None:
         self.pool = pool
         self.node = node
+        # When this daemon opened the store: its first claim's started_at, which names its
+        # PostgreSQL sessions (session_name) before it has a row.
+        self.born = now() if started_at is None else started_at
         # Who holds the name: this daemon, once `claim` succeeded (every later write checks).
         self.pid = -1
         self.started_at = -1.0
@@ -92,7 +98,7 @@ class NodesApi:
         """Take this node's name as this daemon (`pid`, a new started_at), unless its row
         changed since it was `seen` ((pid, started_at); None: there was no row). False:
         another daemon took the name meanwhile, and nothing was written."""
-        started = now()
+        started = self.born if self.started_at < 0 else now()
         seen_pid, seen_started = seen if seen is not None else (-1, -1.0)  # -1: matches no row
         params = {
             "name": self.node,
@@ -167,7 +173,7 @@ class NodesApi:
                 if not stale:
                     conn.execute("SET LOCAL lock_timeout TO DEFAULT")
                     return DeadNodes([], 0, 0, Settled([], []))
-                ended = _end_sessions(conn, [(r[0], r[1]) for r in stale])
+                ended = _end_sessions(conn, [(r[0], r[1], r[2]) for r in stale])
             names = [r[0] for r in conn.execute(Q["node_mark_dead"], params).fetchall()]
             jobs: list[Any] = []
             for name in names:
@@ -182,8 +188,26 @@ class NodesApi:
 
         return await self.pool.write(unit)
 
+    async def end_stale_sessions(self, timeout_s: float) -> int:
+        """End the PostgreSQL sessions of the nodes the next sweep will declare dead, on a
+        reader: not queued behind this node's writer, whose units may wait for the very
+        locks those sessions hold (a job of theirs cancelled through this node) — the
+        sweep, a unit of that writer, would then never run. How many ended (SQLite: 0)."""
+        if self.pool.backend != "postgresql":
+            return 0
+        params = {"now": now(), "timeout": timeout_s, "name": self.node}
+        stale = await self.pool.fetch_all(Q["node_stale"], params)
+        schema = str(getattr(self.pool, "schema", ""))
+        apps = [session_name(schema, r[0], r[1], r[2]) for r in stale if r[1] is not None]
+        if not apps:
+            return 0
+        row = await self.pool.fetch_one(
+            Q["node_end_sessions_pg"], {"apps": apps, "wait_ms": END_SESSION_WAIT_MS}
+        )
+        return int(row[0]) if row is not None else 0
 
-def _end_sessions(conn: Conn, dead: list[tuple[str, int | None]]) -> int:
+
+def _end_sessions(conn: Conn, dead: list[tuple[str, int | None, float]]) -> int:
     """End the PostgreSQL sessions of daemons about to be declared dead; how many.
 
     A daemon cut off by the network in the middle of a statement stream (a pipelined
@@ -197,7 +221,7 @@ def _end_sessions(conn: Conn, dead: list[tuple[str, int | None]]) -> int:
     timeout then bounds the wait.
     """
     schema = str(conn.execute("SELECT current_schema()").fetchone()[0])
-    apps = [session_name(schema, name, pid) for name, pid in dead if pid is not None]
+    apps = [session_name(schema, name, pid, at) for name, pid, at in dead if pid is not None]
     if not apps:
         return 0
     conn.execute("SAVEPOINT end_sessions")
@@ -211,7 +235,7 @@ def _end_sessions(conn: Conn, dead: list[tuple[str, int | None]]) -> int:
         log.warning(
             "could not end the sessions of dead nodes (their locks are held until the "
             "server drops them)",
-            extra={"nodes": [n for n, _ in dead], "error": str(exc).strip()},
+            extra={"nodes": [n for n, _, _ in dead], "error": str(exc).strip()},
         )
         return 0
     conn.execute("RELEASE end_sessions")

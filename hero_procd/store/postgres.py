@@ -450,11 +450,13 @@ class PgPool:
         readers: int = 4,
         idle_tx_s: float = DEFAULT_IDLE_TX_S,
         node: str = "",
+        started_at: float = 0.0,
     ) -> PgPool:
         """Connect, migrate (once across nodes), and start the writer. Every session is
-        named for this daemon as `node` (session_name)."""
+        named for this daemon as `node`, started at `started_at` (session_name)."""
         plain, schema = split_dsn(dsn)
-        writer = PgWriter(plain, schema, session_name(schema, node, os.getpid()), idle_tx_s)
+        app = session_name(schema, node, os.getpid(), started_at)
+        writer = PgWriter(plain, schema, app, idle_tx_s)
         try:
             await writer.open()
         except BaseException:

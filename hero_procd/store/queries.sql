@@ -660,7 +660,8 @@ RETURNING name
 -- node_stale --
 -- The live nodes (other than the sweeper) whose heartbeat is too old: about to be declared
 -- dead (read without a lock: a cut-off node's session may hold its row's).
-SELECT name, pid FROM nodes WHERE state = 'alive' AND name != :name AND heartbeat_at < :now - :timeout
+SELECT name, pid, started_at FROM nodes
+WHERE state = 'alive' AND name != :name AND heartbeat_at < :now - :timeout
 
 -- job_running_of_node --
 -- The attempts a node runs.

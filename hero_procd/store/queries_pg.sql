@@ -92,5 +92,5 @@ RETURNING name
 -- node_stale --
 -- The live nodes (other than the sweeper) whose heartbeat is too old: about to be declared
 -- dead (read without a lock: a cut-off node's session may hold its row's).
-SELECT name, pid FROM nodes WHERE state = 'alive' AND name != :name
+SELECT name, pid, started_at FROM nodes WHERE state = 'alive' AND name != :name
   AND heartbeat_at < extract(epoch from clock_timestamp()) - :timeout
