@@ -1,0 +1,194 @@
+"""A review's attacks on the executor's batched writes (finish_many, pids riding with the
+ends, shared spec objects), on the real daemon with real processes.
+
+Many attempts are held at a gate and released together, so their ends arrive in the same
+loop steps and are written as one unit; cancels, dedup-key retries, dependents and
+`job.wait` calls race those ends. Every round asserts outcomes (one per job, each attempt
+run once, waits answered with the committed end), never that nothing happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hero_procd.client import Client
+from hero_procd.errors import InvalidState
+from integration.daemon_proc import DaemonProcess
+from integration.helpers import finish, wait_for
+from tests.pg import pg_schema
+
+TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost", "skipped")
+
+
+def _gated(gate: Path, starts: Path, tail: str) -> str:
+    """A script that records its attempt (job id, attempt, a spec env var), waits for the
+    gate, then runs `tail`."""
+    return (
+        f'echo "$HERO_PROC_JOB_ID $HERO_PROC_ATTEMPT $SHARED" >> {starts}; '
+        f"while [ ! -e {gate} ]; do sleep 0.005; done; {tail}"
+    )
+
+
+def _running(c: Client, ids: list[int]) -> bool | None:
+    jobs = [c.call("job.get", id=i) for i in ids]
+    return True if all(j["status"] == "running" and j["pid"] for j in jobs) else None
+
+
+def _one_round(
+    c: Client, sock: Path, tmp: Path, rng: random.Random, n: int
+) -> dict[str, int]:
+    gate = tmp / f"gate{n}"
+    starts = tmp / f"starts{n}"
+    # One spec text for all the plain jobs: the claim gives them one shared spec object.
+    # Attempt 1 fails, attempt 2 succeeds.
+    shared = {
+        "script": _gated(gate, starts, '[ "$HERO_PROC_ATTEMPT" -ge 2 ]'),
+        "retries": 1,
+        "retry_delay_s": 0,
+        "env": {"SHARED": f"s{n}"},
+    }
+    plain = c.call("job.submit_batch", jobs=[dict(shared) for _ in range(16)])["submitted"]
+    # Two pairs of attempts holding one dedup key each (the second submitted once the
+    # first runs: a dedup key is held by queued jobs only).
+    pairs: list[tuple[int, int]] = []
+    for k in range(2):
+        key = f"k{n}-{k}"
+        first = c.call("job.submit", **shared, dedup_key=key)["id"]
+        wait_for(lambda first=first: _running(c, [first]), "the pair's first to run")
+        second = c.call("job.submit", **shared, dedup_key=key)["id"]
+        assert second != first
+        pairs.append((first, second))
+    # A run: gated parents ending together, half failing; each with a dependent.
+    run_jobs: list[dict[str, Any]] = []
+    for k in range(8):
+        run_jobs.append({"key": f"p{k}", "script": _gated(gate, starts, f"exit {k % 2}"),
+                         "env": {"SHARED": f"s{n}"}})  # fmt: skip
+        run_jobs.append({"key": f"d{k}", "command": ["true"], "depends_on": [f"p{k}"]})
+    run = c.call("run.submit", name=f"r{n}", jobs=run_jobs)
+    parents = [run["jobs"][f"p{k}"] for k in range(8)]
+    gated = [*plain, *(j for p in pairs for j in p), *parents]
+    wait_for(lambda: _running(c, gated), "every gated job to run", 30)
+
+    # job.wait on every gated job, from threads, before the gate opens.
+    waited: dict[int, dict[str, Any]] = {}
+
+    def waiter(ids: list[int]) -> None:
+        with Client(sock, timeout=60) as wc:
+            for job_id in ids:
+                waited[job_id] = wc.call("job.wait", id=job_id, timeout_s=40)
+
+    threads = [threading.Thread(target=waiter, args=(gated[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    # Cancels racing the ends: 5 of the plain jobs, around the gate's opening.
+    victims = rng.sample(plain, 5)
+    answers: dict[int, str] = {}
+    attempt_then: dict[int, int] = {}  # the job's attempt read right after the answer
+
+    def canceller() -> None:
+        with Client(sock, timeout=60) as cc:
+            for job_id in victims:
+                time.sleep(rng.uniform(0.0, 0.02))
+                try:
+                    answers[job_id] = cc.call("job.cancel", id=job_id)["result"]
+                    attempt_then[job_id] = cc.call("job.get", id=job_id)["attempt"]
+                except InvalidState:
+                    answers[job_id] = "refused"
+
+    ct = threading.Thread(target=canceller)
+    time.sleep(rng.uniform(0.0, 0.05))
+    ct.start()
+    time.sleep(rng.uniform(0.0, 0.03))
+    gate.touch()
+    ct.join(60)
+    for t in threads:
+        t.join(60)
+    final = {j: finish(c, j, 40) for j in [*gated, *(run["jobs"][f"d{k}"] for k in range(8))]}
+
+    # A wait is answered with the committed end: terminal, and what the job still says.
+    for job_id in gated:
+        got = waited[job_id]
+        assert got["status"] in TERMINAL, got
+        assert (got["status"], got["attempt"]) == (
+            final[job_id]["status"], final[job_id]["attempt"]
+        ) or got["status"] == final[job_id]["status"], (got, final[job_id])  # fmt: skip
+
+    # Each attempt ran once, with its own job id and the shared env.
+    lines = starts.read_text().split()
+    seen: dict[int, list[int]] = {}
+    for i in range(0, len(lines), 3):
+        job_id, attempt, mark = int(lines[i]), int(lines[i + 1]), lines[i + 2]
+        assert mark == f"s{n}"
+        seen.setdefault(job_id, []).append(attempt)
+    for job_id in gated:
+        job = final[job_id]
+        ran = list(range(1, job["attempt"] + 1))
+        if job["status"] == "cancelled" and "before it started" in (job["error"] or ""):
+            ran.pop()  # claimed, cancelled before its process started
+        assert sorted(seen[job_id]) == ran, (job, seen[job_id])
+
+    outcome: dict[str, int] = {}
+    for job_id in plain:
+        job = final[job_id]
+        answer = answers.get(job_id)
+        if answer in ("cancelled", "cancelling"):
+            # The intent is kept; the job is not run again after the answer (at most the
+            # attempt already claimed): it ends cancelled, or with its real outcome.
+            assert job["cancel_requested"] is True, job
+            assert job["status"] in ("cancelled", "failed", "succeeded"), job
+            assert job["attempt"] == attempt_then[job_id], (job, attempt_then[job_id])
+            outcome[f"cancel:{answer}->{job['status']}"] = (
+                outcome.get(f"cancel:{answer}->{job['status']}", 0) + 1
+            )
+        else:
+            assert (job["status"], job["attempt"]) == ("succeeded", 2), (job, answer)
+    for first, second in pairs:
+        a, b = final[first], final[second]
+        superseded = [j for j in (a, b) if j["status"] == "cancelled"]
+        assert len(superseded) <= 1, (a, b)
+        assert all("superseded" in (j["error"] or "") for j in superseded), (a, b)
+        assert any(j["status"] == "succeeded" and j["attempt"] == 2 for j in (a, b)), (a, b)
+        outcome[f"pair:{len(superseded)}"] = outcome.get(f"pair:{len(superseded)}", 0) + 1
+    for k in range(8):
+        p, d = final[parents[k]], final[run["jobs"][f"d{k}"]]
+        assert p["status"] == ("succeeded" if k % 2 == 0 else "failed"), p
+        assert d["status"] == ("succeeded" if k % 2 == 0 else "skipped"), d
+    got_run = wait_for(
+        lambda: (
+            (r := c.call("run.get", id=run["id"]))["status"] not in ("queued", "running") and r
+        )
+        or None,
+        "the run to finish",
+    )
+    assert got_run["status"] == "failed", got_run
+    return outcome
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_ends_released_together_race_cancels_waits_dedup_and_dependents(
+    workdir: Path, tmp_path: Path, backend: str
+) -> None:
+    """34 attempts released at once by a gate (their ends written in batches), x4 rounds
+    with random timing: cancels racing the ends keep their intent and one outcome, every
+    `job.wait` is answered with the committed end, each attempt runs once with its own job
+    id on a shared spec, one of two retries holding a dedup key may be superseded (never
+    both), a failed parent's dependent is skipped and the run settles failed."""
+    rng = random.Random(4242)
+    totals: dict[str, int] = {}
+    with contextlib.ExitStack() as stack:
+        db = None if backend == "sqlite" else stack.enter_context(pg_schema())
+        proc = DaemonProcess(workdir, ["--max-parallel", "64"], db=db, node="n1" if db else None)
+        stack.enter_context(proc)
+        c = stack.enter_context(proc.client(timeout=60))
+        for n in range(4):
+            for key, count in _one_round(c, proc.socket_path, tmp_path, rng, n).items():
+                totals[key] = totals.get(key, 0) + count
+        assert proc.stop() == 0
+    print("outcomes", sorted(totals.items()))
