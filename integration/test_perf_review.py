@@ -10,7 +10,9 @@ run once, waits answered with the committed end), never that nothing happened.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import threading
 import time
 from pathlib import Path
@@ -19,10 +21,13 @@ from typing import Any
 import pytest
 
 from hero_procd.client import Client
-from hero_procd.errors import InvalidState
+from hero_procd.engine.executor import instance_id
+from hero_procd.engine.procs import find_marked
+from hero_procd.errors import HeroError, InvalidState
 from integration.daemon_proc import DaemonProcess
-from integration.helpers import finish, wait_for
+from integration.helpers import finish, group_alive, list_jobs, wait_for, wait_groups_gone
 from tests.pg import pg_schema
+from tests.tmpfs import fill, tiny_tmpfs
 
 TERMINAL = ("succeeded", "failed", "cancelled", "timed_out", "lost", "skipped")
 
@@ -192,3 +197,143 @@ def test_ends_released_together_race_cancels_waits_dedup_and_dependents(
                 totals[key] = totals.get(key, 0) + count
         assert proc.stop() == 0
     print("outcomes", sorted(totals.items()))
+
+
+# -- a full disk while a batch of ends is written -------------------------------------------
+
+
+def test_ends_of_a_batch_written_once_each_after_a_full_disk(tmp_path: Path) -> None:
+    """The database's disk is full when 12 attempts end together (their batch unit fails,
+    then each end is retried alone) and while retries are launched: once space returns,
+    every end is written once (each attempt ran once, the retries ran), the failed
+    parents' dependents are skipped and the run settles failed; nothing stays running."""
+    with tiny_tmpfs(Path(f"/tmp/hpfullrev{os.getpid()}"), "4m") as where:
+        gate = tmp_path / "gate"
+        starts = tmp_path / "starts"
+        proc = DaemonProcess(where, ["--max-parallel", "64"])
+        proc.start()
+        try:
+            with proc.client(timeout=60) as c:
+                spec = {
+                    "script": _gated(gate, starts, '[ "$HERO_PROC_ATTEMPT" -ge 2 ]'),
+                    "retries": 1,
+                    "retry_delay_s": 0,
+                    "env": {"SHARED": "full"},
+                }
+                plain = c.call("job.submit_batch", jobs=[dict(spec) for _ in range(8)])
+                plain_ids = plain["submitted"]
+                run_jobs: list[dict[str, Any]] = []
+                for k in range(4):
+                    run_jobs.append({"key": f"p{k}", "script": _gated(gate, starts, f"exit {k % 2}"),
+                                     "env": {"SHARED": "full"}})  # fmt: skip
+                    run_jobs.append({"key": f"d{k}", "command": ["true"], "depends_on": [f"p{k}"]})
+                run = c.call("run.submit", name="full", jobs=run_jobs)
+                parents = [run["jobs"][f"p{k}"] for k in range(4)]
+                deps = [run["jobs"][f"d{k}"] for k in range(4)]
+                gated = [*plain_ids, *parents]
+                wait_for(lambda: _running(c, gated), "every gated job to run", 30)
+                filler = fill(where)
+                # The disk is full for writes that need a new page: check one is refused.
+                refused = False
+                for _ in range(50):
+                    try:
+                        c.call("job.submit_batch",
+                               jobs=[{"command": ["true"], "tags": ["x" * 200]}] * 2000)  # fmt: skip
+                    except HeroError as exc:
+                        refused = "full" in str(exc)
+                        break
+                assert refused, "no write was refused on a full disk"
+                gate.touch()
+                # The ends cannot be written meanwhile: the jobs stay running in the database.
+                time.sleep(1.0)
+                still = [c.call("job.get", id=j)["status"] for j in gated]
+                filler.unlink()
+                final = {j: finish(c, j, 60) for j in [*gated, *deps]}
+                for job_id in plain_ids:
+                    assert (final[job_id]["status"], final[job_id]["attempt"]) == ("succeeded", 2)
+                for k in range(4):
+                    want = ("succeeded", "succeeded") if k % 2 == 0 else ("failed", "skipped")
+                    got = (final[parents[k]]["status"], final[deps[k]]["status"])
+                    assert got == want, (k, final[parents[k]], final[deps[k]])
+                lines = starts.read_text().split()
+                seen: dict[int, list[int]] = {}
+                for i in range(0, len(lines), 3):
+                    seen.setdefault(int(lines[i]), []).append(int(lines[i + 1]))
+                for job_id in gated:
+                    want_runs = list(range(1, final[job_id]["attempt"] + 1))
+                    assert sorted(seen[job_id]) == want_runs, (final[job_id], seen[job_id])
+                got_run = wait_for(
+                    lambda: (
+                        (r := c.call("run.get", id=run["id"]))["status"]
+                        not in ("queued", "running")
+                        and r
+                    )
+                    or None,
+                    "the run to finish",
+                )
+                assert got_run["status"] == "failed", got_run
+                assert list_jobs(c, status="running") == []
+                print("statuses while full", sorted(set(still)))
+                text = proc.log()
+                print("batch failed", text.count("could not write a batch of ends"),
+                      "retried alone", text.count("could not write a job's end; retrying"),
+                      "pids lost", text.count("could not record jobs' pids"))  # fmt: skip
+            assert proc.stop() == 0
+        finally:
+            proc.stop()
+
+
+# -- kill -9 while launches' pids ride with the ends ----------------------------------------
+
+
+def test_kill_9_with_process_groups_finds_unmarked_jobs_by_their_recorded_pid(
+    workdir: Path,
+) -> None:
+    """Process-group containment, x3 rounds: 6 long jobs that drop the daemon's mark from
+    their environment (`exec env -i`) are launched while 24 short jobs end around them
+    (their pids written in the units of those ends). Each pid is recorded promptly, with the
+    start time the restart checks it by: after kill -9 and a restart, every one of those
+    processes is found by its pid alone and killed, and no job is left running."""
+    rng = random.Random(77)
+    env = {"HERO_PROC_CONTAINMENT": "process-group"}
+    for n in range(3):
+        first = DaemonProcess(workdir, ["--max-parallel", "64"], env=env)
+        first.start()
+        pgids: list[int] = []
+        long_ids: list[int] = []
+        try:
+            with first.client(timeout=60) as c:
+                short = [{"command": ["sleep", f"{rng.uniform(0, 0.05):.3f}"]} for _ in range(24)]
+                hidden = [{"command": ["env", "-i", "sleep", "600"]} for _ in range(6)]
+                mixed = [*short[:12], *hidden, *short[12:]]
+                got = c.call("job.submit_batch", jobs=mixed)["submitted"]
+                long_ids = got[12:18]
+                # Recorded promptly (with the ends being written around them).
+                def recorded() -> list[dict[str, Any]] | None:
+                    js = [c.call("job.get", id=i) for i in long_ids]
+                    return js if all(j["status"] == "running" and j["pid"] for j in js) else None
+
+                jobs = wait_for(recorded, "the long jobs' pids", 10)
+                pgids = [j["pid"] for j in jobs]
+                time.sleep(rng.uniform(0.0, 0.1))
+            first.kill()
+            assert all(group_alive(g) for g in pgids), "process groups outlive the daemon"
+            # Nothing marks them any more: only the recorded pid and start time find them.
+            assert not set(find_marked(instance_id(str(first.db_path)))) & set(pgids)
+            second = DaemonProcess(workdir, ["--max-parallel", "64"], env=env)
+            second.start()
+            try:
+                wait_groups_gone(pgids, 15)
+                with second.client(timeout=60) as c:
+                    for job_id in long_ids:
+                        job = finish(c, job_id)
+                        assert job["status"] == "lost", job
+                    assert list_jobs(c, status="running") == []
+                assert second.stop() == 0
+            finally:
+                second.stop()
+        finally:
+            first.stop()
+            for g in pgids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(g, signal.SIGKILL)
