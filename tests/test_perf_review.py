@@ -125,3 +125,33 @@ def test_pg_a_cancel_while_another_node_writes_the_end_is_not_lost() -> None:
     with pg_schema() as dsn:
         result, status, intent = asyncio.run(main(dsn))
     assert (result, status, intent) == ("cancelled", "cancelled", True), (result, status, intent)
+
+
+def test_pg_a_row_settled_by_another_node_mid_batch_leaves_the_others_written() -> None:
+    """Another node (the dead-node sweep) queues one job of a batch again while this node
+    writes the batch's ends: that end finds its claim gone (None, the sweep's outcome kept)
+    and the other ends are written in the same unit — not a failed unit (an end read as
+    running that no longer matched its guard) retried end by end."""
+
+    async def main(dsn: str) -> tuple[list[str | None], list[tuple[str, int]]]:
+        store = await Store.open(dsn)
+        try:
+            claimed = await _claimed(store, 3, retries=0)
+            ok = AttemptEnd("exited", exit_code=0)
+            (_, _), (b, tb), (_, _) = claimed
+            got = await _while_held(
+                dsn,
+                "UPDATE jobs SET status = 'queued', claim_token = NULL, error = 'swept'"
+                " WHERE id = %s AND claim_token = %s AND status = 'running'",
+                (b, tb),
+                lambda: store.jobs.finish_many([(j, t, ok) for j, t in claimed]),
+            )
+            rows = [await store.jobs.get(j) for j, _ in claimed]
+            return [f.status if f else None for f in got], [(r.status, r.attempt) for r in rows]
+        finally:
+            await store.close()
+
+    with pg_schema() as dsn:
+        statuses, rows = asyncio.run(main(dsn))
+    assert statuses == ["succeeded", None, "succeeded"], statuses
+    assert rows == [("succeeded", 1), ("queued", 1), ("succeeded", 1)], rows
