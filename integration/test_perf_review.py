@@ -76,6 +76,11 @@ def _one_round(
         run_jobs.append({"key": f"p{k}", "script": _gated(gate, starts, f"exit {k % 2}"),
                          "env": {"SHARED": f"s{n}"}})  # fmt: skip
         run_jobs.append({"key": f"d{k}", "command": ["true"], "depends_on": [f"p{k}"]})
+    # Fan-in: one dependent of the parents that succeed, one of all of them.
+    run_jobs.append({"key": "even", "command": ["true"],
+                     "depends_on": [f"p{k}" for k in range(0, 8, 2)]})  # fmt: skip
+    run_jobs.append({"key": "all", "command": ["true"],
+                     "depends_on": [f"p{k}" for k in range(8)]})  # fmt: skip
     run = c.call("run.submit", name=f"r{n}", jobs=run_jobs)
     parents = [run["jobs"][f"p{k}"] for k in range(8)]
     gated = [*plain, *(j for p in pairs for j in p), *parents]
@@ -115,7 +120,10 @@ def _one_round(
     ct.join(60)
     for t in threads:
         t.join(60)
-    final = {j: finish(c, j, 40) for j in [*gated, *(run["jobs"][f"d{k}"] for k in range(8))]}
+    dependents = [*(run["jobs"][f"d{k}"] for k in range(8)), run["jobs"]["even"], run["jobs"]["all"]]
+    final = {j: finish(c, j, 40) for j in [*gated, *dependents]}
+    assert final[run["jobs"]["even"]]["status"] == "succeeded", final[run["jobs"]["even"]]
+    assert final[run["jobs"]["all"]]["status"] == "skipped", final[run["jobs"]["all"]]
 
     # A wait is answered with the committed end: terminal, and what the job still says.
     for job_id in gated:
