@@ -10,6 +10,7 @@ run once, waits answered with the committed end), never that nothing happened.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import signal
@@ -46,14 +47,12 @@ def _running(c: Client, ids: list[int]) -> bool | None:
     return True if all(j["status"] == "running" and j["pid"] for j in jobs) else None
 
 
-def _one_round(
-    c: Client, sock: Path, tmp: Path, rng: random.Random, n: int
-) -> dict[str, int]:
+def _one_round(c: Client, sock: Path, tmp: Path, rng: random.Random, n: int) -> dict[str, int]:
     gate = tmp / f"gate{n}"
     starts = tmp / f"starts{n}"
     # One spec text for all the plain jobs: the claim gives them one shared spec object.
     # Attempt 1 fails, attempt 2 succeeds.
-    shared = {
+    shared: dict[str, Any] = {
         "script": _gated(gate, starts, '[ "$HERO_PROC_ATTEMPT" -ge 2 ]'),
         "retries": 1,
         "retry_delay_s": 0,
@@ -65,9 +64,9 @@ def _one_round(
     pairs: list[tuple[int, int]] = []
     for k in range(2):
         key = f"k{n}-{k}"
-        first = c.call("job.submit", **shared, dedup_key=key)["id"]
-        wait_for(lambda first=first: _running(c, [first]), "the pair's first to run")
-        second = c.call("job.submit", **shared, dedup_key=key)["id"]
+        first: int = c.call("job.submit", {**shared, "dedup_key": key})["id"]
+        wait_for(functools.partial(_running, c, [first]), "the pair's first to run")
+        second: int = c.call("job.submit", {**shared, "dedup_key": key})["id"]
         assert second != first
         pairs.append((first, second))
     # A run: gated parents ending together, half failing; each with a dependent.
@@ -120,7 +119,8 @@ def _one_round(
     ct.join(60)
     for t in threads:
         t.join(60)
-    dependents = [*(run["jobs"][f"d{k}"] for k in range(8)), run["jobs"]["even"], run["jobs"]["all"]]
+    dependents = [run["jobs"][f"d{k}"] for k in range(8)]
+    dependents += [run["jobs"]["even"], run["jobs"]["all"]]
     final = {j: finish(c, j, 40) for j in [*gated, *dependents]}
     assert final[run["jobs"]["even"]]["status"] == "succeeded", final[run["jobs"]["even"]]
     assert final[run["jobs"]["all"]]["status"] == "skipped", final[run["jobs"]["all"]]
@@ -175,9 +175,9 @@ def _one_round(
         assert d["status"] == ("succeeded" if k % 2 == 0 else "skipped"), d
     got_run = wait_for(
         lambda: (
-            (r := c.call("run.get", id=run["id"]))["status"] not in ("queued", "running") and r
-        )
-        or None,
+            ((r := c.call("run.get", id=run["id"]))["status"] not in ("queued", "running") and r)
+            or None
+        ),
         "the run to finish",
     )
     assert got_run["status"] == "failed", got_run
@@ -232,8 +232,8 @@ def test_ends_of_a_batch_written_once_each_after_a_full_disk(tmp_path: Path) -> 
                 plain_ids = plain["submitted"]
                 run_jobs: list[dict[str, Any]] = []
                 for k in range(4):
-                    run_jobs.append({"key": f"p{k}", "script": _gated(gate, starts, f"exit {k % 2}"),
-                                     "env": {"SHARED": "full"}})  # fmt: skip
+                    script = _gated(gate, starts, f"exit {k % 2}")
+                    run_jobs.append({"key": f"p{k}", "script": script, "env": {"SHARED": "full"}})
                     run_jobs.append({"key": f"d{k}", "command": ["true"], "depends_on": [f"p{k}"]})
                 run = c.call("run.submit", name="full", jobs=run_jobs)
                 parents = [run["jobs"][f"p{k}"] for k in range(4)]
@@ -245,8 +245,8 @@ def test_ends_of_a_batch_written_once_each_after_a_full_disk(tmp_path: Path) -> 
                 refused = False
                 for _ in range(50):
                     try:
-                        c.call("job.submit_batch",
-                               jobs=[{"command": ["true"], "tags": ["x" * 200]}] * 2000)  # fmt: skip
+                        big = [{"command": ["true"], "tags": ["x" * 200]}] * 2000
+                        c.call("job.submit_batch", jobs=big)
                     except HeroError as exc:
                         refused = "full" in str(exc)
                         break
@@ -272,11 +272,13 @@ def test_ends_of_a_batch_written_once_each_after_a_full_disk(tmp_path: Path) -> 
                     assert sorted(seen[job_id]) == want_runs, (final[job_id], seen[job_id])
                 got_run = wait_for(
                     lambda: (
-                        (r := c.call("run.get", id=run["id"]))["status"]
-                        not in ("queued", "running")
-                        and r
-                    )
-                    or None,
+                        (
+                            (r := c.call("run.get", id=run["id"]))["status"]
+                            not in ("queued", "running")
+                            and r
+                        )
+                        or None
+                    ),
                     "the run to finish",
                 )
                 assert got_run["status"] == "failed", got_run
@@ -304,7 +306,7 @@ def test_kill_9_with_process_groups_finds_unmarked_jobs_by_their_recorded_pid(
     processes is found by its pid alone and killed, and no job is left running."""
     rng = random.Random(77)
     env = {"HERO_PROC_CONTAINMENT": "process-group"}
-    for n in range(3):
+    for _ in range(3):
         first = DaemonProcess(workdir, ["--max-parallel", "64"], env=env)
         first.start()
         pgids: list[int] = []
@@ -316,9 +318,10 @@ def test_kill_9_with_process_groups_finds_unmarked_jobs_by_their_recorded_pid(
                 mixed = [*short[:12], *hidden, *short[12:]]
                 got = c.call("job.submit_batch", jobs=mixed)["submitted"]
                 long_ids = got[12:18]
+
                 # Recorded promptly (with the ends being written around them).
-                def recorded() -> list[dict[str, Any]] | None:
-                    js = [c.call("job.get", id=i) for i in long_ids]
+                def recorded(ids: list[int] = long_ids) -> list[dict[str, Any]] | None:
+                    js = [c.call("job.get", id=i) for i in ids]
                     return js if all(j["status"] == "running" and j["pid"] for j in js) else None
 
                 jobs = wait_for(recorded, "the long jobs' pids", 10)

@@ -32,7 +32,8 @@ async def _claimed(store: Store, n: int, retries: int = 2) -> list[tuple[int, st
     """n running attempts (job id, token), each job with `retries` left."""
     out: list[tuple[int, str]] = []
     for i in range(n):
-        job_id = await store.jobs.submit(JobRequest(spec=CommandSpec(command=["x"], retries=retries)))
+        spec = CommandSpec(command=["x"], retries=retries)
+        job_id = await store.jobs.submit(JobRequest(spec=spec))
         (claimed,) = await store.jobs.claim(1, f"tok{i}", GroupRoom(set(), {}), 0.0)
         assert claimed.id == job_id
         out.append((job_id, claimed.token))
