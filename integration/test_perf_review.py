@@ -42,6 +42,13 @@ def _gated(gate: Path, starts: Path, tail: str) -> str:
     )
 
 
+def _comm(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def _running(c: Client, ids: list[int]) -> bool | None:
     jobs = [c.call("job.get", id=i) for i in ids]
     return True if all(j["status"] == "running" and j["pid"] for j in jobs) else None
@@ -322,9 +329,11 @@ def test_kill_9_with_process_groups_finds_unmarked_jobs_by_their_recorded_pid(
                 # Recorded promptly (with the ends being written around them).
                 def recorded(ids: list[int] = long_ids) -> list[dict[str, Any]] | None:
                     js = [c.call("job.get", id=i) for i in ids]
-                    return js if all(j["status"] == "running" and j["pid"] for j in js) else None
+                    ok = all(j["status"] == "running" and j["pid"] for j in js)
+                    # ... and `env -i` has exec'd sleep (its mark gone from /proc/PID/environ).
+                    return js if ok and all(_comm(j["pid"]) == "sleep" for j in js) else None
 
-                jobs = wait_for(recorded, "the long jobs' pids", 10)
+                jobs = wait_for(recorded, "the long jobs' pids")
                 pgids = [j["pid"] for j in jobs]
                 time.sleep(rng.uniform(0.0, 0.1))
             first.kill()
