@@ -367,26 +367,29 @@ def test_pg_a_wait_woken_by_an_end_too_big_to_name_keeps_waiting(workdir: Path) 
     NOTIFYs 'done:*', which wakes every waiter to look again: a `job.wait` on a job still
     running must go on waiting, not answer with the running job."""
     gate = workdir / "gate"
-    with pg_schema() as dsn, DaemonProcess(workdir, db=dsn, node="n1") as proc:
-        with proc.client(timeout=60) as c:
-            jobs: list[dict[str, Any]] = [
-                {"key": "root", "script": f"while [ ! -e {gate} ]; do sleep 0.01; done; exit 1"}
-            ]
-            jobs += [{"key": f"d{i}", "command": ["true"], "depends_on": ["root"]}
-                     for i in range(2000)]  # fmt: skip
-            run = c.call("run.submit", name="wide", jobs=jobs)
-            other = c.call("job.submit", script="sleep 6")["id"]
-            wait_for(functools.partial(_running, c, [other, run["jobs"]["root"]]), "both to run")
-            answer: dict[str, Any] = {}
+    with (
+        pg_schema() as dsn,
+        DaemonProcess(workdir, db=dsn, node="n1") as proc,
+        proc.client(timeout=60) as c,
+    ):
+        jobs: list[dict[str, Any]] = [
+            {"key": "root", "script": f"while [ ! -e {gate} ]; do sleep 0.01; done; exit 1"}
+        ]
+        jobs += [{"key": f"d{i}", "command": ["true"], "depends_on": ["root"]}
+                 for i in range(2000)]  # fmt: skip
+        run = c.call("run.submit", name="wide", jobs=jobs)
+        other = c.call("job.submit", script="sleep 6")["id"]
+        wait_for(functools.partial(_running, c, [other, run["jobs"]["root"]]), "both to run")
+        answer: dict[str, Any] = {}
 
-            def waiter() -> None:
-                with Client(proc.socket_path, timeout=60) as wc:
-                    answer.update(wc.call("job.wait", id=other, timeout_s=30))
+        def waiter() -> None:
+            with Client(proc.socket_path, timeout=60) as wc:
+                answer.update(wc.call("job.wait", id=other, timeout_s=30))
 
-            t = threading.Thread(target=waiter)
-            t.start()
-            time.sleep(0.3)
-            gate.touch()
-            assert finish(c, run["jobs"]["root"])["status"] == "failed"
-            t.join(60)
-            assert answer["done"] is True and answer["status"] == "succeeded", answer
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.3)
+        gate.touch()
+        assert finish(c, run["jobs"]["root"])["status"] == "failed"
+        t.join(60)
+        assert answer["done"] is True and answer["status"] == "succeeded", answer
