@@ -662,11 +662,17 @@ class Executor:
                 # waiter, and a look once a second covers a missed one.
                 step = left if self.store.backend == "sqlite" else min(left, 1.0)
                 await asyncio.wait(ends, timeout=step, return_when=asyncio.FIRST_COMPLETED)
-                if any(f.done() for f in ends) or time.monotonic() >= deadline:
+                if any(f.done() for f in ends[1:]) or time.monotonic() >= deadline:
                     break
                 job = await self.jobs.get(job_id)
                 if job.status in TERMINAL_JOB_STATES:
                     return job
+                if fut.done():
+                    # Woken to look again, not ended (every waiter is woken when a unit
+                    # ended too many jobs to name them, `notify_all`): wait on.
+                    fut = asyncio.get_running_loop().create_future()
+                    self._waiters.setdefault(job_id, []).append(fut)
+                    ends[0] = fut
         finally:
             for end in ends[1:]:
                 end.cancel()

@@ -94,3 +94,18 @@ RETURNING name
 -- dead (read without a lock: a cut-off node's session may hold its row's).
 SELECT name, pid, started_at FROM nodes WHERE state = 'alive' AND name != :name
   AND heartbeat_at < extract(epoch from clock_timestamp()) - :timeout
+
+-- job_end_state --
+-- The row an end, a cancel or a recovery decides on, locked until the unit commits:
+-- another node's cancel or end of the same job waits, then reads what this one wrote
+-- (without the lock each read the row as it was and wrote over the other's decision).
+SELECT id, run_id, status, cancel_requested, attempt, max_attempts, dedup_key, claim_token
+FROM jobs WHERE id = ?
+FOR UPDATE
+
+-- job_end_states --
+-- job_end_state of several jobs at once (finish_many), locked in id order.
+SELECT id, run_id, status, cancel_requested, attempt, max_attempts, dedup_key, claim_token
+FROM jobs WHERE id IN ({marks})
+ORDER BY id
+FOR UPDATE
