@@ -33,9 +33,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/hero-procd
 
-## Run the whole suite: fast tests, then the real daemon driven over its socket.
+## Run the whole suite: unit tests and the real daemon driven over its socket, one test file
+## per worker at a time (`make test TEST_WORKERS=0` runs it in this process alone).
+TEST_WORKERS ?= 3
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests integration
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check hero_procd tests integration

@@ -388,6 +388,9 @@ def check_answer(answer: Any, method: str | None) -> None:
 
 # A failing example of 50 frames has a huge repr; hypothesis warns about it while reporting.
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
+# Drawing 11,000 frames is CPU work of this process: on a loaded 2-core machine (pytest-xdist
+# workers beside it) it took over the 120 s default.
+@pytest.mark.timeout(600)
 def test_hostile_frames_get_documented_errors_and_change_nothing(
     fuzzed: DaemonProcess,
 ) -> None:

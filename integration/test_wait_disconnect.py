@@ -120,9 +120,15 @@ def test_service_waits_of_disconnected_clients_end_and_the_start_still_happens(
                 for s in socks:
                     s.close()
             wait_for(lambda: waiters() == 0 or None, "no service waiter left", timeout_s=30)
-            # The effect stayed: the service is starting, with a process.
-            status = c.call("service.status", name="slow")
-            assert status["state"] == "starting" and status["pid"], status
+
+            # The effect stayed: the service is starting, with a process (a restart commits
+            # `starting` before its new life is spawned: the pid may come just after).
+            def started() -> dict[str, Any] | None:
+                status: dict[str, Any] = c.call("service.status", name="slow")
+                assert status["state"] == "starting", status
+                return status if status["pid"] else None
+
+            wait_for(started, "the started life's process")
         # A client that stays gets its answer when its own wait_s has passed.
         assert c.call("service.start", name="slow", wait_s=0.2)["state"] == "starting"
         c.call("service.stop", name="slow")

@@ -7,6 +7,7 @@ Inputs are random; each test's seed is in its failure message.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -22,6 +23,10 @@ from hero_procd.store import jobs as jobs_sql
 from tests.conftest import StoreRunner, run_with_store
 from tests.pg import pg_schema, require_pg
 from tests.tmpfs import fill, tiny_tmpfs
+
+# Random seeds for parametrized ids: the same in every pytest-xdist worker of one run (they
+# must collect the same tests), fresh for every run.
+_SEEDS = random.Random(os.environ.get("PYTEST_XDIST_TESTRUNUID"))
 
 COLUMNS = (
     "run_id, key, action, spec, tags, status, priority, grp, dedup_key, attempt,"
@@ -139,7 +144,7 @@ async def make_actions(store: Store) -> list[str]:
     return ["act1", "act2"]
 
 
-@pytest.mark.parametrize("seed", [random.randrange(2**32) for _ in range(3)])
+@pytest.mark.parametrize("seed", [_SEEDS.randrange(2**32) for _ in range(3)])
 def test_random_batches_store_exactly_what_single_submits_store(
     run_store: StoreRunner, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
@@ -325,7 +330,7 @@ def test_a_stretch_bigger_than_sqlites_longest_string_is_split(db_path: Path) ->
     run_with_store(db_path, body)
 
 
-@pytest.mark.parametrize("seed", [random.randrange(2**32) for _ in range(2)])
+@pytest.mark.parametrize("seed", [_SEEDS.randrange(2**32) for _ in range(2)])
 def test_postgresql_stores_the_same_rows_as_sqlite(db_path: Path, seed: int) -> None:
     """The same random batch on SQLite (stretches) and PostgreSQL (COPY): the same rows
     and tags (specs compared as JSON: PostgreSQL may space them otherwise)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -41,16 +44,32 @@ def listening(path: Path) -> socket.socket:
     """A real Unix socket bound at `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(path))
+    try:
+        sock.bind(str(path))
+    except BaseException:
+        sock.close()
+        raise
     return sock
+
+
+@pytest.fixture
+def short_path() -> Iterator[Path]:
+    """A fresh directory under /tmp: socket paths stay under 107 bytes (pytest's tmp_path,
+    under pytest-xdist, can be longer)."""
+    path = Path(tempfile.mkdtemp(prefix="hpf", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.mark.parametrize("runtime", ["{tmp}/run", "{tmp}/run/", None, ""])
 @pytest.mark.parametrize("bound", ["none", "runtime", "home"])
 def test_socket_found_where_the_client_finds_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str | None, bound: str
+    short_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str | None, bound: str
 ) -> None:
     """The fast path picks the socket hero_procd.config picks, sockets bound or not."""
+    tmp_path = short_path
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("HERO_PROC_SOCKET", raising=False)
