@@ -348,7 +348,7 @@ def test_self_daemonizing_service_is_one_copy_restarted_when_its_cgroup_empties(
         opts["pid_file"] = str(pid_file)
     define(c, name, ["sh", "-c", script], **opts)
     start_running(c, name)
-    first = wait_for(lambda: int(pid_file.read_text()) if pid_file.exists() else None, "pid")
+    first = wait_for(lambda: written_pid(pid_file), "pid")
     assert is_alive(first)
     # Running, one copy, never restarted: its launcher's exit did not end it.
     st = wait_status_pid(c, name, first if with_pid_file else None)
@@ -358,7 +358,7 @@ def test_self_daemonizing_service_is_one_copy_restarted_when_its_cgroup_empties(
     # Its cgroup empties (the daemonized program dies): restarted, again one copy.
     pid_file.unlink()
     os.kill(first, signal.SIGKILL)
-    second = wait_for(lambda: int(pid_file.read_text()) if pid_file.exists() else None, "pid")
+    second = wait_for(lambda: written_pid(pid_file), "pid")
     assert second != first
     wait_for(lambda: True if status(c, name)["restarts"] == 1 else None, f"{name} to restart once")
     wait_state(c, name, "running")
@@ -368,6 +368,15 @@ def test_self_daemonizing_service_is_one_copy_restarted_when_its_cgroup_empties(
     assert status(c, name)["state"] == "stopped"
     c.call("service.delete", name=name)
     no_cells_left(c)
+
+
+def written_pid(path: Path) -> int | None:
+    """The pid in `path` once its line is complete (the shell creates the file, then writes)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") else None
 
 
 def wait_status_pid(c: Client, name: str, pid: int | None) -> dict[str, Any]:

@@ -202,7 +202,7 @@ def test_verbs_never_recurse_on_a_cycle_already_stored(workdir: Path) -> None:
 
 
 def test_service_calls_answer_while_another_service_prints(daemon: DaemonProcess) -> None:
-    """Define, start, restart, stop and delete each answer in < 3 s while `yes` floods its log."""
+    """Define, start, restart, stop and delete each answer in < 6 s while `yes` floods its log."""
     with daemon.client(timeout=30) as c:
         define(c, "noisy", sh("yes 'a line of output from a busy neighbour' | cat"))
         start_running(c, "noisy")
@@ -223,8 +223,9 @@ def test_service_calls_answer_while_another_service_prints(daemon: DaemonProcess
                 c.call(method, name="quiet", **params)
                 took = time.monotonic() - began
                 # The old supervisor waited for the flusher's whole queue: 7.5 s, or never.
-                # 3 s leaves room for a loaded 2-core CI host (alone it is ~0.2 s).
-                assert took < 3.0, f"{method} took {took:.2f}s while another service printed"
+                # 6 s leaves room for a loaded 2-core CI host, with the suite's other workers
+                # beside the flood (alone it is ~0.2 s; 3.2 s was seen under 3 workers).
+                assert took < 6.0, f"{method} took {took:.2f}s while another service printed"
         c.call("service.stop", name="noisy")
 
 
