@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from hero_procd.errors import HeroError
 from hero_procd.store import Store
 from tests.pg import pg_schema, pg_test_dsn
 
@@ -53,3 +54,43 @@ def test_writes_and_reads_after_every_session_was_terminated() -> None:
     with pg_schema() as dsn:
         errors = asyncio.run(main(dsn))
     assert errors == []
+
+
+def test_heartbeat_after_its_idle_side_session_was_terminated() -> None:
+    """The side connection (heartbeats, revive, stop) killed while idle: the next heartbeat
+    succeeds at the first call, on a new session, and really renews the row."""
+
+    async def main(dsn: str) -> None:
+        store = await Store.open(dsn, node="n1", node_timeout_s=3.0)
+        try:
+            assert await store.nodes.claim("v", 4242, None)
+            pool: Any = store.pool
+            for _ in range(3):
+                assert await store.nodes.heartbeat()
+                old = pool._side.info.backend_pid
+                before = await pool.fetch_one(
+                    "SELECT heartbeat_at FROM nodes WHERE name = ?", ("n1",)
+                )
+                assert _terminate([old]) == 1
+                await asyncio.sleep(random.uniform(0, 0.05))
+                assert await store.nodes.heartbeat()  # the first call, not a retry of ours
+                assert pool._side.info.backend_pid != old
+                after = await pool.fetch_one(
+                    "SELECT heartbeat_at FROM nodes WHERE name = ?", ("n1",)
+                )
+                assert after[0] > before[0]
+            # A statement not declared idempotent is not repeated: its failure is reported.
+            assert _terminate([pool._side.info.backend_pid]) == 1
+            await asyncio.sleep(0.05)
+            try:
+                await pool.side_write("SELECT 1")
+            except HeroError:
+                pass
+            else:
+                raise AssertionError("a non-idempotent side write on a dead session was retried")
+            assert await pool.side_write("SELECT 1") == 1  # and the next one reconnects
+        finally:
+            await store.close()
+
+    with pg_schema() as dsn:
+        asyncio.run(main(dsn))

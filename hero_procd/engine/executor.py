@@ -155,6 +155,9 @@ class Executor:
         # Ends to write, and whether a task writes them and the pids (see _write_soon).
         self._ends: list[tuple[ClaimedJob, AttemptEnd, asyncio.Future[None]]] = []
         self._writing = False
+        # Pids whose write failed, to write again while their attempts run (_retry_pids).
+        self._pids_failed: list[tuple[int, str, int, float | None]] = []
+        self._retrying_pids = False
         self.spawner = ThreadPoolExecutor(max_workers=4, thread_name_prefix="spawn")
         self._loop_seen: asyncio.AbstractEventLoop | None = None
         self._watcher_seen: tuple[asyncio.AbstractEventLoop, fdwatch.FdWatcher] | None = None
@@ -396,7 +399,55 @@ class Executor:
         try:
             await self.jobs.set_pids(pids)
         except Exception:
-            log.exception("could not record jobs' pids", extra={"job_ids": [p[0] for p in pids]})
+            log.exception(
+                "could not record jobs' pids; retrying", extra={"job_ids": [p[0] for p in pids]}
+            )
+            self._retry_pids_later(pids)
+
+    def _retry_pids_later(self, pids: list[tuple[int, str, int, float | None]]) -> None:
+        """Write these pids again, on a task of their own (never ahead of the ends), with a
+        growing delay, for as long as their attempts run: recovery contains an attempt's
+        process group by its recorded pid (the marker in its environment can be removed)."""
+        self._pids_failed.extend(pids)
+        if not self._retrying_pids:
+            self._retrying_pids = True
+            self._spawn_task(self._retry_pids())
+
+    def _still_running(
+        self, pids: list[tuple[int, str, int, float | None]]
+    ) -> list[tuple[int, str, int, float | None]]:
+        """Those of `pids` whose attempt (its claim's token) still runs here."""
+        out: list[tuple[int, str, int, float | None]] = []
+        for p in pids:
+            rj = self.running.get(p[0])
+            if rj is not None and rj.claim.token == p[1]:
+                out.append(p)
+        return out
+
+    async def _retry_pids(self) -> None:
+        # A pid written late is harmless: job_set_pid changes only a running row of the same
+        # claim token, so one whose end was written (or that another claim took) is left.
+        # It ends once none of its attempts runs (at a stop too, once they were terminated).
+        delay = 0.05
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                pids = self._still_running(self._pids_failed)
+                self._pids_failed = []
+                if not pids:
+                    return
+                try:
+                    await self.jobs.set_pids(pids)
+                except Exception as exc:
+                    log.warning(
+                        "could not record jobs' pids; retrying",
+                        extra={"job_ids": [p[0] for p in pids], "error": str(exc)},
+                    )
+                    self._pids_failed[:0] = pids
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._retrying_pids = False
+            self._pids_failed = []
 
     def _spawn_soon(
         self, cell: Cell, argv: list[str], env: dict[str, str], cwd: str | None

@@ -108,6 +108,9 @@ class NodesApi:
             "seen_pid": seen_pid,
             "seen_started": seen_started,
         }
+        # Not idempotent: a claim repeated after its commit went unacknowledged would find
+        # its own row, not the one seen, and report the name taken. It runs once, at
+        # start-up, on a side connection just opened.
         done = await self.pool.side_write(Q["node_claim"], params)
         if done == 1:
             self.pid, self.started_at = pid, started
@@ -119,15 +122,21 @@ class NodesApi:
     async def revive(self) -> bool:
         """Mark this daemon's row alive again (declared dead while cut off); False if
         another daemon has taken the name since."""
-        return await self.pool.side_write(Q["node_revive"], self._mine()) == 1
+        # Idempotent (so retried on a dropped session): it sets the row as the first run
+        # did and matches it again, by this daemon's (name, pid, started_at).
+        return await self.pool.side_write(Q["node_revive"], self._mine(), idempotent=True) == 1
 
     async def heartbeat(self) -> bool:
         """Renew this daemon's heartbeat; False if it was declared dead or the name taken."""
-        return await self.pool.side_write(Q["node_heartbeat"], self._mine()) == 1
+        # Idempotent (so retried on a dropped session, and one killed idle session does not
+        # cost a beat of the lease): a second run only moves heartbeat_at to a later now,
+        # and matches the same row (state stays 'alive').
+        return await self.pool.side_write(Q["node_heartbeat"], self._mine(), idempotent=True) == 1
 
     async def stopped(self) -> None:
         """Mark this daemon's row stopped (a graceful stop: nothing of it is left running)."""
-        await self.pool.side_write(Q["node_stopped"], self._mine())
+        # Idempotent: a second run sets 'stopped' again on the same row.
+        await self.pool.side_write(Q["node_stopped"], self._mine(), idempotent=True)
 
     async def list(self, timeout_s: float) -> list[NodeInfo]:
         """Every node, with its heartbeat's age and whether it is alive."""

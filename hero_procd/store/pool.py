@@ -429,7 +429,11 @@ class DbPool(Protocol):
 
     async def write(self, fn: Callable[[Any], T]) -> T: ...
 
-    async def side_write(self, sql: str, params: Any = ()) -> int: ...
+    async def side_write(self, sql: str, params: Any = (), *, idempotent: bool = False) -> int:
+        """One statement, committed at once; its row count. `idempotent`: running it twice
+        changes and counts no more than once (PostgreSQL may then repeat it on a new
+        connection when the server dropped the idle one)."""
+        ...
 
     async def maintenance(self, fn: Callable[[Any], T]) -> T: ...
 
@@ -490,8 +494,9 @@ class Pool:
         """Run `fn(conn)` as one unit of the next group transaction; its result, committed."""
         return await self.writer.run(fn)
 
-    async def side_write(self, sql: str, params: Any = ()) -> int:
-        """One statement, committed; its row count (SQLite has one writer: a unit)."""
+    async def side_write(self, sql: str, params: Any = (), *, idempotent: bool = False) -> int:
+        """One statement, committed; its row count (SQLite has one writer: a unit; its
+        connection is never dropped, so `idempotent` changes nothing)."""
         return await self.writer.run(lambda c: int(c.execute(sql, params).rowcount))
 
     async def maintenance(self, fn: Callable[[Conn], T]) -> T:

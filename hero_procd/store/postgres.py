@@ -464,33 +464,47 @@ class PgPool:
             raise
         return cls(plain, schema, writer, readers, idle_tx_s)
 
-    async def side_write(self, sql: str, params: Any = ()) -> int:
+    async def side_write(self, sql: str, params: Any = (), *, idempotent: bool = False) -> int:
         """One autocommit statement on a connection of its own, not queued behind the
         writer's units (a heartbeat must not wait for a lock another node holds); its
-        row count."""
+        row count.
+
+        A session the server dropped while it was idle (a restart, a terminated backend)
+        fails the next statement sent on it. An `idempotent` statement then runs once more
+        on a new connection, as a read does: the failure cannot tell "dropped before the
+        statement arrived" from "dropped after it committed", so only a statement whose
+        second run changes nothing more and counts the same rows may be repeated."""
         async with self._side_lock:
             conn = self._side
             if conn is None or conn.closed or conn.broken:
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
-                self._side = None
-                try:
-                    conn = await psycopg.AsyncConnection.connect(
-                        self.dsn,
-                        **_connect_kwargs(self.schema, self.app, idle_tx_s=self.idle_tx_s),
-                    )
-                except psycopg.Error as exc:
-                    raise StorageError(
-                        "the database is unreachable", {"detail": str(exc).strip()}
-                    ) from exc
-                _configure(conn)
-                self._side = conn
+                conn = await self._side_connect()
             try:
-                cur = await conn.execute(to_pg(sql), params)
+                try:
+                    cur = await conn.execute(to_pg(sql), params)
+                except psycopg.OperationalError:
+                    if not idempotent or not conn.broken:
+                        raise
+                    conn = await self._side_connect()
+                    cur = await conn.execute(to_pg(sql), params)
             except psycopg.Error as exc:
                 raise translate(exc) from exc
             return int(cur.rowcount)
+
+    async def _side_connect(self) -> psycopg.AsyncConnection[Any]:
+        """Replace the side connection (closing a broken one) by a new one."""
+        if self._side is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._side.close()
+        self._side = None
+        try:
+            conn = await psycopg.AsyncConnection.connect(
+                self.dsn, **_connect_kwargs(self.schema, self.app, idle_tx_s=self.idle_tx_s)
+            )
+        except psycopg.Error as exc:
+            raise StorageError("the database is unreachable", {"detail": str(exc).strip()}) from exc
+        _configure(conn)
+        self._side = conn
+        return conn
 
     async def close(self) -> None:
         """Close the readers; write what is queued and close the writer."""
