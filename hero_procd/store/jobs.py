@@ -424,6 +424,30 @@ def decide(end: AttemptEnd, row: sqlite3.Row, at: float) -> tuple[str, str | Non
     return status, error, 0.0, 0
 
 
+def _finish_params(
+    job_id: int,
+    token: str,
+    end: AttemptEnd,
+    status: str,
+    error: str | None,
+    at: float,
+    not_before: float,
+    delta: int,
+) -> dict[str, Any]:
+    """The parameters of `job_finish` for one attempt's end."""
+    return {
+        "status": str(status),
+        "error": error,
+        "exit_code": end.exit_code,
+        "signal": end.signal,
+        "finished_at": at,
+        "not_before": not_before,
+        "attempt_delta": delta,
+        "id": job_id,
+        "token": token,
+    }
+
+
 def finish_attempt(conn: Conn, job_id: int, token: str, end: AttemptEnd) -> Finished | None:
     """End an attempt (a unit): None if this claim no longer owns a running job."""
     row = conn.execute(Q["job_end_state"], (job_id,)).fetchone()
@@ -437,18 +461,7 @@ def finish_attempt(conn: Conn, job_id: int, token: str, end: AttemptEnd) -> Fini
             status, error = JobStatus.CANCELLED, _SUPERSEDED
     check_transition(JobStatus.RUNNING, status)
     cur = conn.execute(
-        Q["job_finish"],
-        {
-            "status": str(status),
-            "error": error,
-            "exit_code": end.exit_code,
-            "signal": end.signal,
-            "finished_at": at,
-            "not_before": not_before,
-            "attempt_delta": delta,
-            "id": job_id,
-            "token": token,
-        },
+        Q["job_finish"], _finish_params(job_id, token, end, status, error, at, not_before, delta)
     )
     assert cur.rowcount == 1
     return Finished(str(status), settle(conn, [(job_id, str(status), row["run_id"])], at))
@@ -499,19 +512,7 @@ def finish_many(
             else:
                 requeued_keys.add(key)
         check_transition(JobStatus.RUNNING, status)
-        params.append(
-            {
-                "status": str(status),
-                "error": error,
-                "exit_code": end.exit_code,
-                "signal": end.signal,
-                "finished_at": at,
-                "not_before": not_before,
-                "attempt_delta": delta,
-                "id": job_id,
-                "token": token,
-            }
-        )
+        params.append(_finish_params(job_id, token, end, status, error, at, not_before, delta))
         statuses.append(str(status))
         finished.append((job_id, str(status), row["run_id"]))
     if not params:
