@@ -189,17 +189,23 @@ def test_kill_9_of_a_node_its_attempts_recovered_by_the_others_never_twice_at_on
     killed_at = time.time()
     # n2's attempts die with it (the watchdog kills its cells): they write no end. The
     # time each open attempt's shell is seen gone bounds its end from above.
-    open_at_kill: dict[tuple[str, str], int] = {}
-    for line in out.read_text().splitlines():
-        jid, attempt, what, *rest = line.split()
-        if what == "start":
-            open_at_kill[(jid, attempt)] = int(rest[1])
-        else:
-            open_at_kill.pop((jid, attempt), None)
+    # Read again until no open attempt is left unseen: a process n2 spawned just before
+    # the kill may write its start line after a first read (before the watchdog's kill).
     seen_gone: dict[tuple[str, str], float] = {}
-    for key, pid in open_at_kill.items():
-        wait_dead(pid, f"attempt {key}")
-        seen_gone[key] = time.time()
+    while True:
+        open_now: dict[tuple[str, str], int] = {}
+        for line in out.read_text().splitlines():
+            jid, attempt, what, *rest = line.split()
+            if what == "start":
+                open_now[(jid, attempt)] = int(rest[1])
+            else:
+                open_now.pop((jid, attempt), None)
+        unseen = {key: pid for key, pid in open_now.items() if key not in seen_gone}
+        if not unseen:
+            break
+        for key, pid in unseen.items():
+            wait_dead(pid, f"attempt {key}")
+            seen_gone[key] = time.time()
 
     def all_done() -> list[dict[str, Any]] | None:
         js = all_jobs(c1)
